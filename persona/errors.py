@@ -1,0 +1,40 @@
+"""One error hierarchy. Library code raises these; only the CLI and the TUI turn them into messages.
+
+Every message is one line that says what was wrong and what to do about it.
+"""
+
+
+class PersonaError(Exception):
+    """Base class: a mistake or condition the user can act on (never a bug)."""
+
+
+class ModelError(PersonaError):
+    """The base model cannot be found, loaded or used."""
+
+
+class PromptMismatchError(PersonaError):
+    """A soft prompt was trained for another model (width or fingerprint differ)."""
+
+
+class PromptFormatError(PersonaError):
+    """A soft-prompt file (ours, PEFT, KoboldAI) is malformed or unsafe."""
+
+
+class LibraryError(PersonaError):
+    """The persona library file cannot be opened, migrated or written."""
+
+
+class NotFoundError(PersonaError):
+    """A persona, version or conversation that does not exist was named."""
+
+
+class AlreadyExistsError(PersonaError):
+    """A name that must be unique is taken."""
+
+
+class DialogueError(PersonaError):
+    """A dialogue log cannot be read or does not hold enough usable examples."""
+
+
+class ConfigError(PersonaError, ValueError):
+    """A configuration value is out of range; the message names the field and quotes the value."""

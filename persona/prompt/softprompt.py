@@ -1,0 +1,174 @@
+"""A soft prompt: an (N, D) float32 matrix of learned virtual-token embeddings plus its metadata.
+
+Our own file format is a single safetensors file: the tensor under the key `prompt_embeddings`
+(the key PEFT uses) and the metadata as strings in the safetensors header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from persona.errors import PromptFormatError, PromptMismatchError
+from persona.model.fingerprint import Fingerprint
+
+TENSOR_KEY = "prompt_embeddings"
+FORMAT_NAME = "persona.softprompt"
+FORMAT_VERSION = "1"
+MAX_FILE_BYTES = 256 * 1024 * 1024  # a soft prompt is KBs to a few MBs; refuse anything absurd
+INIT_METHODS = ("text", "vocab", "random", "imported")
+
+
+@dataclass
+class SoftPrompt:
+    embeddings: torch.Tensor  # (N, D) float32
+    name: str
+    description: str = ""
+    fingerprint: Fingerprint | None = None
+    init: str = "random"  # how it was initialised: text | vocab | random | imported
+    base_model: str = ""  # human-readable id of the model it was trained on
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.embeddings, torch.Tensor):
+            raise PromptFormatError(f"soft prompt {self.name!r}: embeddings must be a tensor, got {type(self.embeddings).__name__}")
+        if self.embeddings.dim() != 2 or 0 in self.embeddings.shape:
+            raise PromptFormatError(
+                f"soft prompt {self.name!r}: expected a non-empty (num_virtual_tokens, hidden_size) matrix, got shape {tuple(self.embeddings.shape)}"
+            )
+        if not self.embeddings.is_floating_point():
+            raise PromptFormatError(f"soft prompt {self.name!r}: expected floating-point values, got {self.embeddings.dtype}")
+        self.embeddings = self.embeddings.detach().to(torch.float32).contiguous()
+        if not torch.isfinite(self.embeddings).all():
+            raise PromptFormatError(f"soft prompt {self.name!r}: contains NaN or infinite values")
+        if not self.name or not self.name.strip():
+            raise PromptFormatError("soft prompt: the name is empty")
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.embeddings.numpy().tobytes()).hexdigest()
+
+    def check_fits(self, fingerprint: Fingerprint) -> None:
+        """Refuse, in one line naming both, a model this prompt was not trained for."""
+        if self.hidden_size != fingerprint.hidden_size:
+            raise PromptMismatchError(
+                f"persona {self.name!r} has width {self.hidden_size} but the model {fingerprint} has hidden size "
+                f"{fingerprint.hidden_size}; use the model it was trained on ({self.fingerprint or self.base_model or 'unknown'}) or retrain it"
+            )
+        if self.fingerprint is not None and self.fingerprint != fingerprint:
+            raise PromptMismatchError(
+                f"persona {self.name!r} was trained for model {self.fingerprint}, not {fingerprint}; "
+                "use --model to pick the model it was trained on, or retrain it for this one"
+            )
+
+    # ---- our single-file format -------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "init": self.init,
+            "base_model": self.base_model,
+        }
+        if self.fingerprint is not None:
+            meta["fingerprint"] = self.fingerprint.to_json()
+        for key, value in self.extra.items():
+            meta.setdefault(key, str(value))
+        return meta
+
+    def to_bytes(self) -> bytes:
+        return st_save({TENSOR_KEY: self.embeddings}, metadata=self.metadata())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "soft prompt") -> SoftPrompt:
+        if len(data) > MAX_FILE_BYTES:
+            raise PromptFormatError(f"{source}: {len(data)} bytes is far too large for a soft prompt")
+        tensors, meta = _read_safetensors(data, source)
+        if TENSOR_KEY not in tensors:
+            raise PromptFormatError(f"{source}: no tensor named {TENSOR_KEY!r} (found {sorted(tensors)[:5]})")
+        known = {"format", "format_version", "name", "description", "init", "base_model", "fingerprint"}
+        fingerprint = Fingerprint.from_json(meta["fingerprint"]) if meta.get("fingerprint") else None
+        return cls(
+            embeddings=tensors[TENSOR_KEY],
+            name=meta.get("name") or "imported",
+            description=meta.get("description", ""),
+            fingerprint=fingerprint,
+            init=meta.get("init", "imported"),
+            base_model=meta.get("base_model", ""),
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return write_private_atomic(Path(path), self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SoftPrompt:
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise PromptFormatError(f"{path}: {size} bytes is far too large for a soft prompt")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise PromptFormatError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise PromptFormatError(f"{path}: is a directory, expected a .safetensors soft-prompt file") from None
+        except OSError as exc:
+            raise PromptFormatError(f"{path}: cannot read ({exc.strerror})") from None
+        return cls.from_bytes(data, source=str(path))
+
+
+def _read_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Parse safetensors bytes (no pickle anywhere); any malformation becomes a PromptFormatError."""
+    import json
+    import struct
+
+    if len(data) < 8:
+        raise PromptFormatError(f"{source}: not a safetensors file (too short)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > min(len(data) - 8, 100 * 1024 * 1024):
+        raise PromptFormatError(f"{source}: not a safetensors file (header length {header_len} is out of bounds)")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+        meta = header.get("__metadata__") or {} if isinstance(header, dict) else None
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a mapping")
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+        raise PromptFormatError(f"{source}: broken safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def write_private_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` with mode 0600, atomically: a failed write leaves any old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
