@@ -1,0 +1,1 @@
+"""The `persona` command line: the only place (with the TUI) that turns errors into messages."""

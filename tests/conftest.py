@@ -1,0 +1,107 @@
+"""Shared fixtures: every test gets its own data dir; unit tests run on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "To be, or not to be, that is the question.",
+    "I am not only witty in myself, but the cause that wit is in other men.",
+    "Hello there! How are you today? I am fine, thank you.",
+    "system user assistant persona prompt chat reply",
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tests never touch the user's data: PERSONA_HOME is a fresh temp dir for each test."""
+    home = tmp_path_factory.mktemp("persona-home")
+    monkeypatch.setenv("PERSONA_HOME", str(home))
+    monkeypatch.delenv("PERSONA_MODEL", raising=False)
+    return home
+
+
+def build_tiny_tokenizer(directory: Path):
+    """A small byte-level BPE tokenizer with a ChatML template (SmolLM2's layout), offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(directory)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForCausalLM saved as a normal HF directory (seconds to build)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tiny_tokenizer(directory)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory)
+    (directory / "persona-test.json").write_text(json.dumps({"tiny": True}))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir: Path):
+    """The tiny model loaded through persona's own loader (frozen, fingerprinted)."""
+    from persona.model.loader import load_model
+
+    return load_model(tiny_model_dir)
+
+
+@pytest.fixture
+def tiny_prompt(tiny):
+    """A random soft prompt of 5 virtual tokens that fits the tiny model."""
+    import torch
+
+    from persona.prompt.softprompt import SoftPrompt
+
+    generator = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(5, tiny.fingerprint.hidden_size, generator=generator) * 0.5  # (5, D)
+    return SoftPrompt(embeddings=embeddings, name="tester", description="a test voice", fingerprint=tiny.fingerprint)
