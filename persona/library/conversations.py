@@ -1,0 +1,104 @@
+"""Conversations and their messages. Each message keeps the name of the persona that wrote it."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from persona.errors import LibraryError, NotFoundError
+from persona.library.info import ConversationInfo, MessageInfo
+from persona.library.models import Conversation, Message, Persona, utcnow
+from persona.library.records import ROLES, aware, message_info
+from persona.library.store import Store
+
+
+class ConversationStore(Store):
+    def create_conversation(self, title: str, model_fingerprint: str) -> int:
+        with self.writing() as session:
+            now = utcnow()
+            conversation = Conversation(title=title, model_fingerprint=model_fingerprint, created=now, updated=now)
+            session.add(conversation)
+            session.flush()
+            return conversation.id
+
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        persona: str | None,
+        token_count: int | None = None,
+        cut_short: bool = False,
+    ) -> int:
+        """Append a message; `persona` is the name of the persona that wrote it (None for the user)."""
+        if role not in ROLES:
+            raise LibraryError(f"message role {role!r} is not one of {', '.join(ROLES)}")
+        with self.writing() as session:
+            conversation = self._conversation(session, conversation_id)
+            persona_id = None
+            if persona is not None:
+                found = session.execute(select(Persona.id, Persona.name).where(Persona.name == persona)).first()
+                if found is not None:
+                    persona_id, persona = found.id, found.name
+            now = utcnow()
+            message = Message(
+                conversation_id=conversation.id, role=role, content=content, persona_name=persona,
+                persona_id=persona_id, token_count=token_count, cut_short=cut_short, created=now,
+            )
+            session.add(message)
+            conversation.updated = now
+            session.flush()
+            return message.id
+
+    def delete_message(self, message_id: int) -> None:
+        with self.writing() as session:
+            message = session.get(Message, message_id)
+            if message is None:
+                raise NotFoundError(f"no message with id {message_id}; see `persona history`")
+            session.delete(message)
+
+    def set_conversation_title(self, conversation_id: int, title: str) -> None:
+        with self.writing() as session:
+            self._conversation(session, conversation_id).title = title
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        with self.writing() as session:
+            session.delete(self._conversation(session, conversation_id))
+
+    def list_conversations(self) -> list[ConversationInfo]:
+        """Every conversation, the most recently active first."""
+        counts = select(Message.conversation_id, func.count(Message.id).label("n")).group_by(Message.conversation_id).subquery()
+        speakers = (
+            select(Message.conversation_id, Message.persona_name, func.min(Message.id).label("first"))
+            .where(Message.persona_name.is_not(None))
+            .group_by(Message.conversation_id, Message.persona_name)
+            .order_by("first")
+        )
+        with self.reading() as session:
+            names: dict[int, list[str]] = {}
+            for conversation_id, name, _first in session.execute(speakers):
+                names.setdefault(conversation_id, []).append(name)
+            rows = session.execute(
+                select(Conversation, func.coalesce(counts.c.n, 0))
+                .outerjoin(counts, counts.c.conversation_id == Conversation.id)
+                .order_by(Conversation.updated.desc(), Conversation.id.desc())
+            )
+            return [
+                ConversationInfo(
+                    id=c.id, title=c.title, created=aware(c.created), updated=aware(c.updated),
+                    model_fingerprint=c.model_fingerprint, message_count=n, personas=names.get(c.id, []),
+                )
+                for c, n in rows
+            ]
+
+    def get_messages(self, conversation_id: int) -> list[MessageInfo]:
+        """The messages of one conversation, in the order they were written."""
+        with self.reading() as session:
+            self._conversation(session, conversation_id)
+            rows = session.scalars(select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id))
+            return [message_info(row) for row in rows]
+
+    def _conversation(self, session, conversation_id: int) -> Conversation:  # noqa: ANN001
+        conversation = session.get(Conversation, conversation_id)
+        if conversation is None:
+            raise NotFoundError(f"no conversation with id {conversation_id}; see `persona history`")
+        return conversation

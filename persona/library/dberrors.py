@@ -1,0 +1,45 @@
+"""Turn SQLite failures into one-line LibraryErrors that say what to do."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from persona.errors import LibraryError
+
+
+def describe(exc: BaseException, path: Path, timeout: float) -> str:
+    """One line for a sqlite3 / OS error met while using the library at `path`."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    low = first.lower()
+    if "locked" in low or "busy" in low:
+        return (
+            f"the library {path} is locked by another persona process (waited {timeout:g} s); "
+            "try again when it finishes"
+        )
+    if "disk is full" in low or getattr(exc, "errno", None) == errno.ENOSPC:
+        return f"cannot write the library {path}: the disk is full; free some space and try again (nothing was changed)"
+    if "readonly" in low or "read-only" in low or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write the library {path}: it is read-only; check its permissions or pass another --library"
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return f"the library {path} is damaged ({first}); restore it from a backup or move it away to start a new one"
+    if "unable to open" in low:
+        return f"cannot open the library {path} ({first}); check the path and its permissions"
+    return f"library {path}: {first}"
+
+
+@contextmanager
+def translated(path: Path, timeout: float) -> Iterator[None]:
+    """Run a library operation; any database or OS failure leaves as a LibraryError."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except DBAPIError as exc:
+        raise LibraryError(describe(exc, path, timeout)) from None
+    except (sqlite3.Error, OSError) as exc:
+        raise LibraryError(describe(exc, path, timeout)) from None

@@ -1,0 +1,89 @@
+"""Plain records the library hands out: no SQLAlchemy, no torch, safe to print or dump as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+@dataclass
+class VersionInfo:
+    """One trained (or imported) soft prompt of a persona; the tensor itself stays in the library."""
+
+    version: int
+    num_virtual_tokens: int
+    hidden_size: int
+    dtype: str
+    sha256: str
+    model_id: str
+    fingerprint: str  # str(Fingerprint), "" when unknown
+    fingerprint_json: str  # Fingerprint.to_json(), "" when unknown
+    init: str
+    training: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    created: datetime
+    active: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class PersonaInfo:
+    """A persona and its active version; `versions` is filled by `get_persona` only."""
+
+    name: str
+    description: str
+    tags: list[str]
+    created: datetime
+    updated: datetime
+    active_version: int
+    num_virtual_tokens: int
+    hidden_size: int
+    model_id: str
+    fingerprint: str
+    metrics: dict[str, Any] | None
+    versions: list[VersionInfo] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class ConversationInfo:
+    id: int
+    title: str
+    created: datetime
+    updated: datetime
+    model_fingerprint: str
+    message_count: int
+    personas: list[str]  # the persona names that spoke in it, in order of first appearance
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class MessageInfo:
+    id: int
+    conversation_id: int
+    role: str  # user | assistant | system
+    content: str
+    persona: str | None  # the persona's name when the message was written
+    created: datetime
+    token_count: int | None
+    cut_short: bool  # generation was cancelled or hit the length limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))

@@ -1,0 +1,258 @@
+"""PersonaLibrary: personas and their soft-prompt versions (conversations are in conversations.py)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, undefer
+
+from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
+from persona.library.conversations import ConversationStore
+from persona.library.info import PersonaInfo, VersionInfo
+from persona.library.models import Persona, PersonaTag, PromptVersion, Setting, utcnow
+from persona.library.records import (
+    aware,
+    check_name,
+    check_tags,
+    dump_record,
+    load_record,
+    version_info,
+)
+
+if TYPE_CHECKING:
+    from persona.prompt.softprompt import SoftPrompt
+
+DEFAULT_PERSONA_KEY = "default_persona"
+
+
+class PersonaLibrary(ConversationStore):
+    """The one place persona keeps state. Open it with `open_library()`."""
+
+    # ---- personas and versions ----------------------------------------------------------------
+
+    def add_version(
+        self,
+        name: str,
+        prompt: SoftPrompt,
+        *,
+        description: str | None = None,
+        model_id: str = "",
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> VersionInfo:
+        """Store `prompt` as the next version of `name` (created if new) and make it active."""
+        check_name(name)
+        data = prompt.to_bytes()  # safetensors: the (N, D) float32 tensor + metadata header
+        training_json = dump_record(training, "training")
+        metrics_json = dump_record(metrics, "metrics")
+        clean_tags = check_tags(tags) if tags is not None else None
+        fingerprint = prompt.fingerprint
+        with self.writing() as session:
+            persona = session.scalar(select(Persona).where(Persona.name == name))
+            now = utcnow()
+            if persona is None:
+                persona = Persona(name=name, description=description if description is not None else prompt.description,
+                                  active_version=0, created=now, updated=now)
+                session.add(persona)
+                session.flush()
+            elif description is not None:
+                persona.description = description
+            latest = session.scalar(select(func.max(PromptVersion.version)).where(PromptVersion.persona_id == persona.id))
+            row = PromptVersion(
+                persona_id=persona.id,
+                version=(latest or 0) + 1,
+                tensor=data,
+                num_virtual_tokens=prompt.num_virtual_tokens,
+                hidden_size=prompt.hidden_size,
+                dtype="float32",
+                sha256=prompt.sha256,
+                model_id=model_id or prompt.base_model,
+                fingerprint=str(fingerprint) if fingerprint else "",
+                fingerprint_json=fingerprint.to_json() if fingerprint else "",
+                init=prompt.init,
+                training_json=training_json,
+                metrics_json=metrics_json,
+                created=now,
+            )
+            session.add(row)
+            persona.active_version = row.version
+            persona.updated = now
+            if clean_tags is not None:
+                session.execute(delete(PersonaTag).where(PersonaTag.persona_id == persona.id))
+                session.add_all(PersonaTag(persona_id=persona.id, tag=tag) for tag in clean_tags)
+            session.flush()
+            return version_info(row, row.version)
+
+    def get_prompt(self, name: str, version: int | None = None) -> SoftPrompt:
+        """The soft prompt of `name` (its active version unless `version` is given), checksum-verified."""
+        from persona.model.fingerprint import Fingerprint
+        from persona.prompt.softprompt import SoftPrompt
+
+        with self.reading() as session:
+            persona = self._find(session, name)
+            wanted = persona.active_version if version is None else version
+            row = session.scalar(
+                select(PromptVersion)
+                .options(undefer(PromptVersion.tensor))
+                .where(PromptVersion.persona_id == persona.id, PromptVersion.version == wanted)
+            )
+            if row is None:
+                raise self._no_version(session, persona, wanted)
+            canonical, description = persona.name, persona.description
+        damaged = f"version {row.version} of persona {canonical!r} is damaged"
+        try:
+            prompt = SoftPrompt.from_bytes(row.tensor, source=f"persona {canonical!r} version {row.version}")
+        except Exception as exc:  # noqa: BLE001 - any unreadable blob is damage, reported in one line
+            raise LibraryError(f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`") from None
+        if prompt.sha256 != row.sha256:
+            raise LibraryError(f"{damaged} (checksum mismatch); roll back with `persona rollback {canonical}` or import it again")
+        prompt.name = canonical
+        prompt.description = description
+        prompt.fingerprint = Fingerprint.from_json(row.fingerprint_json) if row.fingerprint_json else None
+        prompt.base_model = row.model_id
+        return prompt
+
+    def list_personas(self) -> list[PersonaInfo]:
+        """Every persona with its active version's metadata (no tensors are read), sorted by name."""
+        query = (
+            select(Persona.id, Persona.name, Persona.description, Persona.created, Persona.updated,
+                   Persona.active_version, PromptVersion.num_virtual_tokens, PromptVersion.hidden_size,
+                   PromptVersion.model_id, PromptVersion.fingerprint, PromptVersion.metrics_json)
+            .outerjoin(PromptVersion, (PromptVersion.persona_id == Persona.id)
+                       & (PromptVersion.version == Persona.active_version))
+            .order_by(Persona.name)
+        )
+        with self.reading() as session:
+            tags: dict[int, list[str]] = {}
+            for persona_id, tag in session.execute(select(PersonaTag.persona_id, PersonaTag.tag).order_by(PersonaTag.tag)):
+                tags.setdefault(persona_id, []).append(tag)
+            return [_persona_info(row, tags.get(row.id, [])) for row in session.execute(query)]
+
+    def get_persona(self, name: str) -> PersonaInfo:
+        """One persona with all of its versions (oldest first)."""
+        with self.reading() as session:
+            persona = self._find(session, name)
+            versions = [version_info(row, persona.active_version) for row in persona.versions]
+            active = next((v for v in versions if v.active), None)
+            info = PersonaInfo(
+                name=persona.name,
+                description=persona.description,
+                tags=[t.tag for t in persona.tags],
+                created=aware(persona.created),
+                updated=aware(persona.updated),
+                active_version=persona.active_version,
+                num_virtual_tokens=active.num_virtual_tokens if active else 0,
+                hidden_size=active.hidden_size if active else 0,
+                model_id=active.model_id if active else "",
+                fingerprint=active.fingerprint if active else "",
+                metrics=active.metrics if active else None,
+                versions=versions,
+            )
+            return info
+
+    def has_persona(self, name: str) -> bool:
+        with self.reading() as session:
+            return session.scalar(select(Persona.id).where(Persona.name == name)) is not None
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a persona; past messages keep the name they were written under."""
+        check_name(new)
+        with self.writing() as session:
+            persona = self._find(session, old)
+            clash = session.scalar(select(Persona).where(Persona.name == new))
+            if clash is not None and clash.id != persona.id:
+                raise AlreadyExistsError(f"a persona named {clash.name!r} already exists; choose another name")
+            previous, persona.name, persona.updated = persona.name, new, utcnow()
+            default = session.get(Setting, DEFAULT_PERSONA_KEY)
+            if default is not None and default.value == previous:
+                default.value = new
+
+    def delete(self, name: str) -> None:
+        """Delete a persona and all its versions; its messages stay, under the name they had."""
+        with self.writing() as session:
+            persona = self._find(session, name)
+            default = session.get(Setting, DEFAULT_PERSONA_KEY)
+            if default is not None and default.value == persona.name:
+                session.delete(default)
+            session.delete(persona)
+
+    def rollback(self, name: str, version: int | None = None) -> VersionInfo:
+        """Make `version` (default: the one before the active one) the active version."""
+        with self.writing() as session:
+            persona = self._find(session, name)
+            if version is None:
+                version = session.scalar(
+                    select(func.max(PromptVersion.version))
+                    .where(PromptVersion.persona_id == persona.id, PromptVersion.version < persona.active_version)
+                )
+                if version is None:
+                    raise LibraryError(
+                        f"persona {persona.name!r} is already at its oldest version ({persona.active_version}); "
+                        "name a VERSION to move to a newer one"
+                    )
+            row = session.scalar(
+                select(PromptVersion).where(PromptVersion.persona_id == persona.id, PromptVersion.version == version)
+            )
+            if row is None:
+                raise self._no_version(session, persona, version)
+            persona.active_version, persona.updated = version, utcnow()
+            return version_info(row, version)
+
+    # ---- settings -----------------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        with self.reading() as session:
+            row = session.get(Setting, key)
+            return row.value if row is not None else default
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        """Store a small string setting (None removes it), e.g. "default_persona"."""
+        with self.writing() as session:
+            row = session.get(Setting, key)
+            if value is None:
+                if row is not None:
+                    session.delete(row)
+            elif row is None:
+                session.add(Setting(key=key, value=str(value)))
+            else:
+                row.value = str(value)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _find(self, session: Session, name: str) -> Persona:
+        persona = session.scalar(select(Persona).where(Persona.name == name))
+        if persona is None:
+            names = list(session.scalars(select(Persona.name)))
+            close = difflib.get_close_matches(name.lower(), [n.lower() for n in names], n=3, cutoff=0.6)
+            by_lower = {n.lower(): n for n in names}
+            hint = f"did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else "see `persona list`"
+            raise NotFoundError(f"no persona named {name!r}; {hint}")
+        return persona
+
+    def _no_version(self, session: Session, persona: Persona, version: int) -> NotFoundError:
+        have = list(session.scalars(select(PromptVersion.version).where(PromptVersion.persona_id == persona.id)
+                                    .order_by(PromptVersion.version)))
+        return NotFoundError(
+            f"persona {persona.name!r} has no version {version} (it has {', '.join(map(str, have)) or 'none'}); "
+            f"see `persona show {persona.name}`"
+        )
+
+
+def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
+    """`row`: the columns selected by `list_personas`."""
+    return PersonaInfo(
+        name=row.name,
+        description=row.description,
+        tags=tags,
+        created=aware(row.created),
+        updated=aware(row.updated),
+        active_version=row.active_version,
+        num_virtual_tokens=row.num_virtual_tokens or 0,
+        hidden_size=row.hidden_size or 0,
+        model_id=row.model_id or "",
+        fingerprint=row.fingerprint or "",
+        metrics=load_record(row.metrics_json),
+    )

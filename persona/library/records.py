@@ -1,0 +1,96 @@
+"""Convert ORM rows to the plain `info` records, and validate what goes into the library."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from persona.errors import LibraryError
+from persona.library.info import MessageInfo, VersionInfo
+
+MAX_NAME_CHARS = 100
+MAX_TAG_CHARS = 50
+ROLES = ("user", "assistant", "system")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def aware(moment: datetime) -> datetime:
+    """The library stores naive UTC; hand out aware datetimes."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def check_name(name: str) -> str:
+    """A persona name: 1-100 printable characters, no surrounding spaces (used as a CLI argument)."""
+    if not isinstance(name, str) or not name.strip():
+        raise LibraryError("a persona name cannot be empty; choose a name such as 'hamlet'")
+    if name != name.strip() or _CONTROL.search(name) or len(name) > MAX_NAME_CHARS:
+        raise LibraryError(
+            f"persona name {name!r} is not usable; use up to {MAX_NAME_CHARS} printable characters without surrounding spaces"
+        )
+    return name
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    cleaned: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip() or _CONTROL.search(tag) or len(tag.strip()) > MAX_TAG_CHARS:
+            raise LibraryError(f"tag {tag!r} is not usable; use up to {MAX_TAG_CHARS} printable characters")
+        if tag.strip() not in cleaned:
+            cleaned.append(tag.strip())
+    return sorted(cleaned)
+
+
+def dump_record(value: dict[str, Any] | None, what: str) -> str | None:
+    """JSON text for a training or metrics record (None stays NULL)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise LibraryError(f"the {what} record must be a mapping, got {type(value).__name__}")
+    try:
+        return json.dumps(value, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise LibraryError(f"the {what} record cannot be stored as JSON ({exc})") from None
+
+
+def load_record(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None  # a damaged record must not hide the persona; show it as missing
+    return value if isinstance(value, dict) else None
+
+
+def version_info(row: Any, active_version: int) -> VersionInfo:
+    """`row`: a PromptVersion (or a row with the same column names)."""
+    return VersionInfo(
+        version=row.version,
+        num_virtual_tokens=row.num_virtual_tokens,
+        hidden_size=row.hidden_size,
+        dtype=row.dtype,
+        sha256=row.sha256,
+        model_id=row.model_id,
+        fingerprint=row.fingerprint,
+        fingerprint_json=row.fingerprint_json,
+        init=row.init,
+        training=load_record(row.training_json),
+        metrics=load_record(row.metrics_json),
+        created=aware(row.created),
+        active=row.version == active_version,
+    )
+
+
+def message_info(row: Any) -> MessageInfo:
+    return MessageInfo(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        role=row.role,
+        content=row.content,
+        persona=row.persona_name,
+        created=aware(row.created),
+        token_count=row.token_count,
+        cut_short=bool(row.cut_short),
+    )
