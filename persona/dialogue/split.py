@@ -1,0 +1,42 @@
+"""Seeded train/validation split by conversation, so held-out replies come from unseen conversations."""
+
+from __future__ import annotations
+
+import random
+
+from persona.dialogue.examples import Example
+from persona.errors import ConfigError
+
+DEFAULT_VALIDATION_FRACTION = 0.1
+
+
+def split_by_conversation(
+    examples: list[Example], fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """(train, validation): whole conversations go to validation until it holds ~`fraction` of the examples.
+
+    A log that is a single conversation cannot be split by conversation; its last `fraction`
+    of examples are held out instead (they come after every training reply).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"--validation-fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0 or len(examples) < 2:
+        return list(examples), []
+    wanted = max(1, round(fraction * len(examples)))
+    conversations = sorted({example.conversation for example in examples})
+    if len(conversations) == 1:
+        return list(examples[:-wanted]), list(examples[-wanted:])
+    random.Random(seed).shuffle(conversations)
+    sizes = {conv: 0 for conv in conversations}
+    for example in examples:
+        sizes[example.conversation] += 1
+    held: set[int] = set()
+    count = 0
+    for conv in conversations[:-1]:  # the last one always stays in training
+        if count >= wanted:
+            break
+        held.add(conv)
+        count += sizes[conv]
+    train = [e for e in examples if e.conversation not in held]
+    validation = [e for e in examples if e.conversation in held]
+    return train, validation
