@@ -15,6 +15,7 @@ from persona import __version__
 from persona.errors import PersonaError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "persona.cli.reply",
 )
 
 

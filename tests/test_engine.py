@@ -1,0 +1,125 @@
+"""The chat engine: cached generation equals uncached, caches survive persona switches, windows overflow cleanly."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from persona.engine.chat import ChatEngine
+from persona.engine.config import GenerationConfig
+from persona.errors import ConfigError, PromptMismatchError
+from persona.model.fingerprint import Fingerprint
+from persona.prompt.softprompt import SoftPrompt
+from tests.reference import greedy_uncached
+
+GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
+
+
+def other_prompt(tiny, seed: int, name: str) -> SoftPrompt:
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(7, tiny.fingerprint.hidden_size, generator=generator)  # (7, D)
+    return SoftPrompt(embeddings, name=name, fingerprint=tiny.fingerprint)
+
+
+def check_against_reference(engine, messages, persona, system=None):
+    reply = engine.reply(messages, persona, GREEDY, system=system)
+    ids = engine.renderer.render(messages, persona, system=system)
+    expected = greedy_uncached(
+        engine.model, ids, persona.embeddings if persona else None, GREEDY.max_new_tokens, engine.stop_ids
+    )
+    assert engine.last.token_ids == expected
+    assert len(set(expected)) > 2, "a degenerate reference would make this comparison meaningless"
+    return reply
+
+
+def test_multi_turn_with_switches_matches_uncached_and_reuses_cache(tiny, tiny_prompt):
+    engine = ChatEngine(tiny)
+    other = other_prompt(tiny, 2, "other")
+    messages = [{"role": "user", "content": "Hello there!"}]
+    plan = [tiny_prompt, other, tiny_prompt, None, tiny_prompt]
+    replies_same_context = [engine.reply(messages, p, GREEDY) for p in (tiny_prompt, other)]
+    assert replies_same_context[0] != replies_same_context[1]
+    engine.clear_cache()
+    reused, replies = [], []
+    for turn, persona in enumerate(plan):
+        reply = check_against_reference(engine, messages, persona)
+        reused.append(engine.last.reused_tokens)
+        replies.append(reply)
+        messages += [{"role": "assistant", "content": reply or "..."}, {"role": "user", "content": f"Turn {turn}: how are you?"}]
+    assert reused[0] == 0 and reused[1] == 0  # first use of each persona encodes everything
+    assert reused[2] > 0  # back to the first persona: its cached prefix is reused
+    assert reused[4] > 0
+
+
+def test_second_turn_only_runs_new_tokens(tiny, tiny_prompt):
+    engine = ChatEngine(tiny)
+    messages = [{"role": "user", "content": "To be, or not to be?"}]
+    reply = engine.reply(messages, tiny_prompt, GREEDY)
+    first_prompt_tokens = engine.last.prompt_tokens
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Is that the question?"}]
+    engine.reply(messages, tiny_prompt, GREEDY)
+    assert engine.last.reused_tokens >= first_prompt_tokens
+
+
+def test_history_that_outgrows_the_window_drops_oldest_turns(tiny, tiny_prompt):
+    engine = ChatEngine(tiny, max_context=160)
+    messages = []
+    for turn in range(12):
+        messages += [{"role": "user", "content": f"Question {turn}: what is the capital of France?"},
+                     {"role": "assistant", "content": "The capital of France is Paris."}]
+    messages.append({"role": "user", "content": "And again?"})
+    reply = engine.reply(messages, tiny_prompt, GREEDY)
+    assert engine.last.dropped_messages > 0
+    assert engine.last.prompt_tokens + tiny_prompt.num_virtual_tokens + GREEDY.max_new_tokens <= 160
+    assert isinstance(reply, str)
+
+
+def test_one_message_too_long_for_the_window_is_a_clear_error(tiny):
+    engine = ChatEngine(tiny, max_context=64)
+    with pytest.raises(ConfigError, match="window"):
+        engine.reply([{"role": "user", "content": "hello " * 200}], None, GREEDY)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny, tiny_prompt):
+    engine = ChatEngine(tiny)
+    messages = [{"role": "user", "content": "Hello there!"}]
+    config = GenerationConfig(temperature=1.0, top_p=0.95, top_k=0, seed=7, max_new_tokens=12)
+    first = engine.reply(messages, tiny_prompt, config)
+    first_ids = engine.last.token_ids
+    engine.clear_cache()
+    assert engine.reply(messages, tiny_prompt, config) == first
+    runs = set()
+    for seed in range(4):
+        engine.reply(messages, tiny_prompt, GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=seed, max_new_tokens=12))
+        runs.add(tuple(engine.last.token_ids))
+    assert len(runs) > 1 or tuple(first_ids) not in runs
+
+
+def test_cancel_stops_generation(tiny, tiny_prompt):
+    engine = ChatEngine(tiny)
+    cancel = threading.Event()
+    cancel.set()
+    pieces = list(engine.stream([{"role": "user", "content": "Hello"}], tiny_prompt, GREEDY, cancel=cancel))
+    assert pieces == [] and engine.last.finish_reason == "cancelled"
+
+
+def test_prompt_for_another_model_is_refused(tiny):
+    alien = SoftPrompt(torch.zeros(3, tiny.fingerprint.hidden_size), name="alien",
+                       fingerprint=Fingerprint("GPT2LMHeadModel", tiny.fingerprint.hidden_size, 50257, "f" * 16))
+    with pytest.raises(PromptMismatchError, match="alien"):
+        ChatEngine(tiny).reply([{"role": "user", "content": "hi"}], alien, GREEDY)
+
+
+def test_empty_message_is_refused(tiny):
+    with pytest.raises(ConfigError, match="empty"):
+        ChatEngine(tiny).reply([{"role": "user", "content": "   "}], None, GREEDY)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("temperature", -0.1), ("top_p", 0.0), ("top_k", -1), ("max_new_tokens", 0), ("repetition_penalty", 0)]
+)
+def test_bad_generation_settings_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        GenerationConfig(**{field: value})
