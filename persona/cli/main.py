@@ -16,6 +16,7 @@ from persona.errors import PersonaError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "persona.cli.reply",
+    "persona.cli.library_cmds",
 )
 
 
