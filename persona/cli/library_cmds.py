@@ -67,6 +67,13 @@ def _open(args: argparse.Namespace):
     return open_library(args.library)
 
 
+def _open_for_reading(args: argparse.Namespace):
+    """list, show and history: sqlite3 alone when the library is at head (no SQLAlchemy import)."""
+    from persona.library.reader import open_for_reading
+
+    return open_for_reading(args.library)
+
+
 def _print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -94,7 +101,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    lib = _open(args)
+    lib = _open_for_reading(args)
     try:
         personas = lib.list_personas()
     finally:
@@ -115,7 +122,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    lib = _open(args)
+    lib = _open_for_reading(args)
     try:
         info = lib.get_persona(args.name)
     finally:
@@ -233,7 +240,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    lib = _open(args)
+    lib = _open_for_reading(args)
     try:
         if args.id is None:
             conversations = lib.list_conversations()

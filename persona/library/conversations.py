@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from persona.errors import LibraryError, NotFoundError
+from persona.library import reader
 from persona.library.info import ConversationInfo, MessageInfo
 from persona.library.models import Conversation, Message, Persona, utcnow
-from persona.library.records import ROLES, aware, message_info
+from persona.library.records import ROLES
 from persona.library.store import Store
 
 
@@ -66,36 +67,13 @@ class ConversationStore(Store):
 
     def list_conversations(self) -> list[ConversationInfo]:
         """Every conversation, the most recently active first."""
-        counts = select(Message.conversation_id, func.count(Message.id).label("n")).group_by(Message.conversation_id).subquery()
-        speakers = (
-            select(Message.conversation_id, Message.persona_name, func.min(Message.id).label("first"))
-            .where(Message.persona_name.is_not(None))
-            .group_by(Message.conversation_id, Message.persona_name)
-            .order_by("first")
-        )
         with self.reading() as session:
-            names: dict[int, list[str]] = {}
-            for conversation_id, name, _first in session.execute(speakers):
-                names.setdefault(conversation_id, []).append(name)
-            rows = session.execute(
-                select(Conversation, func.coalesce(counts.c.n, 0))
-                .outerjoin(counts, counts.c.conversation_id == Conversation.id)
-                .order_by(Conversation.updated.desc(), Conversation.id.desc())
-            )
-            return [
-                ConversationInfo(
-                    id=c.id, title=c.title, created=aware(c.created), updated=aware(c.updated),
-                    model_fingerprint=c.model_fingerprint, message_count=n, personas=names.get(c.id, []),
-                )
-                for c, n in rows
-            ]
+            return reader.list_conversations(self.sqlite(session))
 
     def get_messages(self, conversation_id: int) -> list[MessageInfo]:
         """The messages of one conversation, in the order they were written."""
         with self.reading() as session:
-            self._conversation(session, conversation_id)
-            rows = session.scalars(select(Message).where(Message.conversation_id == conversation_id).order_by(Message.id))
-            return [message_info(row) for row in rows]
+            return reader.get_messages(self.sqlite(session), conversation_id)
 
     def _conversation(self, session, conversation_id: int) -> Conversation:  # noqa: ANN001
         conversation = session.get(Conversation, conversation_id)

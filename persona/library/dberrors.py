@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,11 +36,17 @@ def describe(exc: BaseException, path: Path, timeout: float) -> str:
 @contextmanager
 def translated(path: Path, timeout: float) -> Iterator[None]:
     """Run a library operation; any database or OS failure leaves as a LibraryError."""
-    from sqlalchemy.exc import DBAPIError
-
     try:
         yield
-    except DBAPIError as exc:
-        raise LibraryError(describe(exc, path, timeout)) from None
     except (sqlite3.Error, OSError) as exc:
         raise LibraryError(describe(exc, path, timeout)) from None
+    except Exception as exc:
+        if _is_database_error(exc):
+            raise LibraryError(describe(exc, path, timeout)) from None
+        raise
+
+
+def _is_database_error(exc: Exception) -> bool:
+    """A SQLAlchemy DBAPIError, checked without importing SQLAlchemy (the sqlite3 reader never does)."""
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.DBAPIError)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, undefer
 
 from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
+from persona.library import reader
 from persona.library.conversations import ConversationStore
 from persona.library.info import PersonaInfo, VersionInfo
 from persona.library.models import Persona, PersonaTag, PromptVersion, Setting, utcnow
-from persona.library.records import (
-    aware,
-    check_name,
-    check_tags,
-    dump_record,
-    load_record,
-    version_info,
-)
+from persona.library.records import check_name, check_tags, dump_record, not_found, version_info
 
 if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
@@ -116,42 +109,14 @@ class PersonaLibrary(ConversationStore):
         return prompt
 
     def list_personas(self) -> list[PersonaInfo]:
-        """Every persona with its active version's metadata (no tensors are read), sorted by name."""
-        query = (
-            select(Persona.id, Persona.name, Persona.description, Persona.created, Persona.updated,
-                   Persona.active_version, PromptVersion.num_virtual_tokens, PromptVersion.hidden_size,
-                   PromptVersion.model_id, PromptVersion.fingerprint, PromptVersion.metrics_json)
-            .outerjoin(PromptVersion, (PromptVersion.persona_id == Persona.id)
-                       & (PromptVersion.version == Persona.active_version))
-            .order_by(Persona.name)
-        )
+        """Every persona with its active version's metadata (no tensor is read), sorted by name."""
         with self.reading() as session:
-            tags: dict[int, list[str]] = {}
-            for persona_id, tag in session.execute(select(PersonaTag.persona_id, PersonaTag.tag).order_by(PersonaTag.tag)):
-                tags.setdefault(persona_id, []).append(tag)
-            return [_persona_info(row, tags.get(row.id, [])) for row in session.execute(query)]
+            return reader.list_personas(self.sqlite(session))
 
     def get_persona(self, name: str) -> PersonaInfo:
         """One persona with all of its versions (oldest first)."""
         with self.reading() as session:
-            persona = self._find(session, name)
-            versions = [version_info(row, persona.active_version) for row in persona.versions]
-            active = next((v for v in versions if v.active), None)
-            info = PersonaInfo(
-                name=persona.name,
-                description=persona.description,
-                tags=[t.tag for t in persona.tags],
-                created=aware(persona.created),
-                updated=aware(persona.updated),
-                active_version=persona.active_version,
-                num_virtual_tokens=active.num_virtual_tokens if active else 0,
-                hidden_size=active.hidden_size if active else 0,
-                model_id=active.model_id if active else "",
-                fingerprint=active.fingerprint if active else "",
-                metrics=active.metrics if active else None,
-                versions=versions,
-            )
-            return info
+            return reader.get_persona(self.sqlite(session), name)
 
     def has_persona(self, name: str) -> bool:
         with self.reading() as session:
@@ -225,11 +190,7 @@ class PersonaLibrary(ConversationStore):
     def _find(self, session: Session, name: str) -> Persona:
         persona = session.scalar(select(Persona).where(Persona.name == name))
         if persona is None:
-            names = list(session.scalars(select(Persona.name)))
-            close = difflib.get_close_matches(name.lower(), [n.lower() for n in names], n=3, cutoff=0.6)
-            by_lower = {n.lower(): n for n in names}
-            hint = f"did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else "see `persona list`"
-            raise NotFoundError(f"no persona named {name!r}; {hint}")
+            raise not_found(name, list(session.scalars(select(Persona.name))))
         return persona
 
     def _no_version(self, session: Session, persona: Persona, version: int) -> NotFoundError:
@@ -239,20 +200,3 @@ class PersonaLibrary(ConversationStore):
             f"persona {persona.name!r} has no version {version} (it has {', '.join(map(str, have)) or 'none'}); "
             f"see `persona show {persona.name}`"
         )
-
-
-def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
-    """`row`: the columns selected by `list_personas`."""
-    return PersonaInfo(
-        name=row.name,
-        description=row.description,
-        tags=tags,
-        created=aware(row.created),
-        updated=aware(row.updated),
-        active_version=row.active_version,
-        num_virtual_tokens=row.num_virtual_tokens or 0,
-        hidden_size=row.hidden_size or 0,
-        model_id=row.model_id or "",
-        fingerprint=row.fingerprint or "",
-        metrics=load_record(row.metrics_json),
-    )

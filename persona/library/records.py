@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 
-from persona.errors import LibraryError
+from persona.errors import LibraryError, NotFoundError
 from persona.library.info import MessageInfo, VersionInfo
 
 MAX_NAME_CHARS = 100
@@ -16,9 +17,19 @@ ROLES = ("user", "assistant", "system")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def aware(moment: datetime) -> datetime:
-    """The library stores naive UTC; hand out aware datetimes."""
+def aware(moment: datetime | str) -> datetime:
+    """The library stores naive UTC (SQLAlchemy writes it as ISO text); hand out aware datetimes."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def not_found(name: str, names: list[str]) -> NotFoundError:
+    """"no persona named 'x'", with the closest existing names as a hint."""
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else "see `persona list`"
+    return NotFoundError(f"no persona named {name!r}; {hint}")
 
 
 def check_name(name: str) -> str:

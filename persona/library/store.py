@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,11 @@ class Store:
             session.begin(),
         ):
             yield session
+
+    @staticmethod
+    def sqlite(session: Session) -> sqlite3.Connection:
+        """The sqlite3 connection under `session`, inside its transaction (for reader.py's SQL)."""
+        return session.connection().connection.driver_connection
 
     def close(self) -> None:
         self.engine.dispose()

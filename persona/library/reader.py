@@ -1,0 +1,155 @@
+"""Metadata reads (personas, versions, conversations, messages) in plain SQL over sqlite3.
+
+Why not the ORM here: importing SQLAlchemy alone takes 0.3-0.5 s, the whole startup budget of
+`persona list`. These functions take any sqlite3 connection: PersonaLibrary passes the one inside
+its SQLAlchemy transaction, and `open_for_reading()` a bare one when the file is already at head,
+so the CLI's read-only commands never import SQLAlchemy. One implementation serves both.
+Column names are those of models.py (the head revision); the tests run both paths.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+from persona.library.info import ConversationInfo, MessageInfo, PersonaInfo
+from persona.library.records import aware, load_record, message_info, not_found, version_info
+
+_PERSONA_COLUMNS = """p.id, p.name, p.description, p.created, p.updated, p.active_version,
+    v.num_virtual_tokens, v.hidden_size, v.model_id, v.fingerprint, v.metrics_json"""
+_PERSONAS = f"""SELECT {_PERSONA_COLUMNS} FROM personas p
+    LEFT JOIN prompt_versions v ON v.persona_id = p.id AND v.version = p.active_version"""
+_VERSIONS = """SELECT version, num_virtual_tokens, hidden_size, dtype, sha256, model_id, fingerprint,
+    fingerprint_json, init, training_json, metrics_json, created
+    FROM prompt_versions WHERE persona_id = ? ORDER BY version"""
+_CONVERSATIONS = """SELECT c.id, c.title, c.created, c.updated, c.model_fingerprint,
+    (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
+    FROM conversations c ORDER BY c.updated DESC, c.id DESC"""
+_SPEAKERS = """SELECT conversation_id, persona_name, min(id) AS first FROM messages
+    WHERE persona_name IS NOT NULL GROUP BY conversation_id, persona_name ORDER BY first"""
+_MESSAGES = """SELECT id, conversation_id, role, content, persona_name, created, token_count, cut_short
+    FROM messages WHERE conversation_id = ? ORDER BY id"""
+
+
+def _rows(connection: sqlite3.Connection, sql: str, params: tuple = ()) -> list[Any]:
+    cursor = connection.cursor()
+    cursor.row_factory = lambda cur, row: SimpleNamespace(**{d[0]: v for d, v in zip(cur.description, row, strict=True)})
+    try:
+        return cursor.execute(sql, params).fetchall()
+    finally:
+        cursor.close()
+
+
+def _tags(connection: sqlite3.Connection, persona_id: int | None = None) -> dict[int, list[str]]:
+    where, params = ("WHERE persona_id = ?", (persona_id,)) if persona_id is not None else ("", ())
+    tags: dict[int, list[str]] = {}
+    for row in _rows(connection, f"SELECT persona_id, tag FROM persona_tags {where} ORDER BY tag", params):
+        tags.setdefault(row.persona_id, []).append(row.tag)
+    return tags
+
+
+def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
+    return PersonaInfo(
+        name=row.name, description=row.description, tags=tags, created=aware(row.created), updated=aware(row.updated),
+        active_version=row.active_version, num_virtual_tokens=row.num_virtual_tokens or 0,
+        hidden_size=row.hidden_size or 0, model_id=row.model_id or "", fingerprint=row.fingerprint or "",
+        metrics=load_record(row.metrics_json),
+    )
+
+
+def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
+    """Every persona with its active version's metadata (no tensor is read), sorted by name."""
+    tags = _tags(connection)
+    return [_persona_info(row, tags.get(row.id, [])) for row in _rows(connection, _PERSONAS + " ORDER BY p.name")]
+
+
+def get_persona(connection: sqlite3.Connection, name: str) -> PersonaInfo:
+    """One persona (names compare case-insensitively) with all of its versions, oldest first."""
+    found = _rows(connection, _PERSONAS + " WHERE p.name = ?", (name,))
+    if not found:
+        raise not_found(name, [row.name for row in _rows(connection, "SELECT name FROM personas")])
+    row = found[0]
+    info = _persona_info(row, _tags(connection, row.id).get(row.id, []))
+    info.versions = [version_info(v, row.active_version) for v in _rows(connection, _VERSIONS, (row.id,))]
+    return info
+
+
+def list_conversations(connection: sqlite3.Connection) -> list[ConversationInfo]:
+    """Every conversation, the most recently active first, with who spoke in it."""
+    speakers: dict[int, list[str]] = {}
+    for row in _rows(connection, _SPEAKERS):
+        speakers.setdefault(row.conversation_id, []).append(row.persona_name)
+    return [
+        ConversationInfo(id=c.id, title=c.title, created=aware(c.created), updated=aware(c.updated),
+                         model_fingerprint=c.model_fingerprint, message_count=c.message_count,
+                         personas=speakers.get(c.id, []))
+        for c in _rows(connection, _CONVERSATIONS)
+    ]
+
+
+def get_messages(connection: sqlite3.Connection, conversation_id: int) -> list[MessageInfo]:
+    """The messages of one conversation in the order they were written."""
+    from persona.errors import NotFoundError
+
+    if not _rows(connection, "SELECT id FROM conversations WHERE id = ?", (conversation_id,)):
+        raise NotFoundError(f"no conversation with id {conversation_id}; see `persona history`")
+    return [message_info(row) for row in _rows(connection, _MESSAGES, (conversation_id,))]
+
+
+class LibraryView(Protocol):
+    """What the read-only commands need; PersonaLibrary and LibraryReader both provide it."""
+
+    def list_personas(self) -> list[PersonaInfo]: ...
+    def get_persona(self, name: str) -> PersonaInfo: ...
+    def list_conversations(self) -> list[ConversationInfo]: ...
+    def get_messages(self, conversation_id: int) -> list[MessageInfo]: ...
+    def close(self) -> None: ...
+
+
+class LibraryReader:
+    """A read-only view of a library already at head, over sqlite3 alone."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path, self.timeout = path, timeout
+        self._connection = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+
+    def _read(self, function: Any, *args: Any) -> Any:
+        from persona.library.dberrors import translated
+
+        with translated(self.path, self.timeout):
+            self._connection.execute("BEGIN")  # one snapshot for the whole read
+            try:
+                return function(self._connection, *args)
+            finally:
+                self._connection.execute("COMMIT")
+
+    def list_personas(self) -> list[PersonaInfo]:
+        return self._read(list_personas)
+
+    def get_persona(self, name: str) -> PersonaInfo:
+        return self._read(get_persona, name)
+
+    def list_conversations(self) -> list[ConversationInfo]:
+        return self._read(list_conversations)
+
+    def get_messages(self, conversation_id: int) -> list[MessageInfo]:
+        return self._read(get_messages, conversation_id)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def open_for_reading(path: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> LibraryView:
+    """A fast read-only view when the library is at head; otherwise the full `open_library()`."""
+    from persona.library import migrate
+    from persona.library.open import DEFAULT_TIMEOUT_S, open_library
+    from persona.paths import library_path
+
+    timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
+    target = Path(path).expanduser() if path is not None else library_path()
+    if target.is_file() and migrate.current_revision(target, timeout) == migrate.HEAD_REVISION:
+        return LibraryReader(target, timeout)
+    return open_library(target, timeout=timeout)
