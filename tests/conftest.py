@@ -106,3 +106,35 @@ def tiny_prompt(tiny):
     generator = torch.Generator().manual_seed(1)
     embeddings = torch.randn(5, tiny.fingerprint.hidden_size, generator=generator) * 0.5  # (5, D)
     return SoftPrompt(embeddings=embeddings, name="tester", description="a test voice", fingerprint=tiny.fingerprint)
+
+
+@pytest.fixture(scope="session")
+def default_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default model, converted once per test run into a shared models folder."""
+    import os
+
+    from persona.model.loader import default_gguf_path, default_model_dir
+    from persona.errors import ModelError
+
+    try:
+        default_gguf_path()
+    except ModelError as exc:
+        pytest.skip(str(exc))
+    home = tmp_path_factory.mktemp("default-model-home")
+    previous = os.environ.get("PERSONA_HOME")
+    os.environ["PERSONA_HOME"] = str(home)
+    try:
+        default_model_dir(progress=None)
+    finally:
+        if previous is None:
+            os.environ.pop("PERSONA_HOME", None)
+        else:
+            os.environ["PERSONA_HOME"] = previous
+    return home / "models"
+
+
+@pytest.fixture
+def real_home(isolated_home: Path, default_model_store: Path) -> Path:
+    """A fresh PERSONA_HOME whose models folder already holds the converted default model."""
+    (isolated_home / "models").symlink_to(default_model_store, target_is_directory=True)
+    return isolated_home

