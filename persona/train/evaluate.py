@@ -1,0 +1,68 @@
+"""Held-out negative log-likelihood per reply token: no prompt, the written description, the soft prompt.
+
+All three score exactly the same reply tokens (replies are cut the same way whatever precedes
+them), so the numbers compare directly: lower is better, and a soft prompt earns its place only
+if it beats both the bare model and simply writing the description as a system prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from persona.dialogue.encode import EncodedExample, encode_examples
+from persona.dialogue.examples import Example
+from persona.prompt.render import Renderer
+from persona.train.batching import collate
+from persona.train.loss import labelled_nll
+
+
+def mean_nll(
+    model: Any,
+    prompt: torch.Tensor | None,  # (N, D) or None
+    encoded: Sequence[EncodedExample],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+) -> tuple[float, int]:
+    """(NLL per labelled token, number of labelled tokens), in length-sorted batches, no gradients."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            ids, mask, labels = collate([encoded[i] for i in order[start : start + batch_size]], pad_id)  # (B, T) each
+            batch_total, batch_count = labelled_nll(model, prompt, ids, mask, labels)
+            total += float(batch_total)
+            count += batch_count
+    return (total / count if count else float("nan")), count
+
+
+def evaluate(
+    model: Any,
+    renderer: Renderer,
+    examples: Sequence[Example],
+    prompt: torch.Tensor,  # (N, D)
+    *,
+    description: str | None,
+    pad_id: int,
+    batch_size: int = 8,
+    max_length: int = 512,
+    max_reply_tokens: int = 160,
+) -> dict[str, Any]:
+    """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
+    limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
+    bare = encode_examples(renderer, examples, None, **limits)
+    with_prompt = encode_examples(renderer, examples, "persona", **limits)
+    no_prompt, tokens = mean_nll(model, None, bare, pad_id=pad_id, batch_size=batch_size)
+    soft_prompt, _ = mean_nll(model, prompt, with_prompt, pad_id=pad_id, batch_size=batch_size)
+    hard_prompt = None
+    if description and description.strip():
+        written = encode_examples(renderer, examples, None, system=description.strip(), **limits)
+        hard_prompt, _ = mean_nll(model, None, written, pad_id=pad_id, batch_size=batch_size)
+    return {
+        "nll": {"no_prompt": no_prompt, "hard_prompt": hard_prompt, "soft_prompt": soft_prompt},
+        "tokens": tokens,
+        "examples": len(examples),
+    }

@@ -1,0 +1,120 @@
+"""Train one persona end to end: dialogue -> examples -> trained prompt -> held-out evaluation.
+
+Nothing is stored here: the caller puts the finished `TrainedPersona` into the library, so an
+interrupted or failed run never leaves a half-made persona behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persona.dialogue.encode import encode_examples
+from persona.dialogue.examples import Example, build_examples, resolve_speaker
+from persona.dialogue.split import split_by_conversation
+from persona.dialogue.types import Dialogue
+from persona.errors import DialogueError
+from persona.model.loader import LoadedModel
+from persona.prompt.init import initial_prompt
+from persona.prompt.render import Renderer
+from persona.prompt.softprompt import SoftPrompt
+from persona.train.batching import pad_token_id
+from persona.train.checkpoint import check_resumable, checkpoint_path, load_checkpoint
+from persona.train.config import TrainConfig
+from persona.train.evaluate import evaluate
+from persona.train.loop import train_loop
+
+MIN_EXAMPLES = 10
+
+
+@dataclass
+class TrainedPersona:
+    prompt: SoftPrompt
+    metrics: dict[str, Any]  # {"nll": {...}, "tokens": n, "examples": m}
+    training: dict[str, Any]  # the training record stored with the version
+    checkpoint: Path
+
+
+def check_enough(examples: list[Example], speaker: str, source: str) -> None:
+    if len(examples) < MIN_EXAMPLES:
+        raise DialogueError(
+            f"only {len(examples)} line{'s' if len(examples) != 1 else ''} by {speaker!r} in {source}; "
+            f"training needs at least {MIN_EXAMPLES} (a few hundred train a convincing persona)"
+        )
+
+
+def train_persona(
+    loaded: LoadedModel,
+    dialogue: Dialogue,
+    *,
+    speaker: str | None,
+    name: str,
+    description: str | None = None,
+    config: TrainConfig | None = None,
+    heldout: Dialogue | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Any = None,
+) -> TrainedPersona:
+    """Train a soft prompt for `speaker`'s lines; evaluate on `heldout` if given, else on the validation split."""
+    config = config or TrainConfig()
+    began = time.perf_counter()
+    speaker_name = resolve_speaker(dialogue, speaker)
+    examples = build_examples(dialogue, speaker_name, config.context_turns)
+    check_enough(examples, speaker_name, dialogue.source)
+    train, validation = split_by_conversation(examples, config.validation_fraction, config.seed)
+    test = build_examples(heldout, resolve_speaker(heldout, speaker), config.context_turns) if heldout else validation
+    if not test:
+        raise DialogueError(f"no held-out lines by {speaker_name!r} to evaluate on; use --validation-fraction above 0")
+
+    renderer = Renderer(loaded.tokenizer)
+    limits = {"max_length": config.max_length, "max_reply_tokens": config.max_reply_tokens}
+    train_encoded = encode_examples(renderer, train, name, **limits)
+    validation_encoded = encode_examples(renderer, validation, name, **limits)
+    start, init = initial_prompt(
+        loaded.model, loaded.tokenizer, config.num_virtual_tokens, method=config.init, description=description, seed=config.seed
+    )  # (N, D)
+    total_steps = config.total_steps(len(train_encoded))
+    identity = {
+        "source_sha256": dialogue.sha256,
+        "speaker": speaker_name,
+        "model": str(loaded.fingerprint),
+        "description": description or "",
+        "init": init,
+        "config": config.to_dict(),
+    }
+    checkpoint_file = checkpoint_path(name)
+    resume_from = None
+    if resume:
+        resume_from = load_checkpoint(checkpoint_file)
+        check_resumable(resume_from, identity)
+    pad_id = pad_token_id(loaded.tokenizer)
+    result = train_loop(
+        loaded.model, start, train_encoded, validation_encoded, config,
+        pad_id=pad_id, total_steps=total_steps, identity=identity, checkpoint_file=checkpoint_file,
+        resume_from=resume_from, progress=progress, on_step=on_step, description=f"training {name}",
+    )
+    metrics = evaluate(
+        loaded.model, renderer, test, result.prompt, description=description, pad_id=pad_id,
+        batch_size=config.batch_size, **limits,
+    )
+    prompt = SoftPrompt(
+        embeddings=result.prompt, name=name, description=description or "", fingerprint=loaded.fingerprint,
+        init=init, base_model=loaded.model_id,
+    )
+    training = {
+        "source": dialogue.source,
+        "source_sha256": dialogue.sha256,
+        "speaker": speaker_name,
+        "steps": result.steps,
+        "seconds": round(time.perf_counter() - began + (resume_from.seconds if resume_from else 0.0), 1),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "train_examples": len(train),
+        "validation_examples": len(validation),
+        "evaluated_on": heldout.source if heldout else "validation split",
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "config": config.to_dict(),
+    }
+    return TrainedPersona(prompt=prompt, metrics=metrics, training=training, checkpoint=checkpoint_file)

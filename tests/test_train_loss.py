@@ -1,0 +1,54 @@
+"""Our labelled-positions-only loss is PEFT's prompt-tuning loss: same value, same gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from persona.dialogue.encode import EncodedExample
+from persona.prompt.inject import IGNORE_INDEX
+from persona.train.batching import collate
+from persona.train.loss import labelled_nll
+
+
+def batch_for(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    texts = [("Who are you?", "I am not only witty in myself."), ("Hello there!", "To be, or not to be, that is the question.")]
+    examples = []
+    for prefix, reply in texts:
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+        examples.append(EncodedExample(prefix_ids + reply_ids, [IGNORE_INDEX] * len(prefix_ids) + reply_ids))
+    return collate(examples, pad_id=tokenizer.pad_token_id)  # (B, T) each, right-padded
+
+
+def test_loss_and_gradient_match_peft_prompt_tuning(tiny_model_dir, tiny) -> None:
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    ids, mask, labels = batch_for(tiny.tokenizer)
+    assert (mask == 0).any(), "the batch must contain padding for this test to mean something"
+    prompt = torch.nn.Parameter(torch.randn(5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(2)))
+
+    total, count = labelled_nll(tiny.model, prompt, ids, mask, labels)
+    ours = total / count
+    ours.backward()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    embedding = peft_model.prompt_encoder["default"].embedding.weight  # (N, D)
+    with torch.no_grad():
+        embedding.copy_(prompt.detach())
+    reference = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    reference.backward()
+
+    assert count == int((labels != IGNORE_INDEX).sum())  # every reply token is scored, padding never
+    assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
+    torch.testing.assert_close(prompt.grad, embedding.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_without_a_prompt_it_is_the_models_own_loss(tiny) -> None:
+    ids, mask, labels = batch_for(tiny.tokenizer)
+    total, count = labelled_nll(tiny.model, None, ids, mask, labels)
+    with torch.no_grad():
+        reference = tiny.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert (total / count).item() == pytest.approx(reference.item(), abs=1e-5)
