@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -68,7 +68,7 @@ class PromptVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    tensor: Mapped[bytes] = deferred(mapped_column(LargeBinary))  # SoftPrompt.to_bytes(): safetensors
+    tensor: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # SoftPrompt.to_bytes(): safetensors
     num_virtual_tokens: Mapped[int] = mapped_column(Integer)  # N
     hidden_size: Mapped[int] = mapped_column(Integer)  # D
     dtype: Mapped[str] = mapped_column(String(20), default="float32")
