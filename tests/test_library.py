@@ -8,11 +8,11 @@ import stat
 import pytest
 import torch
 
-from tests.library_helpers import FINGERPRINT, METRICS, TRAINING, make_prompt
 from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
 from persona.library import open_library
 from persona.library.reader import LibraryReader, open_for_reading
 from persona.paths import library_path
+from tests.library_helpers import FINGERPRINT, METRICS, TRAINING, make_prompt
 
 
 @pytest.fixture
