@@ -1,0 +1,98 @@
+"""`persona chat`: the terminal chat client. Everything that can fail is checked before it starts."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from persona.errors import ConfigError
+
+MIN_COLUMNS, MIN_LINES = 40, 12  # the chat screen's own minimum (persona.tui.screens.chat)
+
+
+def _resume_id(value: str) -> int | str:
+    if value == "latest":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a conversation id; `persona history` lists them") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a conversation id; `persona history` lists them")
+    return number
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from persona.cli.reply import add_generation_arguments
+
+    parser = subparsers.add_parser(
+        "chat",
+        help="chat in the terminal, switching persona whenever you like",
+        description=(
+            "Open the chat client. With no flags it starts a new conversation with the default persona "
+            "(`default_persona` setting), or the model's own voice when there is none. "
+            "Inside: Enter sends, Ctrl+J adds a newline, F2 picks a persona, Esc stops a reply, /help lists commands."
+        ),
+    )
+    parser.add_argument("--persona", metavar="NAME", help="the persona that speaks first (switch later with F2 or /persona)")
+    parser.add_argument("--model", metavar="PATH", help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct, or $PERSONA_MODEL)")
+    parser.add_argument(
+        "--resume", metavar="ID", nargs="?", const="latest", type=_resume_id,
+        help="continue a saved conversation: the latest one, or conversation ID",
+    )
+    parser.add_argument("--library", metavar="PATH", type=Path, help="the persona library file (default: in the data dir)")
+    add_generation_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def check_terminal() -> None:
+    """Refuse, in one line, to start without an interactive terminal of a usable size."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ConfigError("persona chat needs an interactive terminal; for scripts use `persona reply MESSAGE`")
+    size = shutil.get_terminal_size()
+    if size.columns < MIN_COLUMNS or size.lines < MIN_LINES:
+        raise ConfigError(
+            f"the terminal is {size.columns}×{size.lines}; make it at least {MIN_COLUMNS}×{MIN_LINES} and run persona chat again"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from persona.cli.reply import generation_config
+
+    config = generation_config(args)  # ConfigError before anything loads
+    check_terminal()
+
+    from persona.errors import NotFoundError
+    from persona.library import open_library
+
+    library = open_library(args.library)
+    try:
+        if args.persona is not None:
+            library.get_prompt(args.persona)  # NotFoundError now, not after the model has loaded
+        if isinstance(args.resume, int):
+            library.get_messages(args.resume)
+        elif args.resume == "latest" and not library.list_conversations():
+            raise NotFoundError("there is no saved conversation to resume; start one with `persona chat`")
+
+        from persona.engine.chat import ChatEngine
+        from persona.model.loader import load_model
+
+        print("persona: loading the model…", file=sys.stderr, flush=True)
+        loaded = load_model(args.model)
+        engine = ChatEngine(loaded)
+
+        from persona.tui.app import PersonaChatApp
+
+        app = PersonaChatApp(engine, library, persona=args.persona, resume=args.resume, config=config)
+        app.run()
+        conversation_id = app.session.conversation_id
+        if conversation_id is not None:
+            print(
+                f"persona: conversation {conversation_id} is saved; continue it with `persona chat --resume {conversation_id}`",
+                file=sys.stderr,
+            )
+        return 0 if app.return_code in (None, 0) else int(app.return_code)
+    finally:
+        library.close()

@@ -1,0 +1,1 @@
+"""The screens: chat, persona picker, conversations, help."""

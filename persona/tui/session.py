@@ -1,0 +1,135 @@
+"""The conversation on screen and its copy in the library, kept in step.
+
+Every finished message is written at once; a message the library could not take (locked, disk
+full) stays in memory marked unsaved and is written with the next one, so nothing typed or
+generated is lost while the app runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from persona.errors import NotFoundError
+from persona.prompt.render import Message
+
+TITLE_LENGTH = 60
+
+
+class Library(Protocol):
+    """The part of `persona.library` the chat client uses."""
+
+    def create_conversation(self, title: str, model_fingerprint: str) -> int: ...
+    def add_message(
+        self, conversation_id: int, role: str, content: str, persona: str | None,
+        token_count: int | None = None, cut_short: bool = False,
+    ) -> int: ...
+    def delete_message(self, message_id: int) -> None: ...
+    def get_messages(self, conversation_id: int) -> list[Any]: ...
+    def list_conversations(self) -> list[Any]: ...
+    def list_personas(self) -> list[Any]: ...
+    def get_prompt(self, name: str) -> Any: ...
+    def get_setting(self, key: str) -> str | None: ...
+
+
+@dataclass
+class Turn:
+    role: str  # user | assistant
+    content: str
+    persona: str | None = None  # who spoke, for assistant turns
+    token_count: int | None = None
+    cut_short: bool = False
+    message_id: int | None = None  # the library's id once saved
+
+
+def make_title(text: str) -> str:
+    """A conversation's title: the first line of its first message, shortened."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "") or "untitled"
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+class ChatSession:
+    def __init__(self, library: Library, model_fingerprint: str) -> None:
+        self.library = library
+        self.model_fingerprint = model_fingerprint
+        self.conversation_id: int | None = None
+        self.turns: list[Turn] = []
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def history(self) -> list[Message]:
+        """What the engine sees: every turn, in order."""
+        return [{"role": turn.role, "content": turn.content} for turn in self.turns]
+
+    @property
+    def unsaved(self) -> int:
+        return sum(1 for turn in self.turns if turn.message_id is None)
+
+    def last_persona(self) -> str | None:
+        """The persona of the latest reply (what a resumed conversation continues with)."""
+        return next((t.persona for t in reversed(self.turns) if t.role == "assistant"), None)
+
+    # ---- changing -----------------------------------------------------------------------------
+
+    def resume(self, conversation_id: int | None) -> None:
+        """Load a saved conversation (None: the most recently updated one)."""
+        if conversation_id is None:
+            conversations = self.library.list_conversations()
+            if not conversations:
+                raise NotFoundError("there is no saved conversation to resume; start one with `persona chat`")
+            conversation_id = max(conversations, key=lambda c: (c.updated, c.id)).id
+        messages = self.library.get_messages(conversation_id)
+        self.conversation_id = conversation_id
+        self.turns = [
+            Turn(m.role, m.content, m.persona, m.token_count, bool(m.cut_short), m.id)
+            for m in messages
+            if m.role in ("user", "assistant")
+        ]
+
+    def start_new(self) -> None:
+        """Forget the screen's conversation; the next message opens a new one in the library."""
+        self.conversation_id = None
+        self.turns = []
+
+    def add(self, turn: Turn) -> Turn:
+        """Append a finished message and save it (with any earlier one that is not saved yet)."""
+        self.turns.append(turn)
+        self.save()
+        return turn
+
+    def save(self) -> None:
+        """Write every unsaved turn, oldest first; a PersonaError leaves the rest for next time."""
+        if not self.turns:
+            return
+        if self.conversation_id is None:
+            first_user = next((t.content for t in self.turns if t.role == "user"), "")
+            self.conversation_id = self.library.create_conversation(make_title(first_user), self.model_fingerprint)
+        for turn in self.turns:
+            if turn.message_id is None:
+                turn.message_id = self.library.add_message(
+                    self.conversation_id, turn.role, turn.content, turn.persona,
+                    token_count=turn.token_count, cut_short=turn.cut_short,
+                )
+
+    def drop_last_reply(self) -> Turn | None:
+        """Remove the latest reply (for /retry); the user's message before it stays."""
+        if not self.turns or self.turns[-1].role != "assistant":
+            return None
+        self._forget(self.turns[-1])
+        return self.turns.pop()
+
+    def undo(self) -> list[Turn]:
+        """Remove the last exchange: the latest reply (if any) and the user message it answered."""
+        removed: list[Turn] = []
+        if self.turns and self.turns[-1].role == "assistant":
+            self._forget(self.turns[-1])
+            removed.append(self.turns.pop())
+        if self.turns and self.turns[-1].role == "user":
+            self._forget(self.turns[-1])
+            removed.append(self.turns.pop())
+        return removed
+
+    def _forget(self, turn: Turn) -> None:
+        if turn.message_id is not None:
+            self.library.delete_message(turn.message_id)
+            turn.message_id = None

@@ -1,0 +1,1 @@
+"""One widget per file: message bubble, chat input, status bar."""

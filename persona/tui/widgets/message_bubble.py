@@ -1,0 +1,74 @@
+"""One message in the chat: who wrote it (you, or the persona that spoke) above its Markdown text."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+NO_PERSONA_LABEL = "assistant"  # the model's own voice, when no persona is active
+
+
+def speaker_label(role: str, persona: str | None) -> str:
+    """The name shown above a message: `you`, the persona's name, or `assistant`."""
+    if role == "user":
+        return "you"
+    return persona or NO_PERSONA_LABEL
+
+
+class MessageBubble(Vertical):
+    """A message; an assistant reply can be streamed into it piece by piece."""
+
+    DEFAULT_CSS = """
+    MessageBubble {
+        height: auto;
+        margin: 0 1 1 1;
+        padding: 0 1;
+        border-left: thick $secondary;
+    }
+    MessageBubble.user { border-left: thick $primary; margin-left: 6; }
+    MessageBubble.cut-short { border-left: thick $warning; }
+    MessageBubble > .speaker { color: $text-muted; text-style: bold; }
+    MessageBubble.assistant > .speaker { color: $secondary; }
+    MessageBubble.user > .speaker { color: $primary; }
+    MessageBubble > Markdown { margin: 0; padding: 0; }
+    MessageBubble > Markdown > MarkdownParagraph:last-child { margin-bottom: 0; }
+    """
+
+    def __init__(self, role: str, content: str = "", persona: str | None = None, *, cut_short: bool = False) -> None:
+        super().__init__(classes=role)
+        self.role = role
+        self.persona = persona
+        self.text = content
+        self.cut_short = cut_short
+        self._stream: MarkdownStream | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._speaker_text(), classes="speaker", markup=False)
+        yield Markdown(self.text)
+
+    def on_mount(self) -> None:
+        self.set_class(self.cut_short, "cut-short")
+
+    def _speaker_text(self) -> str:
+        label = speaker_label(self.role, self.persona)
+        return f"{label} · cut short" if self.cut_short else label
+
+    async def write(self, piece: str) -> None:
+        """Append a streamed piece of the reply."""
+        self.text += piece
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.query_one(Markdown))
+        await self._stream.write(piece)
+
+    async def finish(self, *, cut_short: bool = False) -> None:
+        """The reply is complete (or was stopped): flush the stream and mark a cut-short reply."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.cut_short = cut_short
+        self.set_class(cut_short, "cut-short")
+        if not self.text:
+            await self.query_one(Markdown).update("*(no reply)*" if not cut_short else "*(stopped before the first word)*")
+        self.query_one(".speaker", Static).update(self._speaker_text())
