@@ -16,7 +16,9 @@ from persona.errors import PersonaError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "persona.cli.reply",
+    "persona.cli.chat_cmd",
     "persona.cli.library_cmds",
+    "persona.cli.train_cmds",
 )
 
 
