@@ -72,6 +72,7 @@ def train_loop(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     description: str = "training",
+    batches: list[list[int]] | None = None,
 ) -> LoopResult:
     """Optimise the prompt for `total_steps` steps; only the prompt ever requires grad."""
     prompt = torch.nn.Parameter(initial.detach().clone().to(torch.float32))  # (N, D)
@@ -80,7 +81,8 @@ def train_loop(
     if resume_from is not None:
         _restore(prompt, optimizer, resume_from)
         state = LoopState(resume_from.step, resume_from.seconds, resume_from.train_seconds, resume_from.tokens, list(resume_from.history))
-    batches = schedule([len(e.input_ids) for e in train], config.batch_size, config.seed, total_steps)
+    if batches is None:  # the length-bucketed schedule; benchmarks may pass their own
+        batches = schedule([len(e.input_ids) for e in train], config.batch_size, config.seed, total_steps)
     interval = config.validation_interval(total_steps)
     bar = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter() - state.seconds
