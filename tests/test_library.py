@@ -163,9 +163,10 @@ def test_a_tensor_damaged_on_disk_is_reported_not_returned(lib):
     lib.add_version("hamlet", make_prompt())
     lib.add_version("hamlet", make_prompt(seed=1))
     with lib.engine.begin() as connection:  # flip one byte of the stored float values
-        blob = bytearray(connection.exec_driver_sql("SELECT tensor FROM prompt_versions WHERE version = 2").scalar())
+        version_id = connection.exec_driver_sql("SELECT id FROM prompt_versions WHERE version = 2").scalar()
+        blob = bytearray(connection.exec_driver_sql("SELECT data FROM prompt_tensors WHERE version_id = ?", (version_id,)).scalar())
         blob[-1] ^= 0x01
-        connection.exec_driver_sql("UPDATE prompt_versions SET tensor = ? WHERE version = 2", (bytes(blob),))
+        connection.exec_driver_sql("UPDATE prompt_tensors SET data = ? WHERE version_id = ?", (bytes(blob), version_id))
     with pytest.raises(LibraryError, match=r"version 2 of persona 'hamlet' is damaged \(checksum mismatch\)"):
         lib.get_prompt("hamlet")
     lib.rollback("hamlet")

@@ -12,6 +12,7 @@ from sqlalchemy import create_engine
 
 from persona.library import migrate, open_library
 from persona.library.models import Base
+from persona.prompt.softprompt import SoftPrompt
 from tests.library_helpers import FINGERPRINT, METRICS, make_prompt
 
 FIRST = migrate.KNOWN_REVISIONS[0]
@@ -42,7 +43,8 @@ def test_empty_file_migrates_to_head_and_matches_the_orm_models(tmp_path):
     path = tmp_path / "library.db"
     open_library(path).close()
     assert migrate.current_revision(path, 1.0) == migrate.HEAD_REVISION
-    assert {"personas", "prompt_versions", "persona_tags", "conversations", "messages", "settings"} <= tables(path)
+    assert {"personas", "prompt_versions", "prompt_tensors", "persona_tags", "conversations", "messages", "settings"} <= tables(path)
+    assert "tensor" not in columns(path, "prompt_versions")
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
@@ -52,9 +54,21 @@ def test_empty_file_migrates_to_head_and_matches_the_orm_models(tmp_path):
 
 def test_head_down_to_base_and_up_again(tmp_path):
     path = tmp_path / "library.db"
-    open_library(path).close()
-    migrate.downgrade(path, 1.0, FIRST)
+    lib = open_library(path)
+    lib.add_version("hamlet", make_prompt(seed=5))
+    lib.close()
+    migrate.downgrade(path, 1.0, FIRST)  # the tensor goes back into its version row
     assert "persona_tags" not in tables(path) and "cut_short" not in columns(path, "messages")
+    assert "prompt_tensors" not in tables(path)
+    with sqlite3.connect(path) as connection:
+        stored = connection.execute("SELECT tensor FROM prompt_versions").fetchone()[0]
+    connection.close()
+    assert torch.equal(SoftPrompt.from_bytes(stored).embeddings, make_prompt(seed=5).embeddings)
+    migrate.upgrade(path, 1.0)
+    lib = open_library(path)
+    assert torch.equal(lib.get_prompt("hamlet").embeddings, make_prompt(seed=5).embeddings)
+    lib.delete("hamlet")
+    lib.close()
     migrate.downgrade(path, 1.0, "base")
     assert tables(path) == {"alembic_version"}
     migrate.upgrade(path, 1.0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
 from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
 from persona.library import reader
 from persona.library.conversations import ConversationStore
 from persona.library.info import PersonaInfo, VersionInfo
-from persona.library.models import Persona, PersonaTag, PromptVersion, Setting, utcnow
+from persona.library.models import Persona, PersonaTag, PromptTensor, PromptVersion, Setting, utcnow
 from persona.library.records import check_name, check_tags, dump_record, not_found, version_info
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ class PersonaLibrary(ConversationStore):
             row = PromptVersion(
                 persona_id=persona.id,
                 version=(latest or 0) + 1,
-                tensor=data,
                 num_virtual_tokens=prompt.num_virtual_tokens,
                 hidden_size=prompt.hidden_size,
                 dtype="float32",
@@ -70,6 +69,7 @@ class PersonaLibrary(ConversationStore):
                 metrics_json=metrics_json,
                 created=now,
             )
+            row.tensor = PromptTensor(data=data)
             session.add(row)
             persona.active_version = row.version
             persona.updated = now
@@ -87,17 +87,18 @@ class PersonaLibrary(ConversationStore):
         with self.reading() as session:
             persona = self._find(session, name)
             wanted = persona.active_version if version is None else version
-            row = session.scalar(
-                select(PromptVersion)
-                .options(undefer(PromptVersion.tensor))
+            found = session.execute(
+                select(PromptVersion, PromptTensor.data)
+                .join(PromptTensor, PromptTensor.version_id == PromptVersion.id)
                 .where(PromptVersion.persona_id == persona.id, PromptVersion.version == wanted)
-            )
-            if row is None:
+            ).first()
+            if found is None:
                 raise self._no_version(session, persona, wanted)
+            row, data = found
             canonical, description = persona.name, persona.description
         damaged = f"version {row.version} of persona {canonical!r} is damaged"
         try:
-            prompt = SoftPrompt.from_bytes(row.tensor, source=f"persona {canonical!r} version {row.version}")
+            prompt = SoftPrompt.from_bytes(data, source=f"persona {canonical!r} version {row.version}")
         except Exception as exc:  # noqa: BLE001 - any unreadable blob is damage, reported in one line
             raise LibraryError(f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`") from None
         if prompt.sha256 != row.sha256:

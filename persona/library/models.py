@@ -60,7 +60,7 @@ class Persona(Base):
 
 
 class PromptVersion(Base):
-    """One soft prompt of a persona: the tensor as safetensors bytes and how it came to be."""
+    """One soft prompt of a persona: its shape, checksum, model and how it came to be."""
 
     __tablename__ = "prompt_versions"
     __table_args__ = (UniqueConstraint("persona_id", "version", name="uq_prompt_versions_persona_version"),)
@@ -68,7 +68,6 @@ class PromptVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    tensor: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # SoftPrompt.to_bytes(): safetensors
     num_virtual_tokens: Mapped[int] = mapped_column(Integer)  # N
     hidden_size: Mapped[int] = mapped_column(Integer)  # D
     dtype: Mapped[str] = mapped_column(String(20), default="float32")
@@ -82,6 +81,16 @@ class PromptVersion(Base):
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     persona: Mapped[Persona] = relationship(back_populates="versions")
+    tensor: Mapped[PromptTensor] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class PromptTensor(Base):
+    """The tensor of a PromptVersion, apart so metadata reads stay small (revision 0003)."""
+
+    __tablename__ = "prompt_tensors"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("prompt_versions.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # SoftPrompt.to_bytes(): safetensors, (N, D) float32
 
 
 class PersonaTag(Base):
