@@ -8,7 +8,8 @@ same rendered examples. PEFT runs the usual way: `get_peft_model` + `PromptTunin
 batches padded to their longest example, the model's own loss over full logits. Ours buckets
 batches by length and projects to the vocabulary only where a reply token is predicted. A third
 row runs ours on PEFT's exact batches, to show how much each of the two ideas contributes.
-tokens/s counts real (unpadded) input tokens per second of optimiser steps.
+The arms take turns step by step, so on a shared machine they all see the same load; tokens/s
+counts real (unpadded) input tokens per second of optimiser steps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,64 +28,88 @@ from persona.model.loader import load_model
 from persona.prompt.init import initial_prompt
 from persona.prompt.render import Renderer
 from persona.train import TrainConfig
-from persona.train.batching import collate, pad_token_id
+from persona.train.batching import collate, pad_token_id, schedule
 from persona.train.evaluate import mean_nll
-from persona.train.loop import train_loop
+from persona.train.loss import labelled_nll
 
 FALSTAFF = "You are Sir John Falstaff, the fat, witty, boastful old knight of Shakespeare's Henry IV."
 
 
 @dataclass
-class Row:
+class Arm:
+    """One trainer: its prompt, optimiser, batches and a step function; timed step by step."""
+
     name: str
-    tokens_per_second: float
-    heldout_nll: float
-    seconds: float
+    prompt: torch.Tensor  # (N, D) the trainable tensor (PEFT's own parameter for PEFT)
+    optimizer: torch.optim.Optimizer
+    batches: list[list[int]]
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, mask, labels) -> loss
+    heldout_nll: Callable[[], float]
+    tokens: int = 0
+    seconds: float = 0.0
 
 
 def shuffled_batches(count: int, batch_size: int, seed: int, steps: int) -> list[list[int]]:
     """What a plain DataLoader(shuffle=True) gives: random batches, epoch after epoch."""
-    rng, batches, epoch = random.Random(seed), [], 0
+    rng, batches = random.Random(seed), []
     while len(batches) < steps:
         order = list(range(count))
         rng.shuffle(order)
         batches.extend(order[i : i + batch_size] for i in range(0, count, batch_size))
-        epoch += 1
     return batches[:steps]
 
 
-def run_peft(model_path, start, train, heldout, batches, lr, pad_id) -> Row:
+def peft_arm(model_path, start, heldout, batches, lr, pad_id) -> Arm:
     from peft import PromptTuningConfig, get_peft_model
 
-    base = load_model(model_path).model
-    peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=start.shape[0]))
+    peft_model = get_peft_model(load_model(model_path).model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=start.shape[0]))
     embedding = peft_model.prompt_encoder["default"].embedding.weight  # (N, D)
     with torch.no_grad():
         embedding.copy_(start)
+
+    def step(ids, mask, labels):
+        return peft_model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+
+    def heldout_nll() -> float:
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for at in range(0, len(heldout), 8):
+                ids, mask, labels = collate(heldout[at : at + 8], pad_id)  # (B, T) each
+                n = int((labels != -100).sum())  # PEFT scores every label: the prompt precedes them all
+                total += float(step(ids, mask, labels)) * n
+                count += n
+        return total / count
+
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    tokens, seconds = 0, 0.0
-    for batch in batches:
-        ids, mask, labels = collate([train[i] for i in batch], pad_id)  # (B, T) each
-        began = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        peft_model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
-        optimizer.step()
-        seconds += time.perf_counter() - began
-        tokens += int(mask.sum())
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for start_at in range(0, len(heldout), 8):
-            ids, mask, labels = collate(heldout[start_at : start_at + 8], pad_id)  # (B, T) each
-            n = int((labels != -100).sum())  # PEFT scores every label: the prompt precedes them all
-            total += float(peft_model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss) * n
-            count += n
-    return Row("PEFT prompt tuning", tokens / seconds, total / count, seconds)
+    return Arm("PEFT prompt tuning", embedding, optimizer, batches, step, heldout_nll)
 
 
-def run_ours(name, model, start, train, heldout, config, pad_id, batches=None) -> Row:
-    result = train_loop(model, start, train, [], config, pad_id=pad_id, total_steps=config.steps, progress=False, batches=batches)
-    nll, _ = mean_nll(model, result.prompt, heldout, pad_id=pad_id, batch_size=config.batch_size)
-    return Row(name, result.tokens_per_second, nll, result.train_seconds)
+def our_arm(name, model, start, heldout, batches, lr, pad_id) -> Arm:
+    prompt = torch.nn.Parameter(start.clone())  # (N, D)
+
+    def step(ids, mask, labels):
+        total, count = labelled_nll(model, prompt, ids, mask, labels)
+        return total / max(count, 1)
+
+    def heldout_nll() -> float:
+        return mean_nll(model, prompt.detach(), heldout, pad_id=pad_id)[0]
+
+    optimizer = torch.optim.AdamW([prompt], lr=lr, weight_decay=0.0)
+    return Arm(name, prompt, optimizer, batches, step, heldout_nll)
+
+
+def run(arms: list[Arm], train, steps: int, pad_id: int) -> None:
+    """Round-robin, one step of each arm in turn: on a shared machine all arms see the same load."""
+    for index in range(steps):
+        for arm in arms:
+            ids, mask, labels = collate([train[i] for i in arm.batches[index]], pad_id)  # (B, T) each
+            began = time.perf_counter()
+            arm.optimizer.zero_grad(set_to_none=True)
+            arm.step(ids, mask, labels).backward()
+            arm.optimizer.step()
+            arm.seconds += time.perf_counter() - began
+            arm.tokens += int(mask.sum())
+        print(f"step {index + 1}/{steps}: " + ", ".join(f"{a.name.split()[0]} {a.tokens / a.seconds:.0f} tok/s" for a in arms), flush=True)
 
 
 def main() -> None:
@@ -117,20 +143,25 @@ def main() -> None:
     start, _ = initial_prompt(loaded.model, loaded.tokenizer, config.num_virtual_tokens, method="text", description=args.description)
     pad_id = pad_token_id(loaded.tokenizer)
     peft_batches = shuffled_batches(len(train), config.batch_size, 0, config.steps)
+    lengths = [len(e.input_ids) for e in train]
     print(f"model {loaded.model_id}; {len(train)} training examples, {len(heldout)} held out; "
           f"{config.steps} steps of batch {config.batch_size}, lr {config.lr}, {config.num_virtual_tokens} virtual tokens; "
           f"torch threads {torch.get_num_threads()}", flush=True)
 
-    rows = [run_peft(args.model, start, train, heldout, peft_batches, config.lr, pad_id)]
-    rows.append(run_ours("persona (bucketed, labelled logits)", loaded.model, start, train, heldout, config, pad_id))
+    arms = [
+        peft_arm(args.model, start, heldout, peft_batches, config.lr, pad_id),
+        our_arm("persona (bucketed, labelled logits)", loaded.model, start, heldout, schedule(lengths, config.batch_size, config.seed, config.steps), config.lr, pad_id),
+    ]
     if not args.no_ablation:
-        rows.append(run_ours("persona on PEFT's batches", loaded.model, start, train, heldout, config, pad_id, peft_batches))
+        arms.append(our_arm("persona on PEFT's batches", loaded.model, start, heldout, peft_batches, config.lr, pad_id))
+    run(arms, train, config.steps, pad_id)
+    nll = [arm.heldout_nll() for arm in arms]
     print(f"{'':38} {'tokens/s':>9} {'held-out NLL':>13} {'step time':>10}")
-    for row in rows:
-        print(f"{row.name:38} {row.tokens_per_second:9.1f} {row.heldout_nll:13.4f} {row.seconds / config.steps:9.2f}s")
-    for row in rows[1:]:
-        print(f"{row.name}: {row.tokens_per_second / rows[0].tokens_per_second:.2f}x PEFT's tokens/s, "
-              f"held-out NLL {row.heldout_nll - rows[0].heldout_nll:+.4f} vs PEFT")
+    for arm, value in zip(arms, nll, strict=True):
+        print(f"{arm.name:38} {arm.tokens / arm.seconds:9.1f} {value:13.4f} {arm.seconds / config.steps:9.2f}s")
+    base = arms[0].tokens / arms[0].seconds
+    for arm, value in zip(arms[1:], nll[1:], strict=True):
+        print(f"{arm.name}: {arm.tokens / arm.seconds / base:.2f}x PEFT's tokens/s, held-out NLL {value - nll[0]:+.4f} vs PEFT")
 
 
 if __name__ == "__main__":
