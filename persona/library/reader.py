@@ -63,7 +63,17 @@ def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
 def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
     """Every persona with its active version's metadata (no tensor is read), sorted by name."""
     tags = _tags(connection)
-    return [_persona_info(row, tags.get(row.id, [])) for row in _rows(connection, _PERSONAS + " ORDER BY p.name")]
+    rows = connection.execute(_PERSONAS + " ORDER BY p.name").fetchall()  # plain tuples: this is the hot path
+    return [
+        PersonaInfo(
+            name=name, description=description, tags=tags.get(persona_id, []), created=aware(created),
+            updated=aware(updated), active_version=active_version, num_virtual_tokens=tokens or 0,
+            hidden_size=width or 0, model_id=model_id or "", fingerprint=fingerprint or "",
+            metrics=load_record(metrics_json),
+        )
+        for (persona_id, name, description, created, updated, active_version, tokens, width, model_id, fingerprint,
+             metrics_json) in rows
+    ]
 
 
 def get_persona(connection: sqlite3.Connection, name: str) -> PersonaInfo:
