@@ -102,6 +102,8 @@ def test_export_then_import_is_exact(capsys, library, tmp_path, fmt, target):
     assert_one_line_error(code, err, "a persona named 'hamlet' already exists; pass --name")
     code, out, _ = run(capsys, "import", str(path), "--name", "hamlet2", "--library", str(library))
     assert code == 0 and f"from {fmt} file" in out
+    code, out, _ = run(capsys, "show", "hamlet2", "--library", str(library))
+    assert f"imported:    from {path} ({fmt})" in out
     lib = open_library(library)
     assert torch.equal(lib.get_prompt("hamlet2").embeddings, lib.get_prompt("hamlet", 1).embeddings)
     assert lib.get_persona("hamlet2").fingerprint == str(FINGERPRINT)

@@ -146,10 +146,12 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  model:       {active.model_id or 'unknown'}")
         print(f"  fingerprint: {active.fingerprint or 'unknown'}")
         print(f"  sha256:      {active.sha256}")
-        if active.training:
-            t = active.training
-            print(f"  trained on:  {t.get('source', '?')} (speaker {t.get('speaker', '?')}), {t.get('steps', '?')} steps, "
-                  f"{t.get('seconds', 0) or 0:.0f} s")
+        record = active.training or {}
+        if "imported_from" in record:
+            print(f"  imported:    from {record['imported_from']} ({record.get('format', '?')})")
+        elif record:
+            print(f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
+                  f"{record.get('steps', '?')} steps, {record.get('seconds') or 0:.0f} s")
     rows = []
     for v in info.versions:
         metrics = v.metrics or {}
@@ -237,7 +239,7 @@ def run_import(args: argparse.Namespace) -> int:
         if lib.has_persona(name):
             raise AlreadyExistsError(f"a persona named {name!r} already exists; pass --name NEW to import it under another name")
         version = lib.add_version(name, prompt, description=args.description, model_id=prompt.base_model,
-                                  training={"source": str(args.path), "format": fmt})
+                                  training={"imported_from": str(args.path.resolve()), "format": fmt})
     finally:
         lib.close()
     print(f"imported {name!r} ({version.num_virtual_tokens}x{version.hidden_size}) from {fmt} file {args.path}")
