@@ -14,7 +14,17 @@ from persona.tui.widgets.status_bar import StatusBar
 KEY_NAMES = {" ": "space", "/": "slash", ".": "full_stop", "-": "minus", "_": "underscore", "?": "question_mark"}
 
 
+async def ready(pilot: Pilot[Any], rounds: int = 200) -> None:
+    """Wait until the chat screen is up and its input has focus."""
+    for _ in range(rounds):
+        if isinstance(pilot.app.focused, ChatInput):
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("the chat screen never came up")
+
+
 async def type_text(pilot: Pilot[Any], text: str) -> None:
+    await ready(pilot)
     await pilot.click(ChatInput)
     await pilot.press(*[KEY_NAMES.get(char, char) for char in text])
 

@@ -316,7 +316,7 @@ class ChatScreen(Screen[None]):
         await messages.mount(bubble)
         messages.scroll_end(animate=False)
         self._cancel = threading.Event()
-        self.query_one(StatusBar).state = "writing… (Esc stops)"
+        self.query_one(StatusBar).state = "writing…"
         self._worker = self._generate(
             self.app.session.history(), personas.prompt, personas.name, self.app.config, bubble, self._cancel
         )
@@ -332,7 +332,7 @@ class ChatScreen(Screen[None]):
         try:
             for piece in engine.stream(history, prompt, config, cancel=cancel):
                 pieces.append(piece)
-                self.app.call_from_thread(bubble.write, piece)
+                self.app.call_from_thread(self._show_piece, bubble, piece, engine.last.tokens_per_second)
         except PersonaError as exc:
             error = str(exc)
         except Exception as exc:  # a bug in generation must not take the conversation with it
@@ -347,10 +347,15 @@ class ChatScreen(Screen[None]):
         except RuntimeError:  # the app is already gone
             pass
 
+    async def _show_piece(self, bubble: MessageBubble, piece: str, tokens_per_second: float) -> None:
+        await bubble.write(piece)
+        if tokens_per_second:
+            self.query_one(StatusBar).tokens_per_second = tokens_per_second
+
     async def _reply_done(self, bubble: MessageBubble, outcome: ReplyOutcome) -> None:
         self._worker, self._cancel = None, None
         status = self.query_one(StatusBar)
-        status.state = {"cancelled": "stopped", "length": "stopped at max tokens", "error": "failed"}.get(
+        status.state = {"cancelled": "stopped", "length": "max tokens", "error": "failed"}.get(
             outcome.finish_reason, "ready"
         )
         if outcome.tokens_per_second:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
@@ -49,19 +49,15 @@ class PersonaPicker(ModalScreen[PersonaChoice | None]):
                 )
 
     def _options(self) -> list[Option]:
-        options = [Option(self._line("(none)", "the model's own voice, no soft prompt", self.current is None), id=NONE_ID)]
-        for persona in self.personas:
-            line = self._line(persona.name, persona.description or "", persona.name == self.current)
-            options.append(Option(line, id=persona.name))
-        return options
+        width = max([len("(none)"), *(len(p.name) for p in self.personas)])
+        rows = [(NONE_ID, "(none)", "the model's own voice, no soft prompt", self.current is None)]
+        rows += [(p.name, p.name, p.description or "", p.name == self.current) for p in self.personas]
+        return [Option(self._line(label.ljust(width), text, current), id=key) for key, label, text, current in rows]
 
     @staticmethod
-    def _line(name: str, description: str, current: bool) -> Text:
-        text = Text("● " if current else "  ", style="bold")
-        text.append(name, style="bold")
-        if description:
-            text.append("  " + description, style="dim")
-        return text
+    def _line(name: str, description: str, current: bool) -> Content:
+        """`● name   description`: the dot marks the persona speaking now."""
+        return Content.assemble(("● " if current else "  ", "bold"), (name, "bold"), "  ", (description, "dim"))
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 NO_PERSONA_LABEL = "assistant"  # the model's own voice, when no persona is active
+
+
+def _parser() -> MarkdownIt:
+    """GitHub-like Markdown where a single newline is a line break: verse and dialogue keep their lines."""
+    parser = MarkdownIt("gfm-like")
+
+    def hard_breaks(state: StateCore) -> None:
+        for token in state.tokens:
+            for child in token.children or ():
+                if child.type == "softbreak":
+                    child.type = "hardbreak"
+
+    parser.core.ruler.push("hard_breaks", hard_breaks)
+    return parser
 
 
 def speaker_label(role: str, persona: str | None) -> str:
@@ -25,12 +41,12 @@ class MessageBubble(Vertical):
         height: auto;
         margin: 0 1 1 1;
         padding: 0 1;
-        border-left: thick $secondary;
+        border-left: thick $accent;
     }
     MessageBubble.user { border-left: thick $primary; margin-left: 6; }
     MessageBubble.cut-short { border-left: thick $warning; }
     MessageBubble > .speaker { color: $text-muted; text-style: bold; }
-    MessageBubble.assistant > .speaker { color: $secondary; }
+    MessageBubble.assistant > .speaker { color: $accent; }
     MessageBubble.user > .speaker { color: $primary; }
     MessageBubble > Markdown { margin: 0; padding: 0; }
     MessageBubble > Markdown > MarkdownParagraph:last-child { margin-bottom: 0; }
@@ -46,7 +62,7 @@ class MessageBubble(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(self._speaker_text(), classes="speaker", markup=False)
-        yield Markdown(self.text)
+        yield Markdown(self.text, parser_factory=_parser)
 
     def on_mount(self) -> None:
         self.set_class(self.cut_short, "cut-short")
