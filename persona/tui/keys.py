@@ -12,8 +12,8 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("F3", "saved conversations: open one to continue it"),
     ("Ctrl+N", "new conversation"),
     ("Ctrl+R", "regenerate the last reply"),
-    ("Ctrl+P", "command palette (every action below)"),
-    ("F1", "this help"),
+    ("Ctrl+P", "command palette: new, retry, undo, conversations, help, and each persona by name"),
+    ("F1", "the help screen: these keys and the slash commands"),
     ("Ctrl+Q", "quit (everything is already saved)"),
 )
 
@@ -24,4 +24,10 @@ def help_markdown() -> str:
     lines += [f"| {key} | {action} |" for key, action in KEYS]
     lines += ["", "## Slash commands", "", "| Command | Action |", "| --- | --- |"]
     lines += [f"| `{usage.replace('|', chr(92) + '|')}` | {text} |" for usage, text in help_rows()]
+    lines += [
+        "",
+        "A message that starts with `//` is sent as text beginning with `/`. Replies start with "
+        "temperature 0.7, top_p 0.9, top_k 50 and at most 256 new tokens (or the `persona chat` "
+        "flags); `/set` changes them for the rest of the session.",
+    ]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,65 @@
+"""Slash-command parsing: what is accepted, and the message a user gets for what is not."""
+
+from __future__ import annotations
+
+import pytest
+
+from persona.errors import PersonaError
+from persona.tui.commands import (
+    CommandError,
+    SlashCommand,
+    is_command,
+    parse_command,
+    parse_setting,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/persona pirate", SlashCommand("persona", ("pirate",))),
+        ("  /persona old sea dog ", SlashCommand("persona", ("old sea dog",))),
+        ('/persona "old sea dog"', SlashCommand("persona", ("old sea dog",))),
+        ("/PERSONAS", SlashCommand("personas")),
+        ("/new", SlashCommand("new")),
+        ("/retry", SlashCommand("retry")),
+        ("/undo", SlashCommand("undo")),
+        ("/set temperature 0.3", SlashCommand("set", ("temperature", "0.3"))),
+        ("/export ~/chat.md", SlashCommand("export", ("~/chat.md",))),
+        ("/help", SlashCommand("help")),
+    ],
+)
+def test_commands_parse(text: str, expected: SlashCommand) -> None:
+    assert parse_command(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("/dance", "unknown command /dance; type /help"),
+        ("/", "an empty command"),
+        ("/persona", "usage: /persona NAME"),
+        ("/new now", "usage: /new"),
+        ("/set temperature", "usage: /set"),
+        ("/set warmth 3", "unknown setting 'warmth'"),
+        ("/set max_tokens many", "max_tokens='many' is not a whole number"),
+        ("/set top_p high", "top_p='high' is not a number"),
+        ('/export "unclosed', "check the quotes"),
+    ],
+)
+def test_bad_commands_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(CommandError, match=message.replace("(", r"\(")) as caught:
+        parse_command(text)
+    assert isinstance(caught.value, PersonaError)
+    assert "\n" not in str(caught.value)
+
+
+def test_double_slash_is_a_message_not_a_command() -> None:
+    assert is_command("/help") and is_command("  /help")
+    assert not is_command("//etc/passwd is a path") and not is_command("hello /help")
+
+
+def test_settings_map_to_generation_config_fields() -> None:
+    assert parse_setting("max_tokens", "64") == ("max_new_tokens", 64)
+    assert parse_setting("temperature", "0") == ("temperature", 0.0)
+    assert parse_setting("seed", "none") == ("seed", None)

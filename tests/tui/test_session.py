@@ -1,0 +1,94 @@
+"""The conversation and its copy in the library: saved as it happens, nothing lost when a write fails."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from persona.errors import LibraryError, NotFoundError
+from persona.tui.export import export_conversation
+from persona.tui.session import ChatSession, Turn, make_title
+
+
+def rows(library: Any, session: ChatSession) -> list[tuple[str, str, str | None, bool]]:
+    assert session.conversation_id is not None
+    return [(m.role, m.content, m.persona, m.cut_short) for m in library.get_messages(session.conversation_id)]
+
+
+def test_messages_are_saved_as_they_are_added(library: Any) -> None:
+    session = ChatSession(library, "fp")
+    session.add(Turn("user", "Hello\nthere"))
+    session.add(Turn("assistant", "Ahoy", "pirate", token_count=2, cut_short=True))
+    assert rows(library, session) == [("user", "Hello\nthere", None, False), ("assistant", "Ahoy", "pirate", True)]
+    assert library.list_conversations()[0].title == "Hello"
+
+
+def test_a_failed_write_is_kept_and_saved_with_the_next_message(library: Any) -> None:
+    class Flaky:
+        fail = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(library, name)
+
+        def add_message(self, *args: Any, **kwargs: Any) -> int:
+            if self.fail:
+                raise LibraryError("the library is locked by another persona process; close it and try again")
+            return library.add_message(*args, **kwargs)
+
+    flaky = Flaky()
+    session = ChatSession(flaky, "fp")
+    with pytest.raises(LibraryError):
+        session.add(Turn("user", "first"))
+    assert session.unsaved == 1 and [t.content for t in session.turns] == ["first"]
+    flaky.fail = False
+    session.add(Turn("assistant", "reply", None))
+    assert [content for _, content, _, _ in rows(library, session)] == ["first", "reply"]
+    assert session.unsaved == 0
+
+
+def test_undo_and_retry_remove_messages_from_the_library(library: Any) -> None:
+    session = ChatSession(library, "fp")
+    for turn in (Turn("user", "a"), Turn("assistant", "b", "poet"), Turn("user", "c"), Turn("assistant", "d", "poet")):
+        session.add(turn)
+    assert session.drop_last_reply() is not None
+    assert [content for _, content, _, _ in rows(library, session)] == ["a", "b", "c"]
+    assert [t.content for t in session.undo()] == ["c"]
+    assert [t.content for t in session.undo()] == ["b", "a"]
+    assert session.undo() == [] and rows(library, session) == []
+
+
+def test_resume_latest_and_by_id(library: Any) -> None:
+    first = ChatSession(library, "fp")
+    first.add(Turn("user", "one"))
+    second = ChatSession(library, "fp")
+    second.add(Turn("user", "two"))
+    second.add(Turn("assistant", "reply", "pirate"))
+    resumed = ChatSession(library, "fp")
+    resumed.resume(None)
+    assert resumed.conversation_id == second.conversation_id and resumed.last_persona() == "pirate"
+    resumed.resume(first.conversation_id)
+    assert [t.content for t in resumed.turns] == ["one"]
+    with pytest.raises(NotFoundError, match="no conversation with id 999"):
+        resumed.resume(999)
+
+
+def test_resume_with_nothing_saved_says_so(library: Any) -> None:
+    with pytest.raises(NotFoundError, match="no saved conversation to resume"):
+        ChatSession(library, "fp").resume(None)
+
+
+def test_titles_are_the_first_line_shortened() -> None:
+    assert make_title("\n  Tell me about ships\nand more") == "Tell me about ships"
+    assert len(make_title("x" * 200)) == 60 and make_title("x" * 200).endswith("…")
+    assert make_title("   ") == "untitled"
+
+
+def test_export_markdown_and_json(tmp_path: Any) -> None:
+    turns = [Turn("user", "hi"), Turn("assistant", "Arr", "pirate", cut_short=True)]
+    markdown = export_conversation(tmp_path / "c.md", turns, 3).read_text()
+    assert "**you**" in markdown and "**pirate** *(cut short)*" in markdown and "Arr" in markdown
+    data = json.loads(export_conversation(tmp_path / "c.json", turns, 3).read_text())
+    assert data["conversation_id"] == 3
+    assert data["messages"][1] == {"role": "assistant", "content": "Arr", "persona": "pirate", "cut_short": True}
