@@ -155,6 +155,8 @@ def test_the_sqlite_reader_sees_exactly_what_the_orm_library_sees(lib):
         assert reader.get_persona("Hamlet") == lib.get_persona("hamlet")
         assert reader.list_conversations() == lib.list_conversations()
         assert reader.get_messages(chat) == lib.get_messages(chat)
+        assert torch.equal(reader.get_prompt("hamlet", 1).embeddings, lib.get_prompt("hamlet", 1).embeddings)
+        assert reader.get_prompt("HAMLET").fingerprint == lib.get_prompt("hamlet").fingerprint == FINGERPRINT
     finally:
         reader.close()
 

@@ -81,33 +81,8 @@ class PersonaLibrary(ConversationStore):
 
     def get_prompt(self, name: str, version: int | None = None) -> SoftPrompt:
         """The soft prompt of `name` (its active version unless `version` is given), checksum-verified."""
-        from persona.model.fingerprint import Fingerprint
-        from persona.prompt.softprompt import SoftPrompt
-
         with self.reading() as session:
-            persona = self._find(session, name)
-            wanted = persona.active_version if version is None else version
-            found = session.execute(
-                select(PromptVersion, PromptTensor.data)
-                .join(PromptTensor, PromptTensor.version_id == PromptVersion.id)
-                .where(PromptVersion.persona_id == persona.id, PromptVersion.version == wanted)
-            ).first()
-            if found is None:
-                raise self._no_version(session, persona, wanted)
-            row, data = found
-            canonical, description = persona.name, persona.description
-        damaged = f"version {row.version} of persona {canonical!r} is damaged"
-        try:
-            prompt = SoftPrompt.from_bytes(data, source=f"persona {canonical!r} version {row.version}")
-        except Exception as exc:  # noqa: BLE001 - any unreadable blob is damage, reported in one line
-            raise LibraryError(f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`") from None
-        if prompt.sha256 != row.sha256:
-            raise LibraryError(f"{damaged} (checksum mismatch); roll back with `persona rollback {canonical}` or import it again")
-        prompt.name = canonical
-        prompt.description = description
-        prompt.fingerprint = Fingerprint.from_json(row.fingerprint_json) if row.fingerprint_json else None
-        prompt.base_model = row.model_id
-        return prompt
+            return reader.get_prompt(self.sqlite(session), name, version)
 
     def list_personas(self) -> list[PersonaInfo]:
         """Every persona with its active version's metadata (no tensor is read), sorted by name."""
@@ -195,9 +170,4 @@ class PersonaLibrary(ConversationStore):
         return persona
 
     def _no_version(self, session: Session, persona: Persona, version: int) -> NotFoundError:
-        have = list(session.scalars(select(PromptVersion.version).where(PromptVersion.persona_id == persona.id)
-                                    .order_by(PromptVersion.version)))
-        return NotFoundError(
-            f"persona {persona.name!r} has no version {version} (it has {', '.join(map(str, have)) or 'none'}); "
-            f"see `persona show {persona.name}`"
-        )
+        return reader.no_version(self.sqlite(session), persona.id, persona.name, version)

@@ -1,9 +1,9 @@
-"""Metadata reads (personas, versions, conversations, messages) in plain SQL over sqlite3.
+"""Every read (personas, versions, prompts, conversations, messages) in plain SQL over sqlite3.
 
 Why not the ORM here: importing SQLAlchemy alone takes 0.3-0.5 s, the whole startup budget of
 `persona list`. These functions take any sqlite3 connection: PersonaLibrary passes the one inside
 its SQLAlchemy transaction, and `open_for_reading()` a bare one when the file is already at head,
-so the CLI's read-only commands never import SQLAlchemy. One implementation serves both.
+so read-only commands (and a chat opening its persona) never import SQLAlchemy. One implementation serves both.
 Column names are those of models.py (the head revision); the tests run both paths.
 """
 
@@ -13,10 +13,14 @@ import os
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from persona.errors import NotFoundError
 from persona.library.info import ConversationInfo, MessageInfo, PersonaInfo
 from persona.library.records import aware, load_record, message_info, not_found, version_info
+
+if TYPE_CHECKING:
+    from persona.prompt.softprompt import SoftPrompt
 
 _PERSONA_COLUMNS = """p.id, p.name, p.description, p.created, p.updated, p.active_version,
     v.num_virtual_tokens, v.hidden_size, v.model_id, v.fingerprint, v.metrics_json"""
@@ -25,6 +29,8 @@ _PERSONAS = f"""SELECT {_PERSONA_COLUMNS} FROM personas p
 _VERSIONS = """SELECT version, num_virtual_tokens, hidden_size, dtype, sha256, model_id, fingerprint,
     fingerprint_json, init, training_json, metrics_json, created
     FROM prompt_versions WHERE persona_id = ? ORDER BY version"""
+_PROMPT = """SELECT t.data, v.sha256, v.model_id, v.fingerprint_json FROM prompt_versions v
+    JOIN prompt_tensors t ON t.version_id = v.id WHERE v.persona_id = ? AND v.version = ?"""
 _CONVERSATIONS = """SELECT c.id, c.title, c.created, c.updated, c.model_fingerprint,
     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count
     FROM conversations c ORDER BY c.updated DESC, c.id DESC"""
@@ -87,6 +93,40 @@ def get_persona(connection: sqlite3.Connection, name: str) -> PersonaInfo:
     return info
 
 
+def get_prompt(connection: sqlite3.Connection, name: str, version: int | None = None) -> SoftPrompt:
+    """The soft prompt of `name` (its active version unless `version` is given), checksum-verified."""
+    from persona.errors import LibraryError
+    from persona.model.fingerprint import Fingerprint
+    from persona.prompt.softprompt import SoftPrompt
+
+    found = connection.execute("SELECT id, name, description, active_version FROM personas WHERE name = ?", (name,)).fetchone()
+    if found is None:
+        raise not_found(name, [row[0] for row in connection.execute("SELECT name FROM personas")])
+    persona_id, canonical, description, active = found
+    wanted = active if version is None else version
+    row = connection.execute(_PROMPT, (persona_id, wanted)).fetchone()
+    if row is None:
+        raise no_version(connection, persona_id, canonical, wanted)
+    data, sha256, model_id, fingerprint_json = row
+    damaged = f"version {wanted} of persona {canonical!r} is damaged"
+    try:
+        prompt = SoftPrompt.from_bytes(data, source=f"persona {canonical!r} version {wanted}")
+    except Exception as exc:  # noqa: BLE001 - any unreadable blob is damage, reported in one line
+        raise LibraryError(f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`") from None
+    if prompt.sha256 != sha256:
+        raise LibraryError(f"{damaged} (checksum mismatch); roll back with `persona rollback {canonical}` or import it again")
+    prompt.name, prompt.description, prompt.base_model = canonical, description, model_id
+    prompt.fingerprint = Fingerprint.from_json(fingerprint_json) if fingerprint_json else None
+    return prompt
+
+
+def no_version(connection: sqlite3.Connection, persona_id: int, name: str, version: int) -> NotFoundError:
+    have = [row[0] for row in connection.execute("SELECT version FROM prompt_versions WHERE persona_id = ? ORDER BY version", (persona_id,))]
+    return NotFoundError(
+        f"persona {name!r} has no version {version} (it has {', '.join(map(str, have)) or 'none'}); see `persona show {name}`"
+    )
+
+
 def list_conversations(connection: sqlite3.Connection) -> list[ConversationInfo]:
     """Every conversation, the most recently active first, with who spoke in it."""
     speakers: dict[int, list[str]] = {}
@@ -102,8 +142,6 @@ def list_conversations(connection: sqlite3.Connection) -> list[ConversationInfo]
 
 def get_messages(connection: sqlite3.Connection, conversation_id: int) -> list[MessageInfo]:
     """The messages of one conversation in the order they were written."""
-    from persona.errors import NotFoundError
-
     if not _rows(connection, "SELECT id FROM conversations WHERE id = ?", (conversation_id,)):
         raise NotFoundError(f"no conversation with id {conversation_id}; see `persona history`")
     return [message_info(row) for row in _rows(connection, _MESSAGES, (conversation_id,))]
@@ -114,6 +152,7 @@ class LibraryView(Protocol):
 
     def list_personas(self) -> list[PersonaInfo]: ...
     def get_persona(self, name: str) -> PersonaInfo: ...
+    def get_prompt(self, name: str, version: int | None = None) -> SoftPrompt: ...
     def list_conversations(self) -> list[ConversationInfo]: ...
     def get_messages(self, conversation_id: int) -> list[MessageInfo]: ...
     def close(self) -> None: ...
@@ -141,6 +180,9 @@ class LibraryReader:
 
     def get_persona(self, name: str) -> PersonaInfo:
         return self._read(get_persona, name)
+
+    def get_prompt(self, name: str, version: int | None = None) -> SoftPrompt:
+        return self._read(get_prompt, name, version)
 
     def list_conversations(self) -> list[ConversationInfo]:
         return self._read(list_conversations)
