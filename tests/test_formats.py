@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from persona.errors import AlreadyExistsError, LibraryError, PromptFormatError
+from persona.errors import AlreadyExistsError, LibraryError, PromptFormatError, PromptMismatchError
 from persona.formats import detect_format, read_prompt, write_prompt
 from persona.formats import kobold as kobold_format
 from tests.library_helpers import FINGERPRINT, make_prompt
@@ -135,6 +135,14 @@ def test_a_safetensors_file_with_a_broken_header_is_refused(tmp_path):
     for path in (lying, garbled):
         with pytest.raises(PromptFormatError, match="safetensors"):
             read_prompt(path)
+
+
+def test_a_file_whose_recorded_model_has_another_width_is_refused(tmp_path):
+    prompt = make_prompt(width=16)
+    prompt.fingerprint = FINGERPRINT  # says hidden size 32
+    path = prompt.save(tmp_path / "mislabelled.safetensors")
+    with pytest.raises(PromptMismatchError, match="has width 16 but records a model of hidden size 32"):
+        read_prompt(path)
 
 
 def test_unknown_files_and_directories_are_refused(tmp_path):

@@ -45,7 +45,14 @@ def detect_format(path: Path) -> str:
 
 def read_prompt(path: Path) -> SoftPrompt:
     """Read a soft prompt in any supported format (detected from the content)."""
-    path = Path(path)
+    from persona.library.records import check_consistent
+
+    prompt = _read(Path(path))
+    check_consistent(prompt)
+    return prompt
+
+
+def _read(path: Path) -> SoftPrompt:
     fmt = detect_format(path)
     if fmt == "peft":
         from persona.formats.peft import read_peft_adapter

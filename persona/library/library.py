@@ -12,7 +12,14 @@ from persona.library import reader
 from persona.library.conversations import ConversationStore
 from persona.library.info import PersonaInfo, VersionInfo
 from persona.library.models import Persona, PersonaTag, PromptTensor, PromptVersion, Setting, utcnow
-from persona.library.records import check_name, check_tags, dump_record, not_found, version_info
+from persona.library.records import (
+    check_consistent,
+    check_name,
+    check_tags,
+    dump_record,
+    not_found,
+    version_info,
+)
 
 if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
@@ -38,6 +45,7 @@ class PersonaLibrary(ConversationStore):
     ) -> VersionInfo:
         """Store `prompt` as the next version of `name` (created if new) and make it active."""
         check_name(name)
+        check_consistent(prompt)
         data = prompt.to_bytes()  # safetensors: the (N, D) float32 tensor + metadata header
         training_json = dump_record(training, "training")
         metrics_json = dump_record(metrics, "metrics")
