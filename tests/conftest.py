@@ -31,6 +31,8 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.mktemp("persona-home")
     monkeypatch.setenv("PERSONA_HOME", str(home))
     monkeypatch.delenv("PERSONA_MODEL", raising=False)
+    # a new library starts empty in tests; tests of the starter personas clear this themselves
+    monkeypatch.setenv("PERSONA_NO_STARTERS", "1")
     return home
 
 
