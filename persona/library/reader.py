@@ -52,8 +52,8 @@ def _rows(connection: sqlite3.Connection, sql: str, params: tuple = ()) -> list[
 def _tags(connection: sqlite3.Connection, persona_id: int | None = None) -> dict[int, list[str]]:
     where, params = ("WHERE persona_id = ?", (persona_id,)) if persona_id is not None else ("", ())
     tags: dict[int, list[str]] = {}
-    for row in _rows(connection, f"SELECT persona_id, tag FROM persona_tags {where} ORDER BY tag", params):
-        tags.setdefault(row.persona_id, []).append(row.tag)
+    for persona_id, tag in connection.execute(f"SELECT persona_id, tag FROM persona_tags {where} ORDER BY tag", params):
+        tags.setdefault(persona_id, []).append(tag)
     return tags
 
 
