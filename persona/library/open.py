@@ -17,6 +17,9 @@ DEFAULT_TIMEOUT_S = 10.0  # how long to wait for another process's write before 
 def open_library(path: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> PersonaLibrary:
     """Open (creating if needed, mode 0600) the library at `path` (default: the data dir's library.db).
 
+    A library file created here gets the starter personas of `personas/` (see persona.starters),
+    unless PERSONA_NO_STARTERS is set.
+
     Refuses, without touching it, a file that is not a SQLite database, a SQLite database that is
     not a persona library, or a library written by a newer persona.
     """
@@ -27,6 +30,7 @@ def open_library(path: str | os.PathLike[str] | None = None, *, timeout: float =
     from persona.paths import library_path
 
     target = Path(path).expanduser() if path is not None else library_path()
+    created = not target.exists()
     migrate.ensure_file(target)
     revision = migrate.current_revision(target, timeout)
     if revision != migrate.HEAD_REVISION:
@@ -36,4 +40,9 @@ def open_library(path: str | os.PathLike[str] | None = None, *, timeout: float =
         engine = make_engine(target, timeout)
     except Exception as exc:  # noqa: BLE001 - engine creation does not touch the file; be safe anyway
         raise LibraryError(f"cannot open the library {target}: {exc}") from None
-    return PersonaLibrary(engine, target, timeout)
+    library = PersonaLibrary(engine, target, timeout)
+    if created and not os.environ.get("PERSONA_NO_STARTERS"):  # a new library gets the starter personas
+        from persona.starters import install_starters
+
+        install_starters(library)
+    return library
