@@ -135,6 +135,7 @@ def main() -> None:
         home = args.keep or Path(scratch)
         home.mkdir(parents=True, exist_ok=True)
         os.environ["PERSONA_HOME"] = str(home)
+        os.environ["PERSONA_NO_STARTERS"] = "1"  # exactly --personas personas
         path = home / "library.db"
         if not path.exists():
             start = time.perf_counter()
