@@ -40,6 +40,7 @@ async def test_send_streams_a_reply_and_saves_both_messages(engine: Any, library
         assert shown[0][2] == "hello there"
         expected = engine.reply([{"role": "user", "content": "hello there"}], None, GREEDY)
         assert shown[1][2] == expected and expected.strip()
+        assert shown[1][0] == "assistant · max tokens"  # 12 tokens were not enough: the label says why it stopped
         assert input_text(app) == ""
         assert "persona: (none)" in status_line(app)
         assert "tok/s" in status_line(app) and "– tok/s" not in status_line(app)

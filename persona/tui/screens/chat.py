@@ -368,7 +368,7 @@ class ChatScreen(Screen[None]):
                 self.notify("stopped before the first word; nothing was kept", severity="warning")
             self._refresh_empty()
             return
-        await bubble.finish(cut_short=outcome.cut_short)
+        await bubble.finish(cut_short=outcome.cut_short, note="max tokens" if outcome.finish_reason == "length" else "")
         await self._save(
             Turn("assistant", outcome.text, outcome.persona, outcome.new_tokens or None, outcome.cut_short)
         )

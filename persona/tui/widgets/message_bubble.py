@@ -58,6 +58,7 @@ class MessageBubble(Vertical):
         self.persona = persona
         self.text = content
         self.cut_short = cut_short
+        self.note = "cut short" if cut_short else ""
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
@@ -69,7 +70,7 @@ class MessageBubble(Vertical):
 
     def _speaker_text(self) -> str:
         label = speaker_label(self.role, self.persona)
-        return f"{label} · cut short" if self.cut_short else label
+        return f"{label} · {self.note}" if self.note else label
 
     async def write(self, piece: str) -> None:
         """Append a streamed piece of the reply."""
@@ -78,12 +79,16 @@ class MessageBubble(Vertical):
             self._stream = Markdown.get_stream(self.query_one(Markdown))
         await self._stream.write(piece)
 
-    async def finish(self, *, cut_short: bool = False) -> None:
-        """The reply is complete (or was stopped): flush the stream and mark a cut-short reply."""
+    async def finish(self, *, cut_short: bool = False, note: str = "") -> None:
+        """The reply is complete (or was stopped): flush the stream and mark a cut-short reply.
+
+        `note` says why it is short (e.g. `max tokens`); a cut-short reply without one says `cut short`.
+        """
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
         self.cut_short = cut_short
+        self.note = (note or "cut short") if cut_short else ""
         self.set_class(cut_short, "cut-short")
         if not self.text:
             await self.query_one(Markdown).update("*(no reply)*" if not cut_short else "*(stopped before the first word)*")
