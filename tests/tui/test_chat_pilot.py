@@ -13,6 +13,7 @@ from tests.tui.helpers import (
     bubbles,
     input_text,
     notifications,
+    ready,
     send,
     speakers,
     status_line,
@@ -251,3 +252,42 @@ def test_the_default_persona_setting_is_used(engine: Any, two_personas: Any) -> 
     two_personas.set_setting("default_persona", "deleted-long-ago")
     assert PersonaChatApp(engine, two_personas).personas.name is None
 
+
+
+async def test_command_palette_switches_persona_by_name(engine: Any, two_personas: Any) -> None:
+    app = PersonaChatApp(engine, two_personas, config=GREEDY)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"poet")  # fuzzy search: "Persona: poet" is the best match
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert "persona: poet" in status_line(app)
+
+
+async def test_help_lists_the_keys_and_commands(engine: Any, library: Any) -> None:
+    from textual.widgets import Markdown
+
+    app = PersonaChatApp(engine, library, config=GREEDY)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "/help")
+        shown = app.screen.query_one(Markdown).source
+        assert "/persona NAME" in shown and "Ctrl+J" in shown and "Esc" in shown
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.chat
+
+
+async def test_a_too_small_terminal_says_so(engine: Any, library: Any) -> None:
+    from textual.widgets import Static
+
+    app = PersonaChatApp(engine, library, config=GREEDY)
+    async with app.run_test(size=(30, 8)) as pilot:
+        await pilot.pause()
+        notice = app.chat.query_one("#too-small", Static)
+        assert notice.display and "too small" in str(notice.render())
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        assert not notice.display

@@ -1,0 +1,84 @@
+"""`persona chat` refuses bad input in one line, before any screen is drawn (no traceback)."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from persona.cli import chat_cmd
+from persona.cli.main import main
+
+Size = namedtuple("Size", "columns lines")
+
+
+@pytest.fixture
+def a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend stdin/stdout are a 100×30 terminal, so the checks after that one are reached."""
+    monkeypatch.setattr(chat_cmd, "check_terminal", lambda: None)
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.replace("persona: loading the model…\n", "")  # progress, not an error
+    assert err.startswith("persona: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_unknown_persona(a_terminal: None, capsys: pytest.CaptureFixture[str]) -> None:
+    err = one_line_error(capsys, ["chat", "--persona", "nobody"])
+    assert "nobody" in err
+
+
+def test_unknown_conversation(a_terminal: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no conversation with id 42" in one_line_error(capsys, ["chat", "--resume", "42"])
+
+
+def test_resume_with_nothing_saved(a_terminal: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no saved conversation to resume" in one_line_error(capsys, ["chat", "--resume"])
+
+
+def test_model_that_does_not_load(a_terminal: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert "does not exist" in one_line_error(capsys, ["chat", "--model", str(tmp_path / "missing")])
+
+
+def test_library_that_is_not_a_library(a_terminal: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    one_line_error(capsys, ["chat", "--library", str(junk)])
+    assert junk.read_bytes() == b"this is not a database" * 100  # left untouched
+
+
+def test_bad_generation_flag(a_terminal: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "temperature=-2.0" in one_line_error(capsys, ["chat", "--temperature", "-2"])
+
+
+def test_no_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert "needs an interactive terminal" in one_line_error(capsys, ["chat"])
+
+
+def test_terminal_too_small(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.setattr(chat_cmd.shutil, "get_terminal_size", lambda: Size(30, 8))
+    assert "30×8; make it at least 40×12" in one_line_error(capsys, ["chat"])
+
+
+def test_bad_resume_id_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["chat", "--resume", "yesterday"])
+    assert "'yesterday' is not a conversation id" in capsys.readouterr().err
+
+
+def test_chat_command_module_is_light() -> None:
+    """`persona --help` must stay fast: registering chat imports neither torch nor textual."""
+    import subprocess
+    import sys
+
+    code = "import sys, persona.cli.main as m; m.build_parser(); print(sorted(k for k in ('torch', 'textual', 'transformers') if k in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "[]"
+
+
