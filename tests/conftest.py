@@ -115,8 +115,8 @@ def default_model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default model, converted once per test run into a shared models folder."""
     import os
 
-    from persona.model.loader import default_gguf_path, default_model_dir
     from persona.errors import ModelError
+    from persona.model.loader import default_gguf_path, default_model_dir
 
     try:
         default_gguf_path()

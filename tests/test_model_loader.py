@@ -74,7 +74,7 @@ def test_persona_turn_replaces_the_models_default_system_message(tiny, tiny_prom
 def test_training_example_labels_cover_only_the_reply(tiny, tiny_prompt):
     renderer = Renderer(tiny.tokenizer)
     ids, labels = renderer.render_example([{"role": "user", "content": "Hello"}], "I am fine", tiny_prompt)
-    labelled = [i for i, label in zip(ids, labels) if label != -100]
+    labelled = [i for i, label in zip(ids, labels, strict=True) if label != -100]
     assert tiny.tokenizer.decode(labelled) == "I am fine<|im_end|>"
     prefix = renderer.render([{"role": "user", "content": "Hello"}], tiny_prompt)
     assert ids[: len(prefix)] == prefix
