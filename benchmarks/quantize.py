@@ -1,0 +1,87 @@
+"""Is int8 good enough to be the default for chat? Held-out NLL and decode speed, fp32 vs int8.
+
+    python benchmarks/quantize.py [--examples 48] [--tokens 48]
+
+For every starter persona spec in personas/ that has a trained prompt file, scores the same
+held-out examples with the fp32 model and with the int8 model (soft prompt in front) and prints
+the relative NLL change; then times greedy decode for both. int8 may be the chat default only if
+every persona's NLL moves by less than 1%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from persona.dialogue.encode import encode_examples
+from persona.dialogue.examples import build_examples
+from persona.dialogue.sources import read_source
+from persona.engine.chat import ChatEngine
+from persona.engine.config import GenerationConfig
+from persona.model.loader import load_model
+from persona.prompt.render import Renderer
+from persona.prompt.softprompt import SoftPrompt
+from persona.train.batching import pad_token_id
+from persona.train.evaluate import mean_nll
+from persona.train.spec import load_spec
+
+PERSONAS = Path(__file__).resolve().parent.parent / "personas"
+
+
+def heldout_sets(renderer: Renderer, limit: int) -> list[tuple[SoftPrompt, list]]:
+    sets = []
+    for spec_path in sorted(PERSONAS.glob("*.toml")):
+        spec = load_spec(spec_path)
+        prompt_path = spec.prompt_path()
+        if prompt_path is None or not prompt_path.exists() or not spec.heldout:
+            continue
+        prompt = SoftPrompt.load(prompt_path)
+        config = spec.train_config()
+        examples = build_examples(read_source(spec.heldout, base=spec.base), spec.speaker, config.context_turns)[:limit]
+        encoded = encode_examples(renderer, examples, "persona", max_length=config.max_length,
+                                  max_reply_tokens=config.max_reply_tokens)
+        sets.append((prompt, encoded))
+    return sets
+
+
+def decode_rate(loaded, tokens: int) -> float:
+    engine = ChatEngine(loaded)
+    engine.stop_ids = set()
+    config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
+    engine.reply([{"role": "user", "content": "Tell me a long story about a sailor."}], None, config)
+    return engine.last.tokens_per_second
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=48, help="held-out examples per persona")
+    parser.add_argument("--tokens", type=int, default=48)
+    args = parser.parse_args()
+    fp32 = load_model(precision="fp32")
+    int8 = load_model(precision="int8")
+    renderer = Renderer(fp32.tokenizer)
+    pad = pad_token_id(fp32.tokenizer)
+    print("held-out NLL per reply token with the soft prompt")
+    print(f"  {'persona':12s} {'tokens':>7s} {'fp32':>7s} {'int8':>7s} {'change':>8s}")
+    worst = 0.0
+    for prompt, encoded in heldout_sets(renderer, args.examples):
+        base, tokens = mean_nll(fp32.model, prompt.embeddings, encoded, pad_id=pad)
+        quant, _ = mean_nll(int8.model, prompt.embeddings, encoded, pad_id=pad)
+        change = (quant - base) / base
+        worst = max(worst, abs(change))
+        print(f"  {prompt.name:12s} {tokens:7d} {base:7.4f} {quant:7.4f} {change:+8.2%}")
+    print(f"  largest change {worst:.2%}: int8 {'qualifies' if worst < 0.01 else 'does NOT qualify'} as the chat default (< 1%)")
+    rates = {"fp32": [], "int8": []}
+    for _ in range(2):  # alternate, so load on a shared machine hits both alike
+        for name, loaded in (("fp32", fp32), ("int8", int8)):
+            rates[name].append(decode_rate(loaded, args.tokens))
+    best = {name: max(values) for name, values in rates.items()}
+    print(f"decode tokens/s (best of 2): fp32 {best['fp32']:.1f}, int8 {best['int8']:.1f}, ratio {best['int8'] / best['fp32']:.2f}x")
+    print(f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+if __name__ == "__main__":
+    main()
