@@ -26,3 +26,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/decode.py
+
+# retrain every starter persona from its spec in personas/ (minutes each on a laptop CPU)
+personas: setup
+	personas/train_all.sh
