@@ -336,7 +336,8 @@ class ChatScreen(Screen[None]):
         except PersonaError as exc:
             error = str(exc)
         except Exception as exc:  # a bug in generation must not take the conversation with it
-            error = f"generation failed: {type(exc).__name__}: {exc}"
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            error = f"generation failed ({type(exc).__name__}: {first_line}); the conversation so far is saved"
         stats = engine.last
         reason = "error" if error else ("cancelled" if cancel.is_set() and stats.finish_reason != "stop" else stats.finish_reason)
         outcome = ReplyOutcome(
