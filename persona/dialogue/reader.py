@@ -26,7 +26,11 @@ def sniff_format(log: LogFile) -> str:
         return "jsonl"
     if match_turn(first) is not None:
         return "txt"
-    if len(next(csv.reader([first]), [])) >= 2 or "\t" in first or ";" in first:
+    try:
+        columns = len(next(csv.reader([first]), []))
+    except csv.Error:  # e.g. a bare carriage return: not a CSV row, so not CSV
+        columns = 0
+    if columns >= 2 or "\t" in first or ";" in first:
         return "csv"
     return "txt"
 
