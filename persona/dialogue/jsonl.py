@@ -64,6 +64,8 @@ def _parse(log: LogFile, number: int, line: str) -> dict[str, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DialogueError(f"{log.path} line {number} is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line") from None
+    except RecursionError:
+        raise DialogueError(f"{log.path} line {number} nests JSON too deeply to be a dialogue turn; fix or remove that line") from None
     if not isinstance(record, dict):
         raise DialogueError(f"{log.path} line {number} is a JSON {type(record).__name__}, expected an object")
     return record
@@ -87,7 +89,7 @@ def _message_turns(log: LogFile, number: int, messages: list[Any]) -> list[Turn]
             raise DialogueError(f"{log.path} line {number}: each message needs a \"role\" and a \"content\"")
         content = message.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+            content = " ".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
         if not isinstance(content, str):
             raise DialogueError(f"{log.path} line {number}: a {message['role']!r} message has no text content")
         if message["role"] == "system" or not content.strip():
