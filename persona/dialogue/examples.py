@@ -32,11 +32,16 @@ def resolve_speaker(dialogue: Dialogue, speaker: str | None) -> str:
     for name, _ in counts.most_common():
         if normalise_speaker(name) == wanted:
             return name
-    listed = ", ".join(f"{name} ({count})" for name, count in counts.most_common(SPEAKERS_LISTED))
+    listed = ", ".join(f"{_shown(name)} ({count})" for name, count in counts.most_common(SPEAKERS_LISTED))
     more = f" and {len(counts) - SPEAKERS_LISTED} more" if len(counts) > SPEAKERS_LISTED else ""
     if speaker is None:
         raise DialogueError(f"pass --speaker to say whose lines to learn; speakers in {dialogue.source}: {listed}{more}")
     raise DialogueError(f"no lines by {speaker!r} in {dialogue.source}; speakers found (lines): {listed}{more}")
+
+
+def _shown(name: str) -> str:
+    """A speaker name as it may appear in a one-line message: control characters escaped."""
+    return name if name.isprintable() else repr(name)
 
 
 def build_examples(dialogue: Dialogue, speaker: str | None, context_turns: int = DEFAULT_CONTEXT_TURNS) -> list[Example]:
