@@ -131,3 +131,15 @@ def test_config_refuses_bad_values_naming_the_field_and_quoting_the_value(overri
 def test_epochs_turn_into_steps_over_the_training_examples() -> None:
     assert TrainConfig(epochs=2, batch_size=8).total_steps(20) == 6
     assert TrainConfig().total_steps(20) == 60
+
+
+def test_lines_that_open_a_conversation_train_but_only_replies_are_scored(tiny) -> None:
+    opening = Dialogue(
+        [Conversation([Turn("BOB", REPLIES[i % 2]), Turn("ALICE", "Hello there!"), Turn("BOB", REPLIES[(i + 1) % 2])]) for i in range(12)],
+        source="opening.txt",
+        sha256="cd" * 32,
+    )
+    trained = train_persona(tiny, opening, speaker="BOB", name="opener", description="a bard", config=quick(steps=2), progress=False)
+    assert trained.training["train_examples"] + trained.training["validation_examples"] == 24
+    assert trained.metrics["examples"] * 2 == trained.training["validation_examples"]  # the openers are not scored
+    assert all(isinstance(v, float) for v in trained.metrics["nll"].values())

@@ -3,6 +3,9 @@
 All three score exactly the same reply tokens (replies are cut the same way whatever precedes
 them), so the numbers compare directly: lower is better, and a soft prompt earns its place only
 if it beats both the bare model and simply writing the description as a system prompt.
+Only replies to something are scored: a line that opens a conversation has no context, and a
+chat template cannot render an empty conversation for the bare model (nor does a chat ever
+start with the persona speaking).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from persona.dialogue.encode import EncodedExample, encode_examples
 from persona.dialogue.examples import Example
+from persona.errors import DialogueError
 from persona.prompt.render import Renderer
 from persona.train.batching import collate
 from persona.train.loss import labelled_nll
@@ -39,6 +43,11 @@ def mean_nll(
     return (total / count if count else float("nan")), count
 
 
+def scorable(examples: Sequence[Example]) -> list[Example]:
+    """The examples that reply to at least one earlier turn."""
+    return [example for example in examples if example.context]
+
+
 def evaluate(
     model: Any,
     renderer: Renderer,
@@ -52,6 +61,9 @@ def evaluate(
     max_reply_tokens: int = 160,
 ) -> dict[str, Any]:
     """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
+    examples = scorable(examples)
+    if not examples:
+        raise DialogueError("no held-out line answers an earlier turn, so there is nothing to score; use a longer log")
     limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
     bare = encode_examples(renderer, examples, None, **limits)
     with_prompt = encode_examples(renderer, examples, "persona", **limits)
