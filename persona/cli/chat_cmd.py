@@ -25,7 +25,7 @@ def _resume_id(value: str) -> int | str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from persona.cli.reply import add_generation_arguments
+    from persona.cli.reply import add_generation_arguments, add_precision_argument
 
     parser = subparsers.add_parser(
         "chat",
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue a saved conversation: the latest one, or conversation ID",
     )
     parser.add_argument("--library", metavar="PATH", type=Path, help="the persona library file (default: in the data dir)")
+    add_precision_argument(parser)
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         from persona.model.loader import load_model
 
         print("persona: loading the model…", file=sys.stderr, flush=True)
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, precision=args.precision)
         engine = ChatEngine(loaded)
 
         from persona.tui.app import PersonaChatApp
