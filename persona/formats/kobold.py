@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
+import math
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -41,8 +44,9 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
                 )
             tensor_bytes = _read_member(path, archive, members[TENSOR_MEMBER], MAX_TENSOR_BYTES)
             meta_bytes = _read_member(path, archive, members[META_MEMBER], MAX_JSON_BYTES) if META_MEMBER in members else b"{}"
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
-        raise PromptFormatError(f"{path}: damaged or unsupported zip ({exc})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error, lzma.LZMAError,
+            UnicodeDecodeError, RuntimeError) as exc:  # RuntimeError: an encrypted member
+        raise PromptFormatError(f"{path}: damaged or unsupported zip ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
     except OSError as exc:
         raise PromptFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     array = _load_npy(path, tensor_bytes)  # (N, D)
@@ -126,6 +130,10 @@ def _load_npy(path: Path, data: bytes) -> np.ndarray:
         raise PromptFormatError(f"{path}: {TENSOR_MEMBER} has dtype {dtype}; expected float16 or float32")
     if len(shape) != 2:
         raise PromptFormatError(f"{path}: {TENSOR_MEMBER} has shape {shape}; expected (num_virtual_tokens, hidden_size)")
+    if math.prod(shape) * dtype.itemsize != len(data) - stream.tell():  # numpy would allocate the claimed size first
+        raise PromptFormatError(
+            f"{path}: {TENSOR_MEMBER} claims shape {shape} but holds {len(data) - stream.tell()} bytes of data; the file is damaged"
+        )
     stream.seek(0)
     try:
         array = np.load(stream, allow_pickle=False)
@@ -137,8 +145,8 @@ def _load_npy(path: Path, data: bytes) -> np.ndarray:
 def _load_meta(path: Path, data: bytes) -> dict:
     try:
         meta = json.loads(data or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PromptFormatError(f"{path}: {META_MEMBER} is not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PromptFormatError(f"{path}: {META_MEMBER} is not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(meta, dict):
         raise PromptFormatError(f"{path}: {META_MEMBER} must be a JSON object")
     return meta
