@@ -40,8 +40,8 @@ class Fingerprint:
                 vocab_size=int(data["vocab_size"]),
                 embedding_sha256=str(data["embedding_sha256"]),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PromptFormatError(f"unreadable model fingerprint {text[:80]!r}: {exc}") from None
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # 1e999 widths, deep nesting
+            raise PromptFormatError(f"unreadable model fingerprint {text[:80]!r}: {type(exc).__name__} {str(exc)[:80]}") from None
 
 
 def compute_fingerprint(model: Any) -> Fingerprint:
