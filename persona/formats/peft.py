@@ -106,8 +106,8 @@ def _read_config(path: Path) -> dict:
     file = path / CONFIG_FILE
     try:
         config = json.loads(read_bounded(file, MAX_JSON_BYTES, "an adapter config"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PromptFormatError(f"{file}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PromptFormatError(f"{file}: not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(config, dict):
         raise PromptFormatError(f"{file}: expected a JSON object")
     peft_type = str(config.get("peft_type", "")).upper()

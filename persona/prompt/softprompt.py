@@ -152,7 +152,7 @@ def _read_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor]
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a mapping")
         tensors = st_load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+    except (SafetensorError, ValueError, UnicodeDecodeError, TypeError, AttributeError, RecursionError) as exc:
         raise PromptFormatError(f"{source}: broken safetensors file ({str(exc).splitlines()[0][:120]})") from None
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
