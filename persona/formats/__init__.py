@@ -21,9 +21,13 @@ ZIP_MAGIC = b"PK\x03\x04"
 def detect_format(path: Path) -> str:
     """'peft' for an adapter directory, 'kobold' for a zip, 'persona' for a safetensors file."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise PromptFormatError(f"{path}: cannot read ({exc.strerror})") from None
+    if not exists:
         raise PromptFormatError(f"{path}: no such file or directory")
-    if path.is_dir():
+    if is_dir:
         if (path / "adapter_config.json").is_file():
             return "peft"
         raise PromptFormatError(f"{path}: a directory without adapter_config.json; expected a PEFT prompt-tuning adapter")
