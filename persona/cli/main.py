@@ -43,13 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PersonaError as exc:
-        print(f"persona: error: {exc}", file=sys.stderr)
+        print(f"persona: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("persona: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def one_line(message: str) -> str:
+    """A message as one terminal line: control characters from paths or names the user gave are escaped."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in message)
 
 
 if __name__ == "__main__":
