@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from persona.errors import LibraryError
+from persona.errors import LibraryError, NotFoundError
 
 
 def describe(exc: BaseException, path: Path, timeout: float) -> str:
@@ -40,6 +40,8 @@ def translated(path: Path, timeout: float) -> Iterator[None]:
         yield
     except (sqlite3.Error, OSError) as exc:
         raise LibraryError(describe(exc, path, timeout)) from None
+    except OverflowError:  # an id or version past SQLite's 64-bit integers names nothing that exists
+        raise NotFoundError(f"no such id or version in the library {path}: the number is out of range") from None
     except Exception as exc:
         if _is_database_error(exc):
             raise LibraryError(describe(exc, path, timeout)) from None
