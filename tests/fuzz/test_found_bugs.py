@@ -21,8 +21,10 @@ from persona.dialogue import build_examples, read_dialogue
 from persona.errors import DialogueError, ModelError, PromptFormatError
 from persona.formats import read_prompt
 from persona.formats.fit import model_width
+from persona.library import open_library
 from persona.prompt.softprompt import SoftPrompt
 from tests.fuzz.harness import assert_one_line
+from tests.library_helpers import make_prompt
 
 
 def test_a_log_with_bare_carriage_returns_is_sniffed_not_crashed(tmp_path: Path) -> None:
@@ -143,4 +145,33 @@ def test_a_model_config_that_is_not_an_object_is_a_model_error(tmp_path: Path, c
     (tmp_path / "config.json").write_text(config)
     with pytest.raises(ModelError) as exc:
         model_width(tmp_path)  # once AttributeError: 'list' object has no attribute 'get'
+    assert_one_line(str(exc.value))
+
+
+def test_an_id_or_version_beyond_64_bits_is_not_found_not_a_crash(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from persona.cli.main import main
+
+    library = tmp_path / "library.db"
+    lib = open_library(library)
+    lib.add_version("hamlet", make_prompt())
+    lib.close()
+    huge = str(10**23)
+    for argv in (["history", huge], ["rollback", "hamlet", huge], ["export", "hamlet", str(tmp_path / "x"), "--version", huge]):
+        assert main([argv[0], "--library", str(library), *argv[1:]]) == 1  # once OverflowError from sqlite3
+        err = capsys.readouterr().err
+        assert err.startswith("persona: error: no such id or version") and err.count("\n") == 1
+
+
+def test_control_characters_in_a_path_are_escaped_in_the_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from persona.cli.main import main
+
+    assert main(["import", str(tmp_path / "evil\x1b[2J\rname")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\r" not in err
+    assert r"evil\x1b[2J\rname: no such file" in err
+
+
+def test_importing_a_path_too_long_for_the_file_system_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(PromptFormatError, match="cannot read") as exc:
+        read_prompt(tmp_path / ("x" * 300))  # once OSError: File name too long, from Path.exists
     assert_one_line(str(exc.value))
