@@ -104,3 +104,13 @@ def test_the_reply_tokens_are_the_same_whatever_the_system_text(tiny) -> None:
     )
     assert plain.num_labels == written.num_labels == 30
     assert [x for x in plain.labels if x != IGNORE_INDEX] == [x for x in written.labels if x != IGNORE_INDEX]
+
+
+def test_the_turn_before_the_reply_is_shortened_from_its_start_but_never_dropped(tiny) -> None:
+    renderer = Renderer(tiny.tokenizer)
+    turn = "What is the capital of France? " * 30 + "Say it now."
+    example = Example([{"role": "user", "content": turn}], "Paris.", conversation=0)
+    (bare,) = encode_examples(renderer, [example], persona=None, max_length=60)  # no persona: must still render
+    text = tiny.tokenizer.decode(bare.input_ids)
+    assert "Say it now." in text and "..." in text
+    assert len(bare.input_ids) < len(encode_examples(renderer, [example], persona=None, max_length=10_000)[0].input_ids)

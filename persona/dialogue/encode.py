@@ -11,6 +11,7 @@ from persona.prompt.render import Renderer
 
 DEFAULT_MAX_LENGTH = 256  # tokens after the soft prompt; older context turns are dropped to fit
 DEFAULT_MAX_REPLY_TOKENS = 160  # longer replies are cut (the same cut whatever the system text)
+MIN_CONTEXT_CHARS = 40  # the last context turn is shortened no further than this
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,11 @@ def encode_example(
     max_length: int = DEFAULT_MAX_LENGTH,
     max_reply_tokens: int = DEFAULT_MAX_REPLY_TOKENS,
 ) -> EncodedExample:
-    """Render one example; drop its oldest context turns until it fits `max_length` (if it can)."""
+    """Render one example; drop its oldest context turns until it fits `max_length`.
+
+    The turn just before the reply is never dropped (a reply needs something to answer, and the
+    bare model cannot render an empty conversation); if it alone is too long, its beginning is cut.
+    """
     context = list(example.context)
     while True:
         ids, labels = renderer.render_example(context, example.reply, persona, system=system)
@@ -40,7 +45,13 @@ def encode_example(
         ids, labels = ids[: prefix + max_reply_tokens], labels[: prefix + max_reply_tokens]
         if len(ids) <= max_length or not context:
             return EncodedExample(ids, labels)
-        context = context[1:]
+        if len(context) > 1:
+            context = context[1:]
+            continue
+        content = context[0]["content"]
+        if len(content) <= MIN_CONTEXT_CHARS:
+            return EncodedExample(ids, labels)
+        context = [{"role": context[0]["role"], "content": "..." + content[len(content) // 2 :].lstrip()}]
 
 
 def encode_examples(

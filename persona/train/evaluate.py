@@ -11,6 +11,7 @@ start with the persona speaking).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +49,53 @@ def scorable(examples: Sequence[Example]) -> list[Example]:
     return [example for example in examples if example.context]
 
 
+@dataclass
+class EvaluationSet:
+    """The held-out examples rendered the three ways, ready to score (rendering fails here, not after training)."""
+
+    bare: list[EncodedExample]  # no system text: the model's chat template decides
+    written: list[EncodedExample] | None  # the description as the system message; None without one
+    with_prompt: list[EncodedExample]  # empty system message, the soft prompt in front
+    examples: int
+
+
+def prepare_evaluation(
+    renderer: Renderer,
+    examples: Sequence[Example],
+    *,
+    description: str | None,
+    max_length: int = 512,
+    max_reply_tokens: int = 160,
+) -> EvaluationSet:
+    chosen = scorable(examples)
+    if not chosen:
+        raise DialogueError("no held-out line answers an earlier turn, so there is nothing to score; use a longer log")
+    limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
+    written = None
+    if description and description.strip():
+        written = encode_examples(renderer, chosen, None, system=description.strip(), **limits)
+    return EvaluationSet(
+        bare=encode_examples(renderer, chosen, None, **limits),
+        written=written,
+        with_prompt=encode_examples(renderer, chosen, "persona", **limits),
+        examples=len(chosen),
+    )
+
+
+def score(model: Any, prompt: torch.Tensor, held_out: EvaluationSet, *, pad_id: int, batch_size: int = 8) -> dict[str, Any]:
+    """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
+    no_prompt, tokens = mean_nll(model, None, held_out.bare, pad_id=pad_id, batch_size=batch_size)
+    soft_prompt, _ = mean_nll(model, prompt, held_out.with_prompt, pad_id=pad_id, batch_size=batch_size)
+    hard_prompt = None
+    if held_out.written is not None:
+        hard_prompt, _ = mean_nll(model, None, held_out.written, pad_id=pad_id, batch_size=batch_size)
+    return {
+        "nll": {"no_prompt": no_prompt, "hard_prompt": hard_prompt, "soft_prompt": soft_prompt},
+        "tokens": tokens,
+        "examples": held_out.examples,
+    }
+
+
 def evaluate(
     model: Any,
     renderer: Renderer,
@@ -60,21 +108,6 @@ def evaluate(
     max_length: int = 512,
     max_reply_tokens: int = 160,
 ) -> dict[str, Any]:
-    """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
-    examples = scorable(examples)
-    if not examples:
-        raise DialogueError("no held-out line answers an earlier turn, so there is nothing to score; use a longer log")
-    limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
-    bare = encode_examples(renderer, examples, None, **limits)
-    with_prompt = encode_examples(renderer, examples, "persona", **limits)
-    no_prompt, tokens = mean_nll(model, None, bare, pad_id=pad_id, batch_size=batch_size)
-    soft_prompt, _ = mean_nll(model, prompt, with_prompt, pad_id=pad_id, batch_size=batch_size)
-    hard_prompt = None
-    if description and description.strip():
-        written = encode_examples(renderer, examples, None, system=description.strip(), **limits)
-        hard_prompt, _ = mean_nll(model, None, written, pad_id=pad_id, batch_size=batch_size)
-    return {
-        "nll": {"no_prompt": no_prompt, "hard_prompt": hard_prompt, "soft_prompt": soft_prompt},
-        "tokens": tokens,
-        "examples": len(examples),
-    }
+    """Render and score in one go (see `score` for the result)."""
+    held_out = prepare_evaluation(renderer, examples, description=description, max_length=max_length, max_reply_tokens=max_reply_tokens)
+    return score(model, prompt, held_out, pad_id=pad_id, batch_size=batch_size)

@@ -117,6 +117,9 @@ def train_loop(
             save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
             raise TrainingInterrupted(checkpoint_file, state.step, total_steps) from None
     bar.close()
+    if checkpoint_file is not None:  # kept until the caller has stored the result: a later failure loses nothing
+        state.seconds = time.perf_counter() - started
+        save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
     return LoopResult(prompt.detach().clone(), state.step, state.seconds, state.train_seconds, state.tokens, state.history)
 
 

@@ -23,7 +23,7 @@ from persona.prompt.softprompt import SoftPrompt
 from persona.train.batching import pad_token_id
 from persona.train.checkpoint import check_resumable, checkpoint_path, load_checkpoint
 from persona.train.config import TrainConfig
-from persona.train.evaluate import evaluate
+from persona.train.evaluate import prepare_evaluation, score
 from persona.train.loop import train_loop
 
 MIN_EXAMPLES = 10
@@ -73,6 +73,7 @@ def train_persona(
     limits = {"max_length": config.max_length, "max_reply_tokens": config.max_reply_tokens}
     train_encoded = encode_examples(renderer, train, name, **limits)
     validation_encoded = encode_examples(renderer, validation, name, **limits)
+    held_out = prepare_evaluation(renderer, test, description=description, **limits)  # fails now, not after training
     start, init = initial_prompt(
         loaded.model, loaded.tokenizer, config.num_virtual_tokens, method=config.init, description=description, seed=config.seed
     )  # (N, D)
@@ -96,10 +97,7 @@ def train_persona(
         pad_id=pad_id, total_steps=total_steps, identity=identity, checkpoint_file=checkpoint_file,
         resume_from=resume_from, progress=progress, on_step=on_step, description=f"training {name}",
     )
-    metrics = evaluate(
-        loaded.model, renderer, test, result.prompt, description=description, pad_id=pad_id,
-        batch_size=config.batch_size, **limits,
-    )
+    metrics = score(loaded.model, result.prompt, held_out, pad_id=pad_id, batch_size=config.batch_size)
     prompt = SoftPrompt(
         embeddings=result.prompt, name=name, description=description or "", fingerprint=loaded.fingerprint,
         init=init, base_model=loaded.model_id,
