@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "persona.cli.chat_cmd",
     "persona.cli.library_cmds",
     "persona.cli.train_cmds",
+    "persona.cli.doctor_cmd",
 )
 
 
