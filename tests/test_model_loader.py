@@ -78,3 +78,13 @@ def test_training_example_labels_cover_only_the_reply(tiny, tiny_prompt):
     assert tiny.tokenizer.decode(labelled) == "I am fine<|im_end|>"
     prefix = renderer.render([{"role": "user", "content": "Hello"}], tiny_prompt)
     assert ids[: len(prefix)] == prefix
+
+
+def test_a_reply_that_opens_the_conversation_renders_without_a_persona(tiny):
+    renderer = Renderer(tiny.tokenizer)
+    ids, labels = renderer.render_example([], "Now is the winter of our discontent", None)
+    labelled = [i for i, label in zip(ids, labels, strict=True) if label != -100]
+    assert tiny.tokenizer.decode(labelled) == "Now is the winter of our discontent<|im_end|>"
+    assert tiny.tokenizer.decode(ids).startswith("<|im_start|>system\nYou are a tiny test model")
+    with_system = renderer.render_example([], "Now is the winter", None, system="Be Richard.")
+    assert "Be Richard." in tiny.tokenizer.decode(with_system[0])

@@ -64,6 +64,8 @@ class Renderer:
     ) -> str:
         """The exact text that follows the soft prompt."""
         conversation = self.conversation(messages, persona, system=system)
+        if not conversation and add_generation_prompt:
+            return self._empty_generation_prompt()
         try:
             return self.tokenizer.apply_chat_template(
                 conversation, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -76,6 +78,19 @@ class Renderer:
                     conversation[1:], tokenize=False, add_generation_prompt=add_generation_prompt
                 )
             raise ModelError(f"the model's chat template failed on this conversation: {exc}") from None
+
+    def _empty_generation_prompt(self) -> str:
+        """What the template puts before an assistant turn that opens the conversation.
+
+        Templates refuse an empty conversation, but a speaker may open a scene with nothing before
+        it; rendering a lone assistant turn and cutting at its content gives exactly the prefix
+        that the full example starts with.
+        """
+        marker = "\x00persona-reply\x00"
+        full = self.text([{"role": "assistant", "content": marker}], None, add_generation_prompt=False)
+        if marker not in full:
+            raise ModelError("the model's chat template drops the content of an assistant turn that opens a conversation")
+        return full[: full.index(marker)]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
