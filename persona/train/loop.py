@@ -1,5 +1,8 @@
 """The prompt-tuning loop: AdamW on the (N, D) prompt alone, length-bucketed batches, a progress bar,
 and Ctrl-C that finishes the current step, saves a checkpoint and stops (`--resume` continues).
+
+A checkpoint is also written at every validation interval (about four times a run), so a run that
+is killed outright (SIGKILL, power loss) resumes from the last one instead of from the start.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ def train_loop(
                 state.history.append(record)
                 state.seconds = time.perf_counter() - started
                 _show(bar, state)
+                if checkpoint_file is not None and state.step % interval == 0 and state.step < total_steps:
+                    save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
                 if on_step is not None:
                     on_step(state.step, record["loss"])
                 if interrupt.is_set() and state.step < total_steps:
