@@ -130,7 +130,9 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, config=config, dtype=torch.float32, trust_remote_code=False, use_safetensors=True  # never unpickle .bin weights
+            )
     except ValueError as exc:
         raise ModelError(
             f"{model_id!r} is not a causal language model persona can load ({type(config).__name__}): {_first_line(exc)}"
