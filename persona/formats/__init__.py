@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 FORMATS = ("persona", "peft", "kobold")
 ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_ADVICE = (
+    "a Python pickle (torch.save, .pt or .bin), which persona never loads because it can run code; "
+    "save the (N, D) tensor as safetensors (safetensors.torch.save_file) and import that"
+)
 
 
 def detect_format(path: Path) -> str:
@@ -38,6 +42,8 @@ def detect_format(path: Path) -> str:
             head = handle.read(9)
     except OSError as exc:
         raise PromptFormatError(f"{path}: cannot read ({exc.strerror})") from None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise PromptFormatError(f"{path}: {PICKLE_ADVICE}")
     if head.startswith(ZIP_MAGIC):
         return "kobold"
     if len(head) == 9 and head[8:9] == b"{":

@@ -37,6 +37,10 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
     try:
         with zipfile.ZipFile(path) as archive:
             members = _checked_members(path, archive)
+            if TENSOR_MEMBER not in members and any(name.endswith("data.pkl") for name in members):
+                from persona.formats import PICKLE_ADVICE
+
+                raise PromptFormatError(f"{path}: {PICKLE_ADVICE}")
             if TENSOR_MEMBER not in members:
                 raise PromptFormatError(
                     f"{path}: no {TENSOR_MEMBER} in the zip (found {sorted(members)[:5]}); "
