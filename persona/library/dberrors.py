@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import shutil
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from persona.errors import LibraryError, NotFoundError
+
+FULL_BELOW_BYTES = 4 * 1024 * 1024  # less free space than this, and an I/O error on write is a full disk
 
 
 def describe(exc: BaseException, path: Path, timeout: float) -> str:
@@ -22,7 +25,7 @@ def describe(exc: BaseException, path: Path, timeout: float) -> str:
             f"the library {path} is locked by another persona process (waited {timeout:g} s); "
             "try again when it finishes"
         )
-    if "disk is full" in low or getattr(exc, "errno", None) == errno.ENOSPC:
+    if "disk is full" in low or getattr(exc, "errno", None) == errno.ENOSPC or ("disk i/o error" in low and _nearly_full(path)):
         return f"cannot write the library {path}: the disk is full; free some space and try again (nothing was changed)"
     if "readonly" in low or "read-only" in low or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write the library {path}: it is read-only; check its permissions or pass another --library"
@@ -31,6 +34,14 @@ def describe(exc: BaseException, path: Path, timeout: float) -> str:
     if "unable to open" in low:
         return f"cannot open the library {path} ({first}); check the path and its permissions"
     return f"library {path}: {first}"
+
+
+def _nearly_full(path: Path) -> bool:
+    """SQLite reports ENOSPC met while growing the WAL as a plain I/O error: tell them apart by the free space."""
+    try:
+        return shutil.disk_usage(path.parent).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 @contextmanager
