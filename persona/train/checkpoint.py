@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from persona.errors import ConfigError, PromptFormatError
+from persona.formats.files import writing_to
 from persona.paths import data_dir
 from persona.prompt.softprompt import write_private_atomic
 
@@ -70,7 +71,8 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> Path:
         "init": checkpoint.init,
     }
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "state": json.dumps(state, sort_keys=True)}
-    return write_private_atomic(path, st_save(tensors, metadata=metadata))
+    with writing_to(path):  # a full disk or a read-only data dir: one line, not a traceback
+        return write_private_atomic(path, st_save(tensors, metadata=metadata))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
