@@ -183,7 +183,7 @@ def test_fuzz_library_commands(workspace: dict[str, Path]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         case_dir = Path(folder)
 
-        @fuzz_settings(1000)
+        @fuzz_settings(1200)
         @given(argv=library_argv(workspace["files"], case_dir), own_library=st.integers(0, 9))
         def case(argv: list[str], own_library: int) -> None:
             library = case_dir / "library.db"
