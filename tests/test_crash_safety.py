@@ -59,7 +59,7 @@ class Zygote:
             time.sleep(kill_after)
             os.kill(pid, signal.SIGKILL)
         answer = self._ask({"wait": pid})
-        return answer["killed"], answer["code"], output.read_text(errors="replace")
+        return answer["killed"], answer["code"], _text(output)  # a child killed at once never made its file
 
     def close(self) -> None:
         self.process.stdin.close()  # type: ignore[union-attr]
