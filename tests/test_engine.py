@@ -123,3 +123,39 @@ def test_empty_message_is_refused(tiny):
 def test_bad_generation_settings_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         GenerationConfig(**{field: value})
+
+
+def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_prompt, monkeypatch):
+    import persona.engine.chat as chat
+
+    messages = [{"role": "user", "content": "To be, or not to be, that is the question. " * 6}]
+    whole = ChatEngine(tiny)
+    whole.reply(messages, tiny_prompt, GREEDY)
+    monkeypatch.setattr(chat, "PREFILL_CHUNK", 7)
+    chunked = ChatEngine(tiny)
+    chunked.reply(messages, tiny_prompt, GREEDY)
+    assert chunked.last.prompt_tokens > 3 * 7
+    assert chunked.last.token_ids == whole.last.token_ids
+
+
+def test_cancel_during_a_chunked_prefill_stops_before_any_token(tiny, tiny_prompt, monkeypatch):
+    import persona.engine.chat as chat
+
+    monkeypatch.setattr(chat, "PREFILL_CHUNK", 4)
+    engine = ChatEngine(tiny)
+    cancel = threading.Event()
+    original = engine._step
+
+    def step_then_cancel(ids, past):
+        cancel.set()  # Esc arrives while the history is being encoded
+        return original(ids, past)
+
+    monkeypatch.setattr(engine, "_step", step_then_cancel)
+    pieces = list(engine.stream([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY, cancel=cancel))
+    assert pieces == [] and engine.last.finish_reason == "cancelled" and engine.last.new_tokens == 0
+    monkeypatch.setattr(engine, "_step", original)
+    cancel.clear()
+    engine.reply([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY)
+    fresh = ChatEngine(tiny)
+    fresh.reply([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY)
+    assert engine.last.token_ids == fresh.last.token_ids  # the half-encoded cache is reused correctly

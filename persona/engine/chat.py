@@ -26,6 +26,7 @@ from persona.prompt.render import Message, Renderer
 from persona.prompt.softprompt import SoftPrompt
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+PREFILL_CHUNK = 128  # tokens per forward pass when encoding history: bounds how long a cancel waits
 DEFAULT_MAX_CONTEXT = 4096  # tokens; the model's own window is used when it is smaller
 
 
@@ -123,11 +124,21 @@ class ChatEngine:
         with torch.inference_mode():
             if common == 0:
                 entry.past = DynamicCache()
-                logits = self._prefill(ids, persona, entry.past)
+                done = min(len(ids), PREFILL_CHUNK)
+                logits = self._prefill(ids[:done], persona, entry.past)
             else:
                 _crop_to(entry.past, num_virtual + common)
-                logits = self._step(ids[common:], entry.past)
-            entry.ids = list(ids)
+                done = common
+            entry.ids = list(ids[:done])
+            while done < len(ids):  # in chunks, so that Esc is honoured during a long prefill too
+                if cancel is not None and cancel.is_set():
+                    stats.finish_reason = "cancelled"
+                    stats.seconds = time.perf_counter() - start
+                    return
+                chunk = ids[done : done + PREFILL_CHUNK]
+                logits = self._step(chunk, entry.past)
+                done += len(chunk)
+                entry.ids.extend(chunk)
             stats.finish_reason = "length"
             for index in range(config.max_new_tokens):
                 if cancel is not None and cancel.is_set():
