@@ -1,4 +1,4 @@
-"""The int8 chat path: decoder Linear layers quantized, embedding/fingerprint and output head untouched."""
+"""The int8 chat path: decoder Linear layers int8, output head float16, embedding/fingerprint untouched."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import torch
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.errors import ConfigError
+from persona.model import quantize
 from persona.model.loader import load_model
 
 
-def test_int8_keeps_the_fingerprint_and_the_head_and_still_chats(tiny_model_dir, tiny, tiny_prompt):
+def test_int8_keeps_the_fingerprint_and_the_embedding_and_still_chats(tiny_model_dir, tiny, tiny_prompt):
     quantized = load_model(tiny_model_dir, precision="int8")
     assert quantized.precision == "int8"
     assert quantized.fingerprint == tiny.fingerprint  # soft prompts trained on fp32 still fit
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-
-    linears = [m for m in quantized.model.model.modules() if isinstance(m, torch.nn.Linear | Int8Linear)]
-    assert linears and all(isinstance(m, Int8Linear) for m in linears)
-    assert isinstance(quantized.model.lm_head, torch.nn.Linear)
+    decoder_linears = [m for m in quantized.model.model.modules() if isinstance(m, torch.nn.Linear | quantize.Int8Linear)]
+    assert decoder_linears and all(isinstance(m, quantize.Int8Linear) for m in decoder_linears)
+    assert isinstance(quantized.model.lm_head, quantize.Float16Linear)
+    assert quantized.model.get_input_embeddings().weight.dtype == torch.float32
     engine = ChatEngine(quantized)
     engine.reply([{"role": "user", "content": "Hello there!"}], tiny_prompt,
                  GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=6))
@@ -34,6 +34,33 @@ def test_int8_logits_stay_close_to_fp32(tiny_model_dir, tiny):
         approx = torch.log_softmax(quantized.model(ids).logits, dim=-1)  # (1, T, V)
     drift = (reference.exp() * (reference - approx)).sum(-1).mean()  # mean KL(fp32 || int8)
     assert float(drift) < 0.05
+
+
+def test_each_row_gets_its_own_activation_scale():
+    """A row with huge activations (a virtual token) must not wreck the precision of the others."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    layer = quantize.Int8Linear.from_linear(linear)
+    rows = torch.randn(3, 64)
+    rows[0] *= 1000.0  # an outlier row, as the first positions of a soft prompt produce
+    with torch.no_grad():
+        exact = torch.nn.functional.linear(rows, layer.weight, layer.bias)  # the int8 weights, exact activations
+        kernel = layer(rows)  # 3 rows <= ROW_KERNEL_MAX_ROWS: row by row through the int8 kernel
+        alone = layer(rows[2:])
+    assert rows.shape[0] <= quantize.ROW_KERNEL_MAX_ROWS
+    assert torch.equal(kernel[2:], alone)  # the outlier row did not change the small row's result
+    relative = (kernel[2] - exact[2]).abs().max() / exact[2].abs().max()
+    assert float(relative) < 0.05
+
+
+def test_many_rows_use_the_dequantised_weight_exactly():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 8, bias=False)
+    layer = quantize.Int8Linear.from_linear(linear)
+    rows = torch.randn(2, 7, 16)  # 14 rows: above ROW_KERNEL_MAX_ROWS
+    with torch.no_grad():
+        assert torch.allclose(layer(rows), rows @ layer.weight.T, atol=1e-6)
+        assert (layer.weight - linear.weight).abs().max() <= layer.scale.max() / 2 + 1e-7  # half a step of rounding
 
 
 def test_unknown_precision_names_the_choices(tiny_model_dir):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from persona.errors import ModelError
+from persona.model.fastload import load_streaming
 from persona.model.fingerprint import Fingerprint, compute_fingerprint
 from persona.paths import models_dir
 
@@ -113,7 +114,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     precision: "fp32"; "int8" quantizes the Linear layers for faster chat on CPU; "auto" is what
     chat uses by default (see CHAT_PRECISION_AUTO).
     """
-    from persona.model.quantize import check_precision, quantize_int8
+    from persona.model.quantize import check_precision, quantize_int8, require_int8
 
     check_precision(precision)
     directory, model_id = resolve_model_path(path)
@@ -127,12 +128,20 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"cannot read the model config in {model_id!r}: {_first_line(exc)}") from None
+    if precision == "auto":
+        precision = CHAT_PRECISION_AUTO
+    if precision == "int8":
+        require_int8()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_pretrained(
-                directory, config=config, dtype=torch.float32, trust_remote_code=False, use_safetensors=True  # never unpickle .bin weights
-            )
+        model = load_streaming(directory, config, int8=precision == "int8")  # None: not a case it handles
+        if model is not None:
+            _attach_generation_config(model, directory)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = AutoModelForCausalLM.from_pretrained(
+                    directory, config=config, dtype=torch.float32, trust_remote_code=False, use_safetensors=True  # never unpickle .bin weights
+                )
     except ValueError as exc:
         raise ModelError(
             f"{model_id!r} is not a causal language model persona can load ({type(config).__name__}): {_first_line(exc)}"
@@ -145,12 +154,20 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None
     model.eval()
     model.requires_grad_(False)
-    fingerprint = compute_fingerprint(model)  # before quantization: the embedding matrix is what counts
-    if precision == "auto":
-        precision = CHAT_PRECISION_AUTO
-    if precision == "int8":
+    fingerprint = compute_fingerprint(model)  # the float32 input embedding, whatever the precision
+    if precision == "int8":  # what streaming did not already quantize (all of it after from_pretrained)
         quantize_int8(model)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
+
+
+def _attach_generation_config(model: Any, directory: Path) -> None:
+    """What from_pretrained reads besides the weights: generation_config.json (end-of-turn ids)."""
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+    except (OSError, ValueError):
+        model.generation_config = GenerationConfig.from_model_config(model.config)
 
 
 def _first_line(exc: BaseException) -> str:
