@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                     "persona": persona.name if persona else None,
                     "model": str(loaded.fingerprint),
                     "model_id": loaded.model_id,
+                    "precision": loaded.precision,
                     "prompt": engine.prompt_text(messages, persona, system=args.system),
                     "reply": reply,
                     "tokens": stats.new_tokens,

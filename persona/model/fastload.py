@@ -2,25 +2,31 @@
 
 The model is built on the meta device (no allocation, no random init), then each tensor is read
 from the file and put in place. With `int8=True` each decoder Linear is quantized as soon as its
-weight is read, so the float32 weights never all sit in memory at once: the int8 chat path peaks
-near its final size instead of at the float32 model's. Anything this loader cannot place (a
+weight is read, and the file is read tensor by tensor rather than memory-mapped (a mapping keeps
+every page it has touched resident), so the float32 weights never all sit in memory at once: the
+int8 chat path peaks near its final size instead of at the float32 model's. The float32 path maps
+the file: its tensors are the mapping's pages, shared with every other process using the model. Anything this loader cannot place (a
 sharded checkpoint, a buffer it cannot rebuild, a missing tensor) returns None, and the caller
 falls back to `from_pretrained`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 WEIGHTS_FILE = "model.safetensors"
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
     """The causal LM of `directory` in float32 (decoder Linears int8 if asked), frozen, eval mode; or None."""
     import torch
-    from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
     path = directory / WEIGHTS_FILE
@@ -36,26 +42,25 @@ def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
     head_name = next((name for name, module in model.named_modules() if module is head), None)
     int8_linear = None
     if int8:
+        _release_large_blocks()
         from persona.model.quantize import _int8_linear_class
 
         int8_linear = _int8_linear_class()
-    with safe_open(str(path), framework="pt") as weights:
-        for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+    with _tensors(path, mapped=not int8) as weights:
+        for key, tensor in weights:
             module_name, _, attr = key.rpartition(".")
             try:
                 module = model.get_submodule(module_name)
             except AttributeError:
                 return None  # a tensor this architecture does not have
-            tensor = weights.get_tensor(key).to(torch.float32)
+            tensor = tensor.to(torch.float32)
             if attr in module._parameters:
+                _set_param(module, attr, tensor)
                 if int8_linear is not None and type(module) is torch.nn.Linear and module_name != head_name:
-                    _set_param(module, attr, tensor)
                     if not any(p.is_meta for p in module.parameters()):
                         _replace(model, module_name, int8_linear.from_linear(module))
-                    continue
-                _set_param(module, attr, tensor)
             elif attr in module._buffers:
-                module._buffers[attr] = tensor
+                module._buffers[attr] = tensor.clone()
             else:
                 return None
     if getattr(config, "tie_word_embeddings", False) and head is not None and head.weight.is_meta:
@@ -65,6 +70,58 @@ def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+@contextlib.contextmanager
+def _tensors(path: Path, *, mapped: bool) -> Iterator[Iterator[tuple[str, Any]]]:
+    """(name, tensor) for every tensor of a safetensors file: views of a mapping, or read one at a time."""
+    if mapped:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as weights:
+            yield ((key, weights.get_tensor(key)) for key in weights.keys())  # noqa: SIM118 (not a mapping)
+        return
+    with path.open("rb") as handle:
+        yield _read_tensors(handle)
+
+
+def _read_tensors(handle: Any) -> Iterator[tuple[str, Any]]:
+    import torch
+
+    (length,) = struct.unpack("<Q", handle.read(8))
+    header = json.loads(handle.read(length))
+    start = 8 + length
+    entries = sorted(((key, value) for key, value in header.items() if key != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+    for key, entry in entries:
+        begin, end = entry["data_offsets"]
+        handle.seek(start + begin)
+        data = bytearray(handle.read(end - begin))
+        dtype = getattr(torch, DTYPES[entry["dtype"]])
+        tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        yield key, tensor.reshape(entry["shape"])
+
+
+def _release_large_blocks() -> None:
+    """Have glibc give blocks of 1 MB and more back to the system when freed (not keep them in its heap).
+
+    Quantizing while reading frees a float32 weight per layer; by default glibc raises its mmap
+    threshold after such frees and keeps the memory, and the process ends up holding ~150 MB it no
+    longer uses. A no-op where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "mallopt"):
+            libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except OSError:
+        pass
 
 
 def _set_param(module: Any, name: str, tensor: Any) -> None:
