@@ -42,3 +42,45 @@ def test_a_checkpoint_it_cannot_place_falls_back(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, copy)
     (copy / "model.safetensors").rename(copy / "model-00001-of-00001.safetensors")  # as a sharded save names it
     assert load_streaming(copy, AutoConfig.from_pretrained(copy), int8=False) is None
+
+
+def test_int8_weights_are_cached_and_the_cache_gives_the_same_model(tiny_model_dir):
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    cache = load_fastload_cache_path(tiny_model_dir)
+    assert not cache.exists()
+    first = load_streaming(tiny_model_dir, config, int8=True)
+    assert cache.is_file()
+    before = cache.stat().st_mtime_ns
+    second = load_streaming(tiny_model_dir, config, int8=True)  # read from the cache
+    assert cache.stat().st_mtime_ns == before
+    ids = torch.tensor([[1, 5, 9, 23, 7, 2]])
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, second(ids).logits)
+
+
+def test_a_corrupt_cache_is_ignored_and_rewritten(tiny_model_dir):
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    load_streaming(tiny_model_dir, config, int8=True)
+    cache = load_fastload_cache_path(tiny_model_dir)
+    cache.write_bytes(cache.read_bytes()[:1000])  # cut short, as a full disk or a kill leaves it
+    model = load_streaming(tiny_model_dir, config, int8=True)
+    assert model is not None and cache.stat().st_size > 1000
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        reference_logits = quantize.quantize_int8(reference(tiny_model_dir))(ids).logits
+        assert torch.equal(quantize.quantize_int8(model)(ids).logits, reference_logits)
+
+
+def test_new_weights_get_a_new_cache(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    old = load_fastload_cache_path(copy)
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same bytes, new mtime: treated as new weights
+    assert load_fastload_cache_path(copy) != old
+
+
+def load_fastload_cache_path(directory):
+    from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
+
+    return int8_cache_path(directory / WEIGHTS_FILE)

@@ -13,7 +13,9 @@ falls back to `from_pretrained`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import struct
 import warnings
 from collections.abc import Iterator
@@ -21,55 +23,119 @@ from pathlib import Path
 from typing import Any
 
 WEIGHTS_FILE = "model.safetensors"
+INT8_CACHE_VERSION = "1"  # bump when Int8Linear's stored tensors change meaning
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
-    """The causal LM of `directory` in float32 (decoder Linears int8 if asked), frozen, eval mode; or None."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The causal LM of `directory` in float32 (decoder Linears int8 if asked), frozen, eval mode; or None.
 
+    int8 weights are cached in the data dir (keyed by the weights file's path, size and mtime), so
+    later starts read them instead of quantizing again.
+    """
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         return None
+    if int8:
+        _release_large_blocks()
+        cache = int8_cache_path(path)
+        if cache.is_file():
+            model = _fill(_skeleton(config), cache, int8=True)
+            if model is not None:
+                return model
+        model = _fill(_skeleton(config), path, int8=True)
+        if model is not None:
+            _save_cache(model, cache)
+        return model
+    return _fill(_skeleton(config), path, int8=False)
+
+
+def int8_cache_path(weights: Path) -> Path:
+    from persona.paths import models_dir
+
+    stat = weights.stat()
+    key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{INT8_CACHE_VERSION}"
+    return models_dir() / "int8-cache" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
+
+
+def _skeleton(config: Any) -> Any | None:
+    """The model on the meta device (no memory, no init), computed buffers rebuilt; None if they cannot be."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
-    if not _rebuild_meta_buffers(model, config):
+    return model if _rebuild_meta_buffers(model, config) else None
+
+
+def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
+    """Put every tensor of `path` in place (quantizing decoder Linears if int8); None if one does not fit."""
+    import torch
+
+    if model is None:
         return None
     head = model.get_output_embeddings()
     head_name = next((name for name, module in model.named_modules() if module is head), None)
     int8_linear = None
     if int8:
-        _release_large_blocks()
         from persona.model.quantize import _int8_linear_class
 
         int8_linear = _int8_linear_class()
-    with _tensors(path, mapped=not int8) as weights:
-        for key, tensor in weights:
-            module_name, _, attr = key.rpartition(".")
-            try:
+    pending: dict[str, dict[str, Any]] = {}  # cached int8 layers: name -> the tensors read so far
+    try:
+        with _tensors(path, mapped=not int8) as weights:
+            for key, tensor in weights:
+                module_name, _, attr = key.rpartition(".")
                 module = model.get_submodule(module_name)
-            except AttributeError:
-                return None  # a tensor this architecture does not have
-            tensor = tensor.to(torch.float32)
-            if attr in module._parameters:
-                _set_param(module, attr, tensor)
-                if int8_linear is not None and type(module) is torch.nn.Linear and module_name != head_name:
-                    if not any(p.is_meta for p in module.parameters()):
-                        _replace(model, module_name, int8_linear.from_linear(module))
-            elif attr in module._buffers:
-                module._buffers[attr] = tensor.clone()
-            else:
-                return None
-    if getattr(config, "tie_word_embeddings", False) and head is not None and head.weight.is_meta:
+                if attr in ("weight_int8", "scale") or (module_name in pending and attr == "bias"):
+                    if int8_linear is None or type(module) is not torch.nn.Linear:
+                        return None
+                    parts = pending.setdefault(module_name, {})
+                    parts[attr] = tensor
+                    if "weight_int8" in parts and "scale" in parts and ("bias" in parts or module.bias is None):
+                        _replace(model, module_name, int8_linear(parts["weight_int8"], parts["scale"], parts.get("bias")))
+                        del pending[module_name]
+                    continue
+                if attr in module._parameters:
+                    _set_param(module, attr, tensor.to(torch.float32))
+                    if int8_linear is not None and type(module) is torch.nn.Linear and module_name != head_name:
+                        if not any(p.is_meta for p in module.parameters()):
+                            _replace(model, module_name, int8_linear.from_linear(module))
+                elif attr in module._buffers:
+                    module._buffers[attr] = tensor.clone()
+                else:
+                    return None
+    except (AttributeError, KeyError, ValueError, RuntimeError, OSError):
+        return None  # a tensor this architecture does not have, an unknown dtype, a short file
+    if pending:
+        return None
+    if getattr(model.config, "tie_word_embeddings", False) and head is not None and head.weight.is_meta:
         head.weight = model.get_input_embeddings().weight
     if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
         return None
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _save_cache(model: Any, cache: Path) -> None:
+    """Write the int8 model's tensors (the tied head left out); a failure only means no cache."""
+    from safetensors.torch import save_file
+
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    head_name = next((name for name, module in model.named_modules() if module is head), None)
+    tensors = {key: value.contiguous() for key, value in model.state_dict().items()
+               if not (tied and key == f"{head_name}.weight")}
+    staging = cache.with_name(cache.name + ".tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        save_file(tensors, str(staging))
+        os.replace(staging, cache)
+    except OSError:
+        staging.unlink(missing_ok=True)
 
 
 DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
