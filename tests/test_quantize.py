@@ -66,3 +66,16 @@ def test_many_rows_use_the_dequantised_weight_exactly():
 def test_unknown_precision_names_the_choices(tiny_model_dir):
     with pytest.raises(ConfigError, match="fp32"):
         load_model(tiny_model_dir, precision="int4")
+
+
+def test_auto_falls_back_to_float32_where_int8_has_no_kernel(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(quantize, "int8_supported", lambda: False)
+    assert load_model(tiny_model_dir, precision="auto").precision == "fp32"
+    with pytest.raises(ConfigError, match="--precision fp32"):
+        load_model(tiny_model_dir, precision="int8")
+
+
+def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
+    if not quantize.int8_supported():
+        pytest.skip("this torch build has no fbgemm/x86 int8 kernel")
+    assert load_model(tiny_model_dir, precision="auto").precision == "int8"

@@ -114,7 +114,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     precision: "fp32"; "int8" quantizes the Linear layers for faster chat on CPU; "auto" is what
     chat uses by default (see CHAT_PRECISION_AUTO).
     """
-    from persona.model.quantize import check_precision, quantize_int8, require_int8
+    from persona.model.quantize import check_precision, int8_supported, quantize_int8, require_int8
 
     check_precision(precision)
     directory, model_id = resolve_model_path(path)
@@ -128,8 +128,8 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"cannot read the model config in {model_id!r}: {_first_line(exc)}") from None
-    if precision == "auto":
-        precision = CHAT_PRECISION_AUTO
+    if precision == "auto":  # int8 where this torch build has the kernel (x86), else float32
+        precision = CHAT_PRECISION_AUTO if int8_supported() else "fp32"
     if precision == "int8":
         require_int8()
     try:
