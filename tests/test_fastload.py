@@ -84,3 +84,26 @@ def load_fastload_cache_path(directory):
     from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
 
     return int8_cache_path(directory / WEIGHTS_FILE)
+
+
+def test_linear_biases_survive_quantizing_and_the_cache(tmp_path):
+    """Architectures with biased projections (attention_bias) load the same from the file and the cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attention_bias=True, initializer_range=0.3)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.bias.normal_(0.0, 1.0)  # visible if lost
+    model.save_pretrained(tmp_path)
+    ids = torch.tensor([[1, 5, 9, 23, 7, 2]])
+    loaded_config = AutoConfig.from_pretrained(tmp_path)
+    first = quantize.quantize_int8(load_streaming(tmp_path, loaded_config, int8=True))
+    second = quantize.quantize_int8(load_streaming(tmp_path, loaded_config, int8=True))  # from the cache
+    after = quantize.quantize_int8(reference(tmp_path))
+    assert first.model.layers[0].self_attn.q_proj.bias is not None
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, after(ids).logits)
+        assert torch.equal(second(ids).logits, after(ids).logits)

@@ -5,9 +5,9 @@ from the file and put in place. With `int8=True` each decoder Linear is quantize
 weight is read, and the file is read tensor by tensor rather than memory-mapped (a mapping keeps
 every page it has touched resident), so the float32 weights never all sit in memory at once: the
 int8 chat path peaks near its final size instead of at the float32 model's. The float32 path maps
-the file: its tensors are the mapping's pages, shared with every other process using the model. Anything this loader cannot place (a
-sharded checkpoint, a buffer it cannot rebuild, a missing tensor) returns None, and the caller
-falls back to `from_pretrained`.
+the file: its tensors are the mapping's pages, shared with every other process using the model.
+Anything this loader cannot place (a sharded checkpoint, a buffer it cannot rebuild, a missing
+tensor) returns None, and the caller falls back to `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -94,8 +94,10 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
                         return None
                     parts = pending.setdefault(module_name, {})
                     parts[attr] = tensor
-                    if "weight_int8" in parts and "scale" in parts and ("bias" in parts or module.bias is None):
-                        _replace(model, module_name, int8_linear(parts["weight_int8"], parts["scale"], parts.get("bias")))
+                    bias = parts.get("bias", module.bias)  # the bias may come before or after the weight
+                    if "weight_int8" in parts and "scale" in parts and (bias is None or not bias.is_meta):
+                        bias = None if bias is None else bias.detach().to(torch.float32)
+                        _replace(model, module_name, int8_linear(parts["weight_int8"], parts["scale"], bias))
                         del pending[module_name]
                     continue
                 if attr in module._parameters:
