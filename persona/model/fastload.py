@@ -38,13 +38,16 @@ def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
         return None
     if int8:
         _release_large_blocks()
-        cache = int8_cache_path(path)
-        if cache.is_file():
+        try:
+            cache: Path | None = int8_cache_path(path)
+        except OSError:  # a read-only data dir: quantize every time, but still chat
+            cache = None
+        if cache is not None and cache.is_file():
             model = _fill(_skeleton(config), cache, int8=True)
             if model is not None:
                 return model
         model = _fill(_skeleton(config), path, int8=True)
-        if model is not None:
+        if model is not None and cache is not None:
             _save_cache(model, cache)
         return model
     return _fill(_skeleton(config), path, int8=False)
@@ -76,13 +79,12 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
 
     if model is None:
         return None
-    head = model.get_output_embeddings()
-    head_name = next((name for name, module in model.named_modules() if module is head), None)
+    head, head_name = _head(model)
     int8_linear = None
     if int8:
-        from persona.model.quantize import _int8_linear_class
+        from persona.model import quantize
 
-        int8_linear = _int8_linear_class()
+        int8_linear = quantize.Int8Linear
     pending: dict[str, dict[str, Any]] = {}  # cached int8 layers: name -> the tensors read so far
     try:
         with _tensors(path, mapped=not int8) as weights:
@@ -109,7 +111,7 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
                     module._buffers[attr] = tensor.clone()
                 else:
                     return None
-    except (AttributeError, KeyError, ValueError, RuntimeError, OSError):
+    except (AttributeError, KeyError, ValueError, RuntimeError, OSError, struct.error):
         return None  # a tensor this architecture does not have, an unknown dtype, a short file
     if pending:
         return None
@@ -126,9 +128,8 @@ def _save_cache(model: Any, cache: Path) -> None:
     """Write the int8 model's tensors (the tied head left out); a failure only means no cache."""
     from safetensors.torch import save_file
 
-    head = model.get_output_embeddings()
+    head, head_name = _head(model)
     tied = head is not None and head.weight is model.get_input_embeddings().weight
-    head_name = next((name for name, module in model.named_modules() if module is head), None)
     tensors = {key: value.contiguous() for key, value in model.state_dict().items()
                if not (tied and key == f"{head_name}.weight")}
     staging = cache.with_name(cache.name + ".tmp")
@@ -136,8 +137,15 @@ def _save_cache(model: Any, cache: Path) -> None:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         save_file(tensors, str(staging))
         os.replace(staging, cache)
-    except OSError:
-        staging.unlink(missing_ok=True)
+    except Exception:  # a full disk, a read-only data dir (safetensors raises its own error type)
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
+
+
+def _head(model: Any) -> tuple[Any, str | None]:
+    """The output projection and its module name (None where the model has none)."""
+    head = model.get_output_embeddings()
+    return head, next((name for name, module in model.named_modules() if module is head), None)
 
 
 DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",

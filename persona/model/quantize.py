@@ -14,8 +14,8 @@ The output projection (V x D, the largest matrix of a small model, read once per
 in float16 with float16 activations: int8 there moved the starters' held-out NLL by about 0.6% on
 its own; float16 is near exact and still reads half of float32's bytes per token. The held-out
 NLL change of the whole scheme is measured by `benchmarks/quantize.py` through the incremental
-path chat takes. The input embedding
-(and so the fingerprint and every soft prompt) stays float32; training always uses the float32 model.
+path chat takes. The input embedding (and so the fingerprint and every soft prompt) stays float32;
+training always uses the float32 model.
 """
 
 from __future__ import annotations
