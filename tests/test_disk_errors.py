@@ -67,20 +67,30 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-def test_an_import_onto_a_full_disk_says_so_and_changes_nothing(small_disk: Path, tmp_path: Path, capsys) -> None:
-    library = small_disk / "library.db"
+def library_with_hamlet(folder: Path) -> tuple[Path, tuple]:
+    """A library in `folder` holding one persona, and its state to compare with later."""
+    library = folder / "library.db"
     lib = open_library(library)
     lib.add_version("hamlet", make_prompt(0))
     lib.close()
-    before = state(library)
+    return library, state(library)
+
+
+def lists_or_says_one_line(library: Path, capsys: pytest.CaptureFixture[str], phrase: str = "") -> None:
+    """Reading a library on a full or read-only disk: the list, or one error line (naming `phrase`)."""
+    assert main(["list", "--library", str(library)]) in (0, 1)
+    out, err = capsys.readouterr()
+    assert "hamlet" in out or (err.startswith("persona: error: ") and phrase in err and err.count("\n") == 1), (out, err)
+
+
+def test_an_import_onto_a_full_disk_says_so_and_changes_nothing(small_disk: Path, tmp_path: Path, capsys) -> None:
+    library, before = library_with_hamlet(small_disk)
     big = tmp_path / "big.safetensors"
     make_prompt(1, tokens=2000).save(big)  # 2000 x 32 floats: 256 KB that will not fit
     filler = fill(small_disk, leave=16 * 1024)
     assert main(["import", str(big), "--name", "ophelia", "--library", str(library)]) == 1
     assert "the disk is full" in one_error_line(capsys)
-    assert main(["list", "--library", str(library)]) in (0, 1)  # reading on a full disk: the list, or one line
-    out, err = capsys.readouterr()
-    assert "hamlet" in out or ("the disk is full" in err and err.count("\n") == 1), (out, err)
+    lists_or_says_one_line(library, capsys, "the disk is full")
     filler.unlink()  # once there is room again: the library as it was, and the same command works
     assert state(library) == before
     assert main(["import", str(big), "--name", "ophelia", "--library", str(library)]) == 0
@@ -99,11 +109,7 @@ def test_an_export_onto_a_full_disk_leaves_no_partial_file(small_disk: Path, cap
 
 
 def test_a_read_only_library_refuses_writes_in_one_line_and_still_lists(small_disk: Path, tmp_path: Path, capsys) -> None:
-    library = small_disk / "library.db"
-    lib = open_library(library)
-    lib.add_version("hamlet", make_prompt(0))
-    lib.close()
-    before = state(library)
+    library, before = library_with_hamlet(small_disk)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     voice = tmp_path / "voice.safetensors"
     make_prompt(1).save(voice)
@@ -111,9 +117,7 @@ def test_a_read_only_library_refuses_writes_in_one_line_and_still_lists(small_di
         assert main([argv[0], "--library", str(library), *argv[1:]]) == 1
         err = one_error_line(capsys)
         assert "read-only" in err or "cannot open" in err, err
-    assert main(["list", "--library", str(library)]) in (0, 1)
-    out, err = capsys.readouterr()
-    assert "hamlet" in out or (err.startswith("persona: error: ") and err.count("\n") == 1)
+    lists_or_says_one_line(library, capsys)
     subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     assert state(library) == before
 

@@ -134,8 +134,17 @@ def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_promp
     whole.reply(messages, tiny_prompt, GREEDY)
     monkeypatch.setattr(chat, "PREFILL_CHUNK", 7)
     chunked = ChatEngine(tiny)
+    widths = []
+    original = chunked._step
+
+    def counted(ids, past):
+        widths.append(len(ids))
+        return original(ids, past)
+
+    monkeypatch.setattr(chunked, "_step", counted)
     chunked.reply(messages, tiny_prompt, GREEDY)
     assert chunked.last.prompt_tokens > 3 * 7
+    assert max(widths) == 7 and widths.count(7) >= 2  # the history went in 7 at a time (_prefill took the first 7)
     assert chunked.last.token_ids == whole.last.token_ids
 
 
@@ -147,13 +156,17 @@ def test_cancel_during_a_chunked_prefill_stops_before_any_token(tiny, tiny_promp
     cancel = threading.Event()
     original = engine._step
 
+    calls = []
+
     def step_then_cancel(ids, past):
+        calls.append(len(ids))
         cancel.set()  # Esc arrives while the history is being encoded
         return original(ids, past)
 
     monkeypatch.setattr(engine, "_step", step_then_cancel)
     pieces = list(engine.stream([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY, cancel=cancel))
     assert pieces == [] and engine.last.finish_reason == "cancelled" and engine.last.new_tokens == 0
+    assert engine.last.prompt_tokens > 3 * 4 and calls == [4]  # stopped after one more chunk, not at the end
     monkeypatch.setattr(engine, "_step", original)
     cancel.clear()
     engine.reply([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -58,17 +59,29 @@ def test_int8_weights_are_cached_and_the_cache_gives_the_same_model(tiny_model_d
         assert torch.equal(first(ids).logits, second(ids).logits)
 
 
-def test_a_corrupt_cache_is_ignored_and_rewritten(tiny_model_dir):
+@pytest.mark.parametrize("keep", [1000, 3], ids=["cut-in-the-data", "shorter-than-its-header-length"])
+def test_a_corrupt_cache_is_ignored_and_rewritten(tiny_model_dir, keep):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     load_streaming(tiny_model_dir, config, int8=True)
     cache = load_fastload_cache_path(tiny_model_dir)
-    cache.write_bytes(cache.read_bytes()[:1000])  # cut short, as a full disk or a kill leaves it
+    cache.write_bytes(cache.read_bytes()[:keep])  # cut short, as a full disk or a kill leaves it
     model = load_streaming(tiny_model_dir, config, int8=True)
     assert model is not None and cache.stat().st_size > 1000
     ids = torch.tensor([[3, 4, 5]])
     with torch.no_grad():
         reference_logits = quantize.quantize_int8(reference(tiny_model_dir))(ids).logits
         assert torch.equal(quantize.quantize_int8(model)(ids).logits, reference_logits)
+
+
+def test_int8_loads_without_a_cache_where_the_data_dir_cannot_hold_one(tiny_model_dir, monkeypatch):
+    import persona.paths
+
+    def unusable():
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(persona.paths, "models_dir", unusable)
+    model = load_streaming(tiny_model_dir, AutoConfig.from_pretrained(tiny_model_dir), int8=True)
+    assert model is not None and isinstance(model.model.layers[0].mlp.up_proj, quantize.Int8Linear)
 
 
 def test_new_weights_get_a_new_cache(tiny_model_dir, tmp_path):
