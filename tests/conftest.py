@@ -98,6 +98,20 @@ def tiny(tiny_model_dir: Path):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_transformers(tiny):
+    """`tiny` under a name that modules overriding `tiny` can still reach."""
+    return tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_native(tiny_model_dir: Path):
+    """The tiny model on persona's own inference decoder (persona.model.llama), as chat loads it."""
+    from persona.model.loader import load_model
+
+    return load_model(tiny_model_dir, native=True)
+
+
 @pytest.fixture
 def tiny_prompt(tiny):
     """A random soft prompt of 5 virtual tokens that fits the tiny model."""

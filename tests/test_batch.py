@@ -14,6 +14,12 @@ from persona.prompt.softprompt import SoftPrompt
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
 
 
+@pytest.fixture(params=["transformers", "native"])
+def tiny(request):
+    """Every test here runs on transformers' model class and on persona's own decoder, which chat uses."""
+    return request.getfixturevalue("tiny_native" if request.param == "native" else "tiny_transformers")
+
+
 def prompt(tiny, seed: int, length: int) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
     return SoftPrompt(torch.randn(length, tiny.fingerprint.hidden_size, generator=generator), name=f"p{seed}",

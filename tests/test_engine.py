@@ -17,6 +17,12 @@ from tests.reference import greedy_uncached
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
 
 
+@pytest.fixture(params=["transformers", "native"])
+def tiny(request):
+    """Every test here runs on transformers' model class and on persona's own decoder, which chat uses."""
+    return request.getfixturevalue("tiny_native" if request.param == "native" else "tiny_transformers")
+
+
 def other_prompt(tiny, seed: int, name: str) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(7, tiny.fingerprint.hidden_size, generator=generator)  # (7, D)

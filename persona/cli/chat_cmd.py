@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         from persona.model.loader import load_model
 
         print("persona: loading the model…", file=sys.stderr, flush=True)
-        loaded = load_model(args.model, precision=args.precision)
+        loaded = load_model(args.model, precision=args.precision, native=True)
         engine = ChatEngine(loaded)
 
         from persona.tui.app import PersonaChatApp

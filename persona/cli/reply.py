@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from persona.model.loader import load_model
 
     persona = None if args.no_persona else resolve_persona(args.persona, args.library)
-    loaded = load_model(args.model, precision=args.precision)
+    loaded = load_model(args.model, precision=args.precision, native=True)
     engine = ChatEngine(loaded)
     messages = [{"role": "user", "content": message}]
     if persona is not None:

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.engine.sampling import Sampler
 from persona.errors import ConfigError
+from persona.model.llama import new_cache
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
 
@@ -73,8 +73,7 @@ def generate_batch(
     seen = [torch.tensor([ids]) for ids in histories]  # each (1, T_i) for the repetition penalty
     results = [BatchResult(text="") for _ in requests]
     alive = [True] * batch
-    cache = DynamicCache()
-    cache_arg = {engine._cache_arg: cache}
+    cache_arg = {engine.cache_arg: new_cache(model)}
     with torch.inference_mode():
         out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                     logits_to_keep=1, **cache_arg)

@@ -12,14 +12,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
 from persona.engine.sampling import Sampler
 from persona.errors import ConfigError
+from persona.model.llama import new_cache
 from persona.model.loader import LoadedModel
 from persona.prompt.inject import prepend_prompt
 from persona.prompt.render import Message, Renderer
@@ -49,7 +50,7 @@ class GenerationStats:
 
 @dataclass
 class _PrefixCache:
-    past: DynamicCache = field(default_factory=DynamicCache)
+    past: Any  # a KV cache of the kind the model takes (persona.model.llama.new_cache)
     ids: list[int] = field(default_factory=list)  # tokens held after the virtual tokens
 
 
@@ -65,7 +66,7 @@ class ChatEngine:
         self.last = GenerationStats()
         self._caches: OrderedDict[str, _PrefixCache] = OrderedDict()
         self._lock = threading.Lock()
-        self._cache_arg = _cache_argument_name(self.model)
+        self.cache_arg = _cache_argument_name(self.model)
 
     # ---- public ---------------------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class ChatEngine:
         seen = torch.tensor([ids], dtype=torch.long)  # (1, T) for the repetition penalty
         with torch.inference_mode():
             if common == 0:
-                entry.past = DynamicCache()
+                entry.past = new_cache(self.model)
                 done = min(len(ids), PREFILL_CHUNK)
                 logits = self._prefill(ids[:done], persona, entry.past)
             else:
@@ -162,19 +163,19 @@ class ChatEngine:
                     entry.ids.append(token)
         stats.seconds = time.perf_counter() - start
 
-    def _prefill(self, ids: list[int], persona: SoftPrompt | None, past: DynamicCache) -> torch.Tensor:
+    def _prefill(self, ids: list[int], persona: SoftPrompt | None, past: Any) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
         if persona is None:
-            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: past})
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
         else:
             embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
             embeds, _, _ = prepend_prompt(persona.embeddings, embeds)  # (1, N+T, D)
-            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self._cache_arg: past})
+            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
         return out.logits[:, -1, :]  # (1, V)
 
-    def _step(self, ids: list[int], past: DynamicCache) -> torch.Tensor:
+    def _step(self, ids: list[int], past: Any) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, t)
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: past})
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
         return out.logits[:, -1, :]  # (1, V)
 
     def _cache_for(self, persona: SoftPrompt | None) -> _PrefixCache:
@@ -182,7 +183,7 @@ class ChatEngine:
         if key in self._caches:
             self._caches.move_to_end(key)
         else:
-            self._caches[key] = _PrefixCache()
+            self._caches[key] = _PrefixCache(past=new_cache(self.model))
             while len(self._caches) > self.cache_size:
                 self._caches.popitem(last=False)
         return self._caches[key]
@@ -216,7 +217,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return index
 
 
-def _crop_to(past: DynamicCache, length: int) -> None:
+def _crop_to(past: Any, length: int) -> None:
     surplus = past.get_seq_length() - length
     if surplus > 0:
         past.crop(-surplus)

@@ -27,11 +27,12 @@ INT8_CACHE_VERSION = "1"  # bump when Int8Linear's stored tensors change meaning
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
-def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
+def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = False) -> Any | None:
     """The causal LM of `directory` in float32 (decoder Linears int8 if asked), frozen, eval mode; or None.
 
-    int8 weights are cached in the data dir (keyed by the weights file's path, size and mtime), so
-    later starts read them instead of quantizing again.
+    native: build persona's own inference decoder (persona.model.llama) where it supports the config,
+    instead of transformers' model class. int8 weights are cached in the data dir (keyed by the
+    weights file's path, size and mtime), so later starts read them instead of quantizing again.
     """
     path = directory / WEIGHTS_FILE
     if not path.is_file():
@@ -43,14 +44,14 @@ def load_streaming(directory: Path, config: Any, *, int8: bool) -> Any | None:
         except OSError:  # a read-only data dir: quantize every time, but still chat
             cache = None
         if cache is not None and cache.is_file():
-            model = _fill(_skeleton(config), cache, int8=True)
+            model = _fill(_skeleton(config, native), cache, int8=True)
             if model is not None:
                 return model
-        model = _fill(_skeleton(config), path, int8=True)
+        model = _fill(_skeleton(config, native), path, int8=True)
         if model is not None and cache is not None:
             _save_cache(model, cache)
         return model
-    return _fill(_skeleton(config), path, int8=False)
+    return _fill(_skeleton(config, native), path, int8=False)
 
 
 def int8_cache_path(weights: Path) -> Path:
@@ -61,9 +62,16 @@ def int8_cache_path(weights: Path) -> Path:
     return models_dir() / "int8-cache" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
 
 
-def _skeleton(config: Any) -> Any | None:
+def _skeleton(config: Any, native: bool) -> Any | None:
     """The model on the meta device (no memory, no init), computed buffers rebuilt; None if they cannot be."""
     import torch
+
+    if native:
+        from persona.model import llama
+
+        if llama.supports(config):
+            with torch.device("meta"):
+                return llama.LlamaDecoder(config)
     from transformers import AutoModelForCausalLM
 
     with warnings.catch_warnings():

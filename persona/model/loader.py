@@ -108,18 +108,21 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
     return directory, str(directory)
 
 
-def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "fp32") -> LoadedModel:
+def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "fp32", native: bool = False) -> LoadedModel:
     """Load a frozen causal LM and its tokenizer; never runs code from the model directory.
 
     precision: "fp32"; "int8" quantizes the Linear layers for faster chat on CPU; "auto" is what
     chat uses by default (see CHAT_PRECISION_AUTO).
+    native: for inference only (chat, reply): run the model on persona's own Llama decoder
+    (persona.model.llama) where it supports the checkpoint, which starts faster than transformers'
+    model class; anything else still loads through transformers. Training needs native=False.
     """
     from persona.model.quantize import check_precision, int8_supported, quantize_int8, require_int8
 
     check_precision(precision)
     directory, model_id = resolve_model_path(path)
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -133,10 +136,12 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     if precision == "int8":
         require_int8()
     try:
-        model = load_streaming(directory, config, int8=precision == "int8")  # None: not a case it handles
+        model = load_streaming(directory, config, int8=precision == "int8", native=native)  # None: not a case it handles
         if model is not None:
             _attach_generation_config(model, directory)
         else:
+            from transformers import AutoModelForCausalLM
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = AutoModelForCausalLM.from_pretrained(

@@ -1,0 +1,266 @@
+"""A Llama-family decoder for inference: the same computation as transformers' LlamaForCausalLM.
+
+Chat only needs a forward pass with a KV cache, and importing transformers' modeling code costs
+about two seconds and ninety megabytes at every start (it pulls in torch._dynamo). This module is
+that forward pass in plain torch, for checkpoints whose config it fully understands (`supports`):
+the same parameter names, so the same checkpoint, int8 cache and quantization apply; the same
+arithmetic (RMSNorm in float32, default RoPE, grouped-query attention through SDPA), tested
+logit for logit against transformers. Anything else falls back to transformers' own model, and
+training always uses transformers' model (it needs autograd through the whole stack).
+
+The call signature is the subset of transformers' that the chat engine and the batch decoder use:
+`model(input_ids=... | inputs_embeds=..., attention_mask=None, position_ids=None, cache=KVCache,
+logits_to_keep=1)`; `.logits` of the result is (B, kept, V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURE = "LlamaForCausalLM"
+
+
+def supports(config: Any) -> bool:
+    """True when `config` describes a model this decoder computes exactly as transformers does."""
+    architectures = getattr(config, "architectures", None) or [ARCHITECTURE]
+    if getattr(config, "model_type", None) != "llama" or list(architectures) != [ARCHITECTURE]:
+        return False
+    if getattr(config, "hidden_act", None) != "silu" or int(getattr(config, "pretraining_tp", 1) or 1) != 1:
+        return False
+    return _rope_theta(config) is not None
+
+
+def _rope_theta(config: Any) -> float | None:
+    """The RoPE base for the default (unscaled) rotary embedding; None for any other RoPE type."""
+    parameters = getattr(config, "rope_parameters", None)
+    if isinstance(parameters, dict):
+        if parameters.get("rope_type", "default") != "default" or "rope_theta" not in parameters:
+            return None
+        return float(parameters["rope_theta"])
+    if getattr(config, "rope_scaling", None):
+        return None
+    theta = getattr(config, "rope_theta", None)
+    return None if theta is None else float(theta)
+
+
+class KVCache:
+    """Keys and values of every layer, grown in place (capacity doubles), cropped by length."""
+
+    def __init__(self) -> None:
+        self._keys: list[torch.Tensor] = []  # per layer (B, H_kv, capacity, d)
+        self._values: list[torch.Tensor] = []
+        self._length = 0
+
+    def get_seq_length(self) -> int:
+        return self._length
+
+    def crop(self, max_length: int) -> None:
+        """Keep the first `max_length` positions (negative: drop that many from the end), as DynamicCache does."""
+        if max_length < 0:
+            max_length = self._length + max_length
+        self._length = max(0, min(self._length, max_length))
+
+    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H_kv, t, d) at positions start..start+t of `layer`; return all of them so far."""
+        end = start + keys.shape[2]
+        if layer == len(self._keys):
+            self._keys.append(keys.new_empty(*keys.shape[:2], max(end, 64), keys.shape[3]))
+            self._values.append(values.new_empty(*values.shape[:2], max(end, 64), values.shape[3]))
+        elif end > self._keys[layer].shape[2]:
+            capacity = max(end, 2 * self._keys[layer].shape[2])
+            self._keys[layer] = _grow(self._keys[layer], start, capacity)
+            self._values[layer] = _grow(self._values[layer], start, capacity)
+        self._keys[layer][:, :, start:end] = keys
+        self._values[layer][:, :, start:end] = values
+        self._length = end
+        return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
+
+
+def _grow(buffer: torch.Tensor, keep: int, capacity: int) -> torch.Tensor:
+    grown = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+    grown[:, :, :keep] = buffer[:, :, :keep]
+    return grown
+
+
+def new_cache(model: Any) -> Any:
+    """An empty KV cache of the kind `model` takes."""
+    if isinstance(model, LlamaDecoder):
+        return KVCache()
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+@dataclass
+class CausalOutput:
+    logits: torch.Tensor  # (B, kept, V)
+    cache: KVCache | None = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Any, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        bias = bool(getattr(config, "attention_bias", False))
+        hidden = int(config.hidden_size)
+        self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, start: int) -> torch.Tensor:
+        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, d)
+        q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, d)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v, start)  # (B, H_kv, S, d)
+        causal = mask is None and length > 1 and k.shape[2] == length
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             enable_gqa=self.kv_heads != self.heads)  # (B, H, T, d)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden, inner = int(config.hidden_size), int(config.intermediate_size)
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Any, layer: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, layer)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, start: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, index) for index in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaDecoder(nn.Module):
+    """Inference-only LlamaForCausalLM: parameter names match transformers' (model.*, lm_head)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not supports(config):
+            raise ValueError(f"{type(self).__name__} does not support this config ({getattr(config, 'model_type', '?')})")
+        self.config = config
+        self.generation_config: Any = None
+        self.model = Body(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        theta = _rope_theta(config)
+        assert theta is not None  # supports() checked it
+        # not a buffer: a model built on the meta device must still get real frequencies
+        self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, module: nn.Module) -> None:
+        self.model.embed_tokens = module
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        past_key_values: KVCache | None = None,
+        logits_to_keep: int = 0,
+        use_cache: bool = True,
+        **_: Any,
+    ) -> CausalOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if cache is None and use_cache:
+            cache = KVCache()
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        batch, length, _ = x.shape
+        start = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)  # (B, T)
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, d)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        mask = _attention_mask(attention_mask, batch, length, start)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, cache, start)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return CausalOutput(logits=self.lm_head(self.model.norm(x)), cache=cache)
+
+
+def _attention_mask(attention_mask: torch.Tensor | None, batch: int, length: int, start: int) -> torch.Tensor | None:
+    """A boolean (B, 1, T, S) mask (True = attend), or None where SDPA's own causal rule suffices.
+
+    `attention_mask` is the (B, S) padding mask over every position so far, as transformers takes it.
+    A padded query row keeps its own position, so that no row is all-masked (which gives NaN).
+    """
+    total = start + length
+    if attention_mask is None or bool(attention_mask.all()):
+        if length == 1 or start == 0:
+            return None  # one new token sees everything; a fresh prefill is plainly causal
+        keys = torch.arange(total)
+        return (keys[None, :] <= (start + torch.arange(length))[:, None])[None, None]  # (1, 1, T, S)
+    real = attention_mask[:, :total].bool()  # (B, S)
+    queries = start + torch.arange(length)  # (T,)
+    keys = torch.arange(total)  # (S,)
+    causal = keys[None, :] <= queries[:, None]  # (T, S)
+    allowed = causal[None] & real[:, None, :]  # (B, T, S)
+    allowed |= (keys[None, :] == queries[:, None])[None]
+    return allowed[:, None]

@@ -1,0 +1,132 @@
+"""persona's own Llama decoder computes what transformers' LlamaForCausalLM computes, cache and all."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from persona.model import llama
+from persona.model.loader import load_model
+from persona.prompt.inject import prepend_prompt
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir):
+    """The tiny checkpoint loaded twice: transformers' model class and persona's decoder."""
+    reference = load_model(tiny_model_dir)
+    native = load_model(tiny_model_dir, native=True)
+    assert isinstance(native.model, llama.LlamaDecoder)
+    assert not isinstance(reference.model, llama.LlamaDecoder)
+    return reference, native
+
+
+def embeds_with_prompt(model, ids, prompt):
+    embeds = model.get_input_embeddings()(torch.tensor([ids]))  # (1, T, D)
+    return prepend_prompt(prompt, embeds)[0]  # (1, N+T, D)
+
+
+def test_same_fingerprint_and_same_logits_with_a_soft_prompt(pair, tiny_prompt):
+    reference, native = pair
+    assert native.fingerprint == reference.fingerprint
+    ids = list(range(3, 40))
+    with torch.no_grad():
+        want = reference.model(inputs_embeds=embeds_with_prompt(reference.model, ids, tiny_prompt.embeddings), use_cache=False).logits
+        got = native.model(inputs_embeds=embeds_with_prompt(native.model, ids, tiny_prompt.embeddings), use_cache=False).logits
+    assert got.shape == want.shape == (1, tiny_prompt.num_virtual_tokens + len(ids), native.fingerprint.vocab_size)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_cached_chunks_and_steps_equal_one_uncached_pass(pair, tiny_prompt):
+    _, native = pair
+    model, ids = native.model, list(range(5, 45))
+    with torch.no_grad():
+        whole = model(inputs_embeds=embeds_with_prompt(model, ids, tiny_prompt.embeddings), use_cache=False).logits[0]
+        cache = llama.KVCache()
+        first = model(inputs_embeds=embeds_with_prompt(model, ids[:10], tiny_prompt.embeddings), cache=cache, logits_to_keep=1).logits
+        pieces = [first[0, -1]]
+        chunk = model(input_ids=torch.tensor([ids[10:30]]), cache=cache).logits  # (1, 20, V): a chunk after the cache
+        pieces.extend(chunk[0, -1:])
+        for token in ids[30:]:
+            pieces.append(model(input_ids=torch.tensor([[token]]), cache=cache, logits_to_keep=1).logits[0, -1])
+    n = tiny_prompt.num_virtual_tokens
+    expected = torch.stack([whole[n + 9], whole[n + 29], *whole[n + 30 :]])
+    torch.testing.assert_close(torch.stack(pieces), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(chunk[0], whole[n + 10 : n + 30], atol=ATOL, rtol=0)
+    assert cache.get_seq_length() == n + len(ids)
+
+
+def test_cropping_the_cache_then_continuing_equals_never_having_gone_further(pair):
+    _, native = pair
+    model, ids = native.model, list(range(7, 37))
+    with torch.no_grad():
+        cache = llama.KVCache()
+        model(input_ids=torch.tensor([ids]), cache=cache)
+        model(input_ids=torch.tensor([[9, 9, 9]]), cache=cache)  # a branch to throw away
+        cache.crop(-3)
+        assert cache.get_seq_length() == len(ids)
+        branch = model(input_ids=torch.tensor([[11, 12]]), cache=cache).logits
+        whole = model(input_ids=torch.tensor([ids + [11, 12]]), use_cache=False).logits
+    torch.testing.assert_close(branch[0], whole[0, -2:], atol=ATOL, rtol=0)
+
+
+def test_a_cache_grows_past_its_first_capacity_as_transformers_cache_does(pair):
+    reference, native = pair
+    ids = [(3 + 7 * i) % 50 + 3 for i in range(150)]  # past the first capacity (64) and its doubling
+    with torch.no_grad():
+        cache, past = llama.KVCache(), llama.new_cache(reference.model)
+        steps = [native.model(input_ids=torch.tensor([[token]]), cache=cache).logits[0, -1] for token in ids]
+        want = [reference.model(input_ids=torch.tensor([[token]]), cache=past).logits[0, -1] for token in ids]
+    assert cache.get_seq_length() == len(ids)
+    torch.testing.assert_close(torch.stack(steps), torch.stack(want), atol=ATOL, rtol=0)
+
+
+def test_left_padded_batch_with_position_ids_matches_transformers(pair):
+    reference, native = pair
+    rows = [list(range(3, 20)), list(range(20, 28)), list(range(30, 33))]
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[0] * (width - len(row)) + row for row in rows])  # (3, L)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        outputs = []
+        for loaded in (reference, native):
+            cache = llama.new_cache(loaded.model)
+            first = loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, cache=cache).logits
+            step_mask = torch.cat([mask, mask.new_ones(3, 1)], dim=1)
+            second = loaded.model(input_ids=torch.tensor([[5], [6], [7]]), attention_mask=step_mask,
+                                  position_ids=positions[:, -1:] + 1, cache=cache).logits
+            outputs.append((first, second))
+    (want_first, want_second), (got_first, got_second) = outputs
+    assert not torch.isnan(got_first).any() and not torch.isnan(got_second).any()
+    torch.testing.assert_close(got_first, want_first, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got_second, want_second, atol=ATOL, rtol=0)
+
+
+def test_int8_native_equals_int8_transformers(tiny_model_dir):
+    ids = torch.tensor([list(range(3, 30))])
+    with torch.no_grad():
+        want = load_model(tiny_model_dir, precision="int8").model(input_ids=ids, use_cache=False).logits
+        got = load_model(tiny_model_dir, precision="int8", native=True).model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("change", [
+    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+    {"hidden_act": "gelu"},
+    {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
+])
+def test_configs_it_does_not_compute_exactly_load_through_transformers(tiny_model_dir, tmp_path, change):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(change)
+    (copy / "config.json").write_text(json.dumps(config))
+    loaded = load_model(copy, native=True)
+    assert not isinstance(loaded.model, llama.LlamaDecoder)
+    with torch.no_grad():
+        assert loaded.model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape[-1] == loaded.fingerprint.vocab_size
