@@ -3,7 +3,8 @@
     python benchmarks/memory.py [--tokens 32]
 
 Runs one child process per precision (fp32, int8) so each peak is its own, and prints the peak
-resident set size (ru_maxrss) after the reply, plus the resident size once the model is ready.
+resident set size (ru_maxrss) after the reply, plus the resident size after the imports and once
+the model is ready. The model loads as chat loads it (persona's own decoder where it applies).
 Target: the int8 chat path peaks at <= 700 MB.
 """
 
@@ -26,13 +27,14 @@ def rss_mb():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
-loaded = load_model(precision=sys.argv[1])
+imports = rss_mb()
+loaded = load_model(precision=sys.argv[1], native=True)  # as `persona chat` and `persona reply` load it
 ready = rss_mb()
 persona = SoftPrompt.load(find_starters()[0].prompt_path)
 engine = ChatEngine(loaded)
 engine.reply([{"role": "user", "content": "What do you think of love?"}], persona,
              GenerationConfig(temperature=0, max_new_tokens=int(sys.argv[2])))
-print(json.dumps({"ready": ready, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"imports": imports, "ready": ready, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -45,7 +47,7 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, precision, str(args.tokens)],
                              capture_output=True, text=True, check=True)
         numbers = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {precision}: model ready {numbers['ready']:6.0f}   peak {numbers['peak']:6.0f}")
+        print(f"  {precision}: imports {numbers['imports']:5.0f}   model ready {numbers['ready']:6.0f}   peak {numbers['peak']:6.0f}")
     print("target: int8 peak <= 700 MB")
 
 

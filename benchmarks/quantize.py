@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from persona.dialogue.encode import encode_examples
 from persona.dialogue.examples import build_examples
@@ -25,6 +24,7 @@ from persona.dialogue.sources import read_source
 from persona.dialogue.split import split_by_conversation
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
+from persona.model.llama import new_cache
 from persona.model.loader import load_model
 from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
 from persona.prompt.render import Renderer
@@ -63,17 +63,17 @@ def incremental_nll(model, prompt: torch.Tensor, encoded: list) -> tuple[float, 
         for example in encoded:
             first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
             ids = example.input_ids
-            cache = DynamicCache()
+            cache = new_cache(model)
             context = embed(torch.tensor([ids[:first]]))  # (1, T0, D)
             context, _, _ = prepend_prompt(prompt, context)
-            logits = model(inputs_embeds=context, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+            logits = model(inputs_embeds=context, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
             for position in range(first, len(ids)):
                 if example.labels[position] != IGNORE_INDEX:  # the label at a position is that position's token
                     total -= float(torch.log_softmax(logits.float(), dim=-1)[ids[position]])
                     count += 1
                 if position + 1 < len(ids):
                     step = torch.tensor([[ids[position]]])
-                    logits = model(input_ids=step, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                    logits = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
     return total / count, count
 
 
@@ -90,8 +90,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=48, help="held-out examples per persona")
     parser.add_argument("--tokens", type=int, default=48)
     args = parser.parse_args()
-    fp32 = load_model(precision="fp32")
-    int8 = load_model(precision="int8")
+    fp32 = load_model(precision="fp32")  # transformers' LlamaForCausalLM: the reference
+    int8 = load_model(precision="int8", native=True)  # as chat loads it
     renderer = Renderer(fp32.tokenizer)
     print("held-out NLL per reply token with the soft prompt")
     print(f"  {'persona':12s} {'tokens':>7s} {'fp32':>7s} {'int8':>7s} {'change':>8s}")

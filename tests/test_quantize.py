@@ -1,4 +1,4 @@
-"""The int8 chat path: decoder Linear layers int8, output head float16, embedding/fingerprint untouched."""
+"""The int8 chat path: decoder Linear layers int8, output head and embedding one float16 matrix, fingerprint untouched."""
 
 from __future__ import annotations
 
@@ -12,14 +12,21 @@ from persona.model import quantize
 from persona.model.loader import load_model
 
 
-def test_int8_keeps_the_fingerprint_and_the_embedding_and_still_chats(tiny_model_dir, tiny, tiny_prompt):
-    quantized = load_model(tiny_model_dir, precision="int8")
+@pytest.mark.parametrize("native", [False, True])
+def test_int8_keeps_the_fingerprint_shares_one_float16_table_and_still_chats(tiny_model_dir, tiny, tiny_prompt, native):
+    quantized = load_model(tiny_model_dir, precision="int8", native=native)
     assert quantized.precision == "int8"
     assert quantized.fingerprint == tiny.fingerprint  # soft prompts trained on fp32 still fit
     decoder_linears = [m for m in quantized.model.model.modules() if isinstance(m, torch.nn.Linear | quantize.Int8Linear)]
     assert decoder_linears and all(isinstance(m, quantize.Int8Linear) for m in decoder_linears)
-    assert isinstance(quantized.model.lm_head, quantize.Float16Linear)
-    assert quantized.model.get_input_embeddings().weight.dtype == torch.float32
+    head, embedding = quantized.model.lm_head, quantized.model.get_input_embeddings()
+    assert isinstance(head, quantize.Float16Linear) and isinstance(embedding, quantize.Float16Embedding)
+    assert embedding.weight_fp16.data_ptr() == head.weight_fp16.data_ptr()  # tied: one float16 matrix, no float32 copy
+    ids = torch.tensor([[3, 4, 5, 9]])
+    fp32_table = tiny.model.get_input_embeddings().weight
+    looked_up = embedding(ids)
+    assert looked_up.dtype == torch.float32
+    assert torch.equal(looked_up, fp32_table[ids].to(torch.float16).to(torch.float32))
     engine = ChatEngine(quantized)
     engine.reply([{"role": "user", "content": "Hello there!"}], tiny_prompt,
                  GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=6))

@@ -22,7 +22,6 @@ from persona.engine.sampling import Sampler
 from persona.errors import ConfigError
 from persona.model.llama import new_cache
 from persona.model.loader import LoadedModel
-from persona.prompt.inject import prepend_prompt
 from persona.prompt.render import Message, Renderer
 from persona.prompt.softprompt import SoftPrompt
 
@@ -117,6 +116,8 @@ class ChatEngine:
         stats.prompt_tokens = len(ids)
         entry = self._cache_for(persona)
         common = _common_prefix(entry.ids, ids)
+        if entry.past.get_seq_length() < num_virtual + common:
+            common = 0  # the cache lost what it held (a backend with one sequence served another persona)
         common = min(common, len(ids) - 1)  # always run at least one token, to get logits
         stats.reused_tokens = common
         sampler = Sampler(config)
@@ -164,13 +165,14 @@ class ChatEngine:
         stats.seconds = time.perf_counter() - start
 
     def _prefill(self, ids: list[int], persona: SoftPrompt | None, past: Any) -> torch.Tensor:
+        """[P ; ids] into an empty cache. The virtual tokens go in as embeddings, then the tokens as
+        ids: under causal attention the same as one pass over the concatenation, and a backend that
+        takes embeddings and token ids in separate calls (llama.cpp) runs it alike."""
+        if persona is not None:
+            prompt = persona.embeddings.unsqueeze(0)  # (1, N, D)
+            self.model(inputs_embeds=prompt, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
-        if persona is None:
-            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
-        else:
-            embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
-            embeds, _, _ = prepend_prompt(persona.embeddings, embeds)  # (1, N+T, D)
-            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
         return out.logits[:, -1, :]  # (1, V)
 
     def _step(self, ids: list[int], past: Any) -> torch.Tensor:

@@ -70,8 +70,7 @@ def _skeleton(config: Any, native: bool) -> Any | None:
         from persona.model import llama
 
         if llama.supports(config):
-            with torch.device("meta"):
-                return llama.LlamaDecoder(config)
+            return llama.LlamaDecoder(config, device="meta")
     from transformers import AutoModelForCausalLM
 
     with warnings.catch_warnings():

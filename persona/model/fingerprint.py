@@ -49,8 +49,8 @@ def compute_fingerprint(model: Any) -> Fingerprint:
     import torch
 
     weight = model.get_input_embeddings().weight.detach()  # (V, D)
-    data = weight.to(torch.float32).contiguous().cpu().numpy().tobytes()
-    digest = hashlib.sha256(data).hexdigest()[:EMBEDDING_HASH_CHARS]
+    table = weight.to(torch.float32).contiguous().cpu().numpy()
+    digest = hashlib.sha256(memoryview(table).cast("B")).hexdigest()[:EMBEDDING_HASH_CHARS]  # no copy of the bytes
     architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
     return Fingerprint(
         architecture=str(architectures[0]),

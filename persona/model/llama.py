@@ -15,7 +15,10 @@ logits_to_keep=1)`; `.logits` of the result is (B, kept, V).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,6 +36,41 @@ def supports(config: Any) -> bool:
     if getattr(config, "hidden_act", None) != "silu" or int(getattr(config, "pretraining_tp", 1) or 1) != 1:
         return False
     return _rope_theta(config) is not None
+
+
+# LlamaConfig's defaults for what a config.json may leave out
+DEFAULTS: dict[str, Any] = {
+    "architectures": [ARCHITECTURE], "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1,
+    "num_key_value_heads": None, "head_dim": None, "rope_theta": 10000.0, "rope_scaling": None,
+    "rope_parameters": None, "eos_token_id": None, "bos_token_id": None, "pad_token_id": None,
+}
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+def read_config(directory: Path) -> Any | None:
+    """config.json as attributes (LlamaConfig's defaults filled in) when this decoder supports it, else None.
+
+    Read without transformers' config classes: importing them costs about two seconds.
+    """
+    try:
+        data = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(not isinstance(data.get(key), int) for key in REQUIRED):
+        return None
+    config = SimpleNamespace(**{**DEFAULTS, **data})
+    return config if supports(config) else None
+
+
+def read_generation_settings(directory: Path, config: Any) -> Any:
+    """What chat needs of generation_config.json: the end-of-sequence ids (else config.json's)."""
+    try:
+        data = json.loads((Path(directory) / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    eos = data.get("eos_token_id") if isinstance(data, dict) else None
+    return SimpleNamespace(eos_token_id=eos if eos is not None else getattr(config, "eos_token_id", None))
 
 
 def _rope_theta(config: Any) -> float | None:
@@ -103,9 +141,9 @@ class CausalOutput:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
+    def __init__(self, size: int, eps: float, device: Any = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
+        self.weight = nn.Parameter(torch.ones(size, device=device))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +154,7 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: Any, layer: int) -> None:
+    def __init__(self, config: Any, layer: int, device: Any = None) -> None:
         super().__init__()
         self.layer = layer
         self.heads = int(config.num_attention_heads)
@@ -124,10 +162,10 @@ class Attention(nn.Module):
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         bias = bool(getattr(config, "attention_bias", False))
         hidden = int(config.hidden_size)
-        self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=bias)
+        self.q_proj = nn.Linear(hidden, self.heads * self.head_dim, bias=bias, device=device)
+        self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias, device=device)
+        self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias, device=device)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=bias, device=device)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:
@@ -152,25 +190,25 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         hidden, inner = int(config.hidden_size), int(config.intermediate_size)
         bias = bool(getattr(config, "mlp_bias", False))
-        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
-        self.up_proj = nn.Linear(hidden, inner, bias=bias)
-        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias, device=device)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias, device=device)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: Any, layer: int) -> None:
+    def __init__(self, config: Any, layer: int, device: Any = None) -> None:
         super().__init__()
-        self.self_attn = Attention(config, layer)
-        self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer, device)
+        self.mlp = MLP(config, device)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:
@@ -179,24 +217,29 @@ class DecoderLayer(nn.Module):
 
 
 class Body(nn.Module):
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, index) for index in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # an explicit weight: initialising one on the meta device would import torch._dynamo (seconds)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.zeros(config.vocab_size, config.hidden_size, device=device))
+        self.layers = nn.ModuleList(DecoderLayer(config, index, device) for index in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
 
 
 class LlamaDecoder(nn.Module):
-    """Inference-only LlamaForCausalLM: parameter names match transformers' (model.*, lm_head)."""
+    """Inference-only LlamaForCausalLM: parameter names match transformers' (model.*, lm_head).
 
-    def __init__(self, config: Any) -> None:
+    device="meta" builds it without memory, for a loader that fills in the weights.
+    """
+
+    def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         if not supports(config):
             raise ValueError(f"{type(self).__name__} does not support this config ({getattr(config, 'model_type', '?')})")
         self.config = config
         self.generation_config: Any = None
-        self.model = Body(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = Body(config, device)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device)
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
         theta = _rope_theta(config)
         assert theta is not None  # supports() checked it

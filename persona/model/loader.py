@@ -121,48 +121,81 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
 
     check_precision(precision)
     directory, model_id = resolve_model_path(path)
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    try:
-        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelError(f"cannot read the model config in {model_id!r}: {_first_line(exc)}") from None
     if precision == "auto":  # int8 where this torch build has the kernel (x86), else float32
         precision = CHAT_PRECISION_AUTO if int8_supported() else "fp32"
     if precision == "int8":
         require_int8()
+    model = _load_native(directory, model_id, int8=precision == "int8") if native else None
+    model_is_native = model is not None
+    if model is None:
+        model = _load_transformers(directory, model_id, int8=precision == "int8")
+    model.eval()
+    model.requires_grad_(False)
+    fingerprint = compute_fingerprint(model)  # the float32 input embedding, whatever the precision
+    if precision == "int8":  # what streaming did not already quantize (all of it after from_pretrained)
+        quantize_int8(model)  # before the tokenizer loads: the float32 embedding is freed first, a lower peak
+    tokenizer = _load_tokenizer(directory, model_id, plain_config=model_is_native)
+    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
+
+
+def _load_native(directory: Path, model_id: str, *, int8: bool) -> Any | None:
+    """persona's own decoder, read without transformers' config classes (their import costs seconds); or None."""
+    from persona.model import llama
+
+    settings = llama.read_config(directory)
+    if settings is None:
+        return None  # not a Llama checkpoint this decoder computes exactly
     try:
-        model = load_streaming(directory, config, int8=precision == "int8", native=native)  # None: not a case it handles
+        model = load_streaming(directory, settings, int8=int8, native=True)
+    except Exception as exc:
+        raise ModelError(f"cannot load the model in {model_id!r}: {_first_line(exc)}") from None
+    if model is not None:
+        model.generation_config = llama.read_generation_settings(directory, settings)
+    return model
+
+
+def _load_tokenizer(directory: Path, model_id: str, *, plain_config: bool) -> Any:
+    """The model's tokenizer. plain_config: hand AutoTokenizer the generic config, not the model's own
+    config class, whose import pulls in torch.distributed and sympy (seconds at every chat start)."""
+    from transformers import AutoTokenizer, PretrainedConfig
+
+    try:
+        extra = {"config": PretrainedConfig.from_pretrained(directory)} if plain_config else {}
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **extra)
+    except Exception as exc:
+        raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None
+
+
+def _load_transformers(directory: Path, model_id: str, *, int8: bool) -> Any:
+    import torch
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"cannot read the model config in {model_id!r}: {_first_line(exc)}") from None
+    try:
+        model = load_streaming(directory, config, int8=int8)  # None: not a case it handles
         if model is not None:
             _attach_generation_config(model, directory)
-        else:
-            from transformers import AutoModelForCausalLM
+            return model
+        from transformers import AutoModelForCausalLM
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = AutoModelForCausalLM.from_pretrained(
-                    directory, config=config, dtype=torch.float32, trust_remote_code=False, use_safetensors=True  # never unpickle .bin weights
-                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoModelForCausalLM.from_pretrained(
+                directory, config=config, dtype=torch.float32, trust_remote_code=False, use_safetensors=True  # never unpickle .bin weights
+            )
     except ValueError as exc:
         raise ModelError(
             f"{model_id!r} is not a causal language model persona can load ({type(config).__name__}): {_first_line(exc)}"
         ) from None
     except Exception as exc:
         raise ModelError(f"cannot load the model in {model_id!r}: {_first_line(exc)}") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-    except Exception as exc:
-        raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None
-    model.eval()
-    model.requires_grad_(False)
-    fingerprint = compute_fingerprint(model)  # the float32 input embedding, whatever the precision
-    if precision == "int8":  # what streaming did not already quantize (all of it after from_pretrained)
-        quantize_int8(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
 
 
 def _attach_generation_config(model: Any, directory: Path) -> None:

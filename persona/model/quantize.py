@@ -12,10 +12,11 @@ channel. How a layer multiplies depends on how many rows of activations it gets:
 
 The output projection (V x D, the largest matrix of a small model, read once per token) is kept
 in float16 with float16 activations: int8 there moved the starters' held-out NLL by about 0.6% on
-its own; float16 is near exact and still reads half of float32's bytes per token. The held-out
-NLL change of the whole scheme is measured by `benchmarks/quantize.py` through the incremental
-path chat takes. The input embedding (and so the fingerprint and every soft prompt) stays float32;
-training always uses the float32 model.
+its own; float16 is near exact and still reads half of float32's bytes per token. The input
+embedding is the same float16 matrix where the model ties the two (looked up, then widened to
+float32); the fingerprint is taken from the float32 weights before any of this, and soft prompts
+stay float32. The held-out NLL change of the whole scheme is measured by `benchmarks/quantize.py`
+through the incremental path chat takes. Training always uses the float32 model.
 """
 
 from __future__ import annotations
@@ -55,22 +56,29 @@ def require_int8() -> None:
 def quantize_int8(model: Any) -> Any:
     """In place: every nn.Linear of the decoder becomes an Int8Linear, the output projection a Float16Linear.
 
-    A tied output projection gets its own float16 copy; the input embedding is left float32.
+    The input embedding becomes a Float16Embedding: one float16 matrix, shared with the output
+    projection where the model ties them (SmolLM2 does), so the model holds no float32 copy of its
+    largest matrix. Compute the fingerprint (of the float32 embedding) before calling this.
     """
     import torch
 
     require_int8()
     int8_linear, float16_linear = _int8_linear_class(), _float16_linear_class()
-    head = model.get_output_embeddings()
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and type(embedding) is torch.nn.Embedding and head.weight is embedding.weight
     targets = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.Linear]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         replacement = float16_linear.from_linear(module) if module is head else int8_linear.from_linear(module)
         setattr(parent, child, replacement)
+    if type(embedding) is torch.nn.Embedding:
+        new_head = model.get_output_embeddings()
+        shared = new_head.weight_fp16 if tied and new_head.bias is None else None
+        model.set_input_embeddings(_float16_embedding_class()(embedding.weight.detach(), shared))
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
-        config.tie_word_embeddings = False  # so nothing re-ties the int8 head to the float embedding
+        config.tie_word_embeddings = False  # so nothing re-ties the head to the embedding module
     return model
 
 
@@ -155,9 +163,38 @@ def _float16_linear_class() -> Any:
     return Float16Linear
 
 
+@functools.cache
+def _float16_embedding_class() -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    class Float16Embedding(torch.nn.Module):
+        """An embedding table held in float16 (possibly the output projection's own), looked up as float32."""
+
+        def __init__(self, weight: torch.Tensor, shared: torch.Tensor | None = None) -> None:
+            super().__init__()
+            self.num_embeddings, self.embedding_dim = (int(size) for size in weight.shape)
+            table = shared if shared is not None else weight.to(torch.float16).contiguous()
+            self.register_buffer("weight_fp16", table, persistent=False)  # (V, D)
+
+        @property
+        def weight(self) -> torch.Tensor:
+            return self.weight_fp16.to(torch.float32)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return F.embedding(ids, self.weight_fp16).to(torch.float32)  # (..., D)
+
+        def extra_repr(self) -> str:
+            return f"{self.num_embeddings}, {self.embedding_dim}, float16"
+
+    return Float16Embedding
+
+
 def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
     if name == "Int8Linear":
         return _int8_linear_class()
     if name == "Float16Linear":
         return _float16_linear_class()
+    if name == "Float16Embedding":
+        return _float16_embedding_class()
     raise AttributeError(name)
