@@ -78,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
             raise NotFoundError("there is no saved conversation to resume; start one with `persona chat`")
 
         from persona.engine.chat import ChatEngine
-        from persona.model.loader import load_model
+        from persona.model.loader import load_chat_model
 
         print("persona: loading the model…", file=sys.stderr, flush=True)
-        loaded = load_model(args.model, precision=args.precision, native=True)
+        loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
         engine = ChatEngine(loaded)
 
         from persona.tui.app import PersonaChatApp

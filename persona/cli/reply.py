@@ -34,6 +34,11 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=("auto", "fp32", "int8"), default="auto",
         help="model weights for chat: int8 decodes faster on CPU (default: auto, see README)",
     )
+    parser.add_argument(
+        "--backend", choices=("torch", "llama"), default="torch",
+        help="torch (default), or llama: llama.cpp runs the GGUF file, soft prompt included (needs persona[llama])",
+    )
+    parser.add_argument("--gguf", metavar="FILE", help="with --backend llama: the model's .gguf file (default: the embedded model's)")
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     from persona.cli.personas import resolve_persona
     from persona.engine.chat import ChatEngine
-    from persona.model.loader import load_model
+    from persona.model.loader import load_chat_model
 
     persona = None if args.no_persona else resolve_persona(args.persona, args.library)
-    loaded = load_model(args.model, precision=args.precision, native=True)
+    loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
     engine = ChatEngine(loaded)
     messages = [{"role": "user", "content": message}]
     if persona is not None:

@@ -46,15 +46,20 @@ class Fingerprint:
 
 def compute_fingerprint(model: Any) -> Fingerprint:
     """Fingerprint a transformers causal LM from its config and input embedding matrix."""
+    weight = model.get_input_embeddings().weight.detach()  # (V, D)
+    architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
+    return fingerprint_of(str(architectures[0]), weight)
+
+
+def fingerprint_of(architecture: str, embedding: Any) -> Fingerprint:
+    """The fingerprint of a model named `architecture` whose input embedding matrix (V, D) is `embedding`."""
     import torch
 
-    weight = model.get_input_embeddings().weight.detach()  # (V, D)
-    table = weight.to(torch.float32).contiguous().cpu().numpy()
+    table = embedding.detach().to(torch.float32).contiguous().cpu().numpy()
     digest = hashlib.sha256(memoryview(table).cast("B")).hexdigest()[:EMBEDDING_HASH_CHARS]  # no copy of the bytes
-    architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
     return Fingerprint(
-        architecture=str(architectures[0]),
-        hidden_size=int(weight.shape[1]),
-        vocab_size=int(weight.shape[0]),
+        architecture=architecture,
+        hidden_size=int(table.shape[1]),
+        vocab_size=int(table.shape[0]),
         embedding_sha256=digest,
     )

@@ -129,6 +129,8 @@ def new_cache(model: Any) -> Any:
     """An empty KV cache of the kind `model` takes."""
     if isinstance(model, LlamaDecoder):
         return KVCache()
+    if hasattr(model, "new_cache"):  # a backend with its own cache (persona.model.llamacpp)
+        return model.new_cache()
     from transformers import DynamicCache
 
     return DynamicCache()

@@ -142,6 +142,70 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
 
 
+BACKENDS = ("torch", "llama")
+
+
+def load_chat_model(path: str | os.PathLike[str] | None = None, *, precision: str = "auto", backend: str = "torch",
+                    gguf: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF file."""
+    if backend == "llama":
+        return load_llamacpp(path, gguf=gguf)
+    if backend != "torch":
+        raise ModelError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if gguf is not None:
+        raise ModelError("--gguf is for --backend llama; the torch backend reads the Hugging Face directory")
+    return load_model(path, precision=precision, native=True)
+
+
+def load_llamacpp(path: str | os.PathLike[str] | None = None, *, gguf: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """llama.cpp running a GGUF file, with the tokenizer and fingerprint of its Hugging Face copy.
+
+    The GGUF file: `gguf`, else the embedded default's own file, else the one *.gguf in the model
+    directory. The fingerprint is the Hugging Face copy's, so prompts trained on it are accepted.
+    """
+    from persona.model import llama, llamacpp
+
+    if not llamacpp.available():
+        raise ModelError(f"the llama backend needs llama-cpp-python; {llamacpp.INSTALL_HINT}")
+    directory, model_id = resolve_model_path(path)
+    if gguf is not None:
+        gguf_path = Path(gguf).expanduser()
+        if not gguf_path.is_file():
+            raise ModelError(f"GGUF file {str(gguf_path)!r} does not exist; pass the .gguf file of this model")
+    elif path is None and not os.environ.get("PERSONA_MODEL"):
+        gguf_path = default_gguf_path()
+    else:
+        found = sorted(directory.glob("*.gguf"))
+        if len(found) != 1:
+            raise ModelError(f"the llama backend needs the model's GGUF file: pass --gguf FILE ({len(found)} .gguf files in {str(directory)!r})")
+        gguf_path = found[0]
+    config = llama.read_config(directory)
+    if config is None:
+        raise ModelError(f"the llama backend runs Llama-family models; {model_id!r} is not one (use --backend torch)")
+    fingerprint = _checkpoint_fingerprint(directory, config, model_id)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = llamacpp.LlamaCppModel(gguf_path, config, context=int(min(config.max_position_embeddings, 4096)))
+    model.generation_config = llama.read_generation_settings(directory, config)
+    tokenizer = _load_tokenizer(directory, model_id, plain_config=True)
+    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision="gguf")
+
+
+def _checkpoint_fingerprint(directory: Path, config: Any, model_id: str) -> Fingerprint:
+    """The fingerprint from the checkpoint's embedding tensor alone (no model built)."""
+    from safetensors import safe_open
+
+    from persona.model.fingerprint import fingerprint_of
+
+    try:
+        with safe_open(str(directory / "model.safetensors"), framework="pt") as weights:
+            embedding = weights.get_tensor("model.embed_tokens.weight")
+    except Exception as exc:
+        raise ModelError(f"cannot read the input embedding of {model_id!r}: {_first_line(exc)}") from None
+    return fingerprint_of(str(config.architectures[0]), embedding)
+
+
 def _load_native(directory: Path, model_id: str, *, int8: bool) -> Any | None:
     """persona's own decoder, read without transformers' config classes (their import costs seconds); or None."""
     from persona.model import llama
