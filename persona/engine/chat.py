@@ -22,6 +22,7 @@ from persona.engine.sampling import Sampler
 from persona.errors import ConfigError
 from persona.model.llama import new_cache
 from persona.model.loader import LoadedModel
+from persona.prompt.inject import prepend_prompt
 from persona.prompt.render import Message, Renderer
 from persona.prompt.softprompt import SoftPrompt
 
@@ -165,14 +166,19 @@ class ChatEngine:
         stats.seconds = time.perf_counter() - start
 
     def _prefill(self, ids: list[int], persona: SoftPrompt | None, past: Any) -> torch.Tensor:
-        """[P ; ids] into an empty cache. The virtual tokens go in as embeddings, then the tokens as
-        ids: under causal attention the same as one pass over the concatenation, and a backend that
-        takes embeddings and token ids in separate calls (llama.cpp) runs it alike."""
-        if persona is not None:
-            prompt = persona.embeddings.unsqueeze(0)  # (1, N, D)
-            self.model(inputs_embeds=prompt, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+        """[P ; ids] into an empty cache: one pass over the concatenated embeddings for a PyTorch
+        model; a backend that takes embeddings and token ids in separate calls (llama.cpp) gets the
+        virtual tokens first, then the ids, which under causal attention computes the same."""
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+        if persona is None:
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+        elif isinstance(self.model, torch.nn.Module):
+            embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
+            embeds, _, _ = prepend_prompt(persona.embeddings, embeds)  # (1, N+T, D)
+            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+        else:
+            self.model(inputs_embeds=persona.embeddings.unsqueeze(0), use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
         return out.logits[:, -1, :]  # (1, V)
 
     def _step(self, ids: list[int], past: Any) -> torch.Tensor:
