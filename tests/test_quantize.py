@@ -70,6 +70,20 @@ def test_many_rows_use_the_dequantised_weight_exactly():
         assert (layer.weight - linear.weight).abs().max() <= layer.scale.max() / 2 + 1e-7  # half a step of rounding
 
 
+def test_the_shared_dequantisation_buffer_serves_layers_of_any_size_in_and_out_of_inference_mode():
+    torch.manual_seed(0)
+    small = quantize.Int8Linear.from_linear(torch.nn.Linear(16, 8, bias=True))
+    large = quantize.Int8Linear.from_linear(torch.nn.Linear(16, 40, bias=False))
+    rows = torch.randn(12, 16)
+    with torch.inference_mode():  # the buffer is first made here
+        first = small(rows)
+    with torch.no_grad():
+        for layer in (large, small, large):
+            expected = rows @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+            assert torch.allclose(layer(rows), expected, atol=1e-6)
+        assert torch.equal(small(rows), first)
+
+
 def test_unknown_precision_names_the_choices(tiny_model_dir):
     with pytest.raises(ConfigError, match="fp32"):
         load_model(tiny_model_dir, precision="int4")

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,14 +118,16 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     (persona.model.llama) where it supports the checkpoint, which starts faster than transformers'
     model class; anything else still loads through transformers. Training needs native=False.
     """
-    from persona.model.quantize import check_precision, int8_supported, quantize_int8, require_int8
+    from persona.model.quantize import (
+        check_precision,
+        int8_supported,
+        prepack_all,
+        quantize_int8,
+        require_int8,
+    )
 
     check_precision(precision)
     directory, model_id = resolve_model_path(path)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     if precision == "auto":  # int8 where this torch build has the kernel (x86), else float32
         precision = CHAT_PRECISION_AUTO if int8_supported() else "fp32"
     if precision == "int8":
@@ -136,9 +139,19 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
     model.eval()
     model.requires_grad_(False)
     fingerprint = compute_fingerprint(model)  # the float32 input embedding, whatever the precision
-    if precision == "int8":  # what streaming did not already quantize (all of it after from_pretrained)
-        quantize_int8(model)  # before the tokenizer loads: the float32 embedding is freed first, a lower peak
-    tokenizer = _load_tokenizer(directory, model_id, plain_config=model_is_native)
+    if precision != "int8":
+        tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
+    else:
+        quantize_int8(model)  # what streaming did not already quantize (all of it after from_pretrained)
+        # fbgemm packs the int8 weights on another thread (C++, mostly without the GIL) while this
+        # one loads the tokenizer; after the float32 embedding is gone, which keeps the peak low.
+        # Joined here: packing alongside the first prefill would only fight it for the cores.
+        packer = threading.Thread(target=prepack_all, args=(model,), name="persona-prepack", daemon=True)
+        packer.start()
+        try:
+            tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
+        finally:
+            packer.join()
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
 
 
@@ -183,12 +196,9 @@ def load_llamacpp(path: str | os.PathLike[str] | None = None, *, gguf: str | os.
     if config is None:
         raise ModelError(f"the llama backend runs Llama-family models; {model_id!r} is not one (use --backend torch)")
     fingerprint = _checkpoint_fingerprint(directory, config, model_id)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
     model = llamacpp.LlamaCppModel(gguf_path, config, context=int(min(config.max_position_embeddings, 4096)))
     model.generation_config = llama.read_generation_settings(directory, config)
-    tokenizer = _load_tokenizer(directory, model_id, plain_config=True)
+    tokenizer = _load_tokenizer(directory, model_id, for_chat=True)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision="gguf")
 
 
@@ -222,11 +232,20 @@ def _load_native(directory: Path, model_id: str, *, int8: bool) -> Any | None:
     return model
 
 
-def _load_tokenizer(directory: Path, model_id: str, *, plain_config: bool) -> Any:
-    """The model's tokenizer. plain_config: hand AutoTokenizer the generic config, not the model's own
-    config class, whose import pulls in torch.distributed and sympy (seconds at every chat start)."""
+def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
+    """The model's tokenizer. for_chat: persona's ChatTokenizer where it applies (loads in a fraction
+    of AutoTokenizer's time), else AutoTokenizer handed the generic config rather than the model's
+    own config class, whose import pulls in torch.distributed and sympy (seconds at every start)."""
+    if for_chat:
+        from persona.model import chattokenizer
+
+        light = chattokenizer.load(directory)
+        if light is not None:
+            return light
     from transformers import AutoTokenizer, PretrainedConfig
 
+    _quiet_transformers()
+    plain_config = for_chat
     try:
         extra = {"config": PretrainedConfig.from_pretrained(directory)} if plain_config else {}
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **extra)
@@ -234,9 +253,18 @@ def _load_tokenizer(directory: Path, model_id: str, *, plain_config: bool) -> An
         raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _load_transformers(directory: Path, model_id: str, *, int8: bool) -> Any:
     import torch
     from transformers import AutoConfig
+
+    _quiet_transformers()
 
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)

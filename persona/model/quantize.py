@@ -22,6 +22,7 @@ through the incremental path chat takes. Training always uses the float32 model.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from typing import Any
 
@@ -33,6 +34,7 @@ ROW_KERNEL_MAX_ROWS = 4  # up to this many rows go through the int8 kernel row b
 # So weights use 7 bits (+-63) and activations all 8. The usual split (8-bit weights, activations
 # cut to 7 bits by reduce_range) measured worse here: the activation error is what NLL feels.
 WEIGHT_LEVELS = 63
+_SCRATCH = threading.local()  # per thread: one float32 buffer the many-rows path dequantises into
 
 
 def check_precision(precision: str) -> str:
@@ -97,12 +99,21 @@ def _int8_linear_class() -> Any:
             self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
             self.register_buffer("scale", scale)  # (out,) float32
             self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
-                qweight = torch._make_per_channel_quantized_tensor(
-                    weight_int8, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0
-                )
-                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+            self._packed: Any = None  # fbgemm's packed weight, made by prepack() (on first use at the latest)
+            self._packing = threading.Lock()
+
+        def prepack(self) -> Any:
+            """Pack the weight for fbgemm's kernel; a loader may call this ahead, off the main thread."""
+            with self._packing:
+                if self._packed is not None:
+                    return self._packed
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
+                    qweight = torch._make_per_channel_quantized_tensor(
+                        self.weight_int8, self.scale.double(), torch.zeros_like(self.scale, dtype=torch.long), 0
+                    )
+                    self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+            return self._packed
 
         @classmethod
         def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
@@ -117,13 +128,28 @@ def _int8_linear_class() -> Any:
             """The dequantised weight (float32), for code that reads `.weight`."""
             return self.weight_int8.to(torch.float32) * self.scale[:, None]
 
+        def _dequantised_into_scratch(self) -> torch.Tensor:
+            """The float32 weight, written into this thread's scratch buffer (valid until the next call).
+
+            Equal to `.weight`, about five times faster: no allocation (a fresh 1 MB+ block is a
+            fresh mapping, faulted in page by page) and in-place steps instead of a mixed-dtype product.
+            """
+            size = self.out_features * self.in_features
+            scratch = getattr(_SCRATCH, "buffer", None)
+            if scratch is None or scratch.numel() < size:
+                with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                    scratch = _SCRATCH.buffer = torch.empty(size, dtype=torch.float32)
+            weight = scratch[:size].view(self.out_features, self.in_features)
+            return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             rows = x.reshape(-1, self.in_features)  # (R, in)
             if rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
-                out = [torch.ops.quantized.linear_dynamic(row, self._packed, False) for row in rows.split(1)]
+                packed = self._packed if self._packed is not None else self.prepack()
+                out = [torch.ops.quantized.linear_dynamic(row, packed, False) for row in rows.split(1)]
                 y = out[0] if len(out) == 1 else torch.cat(out)
             else:
-                y = F.linear(rows, self.weight, self.bias)
+                y = F.linear(rows, self._dequantised_into_scratch(), self.bias)
             return y.reshape(*x.shape[:-1], self.out_features)
 
         def extra_repr(self) -> str:
@@ -188,6 +214,16 @@ def _float16_embedding_class() -> Any:
             return f"{self.num_embeddings}, {self.embedding_dim}, float16"
 
     return Float16Embedding
+
+
+def prepack_all(model: Any) -> None:
+    """Pack every Int8Linear of `model` for fbgemm now (rather than at its first decode step).
+
+    Safe to run on another thread while the model is in use: a layer packs once, under its lock.
+    """
+    for module in model.modules():
+        if type(module) is _int8_linear_class():
+            module.prepack()
 
 
 def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
