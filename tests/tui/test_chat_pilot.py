@@ -291,3 +291,28 @@ async def test_a_too_small_terminal_says_so(engine: Any, library: Any) -> None:
         await pilot.resize_terminal(100, 30)
         await pilot.pause()
         assert not notice.display
+
+
+async def test_a_slow_screen_gets_the_reply_in_fewer_larger_pieces_not_a_slower_reply(library: Any, monkeypatch: Any) -> None:
+    import asyncio
+
+    from persona.tui.widgets.message_bubble import MessageBubble
+    from tests.tui.fakes import ScriptedEngine
+
+    words = [f"word{index}" for index in range(60)]
+    scripted = ScriptedEngine(fingerprint=None, replies={None: [" ".join(words)]})
+    writes: list[str] = []
+    original = MessageBubble.write
+
+    async def slow_write(self: MessageBubble, piece: str) -> None:
+        writes.append(piece)
+        await asyncio.sleep(0.03)  # a redraw slower than the worker produces pieces
+        await original(self, piece)
+
+    monkeypatch.setattr(MessageBubble, "write", slow_write)
+    app = PersonaChatApp(scripted, library, config=GREEDY)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "talk to me")
+        assert bubbles(app)[-1][2] == " ".join(words)  # nothing lost, nothing out of order
+        assert "".join(writes) == " ".join(words)
+        assert 1 <= len(writes) < len(words) // 2  # pieces gathered while the screen was busy went in together

@@ -1,12 +1,15 @@
 """The chat screen: messages, input, status line; replies are generated in a worker thread.
 
-The worker streams pieces into the reply's bubble with `call_from_thread` and hands the finished
-reply back the same way, so a reply is saved before the worker ends (quitting waits for that).
+The worker never waits for the screen while it decodes: pieces go into a buffer, and one message
+at a time asks the screen to show what has gathered (so a slow redraw coalesces pieces instead
+of slowing generation). The finished reply is handed back with `call_from_thread`, which waits,
+so a reply is saved before the worker ends (quitting waits for that).
 """
 
 from __future__ import annotations
 
 import threading
+from asyncio import Lock
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +17,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker
@@ -71,10 +75,22 @@ class ChatScreen(Screen[None]):
 
     app: PersonaChatApp
 
+    class PiecesReady(Message):
+        """The worker buffered text for `bubble` (posted once until the screen takes it)."""
+
+        def __init__(self, bubble: MessageBubble) -> None:
+            super().__init__()
+            self.bubble = bubble
+
     def __init__(self) -> None:
         super().__init__()
         self._worker: Worker[None] | None = None
         self._cancel: threading.Event | None = None
+        self._pending: list[str] = []  # streamed text not shown yet (worker thread -> screen)
+        self._pending_speed = 0.0
+        self._pending_lock = threading.Lock()
+        self._flush_posted = False
+        self._bubble_lock = Lock()  # one writer to a reply's bubble at a time
 
     # ---- layout ---------------------------------------------------------------------------------
 
@@ -332,7 +348,7 @@ class ChatScreen(Screen[None]):
         try:
             for piece in engine.stream(history, prompt, config, cancel=cancel):
                 pieces.append(piece)
-                self.app.call_from_thread(self._show_piece, bubble, piece, engine.last.tokens_per_second)
+                self._buffer_piece(bubble, piece, engine.last.tokens_per_second)
         except PersonaError as exc:
             error = str(exc)
         except Exception as exc:  # a bug in generation must not take the conversation with it
@@ -348,12 +364,39 @@ class ChatScreen(Screen[None]):
         except RuntimeError:  # the app is already gone
             pass
 
-    async def _show_piece(self, bubble: MessageBubble, piece: str, tokens_per_second: float) -> None:
-        await bubble.write(piece)
-        if tokens_per_second:
-            self.query_one(StatusBar).tokens_per_second = tokens_per_second
+    def _buffer_piece(self, bubble: MessageBubble, piece: str, tokens_per_second: float) -> None:
+        """Worker thread: keep the piece, and ask the screen to show the buffer unless it was asked already."""
+        with self._pending_lock:
+            self._pending.append(piece)
+            self._pending_speed = tokens_per_second or self._pending_speed
+            if self._flush_posted:
+                return
+            self._flush_posted = True
+        self.post_message(self.PiecesReady(bubble))  # thread-safe, and does not wait
+
+    def _take_pending(self) -> tuple[str, float]:
+        with self._pending_lock:
+            text, speed = "".join(self._pending), self._pending_speed
+            self._pending.clear()
+            self._flush_posted = False
+        return text, speed
+
+    async def on_chat_screen_pieces_ready(self, message: PiecesReady) -> None:
+        async with self._bubble_lock:
+            text, speed = self._take_pending()
+            if text and message.bubble.is_mounted:
+                await message.bubble.write(text)
+            if speed:
+                self.query_one(StatusBar).tokens_per_second = speed
 
     async def _reply_done(self, bubble: MessageBubble, outcome: ReplyOutcome) -> None:
+        async with self._bubble_lock:
+            await self._finish_reply(bubble, outcome)
+
+    async def _finish_reply(self, bubble: MessageBubble, outcome: ReplyOutcome) -> None:
+        text, _ = self._take_pending()  # what the screen had not shown yet
+        if text:
+            await bubble.write(text)
         self._worker, self._cancel = None, None
         status = self.query_one(StatusBar)
         status.state = {"cancelled": "stopped", "length": "max tokens", "error": "failed"}.get(
