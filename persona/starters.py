@@ -28,7 +28,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` packa
 if TYPE_CHECKING:
     from persona.library.library import PersonaLibrary
 
-STARTERS_DIR = Path(persona.__file__).resolve().parent.parent / "personas"
+_PACKAGE = Path(persona.__file__).resolve().parent
+# persona/_starters in a wheel (a link to personas/ in the source tree), else personas/ beside the package
+STARTERS_DIR = next((path for path in (_PACKAGE / "_starters", _PACKAGE.parent / "personas") if path.is_dir()),
+                    _PACKAGE.parent / "personas")
 PREFERRED_DEFAULTS = ("falstaff", "hamlet")  # the chat opens with the first of these installed
 TENSOR_KEY = "prompt_embeddings"  # as in persona.prompt.softprompt (not imported: it needs torch)
 

@@ -22,11 +22,13 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def migrations_dir() -> Path:
-    """The Alembic scripts, next to the package in a source (editable) install."""
-    path = Path(persona.__file__).resolve().parent.parent / "migrations"
-    if not (path / "env.py").is_file():
-        raise LibraryError(f"the library migrations are missing (looked in {path}); reinstall persona from its source tree")
-    return path
+    """The Alembic scripts: `persona/_migrations` (in a wheel; a link to migrations/ in the source tree),
+    else the top-level migrations/ next to the package."""
+    package = Path(persona.__file__).resolve().parent
+    for path in (package / "_migrations", package.parent / "migrations"):
+        if (path / "env.py").is_file():
+            return path
+    raise LibraryError(f"the library migrations are missing (looked in {package / '_migrations'}); reinstall persona")
 
 
 def ensure_file(path: Path) -> None:
