@@ -39,7 +39,8 @@ from persona.tui.widgets.status_bar import StatusBar
 if TYPE_CHECKING:
     from persona.tui.app import PersonaChatApp
 
-MIN_WIDTH, MIN_HEIGHT = 40, 12  # below this the screen says so instead of drawing a squashed chat
+MIN_WIDTH, MIN_HEIGHT = 40, 12
+FLUSH_INTERVAL = 0.05  # seconds: the reply on screen is redrawn at most this often while it streams  # below this the screen says so instead of drawing a squashed chat
 
 
 @dataclass
@@ -76,17 +77,14 @@ class ChatScreen(Screen[None]):
     app: PersonaChatApp
 
     class PiecesReady(Message):
-        """The worker buffered text for `bubble` (posted once until the screen takes it)."""
-
-        def __init__(self, bubble: MessageBubble) -> None:
-            super().__init__()
-            self.bubble = bubble
+        """The worker buffered text for the reply's bubble (posted once until the screen takes it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._worker: Worker[None] | None = None
         self._cancel: threading.Event | None = None
         self._pending: list[str] = []  # streamed text not shown yet (worker thread -> screen)
+        self._pending_bubble: MessageBubble | None = None  # the reply it belongs to
         self._pending_speed = 0.0
         self._pending_lock = threading.Lock()
         self._flush_posted = False
@@ -368,33 +366,46 @@ class ChatScreen(Screen[None]):
         """Worker thread: keep the piece, and ask the screen to show the buffer unless it was asked already."""
         with self._pending_lock:
             self._pending.append(piece)
+            self._pending_bubble = bubble
             self._pending_speed = tokens_per_second or self._pending_speed
             if self._flush_posted:
                 return
             self._flush_posted = True
-        self.post_message(self.PiecesReady(bubble))  # thread-safe, and does not wait
+        self.post_message(self.PiecesReady())  # thread-safe, and does not wait
 
-    def _take_pending(self) -> tuple[str, float]:
+    def _take_pending(self, *, reopen: bool = True) -> tuple[MessageBubble | None, str, float]:
+        """(the bubble the text belongs to, the text not shown yet, the latest speed)."""
         with self._pending_lock:
-            text, speed = "".join(self._pending), self._pending_speed
+            bubble, text, speed = self._pending_bubble, "".join(self._pending), self._pending_speed
             self._pending.clear()
-            self._flush_posted = False
-        return text, speed
+            if reopen:
+                self._flush_posted = False
+        return bubble, text, speed
 
     async def on_chat_screen_pieces_ready(self, message: PiecesReady) -> None:
         async with self._bubble_lock:
-            text, speed = self._take_pending()
-            if text and message.bubble.is_mounted:
-                await message.bubble.write(text)
+            bubble, text, speed = self._take_pending(reopen=False)
+            if text and bubble is not None and bubble.is_mounted:
+                await bubble.write(text)
             if speed:
                 self.query_one(StatusBar).tokens_per_second = speed
+        # at most one redraw per FLUSH_INTERVAL: the next request may come once it has passed
+        self.set_timer(FLUSH_INTERVAL, self._reopen_flush)
+
+    def _reopen_flush(self) -> None:
+        with self._pending_lock:
+            waiting = bool(self._pending) and self._flush_posted
+            if not waiting:
+                self._flush_posted = False
+        if waiting:
+            self.post_message(self.PiecesReady())
 
     async def _reply_done(self, bubble: MessageBubble, outcome: ReplyOutcome) -> None:
         async with self._bubble_lock:
             await self._finish_reply(bubble, outcome)
 
     async def _finish_reply(self, bubble: MessageBubble, outcome: ReplyOutcome) -> None:
-        text, _ = self._take_pending()  # what the screen had not shown yet
+        _, text, _ = self._take_pending()  # what the screen had not shown yet
         if text:
             await bubble.write(text)
         self._worker, self._cancel = None, None
