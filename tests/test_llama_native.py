@@ -107,12 +107,20 @@ def test_left_padded_batch_with_position_ids_matches_transformers(pair):
     torch.testing.assert_close(got_second, want_second, atol=ATOL, rtol=0)
 
 
-def test_int8_native_equals_int8_transformers(tiny_model_dir):
-    ids = torch.tensor([list(range(3, 30))])
+def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_dir):
+    ids = list(range(3, 30))
+    reference = load_model(tiny_model_dir, precision="int8").model
+    native = load_model(tiny_model_dir, precision="int8", native=True).model
+    layer = native.model.layers[0]
+    assert layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None  # fused: 4 int8 calls a layer, not 7
     with torch.no_grad():
-        want = load_model(tiny_model_dir, precision="int8").model(input_ids=ids, use_cache=False).logits
-        got = load_model(tiny_model_dir, precision="int8", native=True).model(input_ids=ids, use_cache=False).logits
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+        want = reference(input_ids=torch.tensor([ids]), use_cache=False).logits
+        got = native(input_ids=torch.tensor([ids]), use_cache=False).logits
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)  # many rows: the dequantised path
+        cache, past = llama.KVCache(), llama.new_cache(reference)
+        for token in ids[:6]:  # one row at a time: fbgemm's kernel, fused against unfused
+            step = native(input_ids=torch.tensor([[token]]), cache=cache).logits
+            torch.testing.assert_close(step, reference(input_ids=torch.tensor([[token]]), cache=past).logits, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("change", [

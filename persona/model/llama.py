@@ -168,13 +168,24 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias, device=device)
         self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=bias, device=device)
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=bias, device=device)
+        self.qkv_proj: nn.Module | None = None  # q, k and v in one layer, once fuse() has run
+
+    def fuse(self, concatenate: Any) -> None:
+        """Replace q_proj, k_proj and v_proj by one layer: `concatenate([q, k, v])`."""
+        self.qkv_proj = concatenate([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:
         batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, d)
-        q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
-        v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(
+                [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
+        v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, d)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
@@ -199,9 +210,19 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, inner, bias=bias, device=device)
         self.up_proj = nn.Linear(hidden, inner, bias=bias, device=device)
         self.down_proj = nn.Linear(inner, hidden, bias=bias, device=device)
+        self.gate_up_proj: nn.Module | None = None  # gate and up in one layer, once fuse() has run
+
+    def fuse(self, concatenate: Any) -> None:
+        """Replace gate_proj and up_proj by one layer: `concatenate([gate, up])`."""
+        self.gate_up_proj = concatenate([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -247,6 +268,21 @@ class LlamaDecoder(nn.Module):
         assert theta is not None  # supports() checked it
         # not a buffer: a model built on the meta device must still get real frequencies
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
+
+    def fuse_int8_projections(self) -> None:
+        """Fuse each layer's int8 q/k/v and gate/up projections into one kernel call each (decode
+        makes 120 int8 calls per token instead of 210; the numbers are the same). A no-op unless
+        they are all Int8Linear (float32 keeps its memory-mapped weights)."""
+        from persona.model import quantize
+
+        int8 = quantize.Int8Linear
+        for layer in self.model.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            if attention.qkv_proj is None and all(
+                    type(getattr(attention, name)) is int8 for name in ("q_proj", "k_proj", "v_proj")):
+                attention.fuse(int8.concatenate)
+            if mlp.gate_up_proj is None and all(type(getattr(mlp, name)) is int8 for name in ("gate_proj", "up_proj")):
+                mlp.fuse(int8.concatenate)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens

@@ -34,6 +34,7 @@ ROW_KERNEL_MAX_ROWS = 4  # up to this many rows go through the int8 kernel row b
 # So weights use 7 bits (+-63) and activations all 8. The usual split (8-bit weights, activations
 # cut to 7 bits by reduce_range) measured worse here: the activation error is what NLL feels.
 WEIGHT_LEVELS = 63
+_ROW_KERNEL: Any = None  # fbgemm's dynamic int8 linear, set when Int8Linear is built
 _SCRATCH = threading.local()  # per thread: one float32 buffer the many-rows path dequantises into
 
 
@@ -89,6 +90,10 @@ def _int8_linear_class() -> Any:
     import torch
     import torch.nn.functional as F
 
+    global _ROW_KERNEL
+    overload = torch.ops.quantized.linear_dynamic.default
+    _ROW_KERNEL = getattr(overload, "_op", overload)  # the C++ operator itself: no Python dispatch checks per call
+
     class Int8Linear(torch.nn.Module):
         """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
 
@@ -123,6 +128,18 @@ def _int8_linear_class() -> Any:
             bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
             return cls(quantized, scale, bias)
 
+        @classmethod
+        def concatenate(cls, layers: list[Int8Linear]) -> Int8Linear:
+            """One layer computing `layers` side by side (outputs concatenated): one kernel call instead of several.
+
+            Exactly the same numbers: each output channel keeps its scale, and each row of activations is
+            quantized once, as each layer alone would have done.
+            """
+            if len({layer.in_features for layer in layers}) != 1 or len({layer.bias is None for layer in layers}) != 1:
+                raise ValueError("only layers with the same input and all with (or all without) a bias concatenate")
+            bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+            return cls(torch.cat([layer.weight_int8 for layer in layers]), torch.cat([layer.scale for layer in layers]), bias)
+
         @property
         def weight(self) -> torch.Tensor:
             """The dequantised weight (float32), for code that reads `.weight`."""
@@ -146,8 +163,11 @@ def _int8_linear_class() -> Any:
             rows = x.reshape(-1, self.in_features)  # (R, in)
             if rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
                 packed = self._packed if self._packed is not None else self.prepack()
-                out = [torch.ops.quantized.linear_dynamic(row, packed, False) for row in rows.split(1)]
-                y = out[0] if len(out) == 1 else torch.cat(out)
+                kernel = _ROW_KERNEL
+                if rows.shape[0] == 1:  # a decode step: no split, no cat
+                    y = kernel(rows, packed, False)
+                else:
+                    y = torch.cat([kernel(rows[index : index + 1], packed, False) for index in range(rows.shape[0])])
             else:
                 y = F.linear(rows, self._dequantised_into_scratch(), self.bias)
             return y.reshape(*x.shape[:-1], self.out_features)
