@@ -120,3 +120,25 @@ def test_linear_biases_survive_quantizing_and_the_cache(tmp_path):
     with torch.no_grad():
         assert torch.equal(first(ids).logits, after(ids).logits)
         assert torch.equal(second(ids).logits, after(ids).logits)
+
+
+def test_a_new_cache_replaces_the_stale_ones_and_keeps_other_models(tiny_model_dir, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    config = AutoConfig.from_pretrained(copy)
+    load_streaming(tiny_model_dir, config, int8=True)  # another model's cache: must stay
+    other_model = load_fastload_cache_path(tiny_model_dir)
+    load_streaming(copy, config, int8=True)
+    stale = load_fastload_cache_path(copy)
+    legacy = stale.with_name("0" * 24 + ".safetensors")  # a cache from before caches recorded their source
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(legacy))
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the weights change (new mtime): a new cache
+    load_streaming(copy, config, int8=True)
+    fresh = load_fastload_cache_path(copy)
+    assert fresh != stale and fresh.is_file()
+    assert not stale.exists() and not legacy.exists()
+    assert other_model.is_file()
+    assert sorted(fresh.parent.glob("*.safetensors")) == sorted([fresh, other_model])

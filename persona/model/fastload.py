@@ -25,6 +25,7 @@ from typing import Any
 WEIGHTS_FILE = "model.safetensors"
 INT8_CACHE_VERSION = "1"  # bump when Int8Linear's stored tensors change meaning
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+CACHE_SOURCE_KEY = "persona_weights"  # int8 cache header metadata: the weights file it was made from
 
 
 def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = False) -> Any | None:
@@ -49,7 +50,7 @@ def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = F
                 return model
         model = _fill(_skeleton(config, native), path, int8=True)
         if model is not None and cache is not None:
-            _save_cache(model, cache)
+            _save_cache(model, cache, path)
         return model
     return _fill(_skeleton(config, native), path, int8=False)
 
@@ -131,8 +132,13 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
     return model
 
 
-def _save_cache(model: Any, cache: Path) -> None:
-    """Write the int8 model's tensors (the tied head left out); a failure only means no cache."""
+def _save_cache(model: Any, cache: Path, weights: Path) -> None:
+    """Write the int8 model's tensors (the tied head left out); a failure only means no cache.
+
+    The cache records which weights file it holds; once it is written, the caches it replaces
+    (the same weights file before it changed, a file that is gone, an older format) are removed,
+    so the cache folder holds one file per model rather than growing with every change.
+    """
     from safetensors.torch import save_file
 
     head, head_name = _head(model)
@@ -140,13 +146,35 @@ def _save_cache(model: Any, cache: Path) -> None:
     tensors = {key: value.contiguous() for key, value in model.state_dict().items()
                if not (tied and key == f"{head_name}.weight")}
     staging = cache.with_name(cache.name + ".tmp")
+    source = str(weights.resolve())
     try:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        save_file(tensors, str(staging))
+        save_file(tensors, str(staging), metadata={CACHE_SOURCE_KEY: source})
         os.replace(staging, cache)
     except Exception:  # a full disk, a read-only data dir (safetensors raises its own error type)
         with contextlib.suppress(OSError):
             staging.unlink(missing_ok=True)
+        return
+    for other in cache.parent.glob("*.safetensors"):
+        if other != cache:
+            recorded = _cache_source(other)
+            if recorded is None or recorded == source or not Path(recorded).exists():
+                with contextlib.suppress(OSError):
+                    other.unlink()  # a process still reading it keeps its open file
+
+
+def _cache_source(cache: Path) -> str | None:
+    """The weights file a cache was made from, as its header records it; None if it records none."""
+    try:
+        with cache.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > 100_000_000:
+                return None
+            metadata = json.loads(handle.read(length)).get("__metadata__") or {}
+    except (OSError, ValueError, struct.error, AttributeError):
+        return None
+    source = metadata.get(CACHE_SOURCE_KEY) if isinstance(metadata, dict) else None
+    return source if isinstance(source, str) else None
 
 
 def _head(model: Any) -> tuple[Any, str | None]:
