@@ -98,3 +98,27 @@ def test_llama_cpp_refuses_a_batch_with_a_clear_error(engines):
     llama, _ = engines
     with pytest.raises(ConfigError, match="one conversation at a time"):
         llama.model(input_ids=torch.tensor([[1, 2], [3, 4]]), cache=llama.model.new_cache())
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--backend", "llama"], "persona[llama]"),  # the extra is missing
+    (["--backend", "llama", "--model", "{model}"], "persona[llama]"),
+    (["--gguf", "/no/such.gguf"], "--gguf is for --backend llama"),
+])
+def test_backend_mistakes_are_one_line_errors(tiny_model_dir, monkeypatch, capsys, arguments, message):
+    from persona.cli.main import main
+
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    argv = ["reply", "--no-persona", *[a.replace("{model}", str(tiny_model_dir)) for a in arguments], "hello"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("persona: error:") and message in err and "\n" not in err
+
+
+@needs_llama
+def test_the_llama_backend_needs_a_gguf_file_for_another_model(tiny_model_dir, capsys):
+    from persona.cli.main import main
+
+    assert main(["reply", "--no-persona", "--backend", "llama", "--model", str(tiny_model_dir), "hello"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--gguf FILE" in err and "\n" not in err
