@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "persona.cli.library_cmds",
     "persona.cli.train_cmds",
     "persona.cli.doctor_cmd",
+    "persona.cli.serve_cmd",
 )
 
 

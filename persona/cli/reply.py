@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from persona.errors import ConfigError
 
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_precision_argument(parser)
     add_generation_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    parser.add_argument("--local", action="store_true", help="load the model here even if `persona serve` is running")
     parser.set_defaults(func=run)
 
 
@@ -63,11 +65,34 @@ def generation_config(args: argparse.Namespace):
     )
 
 
+def reply_record(engine: Any, messages: list[Any], persona: Any, reply: str, system: str | None) -> dict[str, Any]:
+    """What `persona reply --json` prints about the reply the engine just gave."""
+    stats, loaded = engine.last, engine.loaded
+    return {
+        "persona": persona.name if persona else None,
+        "model": str(loaded.fingerprint),
+        "model_id": loaded.model_id,
+        "precision": loaded.precision,
+        "prompt": engine.prompt_text(messages, persona, system=system),
+        "reply": reply,
+        "tokens": stats.new_tokens,
+        "seconds": round(stats.seconds, 3),
+        "finish_reason": stats.finish_reason,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     message = sys.stdin.read() if args.message == "-" else args.message
     if not message.strip():
         raise ConfigError("the message is empty; pass the text to answer, e.g. persona reply \"Hello\"")
     config = generation_config(args)  # validate before the model loads
+
+    if not getattr(args, "local", False):
+        from persona.server import reply_via_server
+
+        code = reply_via_server(args, message)  # a running `persona serve` answers without a model start
+        if code is not None:
+            return code
 
     from persona.cli.personas import resolve_persona
     from persona.engine.chat import ChatEngine
@@ -81,23 +106,7 @@ def run(args: argparse.Namespace) -> int:
         persona.check_fits(loaded.fingerprint)
     if args.json:
         reply = engine.reply(messages, persona, config, system=args.system)
-        stats = engine.last
-        print(
-            json.dumps(
-                {
-                    "persona": persona.name if persona else None,
-                    "model": str(loaded.fingerprint),
-                    "model_id": loaded.model_id,
-                    "precision": loaded.precision,
-                    "prompt": engine.prompt_text(messages, persona, system=args.system),
-                    "reply": reply,
-                    "tokens": stats.new_tokens,
-                    "seconds": round(stats.seconds, 3),
-                    "finish_reason": stats.finish_reason,
-                },
-                ensure_ascii=False,
-            )
-        )
+        print(json.dumps(reply_record(engine, messages, persona, reply, args.system), ensure_ascii=False))
         return 0
     for piece in engine.stream(messages, persona, config, system=args.system):
         sys.stdout.write(piece)

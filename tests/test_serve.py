@@ -1,0 +1,88 @@
+"""`persona serve`: `persona reply` answers through a running server, the same reply, without torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from persona.cli.main import main
+from persona.server import socket_path, start_server
+
+
+@pytest.fixture
+def server(tiny_model_dir):
+    args = argparse.Namespace(model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None)
+    running, path = start_server(args)
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    yield path
+    running.shutdown()
+    running.server_close()
+    path.unlink(missing_ok=True)
+    thread.join(timeout=10)
+
+
+def reply(capsys, *arguments):
+    code = main(["reply", "--temperature", "0", "--max-tokens", "8", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, capsys):
+    model = ["--model", str(tiny_model_dir), "--no-persona"]
+    code, served, _ = reply(capsys, *model, "--json", "hello there")
+    local_code, local, _ = reply(capsys, *model, "--json", "--local", "hello there")
+    assert code == local_code == 0
+    served_record, local_record = json.loads(served), json.loads(local)
+    served_record.pop("seconds"), local_record.pop("seconds")
+    assert served_record == local_record and served_record["reply"]
+    code, streamed, _ = reply(capsys, *model, "hello there")
+    assert code == 0 and streamed.strip() == local_record["reply"].strip()
+
+
+def test_a_client_answered_by_the_server_never_imports_torch(server, tiny_model_dir):
+    code = (
+        "import sys; from persona.cli.main import main; "
+        f"rc = main(['reply', '--model', {str(tiny_model_dir)!r}, '--no-persona', '--temperature', '0', "
+        "'--max-tokens', '4', 'hello']); "
+        "print('torch' in sys.modules, rc)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False 0"
+
+
+def test_another_precision_is_answered_locally(server, tiny_model_dir, capsys):
+    code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--precision", "fp32", "--json", "hello")
+    assert code == 0 and json.loads(out)["precision"] == "fp32"  # the int8 server refused; the client ran itself
+
+
+def test_server_errors_are_one_line(server, tiny_model_dir, capsys):
+    code, _, err = reply(capsys, "--model", str(tiny_model_dir), "--persona", "nobody", "hello")
+    assert code == 1 and err.startswith("persona: error:") and "nobody" in err and err.count("\n") == 1
+
+
+def test_a_second_server_is_refused(server, tiny_model_dir, capsys):
+    assert main(["serve", "--model", str(tiny_model_dir)]) == 1
+    assert "already running" in capsys.readouterr().err
+
+
+def test_a_stale_socket_does_not_stop_a_reply_and_a_new_server_replaces_it(tiny_model_dir, capsys):
+    import socket
+
+    path = socket_path()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # bound but never listening: what a killed server leaves behind
+    stale.close()
+    code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello")
+    assert code == 0 and json.loads(out)["reply"] is not None
+    args = argparse.Namespace(model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None)
+    running, bound = start_server(args)  # replaces the stale file
+    running.server_close()
+    bound.unlink()
