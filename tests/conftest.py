@@ -61,6 +61,17 @@ def build_tiny_tokenizer(directory: Path):
     return fast
 
 
+def edited_copy(directory: Path, target: Path, filename: str, change: dict) -> Path:
+    """A copy of a model directory whose JSON file `filename` has `change` merged in."""
+    import shutil
+
+    shutil.copytree(directory, target)
+    data = json.loads((target / filename).read_text())
+    data.update(change)
+    (target / filename).write_text(json.dumps(data))
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LlamaForCausalLM saved as a normal HF directory (seconds to build)."""

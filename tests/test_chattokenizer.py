@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 from transformers import AutoTokenizer
 
 from persona.model import chattokenizer
 from persona.prompt.render import Renderer
+from tests.conftest import edited_copy
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there!"}],
@@ -57,12 +55,7 @@ def test_the_default_model_tokenizer_matches_autotokenizer(default_model_store):
     {"clean_up_tokenization_spaces": True},
 ])
 def test_anything_else_is_left_to_autotokenizer(tiny_model_dir, tmp_path, change):
-    copy = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, copy)
-    config = json.loads((copy / "tokenizer_config.json").read_text())
-    config.update(change)
-    (copy / "tokenizer_config.json").write_text(json.dumps(config))
-    assert chattokenizer.load(copy) is None
+    assert chattokenizer.load(edited_copy(tiny_model_dir, tmp_path / "model", "tokenizer_config.json", change)) is None
 
 
 def test_chat_loads_the_light_tokenizer_and_the_engine_stops_on_the_same_tokens(tiny_model_dir, tiny):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
 
 from persona.model import llama
 from persona.model.loader import load_model
 from persona.prompt.inject import prepend_prompt
+from tests.conftest import edited_copy
 
 ATOL = 1e-5
 
@@ -129,12 +127,7 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
     {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
 ])
 def test_configs_it_does_not_compute_exactly_load_through_transformers(tiny_model_dir, tmp_path, change):
-    copy = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, copy)
-    config = json.loads((copy / "config.json").read_text())
-    config.update(change)
-    (copy / "config.json").write_text(json.dumps(config))
-    loaded = load_model(copy, native=True)
+    loaded = load_model(edited_copy(tiny_model_dir, tmp_path / "model", "config.json", change), native=True)
     assert not isinstance(loaded.model, llama.LlamaDecoder)
     with torch.no_grad():
         assert loaded.model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape[-1] == loaded.fingerprint.vocab_size
