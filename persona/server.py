@@ -78,22 +78,26 @@ def reply_via_server(args: argparse.Namespace, message: str) -> int | None:
     if not first.get("accepted"):
         connection.close()
         return None
-    with connection, lines:
-        for line in lines:
-            answer = json.loads(line)
-            if "piece" in answer:
-                if not args.json:
-                    sys.stdout.write(answer["piece"])
-                    sys.stdout.flush()
-            elif "error" in answer:
-                from persona.cli.main import one_line
+    from persona.cli.main import one_line
 
-                print(f"persona: error: {one_line(str(answer['error']))}", file=sys.stderr)
-                return 1
-            elif "done" in answer:
-                print(json.dumps(answer["done"], ensure_ascii=False) if args.json else "")
-                return 0
-    print("persona: error: the server closed the connection before the reply was complete; run the command again", file=sys.stderr)
+    with connection, lines:
+        try:
+            for line in lines:
+                answer = json.loads(line)
+                if "piece" in answer:
+                    if not args.json:
+                        sys.stdout.write(answer["piece"])
+                        sys.stdout.flush()
+                elif "error" in answer:
+                    print(f"persona: error: {one_line(str(answer['error']))}", file=sys.stderr)
+                    return 1
+                elif "done" in answer:
+                    print(json.dumps(answer["done"], ensure_ascii=False) if args.json else "")
+                    return 0
+        except (OSError, ValueError):  # the server was stopped mid-reply, or sent a broken line
+            pass
+    print("persona: error: the server stopped before the reply was complete; run the command again "
+          "(add --local to answer without it)", file=sys.stderr)
     return 1
 
 
@@ -189,3 +193,6 @@ def answer(engine: Any, request: dict[str, Any]) -> Any:
         yield {"error": str(exc)}
     except (KeyError, TypeError) as exc:
         yield {"error": f"a malformed request ({type(exc).__name__}: {exc})"}
+    except Exception as exc:  # a bug in generation must not take the server down with it
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        yield {"error": f"generation failed ({type(exc).__name__}: {first_line}); try again, or with --local"}

@@ -58,6 +58,15 @@ def test_anything_else_is_left_to_autotokenizer(tiny_model_dir, tmp_path, change
     assert chattokenizer.load(edited_copy(tiny_model_dir, tmp_path / "model", "tokenizer_config.json", change)) is None
 
 
+def test_an_unreadable_chat_template_file_is_left_to_autotokenizer(tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "chat_template.jinja").write_bytes(b"{{ messages \xff\xfe }}")  # not UTF-8
+    assert chattokenizer.load(copy) is None
+
+
 def test_chat_loads_the_light_tokenizer_and_the_engine_stops_on_the_same_tokens(tiny_model_dir, tiny):
     from persona.engine.chat import _stop_token_ids
     from persona.model.loader import load_chat_model

@@ -86,3 +86,30 @@ def test_a_stale_socket_does_not_stop_a_reply_and_a_new_server_replaces_it(tiny_
     running, bound = start_server(args)  # replaces the stale file
     running.server_close()
     bound.unlink()
+
+
+@pytest.mark.parametrize("last_line", [b"", b"{not json\n"], ids=["closed", "garbled"])
+def test_a_server_that_stops_mid_reply_is_a_one_line_error(tiny_model_dir, capsys, last_line):
+    import socket
+
+    path = socket_path()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def half_a_reply():
+        connection, _ = listener.accept()
+        connection.makefile("r").readline()
+        connection.sendall(b'{"accepted": true}\n{"piece": "Hel"}\n' + last_line)
+        connection.close()
+
+    thread = threading.Thread(target=half_a_reply, daemon=True)
+    thread.start()
+    try:
+        code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+        path.unlink(missing_ok=True)
+    assert code == 1 and out.startswith("Hel")
+    assert err.startswith("persona: error:") and "--local" in err and err.count("\n") == 1

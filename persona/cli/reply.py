@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the message is empty; pass the text to answer, e.g. persona reply \"Hello\"")
     config = generation_config(args)  # validate before the model loads
 
-    if not getattr(args, "local", False):
+    if not args.local:
         from persona.server import reply_via_server
 
         code = reply_via_server(args, message)  # a running `persona serve` answers without a model start

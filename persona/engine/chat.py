@@ -172,7 +172,7 @@ class ChatEngine:
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
         if persona is None:
             out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
-        elif isinstance(self.model, torch.nn.Module):
+        elif hasattr(self.model, "get_input_embeddings"):  # embeds its own ids: one pass
             embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
             embeds, _, _ = prepend_prompt(persona.embeddings, embeds)  # (1, N+T, D)
             out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})

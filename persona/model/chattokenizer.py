@@ -38,7 +38,10 @@ def load(directory: Path) -> ChatTokenizer | None:
     template = config.get("chat_template")
     template_file = directory / "chat_template.jinja"
     if template_file.is_file():
-        template = template_file.read_text(encoding="utf-8")
+        try:
+            template = template_file.read_text(encoding="utf-8")
+        except (OSError, ValueError):  # unreadable or not UTF-8: AutoTokenizer says what is wrong
+            return None
     if not isinstance(template, str) or not (directory / "tokenizer.json").is_file():
         return None
     from tokenizers import Tokenizer

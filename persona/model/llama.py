@@ -126,10 +126,8 @@ def _grow(buffer: torch.Tensor, keep: int, capacity: int) -> torch.Tensor:
 
 
 def new_cache(model: Any) -> Any:
-    """An empty KV cache of the kind `model` takes."""
-    if isinstance(model, LlamaDecoder):
-        return KVCache()
-    if hasattr(model, "new_cache"):  # a backend with its own cache (persona.model.llamacpp)
+    """An empty KV cache of the kind `model` takes: its own (`model.new_cache()`), else transformers'."""
+    if hasattr(model, "new_cache"):  # LlamaDecoder, persona.model.llamacpp.LlamaCppModel
         return model.new_cache()
     from transformers import DynamicCache
 
@@ -139,7 +137,6 @@ def new_cache(model: Any) -> Any:
 @dataclass
 class CausalOutput:
     logits: torch.Tensor  # (B, kept, V)
-    cache: KVCache | None = None
 
 
 class RMSNorm(nn.Module):
@@ -177,7 +174,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:
-        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, d)
+        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, 1, T, d)
         if self.qkv_proj is not None:
             q, k, v = self.qkv_proj(x).split(
                 [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
@@ -186,7 +183,6 @@ class Attention(nn.Module):
         q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
         v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, d)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         if cache is not None:
@@ -284,6 +280,9 @@ class LlamaDecoder(nn.Module):
             if mlp.gate_up_proj is None and all(type(getattr(mlp, name)) is int8 for name in ("gate_proj", "up_proj")):
                 mlp.fuse(int8.concatenate)
 
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
 
@@ -317,13 +316,13 @@ class LlamaDecoder(nn.Module):
             position_ids = torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)  # (B, T)
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, d)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        cos, sin = angles.cos().to(x.dtype).unsqueeze(1), angles.sin().to(x.dtype).unsqueeze(1)  # (B, 1, T, d)
         mask = _attention_mask(attention_mask, batch, length, start)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache, start)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        return CausalOutput(logits=self.lm_head(self.model.norm(x)), cache=cache)
+        return CausalOutput(logits=self.lm_head(self.model.norm(x)))
 
 
 def _attention_mask(attention_mask: torch.Tensor | None, batch: int, length: int, start: int) -> torch.Tensor | None:
@@ -333,15 +332,14 @@ def _attention_mask(attention_mask: torch.Tensor | None, batch: int, length: int
     A padded query row keeps its own position, so that no row is all-masked (which gives NaN).
     """
     total = start + length
-    if attention_mask is None or bool(attention_mask.all()):
-        if length == 1 or start == 0:
-            return None  # one new token sees everything; a fresh prefill is plainly causal
-        keys = torch.arange(total)
-        return (keys[None, :] <= (start + torch.arange(length))[:, None])[None, None]  # (1, 1, T, S)
-    real = attention_mask[:, :total].bool()  # (B, S)
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded and (length == 1 or start == 0):
+        return None  # one new token sees everything; a fresh prefill is plainly causal
     queries = start + torch.arange(length)  # (T,)
     keys = torch.arange(total)  # (S,)
     causal = keys[None, :] <= queries[:, None]  # (T, S)
-    allowed = causal[None] & real[:, None, :]  # (B, T, S)
+    if not padded:
+        return causal[None, None]  # (1, 1, T, S)
+    allowed = causal[None] & attention_mask[:, :total].bool()[:, None, :]  # (B, T, S)
     allowed |= (keys[None, :] == queries[:, None])[None]
     return allowed[:, None]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from persona.errors import ConfigError, ModelError
@@ -60,6 +61,17 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _place(batch: Any, count: int, start: int) -> None:
+    """Positions start..start+count of sequence 0, logits for the last one only."""
+    batch.n_tokens = count
+    for index in range(count):
+        batch.pos[index] = start + index
+        batch.n_seq_id[index] = 1
+        batch.seq_id[index][0] = 0
+        batch.logits[index] = 0
+    batch.logits[count - 1] = 1
 
 
 class LlamaCppCache:
@@ -111,7 +123,7 @@ class LlamaCppModel:
         ctx_params.n_threads_batch = threads
         self._ctx = bindings.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
-            bindings.llama_model_free(self._model)
+            self.close()  # frees the model once (and forgets it, so __del__ does not free it again)
             raise ModelError(f"llama.cpp could not create a context for {str(self.gguf)!r}")
         self.hidden_size = int(bindings.llama_model_n_embd(self._model))
         self.vocab_size = int(bindings.llama_vocab_n_tokens(bindings.llama_model_get_vocab(self._model)))
@@ -123,6 +135,7 @@ class LlamaCppModel:
             )
         self._memory = bindings.llama_get_memory(self._ctx)
         self._owner: LlamaCppCache | None = None
+        self._capacity = context  # positions one batch holds
         self._token_batch = bindings.llama_batch_init(context, 0, 1)
         self._embed_batch = bindings.llama_batch_init(context, self.hidden_size, 1)
         self._batches = True
@@ -144,48 +157,28 @@ class LlamaCppModel:
         if self._owner is not cache:  # another conversation held the sequence: start this one afresh
             self._remove_from(0)
             self._owner, cache._length = cache, 0
-        start = cache._length
+        start, count = cache._length, rows.shape[1]
+        if not 0 < count <= self._capacity:
+            raise ConfigError(f"{count} positions do not fit one llama.cpp batch of {self._capacity}; send fewer at a time")
         if input_ids is not None:
-            count = self._fill_tokens(input_ids[0].tolist(), start)
             batch = self._token_batch
+            for index, token in enumerate(input_ids[0].tolist()):
+                batch.token[index] = token
         else:
-            count = self._fill_embeddings(inputs_embeds[0], start)
             batch = self._embed_batch
+            embeddings = inputs_embeds[0].detach().to(torch.float32).contiguous()  # (N, D)
+            if embeddings.shape[1] != self.hidden_size:
+                raise ConfigError(f"embeddings of width {embeddings.shape[1]} do not fit this model (width {self.hidden_size})")
+            ctypes.memmove(batch.embd, embeddings.data_ptr(), embeddings.numel() * 4)
+        _place(batch, count, start)
         code = self._b.llama_decode(self._ctx, batch)
         if code != 0:
             self._remove_from(start)
             raise ModelError(f"llama.cpp could not decode {count} positions after {start} (code {code}); the conversation may exceed its context")
         cache._length = start + count
-        pointer = self._b.llama_get_logits_ith(self._ctx, count - 1)
-        logits = torch.frombuffer(bytearray(ctypes.string_at(pointer, 4 * self.vocab_size)), dtype=torch.float32)
+        pointer = self._b.llama_get_logits_ith(self._ctx, count - 1)  # float[V], owned by llama.cpp
+        logits = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())  # one copy
         return _Output(logits=logits.view(1, 1, self.vocab_size))
-
-    def _fill_tokens(self, ids: list[int], start: int) -> int:
-        batch = self._token_batch
-        batch.n_tokens = len(ids)
-        for index, token in enumerate(ids):
-            batch.token[index] = token
-            batch.pos[index] = start + index
-            batch.n_seq_id[index] = 1
-            batch.seq_id[index][0] = 0
-            batch.logits[index] = 0
-        batch.logits[len(ids) - 1] = 1
-        return len(ids)
-
-    def _fill_embeddings(self, embeddings: torch.Tensor, start: int) -> int:
-        rows = embeddings.detach().to(torch.float32).contiguous()  # (N, D)
-        if rows.shape[1] != self.hidden_size:
-            raise ConfigError(f"embeddings of width {rows.shape[1]} do not fit this model (width {self.hidden_size})")
-        batch = self._embed_batch
-        batch.n_tokens = rows.shape[0]
-        ctypes.memmove(batch.embd, rows.data_ptr(), rows.numel() * 4)
-        for index in range(rows.shape[0]):
-            batch.pos[index] = start + index
-            batch.n_seq_id[index] = 1
-            batch.seq_id[index][0] = 0
-            batch.logits[index] = 0
-        batch.logits[rows.shape[0] - 1] = 1
-        return rows.shape[0]
 
     def _remove_from(self, position: int) -> None:
         self._b.llama_memory_seq_rm(self._memory, 0, position, -1)

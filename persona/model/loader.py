@@ -239,9 +239,8 @@ def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
     from transformers import AutoTokenizer, PretrainedConfig
 
     _quiet_transformers()
-    plain_config = for_chat
     try:
-        extra = {"config": PretrainedConfig.from_pretrained(directory)} if plain_config else {}
+        extra = {"config": PretrainedConfig.from_pretrained(directory)} if for_chat else {}
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **extra)
     except Exception as exc:
         raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None

@@ -105,13 +105,10 @@ def _int8_linear_class() -> Any:
             self.register_buffer("scale", scale)  # (out,) float32
             self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
             self._packed: Any = None  # fbgemm's packed weight, made by prepack() (on first use at the latest)
-            self._packing = threading.Lock()
 
         def prepack(self) -> Any:
-            """Pack the weight for fbgemm's kernel; a loader may call this ahead, off the main thread."""
-            with self._packing:
-                if self._packed is not None:
-                    return self._packed
+            """Pack the weight for fbgemm's kernel (once); the loader calls this ahead of the first decode step."""
+            if self._packed is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
                     qweight = torch._make_per_channel_quantized_tensor(
@@ -163,11 +160,10 @@ def _int8_linear_class() -> Any:
             rows = x.reshape(-1, self.in_features)  # (R, in)
             if rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
                 packed = self._packed if self._packed is not None else self.prepack()
-                kernel = _ROW_KERNEL
                 if rows.shape[0] == 1:  # a decode step: no split, no cat
-                    y = kernel(rows, packed, False)
+                    y = _ROW_KERNEL(rows, packed, False)
                 else:
-                    y = torch.cat([kernel(rows[index : index + 1], packed, False) for index in range(rows.shape[0])])
+                    y = torch.cat([_ROW_KERNEL(rows[index : index + 1], packed, False) for index in range(rows.shape[0])])
             else:
                 y = F.linear(rows, self._dequantised_into_scratch(), self.bias)
             return y.reshape(*x.shape[:-1], self.out_features)
@@ -237,10 +233,7 @@ def _float16_embedding_class() -> Any:
 
 
 def prepack_all(model: Any) -> None:
-    """Pack every Int8Linear of `model` for fbgemm now (rather than at its first decode step).
-
-    Safe to run on another thread while the model is in use: a layer packs once, under its lock.
-    """
+    """Pack every Int8Linear of `model` for fbgemm now (rather than at its first decode step)."""
     for module in model.modules():
         if type(module) is _int8_linear_class():
             module.prepack()

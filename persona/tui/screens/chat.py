@@ -378,8 +378,8 @@ class ChatScreen(Screen[None]):
         with self._pending_lock:
             bubble, text, speed = self._pending_bubble, "".join(self._pending), self._pending_speed
             self._pending.clear()
-            if reopen:
-                self._flush_posted = False
+            if reopen:  # the reply is over: the next one starts from nothing
+                self._flush_posted, self._pending_speed = False, 0.0
         return bubble, text, speed
 
     async def on_chat_screen_pieces_ready(self, message: PiecesReady) -> None:
