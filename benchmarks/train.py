@@ -174,8 +174,8 @@ def main() -> None:
     for arm, value in zip(arms, nll, strict=True):
         print(f"{arm.name:38} {arm.tokens / arm.seconds:9.1f} {value:13.4f} {arm.seconds / config.steps:9.2f}s")
     base = arms[0].tokens / arms[0].seconds
-    for arm, value in zip(arms[1:], nll[1:], strict=True):
-        deltas = ", ".join(f"{ours - theirs:+.4f} at step {step}" for (step, ours), (_, theirs) in zip(curves[arms.index(arm)], curves[0], strict=True))
+    for arm, curve in zip(arms[1:], curves[1:], strict=True):
+        deltas = ", ".join(f"{ours - theirs:+.4f} at step {step}" for (step, ours), (_, theirs) in zip(curve, curves[0], strict=True))
         print(f"{arm.name}: {arm.tokens / arm.seconds / base:.2f}x PEFT's tokens/s; held-out NLL vs PEFT {deltas}")
 
 
