@@ -146,6 +146,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused call; the same numbers as the steps below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
         x = x.to(torch.float32)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -174,28 +176,33 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:
-        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, 1, T, d)
-        if self.qkv_proj is not None:
-            q, k, v = self.qkv_proj(x).split(
-                [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, 1, d), see _rope
+        heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
+        if self.qkv_proj is not None:  # q and k turn together: one rotation for both
+            qkv = self.qkv_proj(x).view(batch, length, heads + 2 * kv_heads, d)
+            q, k = _rope(qkv[:, :, : heads + kv_heads], cos, sin).split([heads, kv_heads], dim=2)
+            v = qkv[:, :, heads + kv_heads :]
         else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(batch, length, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d)
-        v = v.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+            q = _rope(self.q_proj(x).view(batch, length, heads, d), cos, sin)
+            k = _rope(self.k_proj(x).view(batch, length, kv_heads, d), cos, sin)
+            v = self.v_proj(x).view(batch, length, kv_heads, d)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or H_kv, T, d)
         if cache is not None:
             k, v = cache.update(self.layer, k, v, start)  # (B, H_kv, S, d)
         causal = mask is None and length > 1 and k.shape[2] == length
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             enable_gqa=self.kv_heads != self.heads)  # (B, H, T, d)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim))
+                                             enable_gqa=kv_heads != heads)  # (B, H, T, d)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, heads * d))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x (B, T, heads, d): x cos + rotate_half(x) sin, as transformers computes it.
+
+    rotate_half(x) = [-x2, x1] for halves x1, x2; here it is x rolled by half with the sign folded
+    into `sin` (its first half negated, see LlamaDecoder.forward): four operations instead of
+    seven, and the same numbers ((-a) b = a (-b) exactly).
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class MLP(nn.Module):
@@ -315,8 +322,8 @@ class LlamaDecoder(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)  # (B, T)
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, d)
-        cos, sin = angles.cos().to(x.dtype).unsqueeze(1), angles.sin().to(x.dtype).unsqueeze(1)  # (B, 1, T, d)
+        cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1).to(x.dtype).unsqueeze(2)  # (B, T, 1, d)
+        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(x.dtype).unsqueeze(2)  # (B, T, 1, d) sign folded in, see _rope
         mask = _attention_mask(attention_mask, batch, length, start)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache, start)
