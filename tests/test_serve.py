@@ -113,3 +113,28 @@ def test_a_server_that_stops_mid_reply_is_a_one_line_error(tiny_model_dir, capsy
         path.unlink(missing_ok=True)
     assert code == 1 and out.startswith("Hel")
     assert err.startswith("persona: error:") and "--local" in err and err.count("\n") == 1
+
+
+def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys):
+    command = [sys.executable, "-m", "persona", "serve", "--model", str(tiny_model_dir), "--idle-exit", "0.05"]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        for _ in range(1200):  # torch imports, the model loads, then the socket appears
+            if socket_path().exists() or server.poll() is not None:
+                break
+            threading.Event().wait(0.05)
+        code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello")
+        assert code == 0 and json.loads(out)["reply"] is not None  # answered while it ran
+        _, err = server.communicate(timeout=60)  # 3 s after that reply it stops by itself
+    finally:
+        server.kill()
+    assert server.returncode == 0, err
+    assert "no request for 0.05 minutes; server stopped" in err
+    assert not socket_path().exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf"])
+def test_idle_exit_must_be_a_positive_number(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--idle-exit", value])
+    assert "must be a positive number of minutes" in capsys.readouterr().err

@@ -17,7 +17,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", metavar="PATH", help="a local Hugging Face model directory (default: the embedded model, or $PERSONA_MODEL)")
     add_precision_argument(parser)
+    parser.add_argument(
+        "--idle-exit", type=_minutes, metavar="MINUTES",
+        help="stop after this many minutes without a request (for a script: start it in the background and forget it)",
+    )
     parser.set_defaults(func=run)
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
