@@ -100,3 +100,19 @@ def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
     if not quantize.int8_supported():
         pytest.skip("this torch build has no fbgemm/x86 int8 kernel")
     assert load_model(tiny_model_dir, precision="auto").precision == "int8"
+
+
+def test_packing_on_several_threads_gives_every_layer_what_one_thread_gives(tiny_model_dir, monkeypatch):
+    pack_all = quantize.prepack_all
+    monkeypatch.setattr(quantize, "prepack_all", lambda model: None)  # the loader leaves the layers unpacked
+    model = load_model(tiny_model_dir, precision="int8", native=True).model
+    layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
+    assert layers and all(layer._packed is None for layer in layers)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # four packing threads, whatever this machine has
+    pack_all(model)
+    for layer in layers:
+        assert layer._packed is not None
+        x = torch.randn(1, layer.in_features)  # one row: the packed kernel's path
+        threaded = layer(x)
+        layer._packed = None
+        assert torch.equal(layer(x), threaded)  # packed again, on this thread alone

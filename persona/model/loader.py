@@ -142,8 +142,8 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         quantize_int8(model)  # what streaming did not already quantize (all of it after from_pretrained)
         if hasattr(model, "fuse_int8_projections"):  # persona's own decoder: fewer, larger int8 calls
             model.fuse_int8_projections()
-        # packed now, after the float32 embedding is gone (a lower peak); on another thread it
-        # measured slower here than in line, even next to the tokenizer's load
+        # packed now, after the float32 embedding is gone (a lower peak), on torch's threads; packing in
+        # the background while the tokenizer loads measured slower than this
         prepack_all(model)
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)

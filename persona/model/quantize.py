@@ -111,11 +111,14 @@ def _int8_linear_class() -> Any:
             if self._packed is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
-                    qweight = torch._make_per_channel_quantized_tensor(
-                        self.weight_int8, self.scale.double(), torch.zeros_like(self.scale, dtype=torch.long), 0
-                    )
-                    self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+                    self._pack()
             return self._packed
+
+        def _pack(self) -> None:
+            qweight = torch._make_per_channel_quantized_tensor(
+                self.weight_int8, self.scale.double(), torch.zeros_like(self.scale, dtype=torch.long), 0
+            )
+            self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
 
         @classmethod
         def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
@@ -233,10 +236,22 @@ def _float16_embedding_class() -> Any:
 
 
 def prepack_all(model: Any) -> None:
-    """Pack every Int8Linear of `model` for fbgemm now (rather than at its first decode step)."""
-    for module in model.modules():
-        if type(module) is _int8_linear_class():
-            module.prepack()
+    """Pack every Int8Linear of `model` for fbgemm now (rather than at its first decode step).
+
+    Packing releases the GIL, so the layers are packed on as many threads as torch uses: about
+    half the time of one thread on two cores (0.52-0.60 s against 0.94-1.14 s for the default
+    model's 120 layers here).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    layers = [m for m in model.modules() if type(m) is _int8_linear_class() and m._packed is None]
+    with warnings.catch_warnings():  # here, not in the threads: the filter list is process-wide
+        warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            for _ in pool.map(lambda layer: layer._pack(), layers):
+                pass
 
 
 def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
