@@ -137,6 +137,7 @@ def start_server(args: argparse.Namespace) -> tuple[Any, Path]:
     """The model loaded and the socket bound (owner-only); the caller runs `serve_forever`."""
     import socketserver
 
+    from persona.cli import startup
     from persona.engine.chat import ChatEngine
     from persona.errors import ConfigError
     from persona.model.loader import load_chat_model
@@ -153,6 +154,7 @@ def start_server(args: argparse.Namespace) -> tuple[Any, Path]:
             raise ConfigError(f"a persona server is already running on {path}; stop it first (Ctrl-C in its terminal)")
     loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
     engine = ChatEngine(loaded)
+    startup.ready()
     mine = identity(args)
 
     class Handler(socketserver.StreamRequestHandler):

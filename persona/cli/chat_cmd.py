@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from persona.cli import startup
 from persona.errors import ConfigError
 
 MIN_COLUMNS, MIN_LINES = 40, 12  # the chat screen's own minimum (persona.tui.screens.chat)
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print("persona: loading the model…", file=sys.stderr, flush=True)
         loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
         engine = ChatEngine(loaded)
+        startup.ready()
 
         from persona.tui.app import PersonaChatApp
 

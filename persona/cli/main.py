@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from persona import __version__
+from persona.cli import startup
 from persona.errors import PersonaError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -37,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    startup.pause()  # until the model is loaded, see persona.cli.startup
+    try:
+        return _run(argv)
+    finally:
+        startup.resume()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

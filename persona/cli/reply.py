@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from persona.cli import startup
 from persona.errors import ConfigError
 
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     persona = None if args.no_persona else resolve_persona(args.persona, args.library)
     loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
     engine = ChatEngine(loaded)
+    startup.ready()
     messages = [{"role": "user", "content": message}]
     if persona is not None:
         persona.check_fits(loaded.fingerprint)

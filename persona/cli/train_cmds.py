@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from persona.cli import startup
 from persona.errors import ConfigError, DialogueError
 
 FORMAT_CHOICES = ("auto", "txt", "jsonl", "csv")
@@ -120,6 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
     from persona.train.run import train_persona
 
     loaded = load_model(args.model)
+    startup.ready()
     try:
         trained = train_persona(
             loaded, dialogue, speaker=speaker, name=name, description=description, config=config,
@@ -191,6 +193,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from persona.train.evaluate import evaluate
 
     loaded = load_model(args.model)
+    startup.ready()
     prompt.check_fits(loaded.fingerprint)
     metrics = evaluate(
         loaded.model, Renderer(loaded.tokenizer), examples, prompt.embeddings,
