@@ -6,7 +6,8 @@ machine. The collector, running while they appear, walks them again and again: 0
 `persona reply` start there (measured with the collector off against on, same command). So
 `persona` turns it off before it imports anything (`pause`), and each command that loads a model
 turns it back on once the model is ready (`ready`), first moving everything made so far out of
-its reach (`gc.freeze`), so later collections walk only what the conversation or training creates. Objects without reference cycles are freed as usual all along.
+its reach (`gc.freeze`), so later collections walk only what the conversation or training
+creates. Objects without reference cycles are freed as usual all along.
 """
 
 from __future__ import annotations
