@@ -17,6 +17,7 @@ Protocol, one JSON object per line: the client sends a request; the server answe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -24,7 +25,10 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from persona.engine.config import GenerationConfig
 
 PROTOCOL = 1
 SOCKET_NAME = "serve.sock"
@@ -40,19 +44,14 @@ def socket_path() -> Path:
 def identity(args: argparse.Namespace) -> dict[str, Any]:
     """What a server must match to answer for these arguments: model, precision, backend, GGUF file."""
     model = args.model or os.environ.get("PERSONA_MODEL") or None
-    return {
-        "model": None if model is None else str(Path(model).expanduser().resolve()),
-        "precision": args.precision,
-        "backend": args.backend,
-        "gguf": None if args.gguf is None else str(Path(args.gguf).expanduser().resolve()),
-    }
+    return {"model": _absolute(model), "precision": args.precision, "backend": args.backend, "gguf": _absolute(args.gguf)}
 
 
 def _absolute(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def reply_via_server(args: argparse.Namespace, message: str) -> int | None:
+def reply_via_server(args: argparse.Namespace, message: str, config: GenerationConfig) -> int | None:
     """Answer through a running server: the exit code, or None when there is none that can answer."""
     path = socket_path()
     if not path.exists():
@@ -63,10 +62,7 @@ def reply_via_server(args: argparse.Namespace, message: str) -> int | None:
     request = {
         "protocol": PROTOCOL, "identity": identity(args), "message": message, "persona": persona,
         "no_persona": bool(args.no_persona), "library": _absolute(args.library), "system": args.system,
-        "json": bool(args.json),
-        "generation": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                       "repetition_penalty": args.repetition_penalty, "max_new_tokens": args.max_tokens,
-                       "seed": args.seed},
+        "json": bool(args.json), "generation": dataclasses.asdict(config),
     }
     try:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -28,16 +28,27 @@ def server(tiny_model_dir):
     thread.join(timeout=10)
 
 
+def no_local_model(monkeypatch):
+    """From here on a reply that loads a model itself fails: what succeeds was answered by the server."""
+    import persona.model.loader as loader
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reply loaded a model instead of asking the server")
+
+    monkeypatch.setattr(loader, "load_chat_model", refuse)
+
+
 def reply(capsys, *arguments):
     code = main(["reply", "--temperature", "0", "--max-tokens", "8", *arguments])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
-def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, capsys):
+def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, capsys, monkeypatch):
     model = ["--model", str(tiny_model_dir), "--no-persona"]
-    code, served, _ = reply(capsys, *model, "--json", "hello there")
     local_code, local, _ = reply(capsys, *model, "--json", "--local", "hello there")
+    no_local_model(monkeypatch)
+    code, served, _ = reply(capsys, *model, "--json", "hello there")
     assert code == local_code == 0
     served_record, local_record = json.loads(served), json.loads(local)
     served_record.pop("seconds"), local_record.pop("seconds")
@@ -115,7 +126,7 @@ def test_a_server_that_stops_mid_reply_is_a_one_line_error(tiny_model_dir, capsy
     assert err.startswith("persona: error:") and "--local" in err and err.count("\n") == 1
 
 
-def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys):
+def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys, monkeypatch):
     command = [sys.executable, "-m", "persona", "serve", "--model", str(tiny_model_dir), "--idle-exit", "0.05"]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
@@ -123,8 +134,9 @@ def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsy
             if socket_path().exists() or server.poll() is not None:
                 break
             threading.Event().wait(0.05)
+        no_local_model(monkeypatch)
         code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello")
-        assert code == 0 and json.loads(out)["reply"] is not None  # answered while it ran
+        assert code == 0 and json.loads(out)["reply"] is not None  # the server answered while it ran
         _, err = server.communicate(timeout=60)  # 3 s after that reply it stops by itself
     finally:
         server.kill()

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.local:
         from persona.server import reply_via_server
 
-        code = reply_via_server(args, message)  # a running `persona serve` answers without a model start
+        code = reply_via_server(args, message, config)  # a running `persona serve` answers without a model start
         if code is not None:
             return code
 

@@ -4,9 +4,9 @@ transformers' AutoTokenizer costs about a second and a half at every start, most
 tokenization stack. Chat needs little of it: encode, decode, the special tokens and the chat
 template. `ChatTokenizer` is that subset, built from the same files (tokenizer.json,
 tokenizer_config.json, chat_template.jinja) and rendering the template in the same jinja
-environment transformers sets up (tests compare the text), without importing transformers. It applies only to tokenizers that transformers itself runs
-straight from tokenizer.json (`TokenizersBackend`, `PreTrainedTokenizerFast`), with no custom code
-and no post-decoding clean-up; `load` returns None for anything else and the caller uses
+environment transformers sets up (tests compare the text), without importing transformers. It
+applies only to tokenizers that transformers itself runs straight from tokenizer.json
+(`TokenizersBackend`, `PreTrainedTokenizerFast`), with no custom code and no post-decoding clean-up; `load` returns None for anything else and the caller uses
 AutoTokenizer. Tests compare both on every call persona makes.
 """
 

@@ -165,16 +165,14 @@ def _save_cache(model: Any, cache: Path, weights: Path) -> None:
 
 def _cache_source(cache: Path) -> str | None:
     """The weights file a cache was made from, as its header records it; None if it records none."""
+    from safetensors import safe_open
+
     try:
-        with cache.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > 100_000_000:
-                return None
-            metadata = json.loads(handle.read(length)).get("__metadata__") or {}
-    except (OSError, ValueError, struct.error, AttributeError):
+        with safe_open(str(cache), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # unreadable or not a safetensors file (safetensors raises its own error type)
         return None
-    source = metadata.get(CACHE_SOURCE_KEY) if isinstance(metadata, dict) else None
-    return source if isinstance(source, str) else None
+    return metadata.get(CACHE_SOURCE_KEY)
 
 
 def _head(model: Any) -> tuple[Any, str | None]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from persona.errors import ModelError
-from persona.model.fastload import load_streaming
+from persona.model.fastload import WEIGHTS_FILE, load_streaming
 from persona.model.fingerprint import Fingerprint, compute_fingerprint
 from persona.paths import models_dir
 
@@ -203,7 +203,7 @@ def _checkpoint_fingerprint(directory: Path, config: Any, model_id: str) -> Fing
     from persona.model.fingerprint import fingerprint_of
 
     try:
-        with safe_open(str(directory / "model.safetensors"), framework="pt") as weights:
+        with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as weights:
             embedding = weights.get_tensor("model.embed_tokens.weight")
     except Exception as exc:
         raise ModelError(f"cannot read the input embedding of {model_id!r}: {_first_line(exc)}") from None

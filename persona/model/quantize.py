@@ -250,8 +250,7 @@ def prepack_all(model: Any) -> None:
     with warnings.catch_warnings():  # here, not in the threads: the filter list is process-wide
         warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
         with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-            for _ in pool.map(lambda layer: layer._pack(), layers):
-                pass
+            list(pool.map(lambda layer: layer._pack(), layers))  # list(): wait, and raise what a thread raised
 
 
 def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch

@@ -39,8 +39,8 @@ from persona.tui.widgets.status_bar import StatusBar
 if TYPE_CHECKING:
     from persona.tui.app import PersonaChatApp
 
-MIN_WIDTH, MIN_HEIGHT = 40, 12
-FLUSH_INTERVAL = 0.05  # seconds: the reply on screen is redrawn at most this often while it streams  # below this the screen says so instead of drawing a squashed chat
+MIN_WIDTH, MIN_HEIGHT = 40, 12  # below this the screen says so instead of drawing a squashed chat
+FLUSH_INTERVAL = 0.05  # seconds: the reply on screen is redrawn at most this often while it streams
 
 
 @dataclass
