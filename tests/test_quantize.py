@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -116,3 +118,18 @@ def test_packing_on_several_threads_gives_every_layer_what_one_thread_gives(tiny
         threaded = layer(x)
         layer._packed = None
         assert torch.equal(layer(x), threaded)  # packed again, on this thread alone
+
+
+def test_the_row_kernel_is_fbgemms_operator_called_without_the_torch_function_check():
+    """The int8 kernel is called boxed through the dispatcher (no per-call __torch_function__
+    lookup on the packed weight); it must compute exactly what `torch.ops` computes, bias included."""
+    torch.manual_seed(0)
+    layer = quantize.Int8Linear.from_linear(torch.nn.Linear(40, 24))
+    packed = layer.prepack()
+    kernel = quantize._row_kernel()
+    assert isinstance(kernel, functools.partial)  # this torch has the dispatcher entry points
+    for rows in (torch.randn(1, 40), torch.randn(1, 40) * 300.0):
+        with torch.no_grad():
+            expected = torch.ops.quantized.linear_dynamic(rows, packed, False)
+            assert torch.equal(kernel(rows, packed, False), expected)
+            assert torch.equal(layer(rows), expected)
