@@ -31,6 +31,51 @@ def test_fingerprint_changes_when_the_embeddings_change(tiny_model_dir, tiny, tm
     assert compute_fingerprint(loaded.model) != tiny.fingerprint
 
 
+def test_the_embedding_hash_is_remembered_per_weights_file_and_taken_again_when_it_changes(tiny_model_dir, tmp_path, monkeypatch):
+    import os
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from persona.model import fingerprint as fingerprints
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    first = load_model(copy, native=True).fingerprint
+    hashed = []
+    real = fingerprints.fingerprint_of
+    monkeypatch.setattr(fingerprints, "fingerprint_of", lambda *a: hashed.append(1) or real(*a))
+    assert load_model(copy, native=True).fingerprint == first  # remembered: not hashed again
+    assert load_model(copy, precision="int8", native=True).fingerprint == first
+    assert hashed == []
+
+    weights = copy / "model.safetensors"  # new embedding, same size: the modification time tells
+    tensors = load_file(str(weights))
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"] + 1.0
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    changed = load_model(copy, native=True)
+    assert hashed == [1]
+    assert changed.fingerprint != first
+    assert changed.fingerprint == fingerprints.compute_fingerprint(changed.model)
+    with torch.no_grad():
+        assert torch.equal(changed.model.get_input_embeddings().weight, tensors["model.embed_tokens.weight"])
+
+
+def test_an_unreadable_hash_store_only_means_hashing_again(tiny_model_dir, tiny):
+    from persona.model.fingerprint import DIGEST_CACHE
+    from persona.paths import models_dir
+
+    store = models_dir() / DIGEST_CACHE
+    for garbage in ("{not json", "[1, 2]", '{"x": 5}'):
+        store.write_text(garbage, encoding="utf-8")
+        assert load_model(tiny_model_dir, native=True).fingerprint == tiny.fingerprint
+    store.unlink()
+    store.mkdir()  # a directory where the file should be: nothing can be read or written
+    assert load_model(tiny_model_dir, native=True).fingerprint == tiny.fingerprint
+
+
 def test_model_env_var_is_used(tiny_model_dir, monkeypatch):
     monkeypatch.setenv("PERSONA_MODEL", str(tiny_model_dir))
     assert load_model().model_id == str(tiny_model_dir)

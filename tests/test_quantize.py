@@ -106,7 +106,7 @@ def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
 
 def test_packing_on_several_threads_gives_every_layer_what_one_thread_gives(tiny_model_dir, monkeypatch):
     pack_all = quantize.prepack_all
-    monkeypatch.setattr(quantize, "prepack_all", lambda model: None)  # the loader leaves the layers unpacked
+    monkeypatch.setattr(quantize, "prepack_all", lambda model, background=False: None)  # the loader leaves the layers unpacked
     model = load_model(tiny_model_dir, precision="int8", native=True).model
     layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
     assert layers and all(layer._packed is None for layer in layers)
@@ -133,3 +133,41 @@ def test_the_row_kernel_is_fbgemms_operator_called_without_the_torch_function_ch
             expected = torch.ops.quantized.linear_dynamic(rows, packed, False)
             assert torch.equal(kernel(rows, packed, False), expected)
             assert torch.equal(layer(rows), expected)
+
+
+def test_packing_in_the_background_races_decode_steps_without_changing_a_number(tiny_model_dir, monkeypatch):
+    pack_all = quantize.prepack_all
+    monkeypatch.setattr(quantize, "prepack_all", lambda model, background=False: None)
+    model = load_model(tiny_model_dir, precision="int8", native=True).model
+    layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
+    rows = [torch.randn(1, layer.in_features) for layer in layers]
+    with torch.no_grad():
+        expected = [layer(x) for layer, x in zip(layers, rows, strict=True)]  # packed here, one at a time
+        for layer in layers:
+            layer._packed = None
+        thread = pack_all(model, background=True)
+        assert thread is not None
+        for layer, x, want in reversed(list(zip(layers, rows, expected, strict=True))):  # from the end: meets the packer midway
+            assert torch.equal(layer(x), want)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert all(layer._packed is not None for layer in layers)
+
+
+def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_path):
+    """Ending mid-pack used to abort the process (a C++ call still running at interpreter teardown)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import torch\n"
+        "from persona.model import quantize\n"
+        "layers = [quantize.Int8Linear.from_linear(torch.nn.Linear(1024, 1024)) for _ in range(48)]\n"
+        "quantize.prepack_all(torch.nn.Sequential(*layers), background=True)\n"
+        "print('leaving', flush=True)\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "leaving" in done.stdout and "terminate" not in done.stderr

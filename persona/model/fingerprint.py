@@ -7,14 +7,19 @@ model it was trained on, so it is only meaningful on a model with the same finge
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from persona.errors import PromptFormatError
 
 EMBEDDING_HASH_CHARS = 16
+DIGEST_CACHE = "embedding-digests.json"  # in the models dir: weights file -> its embedding's hash
+DIGEST_CACHE_ENTRIES = 64
 
 
 @dataclass(frozen=True)
@@ -63,3 +68,50 @@ def fingerprint_of(architecture: str, embedding: Any) -> Fingerprint:
         vocab_size=int(table.shape[0]),
         embedding_sha256=digest,
     )
+
+
+def remembered_fingerprint(model: Any, weights: Path) -> Fingerprint:
+    """compute_fingerprint(model) for a model whose input embedding was read from `weights`.
+
+    Hashing the embedding costs about 0.08 s at every start for the default model, so its hash is
+    remembered in the models dir, keyed by the weights file's path, size and modification time (as
+    the int8 cache is): a changed file is hashed again. Anything unreadable or unwritable there
+    only means hashing.
+    """
+    from persona.paths import models_dir
+
+    try:
+        stat = weights.stat()
+        key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        store = models_dir() / DIGEST_CACHE
+    except OSError:
+        return compute_fingerprint(model)
+    digests = _read_digests(store)
+    weight = model.get_input_embeddings().weight  # (V, D)
+    digest = digests.get(key)
+    if isinstance(digest, str) and len(digest) == EMBEDDING_HASH_CHARS:
+        architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
+        return Fingerprint(str(architectures[0]), int(weight.shape[1]), int(weight.shape[0]), digest)
+    fingerprint = compute_fingerprint(model)
+    digests.pop(key, None)
+    digests[key] = fingerprint.embedding_sha256
+    _write_digests(store, dict(list(digests.items())[-DIGEST_CACHE_ENTRIES:]))
+    return fingerprint
+
+
+def _read_digests(store: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_digests(store: Path, digests: dict[str, str]) -> None:
+    staging = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+    try:
+        staging.write_text(json.dumps(digests, indent=0), encoding="utf-8")
+        os.replace(staging, store)  # whole or not at all, whoever writes last
+    except OSError:
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from persona.errors import ModelError
 from persona.model.fastload import WEIGHTS_FILE, load_streaming
-from persona.model.fingerprint import Fingerprint, compute_fingerprint
+from persona.model.fingerprint import Fingerprint, compute_fingerprint, remembered_fingerprint
 from persona.paths import models_dir
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
@@ -137,14 +137,16 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         model = _load_transformers(directory, model_id, int8=precision == "int8")
     model.eval()
     model.requires_grad_(False)
-    fingerprint = compute_fingerprint(model)  # the float32 input embedding, whatever the precision
+    # the float32 input embedding, whatever the precision
+    weights = directory / WEIGHTS_FILE
+    fingerprint = remembered_fingerprint(model, weights) if weights.is_file() else compute_fingerprint(model)
     if precision == "int8":
         quantize_int8(model)  # what streaming did not already quantize (all of it after from_pretrained)
         if hasattr(model, "fuse_int8_projections"):  # persona's own decoder: fewer, larger int8 calls
             model.fuse_int8_projections()
-        # packed now, after the float32 embedding is gone (a lower peak), on torch's threads; packing in
-        # the background while the tokenizer loads measured slower than this
-        prepack_all(model)
+        # packed from now on, after the float32 embedding is gone (a lower peak), on a thread of its own:
+        # the tokenizer and the first prompt (which uses the unpacked weights) do not wait for it
+        prepack_all(model, background=True)
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
 

@@ -21,7 +21,10 @@ through the incremental path chat takes. Training always uses the float32 model.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
+import os
 import threading
 import warnings
 from typing import Any
@@ -34,6 +37,7 @@ ROW_KERNEL_MAX_ROWS = 4  # up to this many rows go through the int8 kernel row b
 # So weights use 7 bits (+-63) and activations all 8. The usual split (8-bit weights, activations
 # cut to 7 bits by reduce_range) measured worse here: the activation error is what NLL feels.
 WEIGHT_LEVELS = 63
+QUANTIZED_TENSOR_WARNING = r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor"
 _ROW_KERNEL: Any = None  # fbgemm's dynamic int8 linear, set when Int8Linear is built
 _SCRATCH = threading.local()  # per thread: one float32 buffer the many-rows path dequantises into
 
@@ -92,6 +96,9 @@ def _int8_linear_class() -> Any:
 
     global _ROW_KERNEL
     _ROW_KERNEL = _row_kernel()
+    # packing makes a quantized tensor, which torch warns is deprecated; that one message only, set
+    # here once (catch_warnings in the packing threads would race on the process-wide filter list)
+    warnings.filterwarnings("ignore", message=QUANTIZED_TENSOR_WARNING, category=UserWarning)
 
     class Int8Linear(torch.nn.Module):
         """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
@@ -104,13 +111,14 @@ def _int8_linear_class() -> Any:
             self.register_buffer("scale", scale)  # (out,) float32
             self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
             self._packed: Any = None  # fbgemm's packed weight, made by prepack() (on first use at the latest)
+            self._pack_lock = threading.Lock()  # a decode step and the background packer never pack it twice
 
         def prepack(self) -> Any:
-            """Pack the weight for fbgemm's kernel (once); the loader calls this ahead of the first decode step."""
+            """Pack the weight for fbgemm's kernel (once, whichever thread asks first); see prepack_all."""
             if self._packed is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
-                    self._pack()
+                with self._pack_lock:
+                    if self._packed is None:
+                        self._pack()
             return self._packed
 
         def _pack(self) -> None:
@@ -259,22 +267,48 @@ def _float16_embedding_class() -> Any:
     return Float16Embedding
 
 
-def prepack_all(model: Any) -> None:
-    """Pack every Int8Linear of `model` for fbgemm now (rather than at its first decode step).
+def prepack_all(model: Any, *, background: bool = False) -> threading.Thread | None:
+    """Pack every Int8Linear of `model` for fbgemm now, rather than at its first decode step.
 
-    Packing releases the GIL, so the layers are packed on as many threads as torch uses: about
-    half the time of one thread on two cores (0.52-0.60 s against 0.94-1.14 s for the default
-    model's 120 layers here).
+    Packing releases the GIL, so by default the layers are packed on as many threads as torch uses:
+    about half the time of one thread on two cores (0.52-0.60 s against 0.94-1.14 s for the default
+    model's 120 layers here). background=True packs them in order on one thread of their own and
+    returns at once (the thread is returned): encoding a prompt uses the unpacked weights, so the
+    first token does not wait for packing, while the cores are shared; a decode step that reaches
+    a layer first packs it itself, so the numbers never depend on timing.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     layers = [m for m in model.modules() if type(m) is _int8_linear_class() and m._packed is None]
-    with warnings.catch_warnings():  # here, not in the threads: the filter list is process-wide
-        warnings.simplefilter("ignore")  # torch marks quantized tensors as deprecated
-        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-            list(pool.map(lambda layer: layer._pack(), layers))  # list(): wait, and raise what a thread raised
+    if background:
+        stop = threading.Event()
+        thread = threading.Thread(target=_pack_in_order, args=(layers, stop), name="persona-int8-packing", daemon=True)
+        thread.start()
+        atexit.register(_stop_packing, stop, thread)  # a process that ends first must not be torn down mid-pack
+        return thread
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        list(pool.map(lambda layer: layer.prepack(), layers))  # list(): wait, and raise what a thread raised
+    return None
+
+
+def _pack_in_order(layers: list[Any], stop: threading.Event) -> None:
+    with contextlib.suppress(AttributeError, OSError):  # a lower priority: work on the prompt comes first
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    for layer in layers:
+        if stop.is_set():
+            return
+        try:
+            layer.prepack()
+        except Exception:  # noqa: BLE001 - the layer packs itself at first use, and raises there
+            return
+
+
+def _stop_packing(stop: threading.Event, thread: threading.Thread) -> None:
+    """At exit: let the layer being packed finish (milliseconds), pack no more, wait for the thread."""
+    stop.set()
+    thread.join()
 
 
 def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
