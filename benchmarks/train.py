@@ -6,8 +6,9 @@
 Both start from the same prompt (the description's token embeddings) and train with AdamW on the
 same rendered examples. PEFT runs the usual way: `get_peft_model` + `PromptTuningConfig`, shuffled
 batches padded to their longest example, the model's own loss over full logits. Ours buckets
-batches by length and projects to the vocabulary only where a reply token is predicted. A third
-row runs ours on PEFT's exact batches, to show how much each of the two ideas contributes.
+batches by length, runs the soft prompt once per batch (its keys and values shared by the rows)
+and projects to the vocabulary only where a reply token is predicted. A third row runs ours on
+PEFT's exact batches, to show what the bucketing contributes.
 The arms take turns step by step, so on a shared machine they all see the same load; tokens/s
 counts real (unpadded) input tokens per second of optimiser steps. Held-out NLL is printed every
 --eval-every steps: different batches see different examples first, which moves a short run's
@@ -164,7 +165,7 @@ def main() -> None:
 
     arms = [
         peft_arm(args.model, start, heldout, peft_batches, config.lr, pad_id),
-        our_arm("persona (bucketed, labelled logits)", loaded.model, start, heldout, schedule(lengths, config.batch_size, config.seed, config.steps), config.lr, pad_id),
+        our_arm("persona", loaded.model, start, heldout, schedule(lengths, config.batch_size, config.seed, config.steps), config.lr, pad_id),
     ]
     if not args.no_ablation:
         arms.append(our_arm("persona on PEFT's batches", loaded.model, start, heldout, peft_batches, config.lr, pad_id))

@@ -52,3 +52,37 @@ def test_without_a_prompt_it_is_the_models_own_loss(tiny) -> None:
     with torch.no_grad():
         reference = tiny.model(input_ids=ids, attention_mask=mask, labels=labels).loss
     assert (total / count).item() == pytest.approx(reference.item(), abs=1e-5)
+
+
+def test_the_prompt_runs_once_per_batch_and_gives_what_every_row_running_it_gives(tiny) -> None:
+    """The shared prompt (a batch of one, its keys and values repeated for each row) is an exact
+    rewrite: value and gradient equal the plain [P ; ids] pass, padding and a label on the very
+    first token (predicted from the prompt's last position) included."""
+    generator = torch.Generator().manual_seed(3)
+    vocab = len(tiny.tokenizer)
+    examples = []
+    for length, first_reply in ((9, 0), (14, 5), (6, 2), (11, 7)):
+        ids = torch.randint(3, vocab, (length,), generator=generator).tolist()
+        examples.append(EncodedExample(ids, [IGNORE_INDEX] * first_reply + ids[first_reply:]))
+    ids, mask, labels = collate(examples, pad_id=0)  # (4, 14) right-padded
+    assert (mask == 0).any() and labels[0, 0] != IGNORE_INDEX
+    start = torch.randn(6, tiny.fingerprint.hidden_size, generator=generator)
+
+    decoder = tiny.model.model
+    batch_sizes: list[tuple[int, int]] = []
+    hook = decoder.register_forward_pre_hook(lambda _m, _a, kw: batch_sizes.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    results = {}
+    try:
+        for share in (True, False):
+            batch_sizes.clear()
+            prompt = torch.nn.Parameter(start.clone())
+            total, count = labelled_nll(tiny.model, prompt, ids, mask, labels, share_prompt=share)
+            (total / count).backward()
+            results[share] = (total.detach(), count, prompt.grad, list(batch_sizes))
+    finally:
+        hook.remove()
+    assert results[True][3] == [(1, 6), (4, 14)]  # the prompt once, then the rows' own tokens
+    assert results[False][3] == [(4, 20)]
+    assert results[True][1] == results[False][1] == int((labels != IGNORE_INDEX).sum())
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[True][2], results[False][2], atol=1e-6, rtol=1e-4)

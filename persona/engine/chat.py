@@ -20,7 +20,7 @@ from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
 from persona.engine.sampling import Sampler
 from persona.errors import ConfigError
-from persona.model.llama import new_cache
+from persona.model.llama import cache_argument_name, new_cache
 from persona.model.loader import LoadedModel
 from persona.prompt.inject import prepend_prompt
 from persona.prompt.render import Message, Renderer
@@ -66,7 +66,7 @@ class ChatEngine:
         self.last = GenerationStats()
         self._caches: OrderedDict[str, _PrefixCache] = OrderedDict()
         self._lock = threading.Lock()
-        self.cache_arg = _cache_argument_name(self.model)
+        self.cache_arg = cache_argument_name(self.model)
 
     # ---- public ---------------------------------------------------------------------------------
 
@@ -229,13 +229,6 @@ def _crop_to(past: Any, length: int) -> None:
     surplus = past.get_seq_length() - length
     if surplus > 0:
         past.crop(-surplus)
-
-
-def _cache_argument_name(model: object) -> str:
-    """transformers renamed `past_key_values` to `cache`; use whichever this version's forward takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # type: ignore[attr-defined]
 
 
 def _stop_token_ids(loaded: LoadedModel) -> set[int]:

@@ -134,6 +134,13 @@ def new_cache(model: Any) -> Any:
     return DynamicCache()
 
 
+def cache_argument_name(model: Any) -> str:
+    """transformers renamed `past_key_values` to `cache`; whichever this version's forward takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @dataclass
 class CausalOutput:
     logits: torch.Tensor  # (B, kept, V)
