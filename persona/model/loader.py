@@ -145,7 +145,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         if hasattr(model, "fuse_int8_projections"):  # persona's own decoder: fewer, larger int8 calls
             model.fuse_int8_projections()
         # packed from now on, after the float32 embedding is gone (a lower peak), on a thread of its own:
-        # the tokenizer and the first prompt (which uses the unpacked weights) do not wait for it
+        # the first prompt (which uses the unpacked weights) does not wait for it
         prepack_all(model, background=True)
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
