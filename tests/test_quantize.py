@@ -136,6 +136,12 @@ def test_the_row_kernel_is_fbgemms_operator_called_without_the_torch_function_ch
 
 
 def test_packing_in_the_background_races_decode_steps_without_changing_a_number(tiny_model_dir, monkeypatch):
+    """The packer goes front to back while decode steps go back to front: they meet midway, each
+    layer is packed exactly once (by whichever thread reaches it first), and the numbers are
+    those of packing on one thread."""
+    import threading
+    import time
+
     pack_all = quantize.prepack_all
     monkeypatch.setattr(quantize, "prepack_all", lambda model, background=False: None)
     model = load_model(tiny_model_dir, precision="int8", native=True).model
@@ -143,21 +149,40 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     rows = [torch.randn(1, layer.in_features) for layer in layers]
     with torch.no_grad():
         expected = [layer(x) for layer, x in zip(layers, rows, strict=True)]  # packed here, one at a time
-        for layer in layers:
-            layer._packed = None
-        thread = pack_all(model, background=True)
-        assert thread is not None
-        for layer, x, want in reversed(list(zip(layers, rows, expected, strict=True))):  # from the end: meets the packer midway
+    for layer in layers:
+        layer._packed = None
+
+    real_pack = quantize.Int8Linear._pack
+    packed_by: dict[int, list[str]] = {}
+    packer_started = threading.Event()
+
+    def slow_pack(layer):
+        packed_by.setdefault(id(layer), []).append(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread():
+            packer_started.set()
+        time.sleep(0.02)  # long enough for the two threads to overlap
+        real_pack(layer)
+
+    monkeypatch.setattr(quantize.Int8Linear, "_pack", slow_pack)
+    thread = pack_all(model, background=True)
+    assert thread is not None and packer_started.wait(30)
+    with torch.no_grad():
+        for layer, x, want in reversed(list(zip(layers, rows, expected, strict=True))):
             assert torch.equal(layer(x), want)
     thread.join(timeout=60)
     assert not thread.is_alive()
-    assert all(layer._packed is not None for layer in layers)
+    assert sorted(packed_by) == sorted(id(layer) for layer in layers)
+    assert all(len(names) == 1 for names in packed_by.values())  # never packed twice
+    packers = {names[0] for names in packed_by.values()}
+    assert packers == {thread.name, threading.main_thread().name}  # both did some: they really raced
 
 
 def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_path):
     """Ending mid-pack used to abort the process (a C++ call still running at interpreter teardown)."""
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
     script = tmp_path / "leave.py"
     script.write_text(
@@ -168,6 +193,8 @@ def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_p
         "print('leaving', flush=True)\n",
         encoding="utf-8",
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    root = Path(__file__).resolve().parent.parent  # this checkout's persona, whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-500:]
     assert "leaving" in done.stdout and "terminate" not in done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -86,3 +88,33 @@ def test_the_prompt_runs_once_per_batch_and_gives_what_every_row_running_it_give
     assert results[True][1] == results[False][1] == int((labels != IGNORE_INDEX).sum())
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[True][2], results[False][2], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer_type", ["sliding_attention", "linear_attention"])
+def test_models_whose_cache_is_not_plain_keys_and_values_train_on_the_plain_pass(tiny, layer_type, monkeypatch) -> None:
+    """Hybrid models (recurrent or convolutional state) and windowed attention cannot share the
+    prompt through a repeated cache; they must take the plain pass, not fail or differ."""
+    import copy
+
+    from persona.train import loss
+
+    plain = copy.deepcopy(tiny.model.config)
+    assert loss._shareable_cache(SimpleNamespace(config=plain)) is not None  # the tiny Llama shares it
+    hybrid = copy.deepcopy(tiny.model.config)
+    hybrid.layer_types = ["full_attention", layer_type]
+    hybrid.sliding_window = 4
+    assert loss._shareable_cache(SimpleNamespace(config=hybrid)) is None
+
+    ids, mask, labels = batch_for(tiny.tokenizer)
+    prompt = torch.randn(5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(4))
+    shapes: list[tuple[int, int]] = []
+    hook = tiny.model.model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    monkeypatch.setattr(loss, "_shareable_cache", lambda decoder: None)  # as for such a model
+    try:
+        with torch.no_grad():
+            total, count = labelled_nll(tiny.model, prompt, ids, mask, labels)
+            reference, _ = labelled_nll(tiny.model, prompt, ids, mask, labels, share_prompt=False)
+    finally:
+        hook.remove()
+    assert shapes == [(2, ids.shape[1] + 5)] * 2  # one plain pass each, no batch-of-one prompt pass
+    assert torch.equal(total, reference) and count == int((labels != IGNORE_INDEX).sum())

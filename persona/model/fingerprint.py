@@ -20,6 +20,7 @@ from persona.errors import PromptFormatError
 EMBEDDING_HASH_CHARS = 16
 DIGEST_CACHE = "embedding-digests.json"  # in the models dir: weights file -> its embedding's hash
 DIGEST_CACHE_ENTRIES = 64
+DIGEST_CACHE_VERSION = "1"  # bump if what is hashed changes
 
 
 @dataclass(frozen=True)
@@ -70,26 +71,38 @@ def fingerprint_of(architecture: str, embedding: Any) -> Fingerprint:
     )
 
 
-def remembered_fingerprint(model: Any, weights: Path) -> Fingerprint:
-    """compute_fingerprint(model) for a model whose input embedding was read from `weights`.
+def weights_key(weights: Path) -> str | None:
+    """What identifies the contents of a weights file for remembered_fingerprint (None: cannot stat it).
+
+    Take it before reading the weights: a file replaced while it is read then misses the store.
+    """
+    try:
+        stat = weights.stat()
+        return f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{DIGEST_CACHE_VERSION}"
+    except OSError:
+        return None
+
+
+def remembered_fingerprint(model: Any, key: str | None) -> Fingerprint:
+    """compute_fingerprint(model), for a model read from the weights file `key` names (weights_key).
 
     Hashing the embedding costs about 0.08 s at every start for the default model, so its hash is
-    remembered in the models dir, keyed by the weights file's path, size and modification time (as
-    the int8 cache is): a changed file is hashed again. Anything unreadable or unwritable there
-    only means hashing.
+    remembered in the models dir under the weights file's path, size and modification time (as
+    the int8 cache is keyed): a changed file is hashed again. Anything unreadable or unwritable
+    there only means hashing.
     """
     from persona.paths import models_dir
 
+    if key is None:
+        return compute_fingerprint(model)
     try:
-        stat = weights.stat()
-        key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         store = models_dir() / DIGEST_CACHE
     except OSError:
         return compute_fingerprint(model)
     digests = _read_digests(store)
     weight = model.get_input_embeddings().weight  # (V, D)
     digest = digests.get(key)
-    if isinstance(digest, str) and len(digest) == EMBEDDING_HASH_CHARS:
+    if isinstance(digest, str) and len(digest) == EMBEDDING_HASH_CHARS and all(c in "0123456789abcdef" for c in digest):
         architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
         return Fingerprint(str(architectures[0]), int(weight.shape[1]), int(weight.shape[0]), digest)
     fingerprint = compute_fingerprint(model)

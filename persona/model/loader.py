@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from persona.errors import ModelError
 from persona.model.fastload import WEIGHTS_FILE, load_streaming
-from persona.model.fingerprint import Fingerprint, compute_fingerprint, remembered_fingerprint
+from persona.model.fingerprint import Fingerprint, remembered_fingerprint, weights_key
 from persona.paths import models_dir
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
@@ -131,15 +131,15 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         precision = CHAT_PRECISION_AUTO if int8_supported() else "fp32"
     if precision == "int8":
         require_int8()
+    weights = directory / WEIGHTS_FILE
+    key = weights_key(weights) if weights.is_file() else None  # before reading: see weights_key
     model = _load_native(directory, model_id, int8=precision == "int8") if native else None
     model_is_native = model is not None
     if model is None:
         model = _load_transformers(directory, model_id, int8=precision == "int8")
     model.eval()
     model.requires_grad_(False)
-    # the float32 input embedding, whatever the precision
-    weights = directory / WEIGHTS_FILE
-    fingerprint = remembered_fingerprint(model, weights) if weights.is_file() else compute_fingerprint(model)
+    fingerprint = remembered_fingerprint(model, key)  # the float32 input embedding, whatever the precision
     if precision == "int8":
         quantize_int8(model)  # what streaming did not already quantize (all of it after from_pretrained)
         if hasattr(model, "fuse_int8_projections"):  # persona's own decoder: fewer, larger int8 calls

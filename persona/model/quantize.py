@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import functools
 import os
+import sys
 import threading
 import warnings
 from typing import Any
@@ -294,8 +295,9 @@ def prepack_all(model: Any, *, background: bool = False) -> threading.Thread | N
 
 
 def _pack_in_order(layers: list[Any], stop: threading.Event) -> None:
-    with contextlib.suppress(AttributeError, OSError):  # a lower priority: work on the prompt comes first
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    if sys.platform.startswith("linux"):  # a lower priority: work on the prompt comes first (Linux: per thread)
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     for layer in layers:
         if stop.is_set():
             return

@@ -49,8 +49,9 @@ def labelled_nll(
     """
     decoder, head = decoder_and_head(model)
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
-    if prompt is not None and share_prompt and input_ids.shape[0] > 1:
-        hidden = _hidden_after_shared_prompt(decoder, prompt, embeds, attention_mask)  # (B, N+T, D)
+    cache = _shareable_cache(decoder) if prompt is not None and share_prompt and input_ids.shape[0] > 1 else None
+    if cache is not None:
+        hidden = _hidden_after_shared_prompt(decoder, prompt, embeds, attention_mask, cache)  # (B, N+T, D)
         _, _, labels = prepend_prompt(prompt, embeds[:, :0], None, labels)  # (B, N+T)
     else:
         if prompt is not None:
@@ -67,16 +68,43 @@ def labelled_nll(
     return total, int(wanted.sum())
 
 
-def _hidden_after_shared_prompt(decoder: Any, prompt: torch.Tensor, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _shareable_cache(decoder: Any) -> Any | None:
+    """An empty KV cache for `decoder` whose every layer holds plain keys and values, else None.
+
+    Only such a cache is an exact stand-in for running the prompt in every row: a batch can repeat
+    it, and attending to it is what the plain pass computes. Recurrent or convolutional state
+    (hybrid models), sliding or chunked windows and anything else get the plain pass.
+    """
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+    config = getattr(decoder, "config", None)
+    if config is None:
+        return None
+    try:
+        cache = DynamicCache(config=config)
+    except Exception:  # noqa: BLE001 - a config this transformers cannot lay a cache out for: the plain pass
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return cache
+
+
+def _hidden_after_shared_prompt(decoder: Any, prompt: torch.Tensor, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                                cache: Any) -> torch.Tensor:
     """The decoder's last hidden states over [P ; embeds] for every row, P's computed once.
 
-    prompt (N, D) runs as a batch of one; its keys and values, repeated for each row, are the
-    cache the rows' own tokens (B, T, D) then attend to, at positions N.., padding masked as usual.
+    prompt (N, D) runs as a batch of one into `cache` (empty, see _shareable_cache); its keys and
+    values, repeated for each row, are what the rows' own tokens (B, T, D) then attend to, at
+    positions N.., padding masked as usual.
     """
     batch = embeds.shape[0]
-    prefix = decoder(inputs_embeds=prompt.to(embeds.dtype).unsqueeze(0), use_cache=True)  # (1, N, D)
-    cache = prefix.past_key_values
+    argument = cache_argument_name(decoder)
+    prefix = decoder(inputs_embeds=prompt.to(embeds.dtype).unsqueeze(0), use_cache=True, **{argument: cache})  # (1, N, D)
     cache.batch_repeat_interleave(batch)  # (1, ...) -> (B, ...) in every layer; backward sums over rows
     mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[0]), attention_mask], dim=1)  # (B, N+T)
-    rows = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **{cache_argument_name(decoder): cache})  # (B, T, D)
+    rows = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **{argument: cache})  # (B, T, D)
     return torch.cat([prefix.last_hidden_state.expand(batch, -1, -1), rows.last_hidden_state], dim=1)  # (B, N+T, D)
