@@ -48,3 +48,28 @@ def test_scores_match_transformers_processors(settings):
         finite = ~torch.isinf(theirs)
         torch.testing.assert_close(ours[finite], theirs[finite], atol=1e-6, rtol=1e-6)
         assert finite.sum() >= 1
+
+
+def test_a_tie_at_the_kth_score_keeps_every_tied_token_as_transformers_does():
+    config = GenerationConfig(temperature=1.0, top_k=3, top_p=0.95, repetition_penalty=1.0, seed=0)
+    logits = torch.tensor([[5.0, 1.0, 4.0, 2.0, 2.0, 2.0, -1.0, 0.5]])  # the 3rd highest (2.0) is tied three times
+    seen = torch.zeros(1, 1, dtype=torch.long)
+    ours = Sampler(config).process(logits, seen)
+    theirs = reference(config)(seen, logits.clone())
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    assert int((~torch.isinf(ours)).sum()) > 3  # more than k survive: the tie took the whole-vocabulary path
+
+
+def test_drawing_among_the_top_k_samples_what_the_processed_scores_say():
+    """The draw runs on the top-k survivors only; it must follow softmax(process(...)) over the vocabulary."""
+    config = GenerationConfig(temperature=0.8, top_k=6, top_p=0.9, repetition_penalty=1.2, seed=11)
+    logits = torch.randn(1, 300, generator=torch.Generator().manual_seed(5)) * 2  # (1, V)
+    seen = torch.tensor([[int(logits.argmax()), 7, 7]])
+    sampler = Sampler(config)
+    expected = torch.softmax(sampler.process(logits, seen), dim=-1)[0]  # (V,)
+    draws = 4000
+    counts = torch.bincount(torch.tensor([sampler.next_token(logits, seen) for _ in range(draws)]), minlength=300)
+    assert set(torch.nonzero(counts).flatten().tolist()) <= set(torch.nonzero(expected).flatten().tolist())
+    assert (counts / draws - expected).abs().max() < 0.03  # about 4 standard errors at these sizes
+    first, second = Sampler(config), Sampler(config)  # the same seed: the same draws
+    assert [first.next_token(logits, seen) for _ in range(20)] == [second.next_token(logits, seen) for _ in range(20)]

@@ -45,23 +45,45 @@ class Sampler:
             self.generator.seed()
 
     def process(self, logits: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        """The scores the next token is chosen from: (1, V) logits of the last position, seen (1, S)."""
+        """The scores the next token is chosen from: (B, V), -inf where a token cannot be chosen.
+
+        logits: (B, V) of the last position; seen: (B, S) ids that the repetition penalty covers.
+        """
+        scores, ids = self._candidates(logits, seen)
+        if ids is None:
+            return scores
+        return torch.full_like(logits, float("-inf"), dtype=scores.dtype).scatter(1, ids, scores)
+
+    def next_token(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
+        """logits: (1, V) for the last position; seen: (1, S) ids that the repetition penalty covers."""
+        scores, ids = self._candidates(logits, seen)  # (1, V) or (1, k)
+        if self.config.greedy:
+            return int(scores.argmax(dim=-1))
+        probs = torch.softmax(scores, dim=-1)
+        choice = torch.multinomial(probs, num_samples=1, generator=self.generator)  # (1, 1)
+        return int(choice) if ids is None else int(ids.gather(1, choice))
+
+    def _candidates(self, logits: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scores, ids): the scores to choose from and, where they are not the whole vocabulary, the
+        vocabulary ids they belong to (None: scores is (B, V), one per token).
+
+        With top-k on, top-p and the draw only need the k survivors: sorting and sampling over the
+        whole vocabulary (49,152 tokens for the default model) cost about 3.5 ms a token here, a
+        tenth of a decode step, for the same choice. A tie at the k-th score (top-k then keeps
+        more than k) takes the whole-vocabulary path.
+        """
         config = self.config
         scores = logits.float()
         if config.repetition_penalty != 1.0:
             scores = repetition_penalty(scores, seen, config.repetition_penalty)
-        if not config.greedy:
-            scores = scores / config.temperature
-            if config.top_k > 0:
-                scores = top_k_filter(scores, config.top_k)
-            if config.top_p < 1.0:
-                scores = top_p_filter(scores, config.top_p)
-        return scores
-
-    def next_token(self, logits: torch.Tensor, seen: torch.Tensor) -> int:
-        """logits: (1, V) for the last position; seen: (1, S) ids that the repetition penalty covers."""
-        scores = self.process(logits, seen)  # (1, V)
-        if self.config.greedy:
-            return int(scores.argmax(dim=-1))
-        probs = torch.softmax(scores, dim=-1)  # (1, V)
-        return int(torch.multinomial(probs, num_samples=1, generator=self.generator))
+        if config.greedy:
+            return scores, None
+        scores = scores / config.temperature
+        if 0 < config.top_k < scores.shape[-1]:
+            values, ids = torch.topk(scores, config.top_k)  # (B, k) highest first
+            if bool(((scores >= values[..., -1:]).sum(dim=-1) == config.top_k).all()):  # exactly these k survive
+                return (top_p_filter(values, config.top_p) if config.top_p < 1.0 else values), ids
+            scores = top_k_filter(scores, config.top_k)
+        if config.top_p < 1.0:
+            scores = top_p_filter(scores, config.top_p)
+        return scores, None
