@@ -55,11 +55,17 @@ def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = F
     return _fill(_skeleton(config, native), path, int8=False)
 
 
+def file_identity(weights: Path) -> str:
+    """A weights file's path, size and modification time: what the caches derived from it are keyed by
+    (a changed file gets a new key). Raises OSError where the file cannot be read."""
+    stat = weights.stat()
+    return f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
 def int8_cache_path(weights: Path) -> Path:
     from persona.paths import models_dir
 
-    stat = weights.stat()
-    key = f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{INT8_CACHE_VERSION}"
+    key = f"{file_identity(weights)}|{INT8_CACHE_VERSION}"
     return models_dir() / "int8-cache" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
 
 

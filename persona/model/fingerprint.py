@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,12 @@ class Fingerprint:
 
 def compute_fingerprint(model: Any) -> Fingerprint:
     """Fingerprint a transformers causal LM from its config and input embedding matrix."""
-    weight = model.get_input_embeddings().weight.detach()  # (V, D)
+    return fingerprint_of(_architecture(model), model.get_input_embeddings().weight.detach())
+
+
+def _architecture(model: Any) -> str:
     architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
-    return fingerprint_of(str(architectures[0]), weight)
+    return str(architectures[0])
 
 
 def fingerprint_of(architecture: str, embedding: Any) -> Fingerprint:
@@ -76,9 +78,10 @@ def weights_key(weights: Path) -> str | None:
 
     Take it before reading the weights: a file replaced while it is read then misses the store.
     """
+    from persona.model.fastload import file_identity
+
     try:
-        stat = weights.stat()
-        return f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{DIGEST_CACHE_VERSION}"
+        return f"{file_identity(weights)}|{DIGEST_CACHE_VERSION}"
     except OSError:
         return None
 
@@ -103,8 +106,7 @@ def remembered_fingerprint(model: Any, key: str | None) -> Fingerprint:
     weight = model.get_input_embeddings().weight  # (V, D)
     digest = digests.get(key)
     if isinstance(digest, str) and len(digest) == EMBEDDING_HASH_CHARS and all(c in "0123456789abcdef" for c in digest):
-        architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
-        return Fingerprint(str(architectures[0]), int(weight.shape[1]), int(weight.shape[0]), digest)
+        return Fingerprint(_architecture(model), int(weight.shape[1]), int(weight.shape[0]), digest)
     fingerprint = compute_fingerprint(model)
     digests.pop(key, None)
     digests[key] = fingerprint.embedding_sha256
@@ -121,10 +123,8 @@ def _read_digests(store: Path) -> dict[str, Any]:
 
 
 def _write_digests(store: Path, digests: dict[str, str]) -> None:
-    staging = store.with_name(f"{store.name}.{os.getpid()}.tmp")
-    try:
-        staging.write_text(json.dumps(digests, indent=0), encoding="utf-8")
-        os.replace(staging, store)  # whole or not at all, whoever writes last
-    except OSError:
-        with contextlib.suppress(OSError):
-            staging.unlink(missing_ok=True)
+    # imported here: softprompt imports this module
+    from persona.prompt.softprompt import write_private_atomic
+
+    with contextlib.suppress(OSError):  # whole or not at all, whoever writes last; unwritable: hash next time
+        write_private_atomic(store, json.dumps(digests, indent=0).encode("utf-8"))

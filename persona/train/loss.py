@@ -52,7 +52,7 @@ def labelled_nll(
     cache = _shareable_cache(decoder) if prompt is not None and share_prompt and input_ids.shape[0] > 1 else None
     if cache is not None:
         hidden = _hidden_after_shared_prompt(decoder, prompt, embeds, attention_mask, cache)  # (B, N+T, D)
-        _, _, labels = prepend_prompt(prompt, embeds[:, :0], None, labels)  # (B, N+T)
+        _, _, labels = prepend_prompt(prompt, embeds[:, :0], None, labels)  # (B, N+T): the labels alone need the prompt's columns
     else:
         if prompt is not None:
             embeds, attention_mask, labels = prepend_prompt(prompt, embeds, attention_mask, labels)  # (B, N+T, ...)
