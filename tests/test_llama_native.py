@@ -121,6 +121,50 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
             torch.testing.assert_close(step, reference(input_ids=torch.tensor([[token]]), cache=past).logits, atol=ATOL, rtol=0)
 
 
+def test_the_single_token_step_computes_what_the_general_path_does_and_follows_replaced_layers(tiny_model_dir, monkeypatch):
+    """A decode step of one sequence takes LlamaDecoder._step (fewer operations, per-layer plans); an
+    all-ones attention mask takes forward's general path. They agree, and a layer replaced, quantized
+    or fused after a step is what the next step uses."""
+    from persona.model.quantize import quantize_int8
+
+    model = load_model(tiny_model_dir, native=True).model
+    steps = []
+    original = llama.LlamaDecoder._step
+    monkeypatch.setattr(llama.LlamaDecoder, "_step", lambda self, *args: steps.append(1) or original(self, *args))
+    ids = list(range(3, 25))
+
+    def compare(cache, token):
+        ones = torch.ones(1, cache.get_seq_length() + 1, dtype=torch.long)
+        general = model(input_ids=torch.tensor([[token]]), attention_mask=ones, cache=cache).logits
+        cache.crop(-1)
+        before = len(steps)
+        step = model(input_ids=torch.tensor([[token]]), cache=cache).logits
+        assert len(steps) == before + 1  # the step path ran
+        torch.testing.assert_close(step, general, atol=1e-6, rtol=0)
+        return step
+
+    with torch.no_grad():
+        cache = llama.KVCache()
+        model(input_ids=torch.tensor([ids[:10]]), cache=cache)
+        assert not steps  # a prefill is not a step
+        for token in ids[10:14]:
+            compare(cache, token)
+        old = compare(cache, ids[14])
+        cache.crop(-1)
+        attention = model.model.layers[1].self_attn
+        replacement = torch.nn.Linear(attention.o_proj.in_features, attention.o_proj.out_features, bias=False)
+        torch.nn.init.normal_(replacement.weight, std=0.5)
+        attention.o_proj = replacement  # a step made before this must not keep the old projection
+        new = compare(cache, ids[14])
+        assert not torch.allclose(new, old, atol=1e-3)
+        for token in ids[15:18]:
+            compare(cache, token)
+        quantize_int8(model)  # every projection replaced, then fused
+        model.fuse_int8_projections()
+        for token in ids[18:]:
+            compare(cache, token)
+
+
 @pytest.mark.parametrize("change", [
     {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
     {"hidden_act": "gelu"},

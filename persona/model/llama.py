@@ -15,6 +15,7 @@ logits_to_keep=1)`; `.logits` of the result is (B, kept, V).
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,27 @@ class CausalOutput:
     logits: torch.Tensor  # (B, kept, V)
 
 
-class RMSNorm(nn.Module):
+_CHANGES = [0]  # counts attribute changes of the modules below: a decode plan made before one is stale
+
+
+class _Watched(nn.Module):
+    """A module whose attribute changes (a layer replaced, quantized or fused) make decode plans stale.
+
+    The single-token step (LlamaDecoder._step) reads each layer's weights and projections from a
+    plan made once, rather than through nn.Module's attribute lookup at every token; a plan is used
+    only while no such change has happened since it was made.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        _CHANGES[0] += 1
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        _CHANGES[0] += 1
+
+
+class RMSNorm(_Watched):
     def __init__(self, size: int, eps: float, device: Any = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size, device=device))
@@ -162,7 +183,7 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-class Attention(nn.Module):
+class Attention(_Watched):
     def __init__(self, config: Any, layer: int, device: Any = None) -> None:
         super().__init__()
         self.layer = layer
@@ -213,7 +234,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
-class MLP(nn.Module):
+class MLP(_Watched):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         hidden, inner = int(config.hidden_size), int(config.intermediate_size)
@@ -236,7 +257,7 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_Watched):
     def __init__(self, config: Any, layer: int, device: Any = None) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer, device)
@@ -249,8 +270,36 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def plan(self) -> tuple[Any, ...] | None:
+        """What a single-token step of this layer reads (see LlamaDecoder._step), made once per change of
+        the modules; None where the step does not apply (norms not float32)."""
+        version = _CHANGES[0]
+        cached = self.__dict__.get("_plan")
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        attention, mlp = self.self_attn, self.mlp
+        norms = (self.input_layernorm, self.post_attention_layernorm)
+        plan = None
+        if all(type(norm) is RMSNorm and norm.weight.dtype == torch.float32 for norm in norms):
+            qkv = (attention.qkv_proj,) if attention.qkv_proj is not None else (attention.q_proj, attention.k_proj, attention.v_proj)
+            gate_up = (mlp.gate_up_proj,) if mlp.gate_up_proj is not None else (mlp.gate_proj, mlp.up_proj)
+            plan = (norms[0].weight, norms[0].eps, _rows(qkv), _rows((attention.o_proj,)), norms[1].weight, norms[1].eps,
+                    _rows(gate_up), _rows((mlp.down_proj,)), attention.layer, attention.heads, attention.kv_heads, attention.head_dim)
+        self.__dict__["_plan"] = (version, plan)  # not through __setattr__: that would count as a change
+        return plan
 
-class Body(nn.Module):
+
+def _rows(linears: tuple[nn.Module, ...]) -> Any:
+    """A function of one row x (1, in) giving the outputs of `linears` side by side (1, sum of out):
+    the int8 kernel called directly, a float Linear without its module call."""
+    calls = [functools.partial(F.linear, weight=linear.weight, bias=linear.bias) if type(linear) is nn.Linear
+             else getattr(linear, "row", linear) for linear in linears]
+    if len(calls) == 1:
+        return calls[0]
+    return lambda x: torch.cat([call(x) for call in calls], dim=1)
+
+
+class Body(_Watched):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         # an explicit weight: initialising one on the meta device would import torch._dynamo (seconds)
@@ -260,7 +309,7 @@ class Body(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
 
 
-class LlamaDecoder(nn.Module):
+class LlamaDecoder(_Watched):
     """Inference-only LlamaForCausalLM: parameter names match transformers' (model.*, lm_head).
 
     device="meta" builds it without memory, for a loader that fills in the weights.
@@ -279,6 +328,8 @@ class LlamaDecoder(nn.Module):
         assert theta is not None  # supports() checked it
         # not a buffer: a model built on the meta device must still get real frequencies
         self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
+        # x @ half_turn = x.roll(d/2): rotate_half as a product, for the single-token step (see _step)
+        self.half_turn = torch.eye(head_dim, device="cpu").roll(head_dim // 2, dims=1)
 
     def fuse_int8_projections(self) -> None:
         """Fuse each layer's int8 q/k/v and gate/up projections into one kernel call each (decode
@@ -324,20 +375,65 @@ class LlamaDecoder(nn.Module):
         cache = cache if cache is not None else past_key_values
         if cache is None and use_cache:
             cache = KVCache()
+        if (input_ids is not None and attention_mask is None and position_ids is None and type(cache) is KVCache
+                and input_ids.shape == (1, 1)):
+            logits = self._step(input_ids, cache)
+            if logits is not None:
+                return CausalOutput(logits=logits)
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
         batch, length, _ = x.shape
         start = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)  # (B, T)
-        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
-        cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1).to(x.dtype).unsqueeze(2)  # (B, T, 1, d)
-        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(x.dtype).unsqueeze(2)  # (B, T, 1, d) sign folded in, see _rope
+        cos, sin = self._rotary(position_ids, x.dtype)
         mask = _attention_mask(attention_mask, batch, length, start)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache, start)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return CausalOutput(logits=self.lm_head(self.model.norm(x)))
+
+    def _rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (B, T, 1, d) of the rotary embedding at position_ids (B, T); sin's sign folded in, see _rope."""
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
+        cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1).to(dtype).unsqueeze(2)
+        sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype).unsqueeze(2)
+        return cos, sin
+
+    def _step(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
+        """forward() for one token of one sequence (a chat decode step): logits (1, 1, V), or None where
+        a layer has no plan (the caller then takes forward's general path).
+
+        The same arithmetic in fewer operations, which is what a step of a small model costs on CPU
+        (the int8 products are a third of it): rows (1, D) instead of (B, T, D) with their views and
+        transposes; each layer's weights and projections from its plan (DecoderLayer.plan) instead
+        of nn.Module's attribute lookups; the rotary embedding as one product, rotate_half(x) sin =
+        x @ (half_turn * sin), a matrix with one nonzero per column, so each entry is the same single
+        product as x.roll() * sin.
+        """
+        layers = self.model.layers
+        plans = [layer.plan() for layer in layers]
+        if any(plan is None for plan in plans):
+            return None
+        position = cache.get_seq_length()
+        x = self.model.embed_tokens(input_ids).view(1, -1)  # (1, D)
+        if x.dtype != torch.float32:
+            return None
+        cos, sin = self._rotary(torch.tensor([[position]]), x.dtype)
+        cos = cos.view(1, -1)  # (1, d)
+        rotation = self.half_turn * sin.view(1, -1)  # (d, d): column j scaled by sin_j
+        width = (x.shape[1],)
+        for norm1, eps1, qkv_rows, o_rows, norm2, eps2, gate_up_rows, down_rows, index, heads, kv_heads, d in plans:
+            qkv = qkv_rows(F.rms_norm(x, width, norm1, eps1)).view(heads + 2 * kv_heads, d)
+            qk = qkv.narrow(0, 0, heads + kv_heads)
+            turned = torch.addmm(qk * cos, qk, rotation)  # = _rope(qk): x cos + rotate_half(x) sin
+            q, k = turned.split((heads, kv_heads))
+            keys, values = cache.update(index, k.view(1, kv_heads, 1, d), qkv.narrow(0, heads + kv_heads, kv_heads).view(1, kv_heads, 1, d), position)
+            out = F.scaled_dot_product_attention(q.view(1, heads, 1, d), keys, values, enable_gqa=kv_heads != heads)
+            x = x + o_rows(out.view(1, heads * d))
+            gate, up = gate_up_rows(F.rms_norm(x, width, norm2, eps2)).chunk(2, dim=1)
+            x = x + down_rows(F.silu(gate) * up)
+        return self.lm_head(self.model.norm(x)).view(1, 1, -1)
 
 
 def _attention_mask(attention_mask: torch.Tensor | None, batch: int, length: int, start: int) -> torch.Tensor | None:

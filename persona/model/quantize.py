@@ -167,14 +167,17 @@ def _int8_linear_class() -> Any:
             weight = scratch[:size].view(self.out_features, self.in_features)
             return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
 
+        def row(self, x: torch.Tensor) -> torch.Tensor:
+            """forward() of one row x (1, in) -> (1, out): a decode step's call, straight to the kernel."""
+            return _ROW_KERNEL(x, self._packed if self._packed is not None else self.prepack(), False)
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             rows = x.reshape(-1, self.in_features)  # (R, in)
-            if rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
+            if rows.shape[0] == 1:
+                y = self.row(rows)
+            elif rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
                 packed = self._packed if self._packed is not None else self.prepack()
-                if rows.shape[0] == 1:  # a decode step: no split, no cat
-                    y = _ROW_KERNEL(rows, packed, False)
-                else:
-                    y = torch.cat([_ROW_KERNEL(rows[index : index + 1], packed, False) for index in range(rows.shape[0])])
+                y = torch.cat([_ROW_KERNEL(rows[index : index + 1], packed, False) for index in range(rows.shape[0])])
             else:
                 y = F.linear(rows, self._dequantised_into_scratch(), self.bias)
             return y.reshape(*x.shape[:-1], self.out_features)
