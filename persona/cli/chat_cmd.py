@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args)  # ConfigError before anything loads
     check_terminal()
 
+    from persona.model import warmup
+
+    warmup.begin(args.model, int8=args.backend == "torch" and args.precision != "fp32")  # while torch is imported below
+
     from persona.errors import NotFoundError
     from persona.library import open_library
 

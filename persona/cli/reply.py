@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         if code is not None:
             return code
 
+    from persona.model import warmup
+
+    warmup.begin(args.model, int8=args.backend == "torch" and args.precision != "fp32")  # while torch is imported below
+
     from persona.cli.personas import resolve_persona
     from persona.engine.chat import ChatEngine
     from persona.model.loader import load_chat_model

@@ -200,24 +200,43 @@ def _tensors(path: Path, *, mapped: bool) -> Iterator[Iterator[tuple[str, Any]]]
         with safe_open(str(path), framework="pt") as weights:
             yield ((key, weights.get_tensor(key)) for key in weights.keys())  # noqa: SIM118 (not a mapping)
         return
+    from persona.model import warmup
+
+    prepared = warmup.cache_tensors(path)  # read while torch was being imported, if this start did that
+    if prepared is not None:
+        yield (_from_buffer(key, dtype, shape, buffer) for key, dtype, shape, buffer in prepared)
+        return
     with path.open("rb") as handle:
         yield _read_tensors(handle)
+
+
+def read_entries(handle: Any) -> Iterator[tuple[str, str, list[int], int, int]]:
+    """(name, dtype, shape, offset, size in bytes) of each tensor of an open safetensors file, in file order."""
+    (length,) = struct.unpack("<Q", handle.read(8))
+    header = json.loads(handle.read(length))
+    entries = sorted(((key, value) for key, value in header.items() if key != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+    for key, entry in entries:
+        begin, end = entry["data_offsets"]
+        yield key, entry["dtype"], list(entry["shape"]), 8 + length + begin, end - begin
 
 
 def _read_tensors(handle: Any) -> Iterator[tuple[str, Any]]:
     import torch
 
-    (length,) = struct.unpack("<Q", handle.read(8))
-    header = json.loads(handle.read(length))
-    start = 8 + length
-    entries = sorted(((key, value) for key, value in header.items() if key != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
-    for key, entry in entries:
-        begin, end = entry["data_offsets"]
-        handle.seek(start + begin)
-        data = torch.empty(end - begin, dtype=torch.uint8)  # read straight into the tensor: one copy, GIL released
-        if handle.readinto(memoryview(data.numpy())) != end - begin:
+    for key, dtype, shape, offset, size in list(read_entries(handle)):
+        handle.seek(offset)
+        data = torch.empty(size, dtype=torch.uint8)  # read straight into the tensor: one copy, GIL released
+        if handle.readinto(memoryview(data.numpy())) != size:
             raise ValueError(f"{key} is cut short")
-        yield key, data.view(getattr(torch, DTYPES[entry["dtype"]])).reshape(entry["shape"])
+        yield key, data.view(getattr(torch, DTYPES[dtype])).reshape(shape)
+
+
+def _from_buffer(key: str, dtype: str, shape: list[int], buffer: Any) -> tuple[str, Any]:
+    """A tensor over `buffer` (no copy; it keeps the buffer alive), from warmup's reading of the file."""
+    import torch
+
+    data = torch.frombuffer(buffer, dtype=torch.uint8) if len(buffer) else torch.empty(0, dtype=torch.uint8)
+    return key, data.view(getattr(torch, DTYPES[dtype])).reshape(shape)
 
 
 def _release_large_blocks() -> None:
