@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 PROTOCOL = 1
 SOCKET_NAME = "serve.sock"
 CONNECT_TIMEOUT_S = 2.0
+# The server answers one reply at a time, so a request can wait for the one before it (a few seconds
+# to tens of seconds); past this, the client answers locally instead (a server busy with a long
+# reply, or one that accepts connections but no longer answers: stopped, hung).
+ACCEPT_TIMEOUT_S = 20.0
+# Once accepted, a reply streams a piece every few tokens; this long without a line, it has stalled.
+STALL_TIMEOUT_S = 60.0
 
 
 def socket_path() -> Path:
@@ -64,16 +70,27 @@ def reply_via_server(args: argparse.Namespace, message: str, config: GenerationC
         "no_persona": bool(args.no_persona), "library": _absolute(args.library), "system": args.system,
         "json": bool(args.json), "generation": dataclasses.asdict(config),
     }
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         connection.settimeout(CONNECT_TIMEOUT_S)
         connection.connect(str(path))
-        connection.settimeout(None)  # a reply may take long; the server streams as it goes
         connection.sendall(json.dumps(request).encode() + b"\n")
+    except OSError:
+        connection.close()
+        return None  # a stale socket, a server that went away: reply locally
+    try:
+        connection.settimeout(ACCEPT_TIMEOUT_S)
         lines = connection.makefile("r", encoding="utf-8")
         first = json.loads(lines.readline() or "{}")
+        connection.settimeout(STALL_TIMEOUT_S)
+    except TimeoutError:
+        connection.close()
+        print(f"persona: the server did not take the request within {ACCEPT_TIMEOUT_S:g} s (busy or not answering); "
+              "replying without it", file=sys.stderr, flush=True)
+        return None
     except (OSError, ValueError):
-        return None  # a stale socket, a server that went away: reply locally
+        connection.close()
+        return None  # a server that went away: reply locally
     if not first.get("accepted"):
         connection.close()
         return None
@@ -93,6 +110,12 @@ def reply_via_server(args: argparse.Namespace, message: str, config: GenerationC
                 elif "done" in answer:
                     print(json.dumps(answer["done"], ensure_ascii=False) if args.json else "")
                     return 0
+        except TimeoutError:
+            if not args.json:
+                sys.stdout.write("\n")
+            print(f"persona: error: the server stopped answering mid-reply (nothing for {STALL_TIMEOUT_S:g} s); "
+                  "run the command again with --local, and restart `persona serve`", file=sys.stderr)
+            return 1
         except (OSError, ValueError):  # the server was stopped mid-reply, or sent a broken line
             pass
     print("persona: error: the server stopped before the reply was complete; run the command again "

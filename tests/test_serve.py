@@ -126,6 +126,64 @@ def test_a_server_that_stops_mid_reply_is_a_one_line_error(tiny_model_dir, capsy
     assert err.startswith("persona: error:") and "--local" in err and err.count("\n") == 1
 
 
+def silent_listener(after_accepting: bytes | None):
+    """A socket where `persona serve` would listen that takes the connection and then goes quiet:
+    before accepting the request (after_accepting None), or after sending `after_accepting`."""
+    import socket
+
+    path = socket_path()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    done = threading.Event()
+
+    def quiet():
+        connection, _ = listener.accept()
+        connection.makefile("r").readline()
+        if after_accepting is not None:
+            connection.sendall(after_accepting)
+        done.wait(30)  # never answers while the client waits
+        connection.close()
+
+    thread = threading.Thread(target=quiet, daemon=True)
+    thread.start()
+
+    def stop():
+        done.set()
+        thread.join(timeout=10)
+        listener.close()
+        path.unlink(missing_ok=True)
+
+    return stop
+
+
+def test_a_server_that_never_takes_the_request_is_passed_over(tiny_model_dir, capsys, monkeypatch):
+    import persona.server as server_module
+
+    monkeypatch.setattr(server_module, "ACCEPT_TIMEOUT_S", 0.5)
+    stop = silent_listener(after_accepting=None)
+    try:
+        code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    finally:
+        stop()
+    assert code == 0 and out.strip()  # answered locally
+    assert "did not take the request within 0.5 s" in err and "replying without it" in err
+
+
+def test_a_server_that_stalls_mid_reply_is_a_one_line_error(tiny_model_dir, capsys, monkeypatch):
+    import persona.server as server_module
+
+    monkeypatch.setattr(server_module, "STALL_TIMEOUT_S", 0.5)
+    no_local_model(monkeypatch)
+    stop = silent_listener(after_accepting=b'{"accepted": true}\n{"piece": "Hel"}\n')
+    try:
+        code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    finally:
+        stop()
+    assert code == 1 and out.startswith("Hel")
+    assert err.startswith("persona: error:") and "nothing for 0.5 s" in err and "--local" in err and err.count("\n") == 1
+
+
 def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys, monkeypatch):
     command = [sys.executable, "-m", "persona", "serve", "--model", str(tiny_model_dir), "--idle-exit", "0.05"]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
