@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,18 @@ CORPUS = [
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Tests never touch the user's data: PERSONA_HOME is a fresh temp dir for each test."""
     home = tmp_path_factory.mktemp("persona-home")
     monkeypatch.setenv("PERSONA_HOME", str(home))
     monkeypatch.delenv("PERSONA_MODEL", raising=False)
     # a new library starts empty in tests; tests of the starter personas clear this themselves
     monkeypatch.setenv("PERSONA_NO_STARTERS", "1")
-    return home
+    from persona.model import warmup
+
+    warmup.forget()  # nothing a command read in advance for one test reaches another
+    yield home
+    warmup.forget()
 
 
 def build_tiny_tokenizer(directory: Path):

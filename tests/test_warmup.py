@@ -1,8 +1,9 @@
-"""What a chat start prepares while torch is imported is what the loader would have read itself."""
+"""The int8 cache a chat start reads while torch is imported is what the loader would have read itself."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,103 +11,133 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona.model import chattokenizer, fastload, warmup
-from persona.model.loader import load_model
+from persona.model import fastload, warmup
+from persona.model.loader import load_chat_model, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def nothing_prepared():
-    warmup.forget()
-    yield
-    warmup.forget()
-
-
 def spy(monkeypatch):
-    """Record what warmup hands the loader: 'tensors' and 'tokenizer' each time one is taken."""
+    """How often warmup handed the loader a prepared cache."""
     taken = []
-    cache_tensors, tokenizer = warmup.cache_tensors, warmup.tokenizer
+    cache_tensors = warmup.cache_tensors
 
     def tensors(path):
         found = cache_tensors(path)
         if found is not None:
-            taken.append("tensors")
-        return found
-
-    def prepared_tokenizer(directory):
-        found = tokenizer(directory)
-        if found is not None:
-            taken.append("tokenizer")
+            taken.append(Path(path))
         return found
 
     monkeypatch.setattr(warmup, "cache_tensors", tensors)
-    monkeypatch.setattr(warmup, "tokenizer", prepared_tokenizer)
     return taken
 
 
 def logits(loaded):
-    ids = [1, 5, 9, 23, 7, 2]
     with torch.no_grad():
-        return loaded.model(input_ids=torch.tensor([ids]), use_cache=False).logits
+        return loaded.model(input_ids=torch.tensor([[1, 5, 9, 23, 7, 2]]), use_cache=False).logits
 
 
-def test_a_prepared_int8_cache_and_tokenizer_give_the_same_model(tiny_model_dir, monkeypatch):
+def cache_of(directory):
+    return fastload.int8_cache_path(directory / fastload.WEIGHTS_FILE)
+
+
+def test_a_prepared_int8_cache_gives_the_same_model(tiny_model_dir, monkeypatch):
     plain = load_model(tiny_model_dir, precision="int8", native=True)  # writes the int8 cache
-    cache = fastload.int8_cache_path(tiny_model_dir / fastload.WEIGHTS_FILE)
-    assert cache.is_file()
+    assert cache_of(tiny_model_dir).is_file()
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), int8=True)
-    prepared = load_model(tiny_model_dir, precision="int8", native=True)
-    assert taken == ["tensors", "tokenizer"]
+    prepared = load_chat_model(tiny_model_dir, precision="int8")
+    assert taken == [cache_of(tiny_model_dir)]
     assert torch.equal(logits(prepared), logits(plain))
-    assert isinstance(prepared.tokenizer, chattokenizer.ChatTokenizer)
-    assert prepared.tokenizer.encode("hello there") == plain.tokenizer.encode("hello there")
     assert prepared.fingerprint == plain.fingerprint
+    assert warmup._prepared is None  # the loader is done with it: nothing is kept
 
 
 def test_a_cache_file_changed_after_it_was_read_is_read_again(tiny_model_dir, monkeypatch):
     plain = load_model(tiny_model_dir, precision="int8", native=True)
-    cache = fastload.int8_cache_path(tiny_model_dir / fastload.WEIGHTS_FILE)
+    cache = cache_of(tiny_model_dir)
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), int8=True)
     warmup._finished()  # the thread has read the file
+    assert warmup._prepared.tensors is not None
     stat = cache.stat()
     os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # then it changes
-    loaded = load_model(tiny_model_dir, precision="int8", native=True)
-    assert "tensors" not in taken
+    loaded = load_chat_model(tiny_model_dir, precision="int8")
+    assert taken == []
     assert torch.equal(logits(loaded), logits(plain))
 
 
-def test_a_different_model_or_precision_ignores_what_was_prepared(tiny_model_dir, tmp_path, monkeypatch):
-    import shutil
-
+def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(tiny_model_dir, tmp_path, monkeypatch):
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
     load_model(tiny_model_dir, precision="int8", native=True)
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), int8=True)
-    load_model(other, precision="int8", native=True)  # another directory: its own cache, its own tokenizer
-    fp32 = load_model(tiny_model_dir, precision="fp32", native=True)  # float32 reads the weights file, not the cache
-    assert taken == ["tokenizer"]  # the directory's tokenizer is the same whatever the precision
+    load_chat_model(other, precision="int8")  # another directory: its own cache
+    assert taken == [] and warmup._prepared is None
+    warmup.begin(str(tiny_model_dir), int8=True)
+    fp32 = load_chat_model(tiny_model_dir, precision="fp32")  # float32 reads the weights file, not the cache
+    assert taken == [] and warmup._prepared is None
     assert torch.equal(logits(fp32), logits(load_model(tiny_model_dir, precision="fp32", native=True)))
 
 
-@pytest.mark.parametrize("model", ["missing", "not-a-model"])
-def test_nothing_is_prepared_for_a_directory_that_is_not_ready(tmp_path, model):
+@pytest.mark.parametrize("model", ["missing", "not-a-model", "no-cache-yet"])
+def test_nothing_is_prepared_where_there_is_nothing_ready_to_read(tiny_model_dir, tmp_path, model):
     (tmp_path / "not-a-model").mkdir()
-    warmup.begin(str(tmp_path / model), int8=True)  # the loader reports the problem, not this
+    target = tiny_model_dir if model == "no-cache-yet" else tmp_path / model
+    warmup.begin(str(target), int8=True)  # the loader reports any problem, not this
     assert warmup._prepared is None
+    warmup.begin(str(tiny_model_dir), int8=False)
+    assert warmup._prepared is None
+
+
+def test_a_cut_cache_file_prepares_nothing_and_the_loader_mends_it(tiny_model_dir, monkeypatch):
+    plain = load_model(tiny_model_dir, precision="int8", native=True)
+    cache = cache_of(tiny_model_dir)
+    with cache.open("r+b") as handle:
+        handle.truncate(cache.stat().st_size - 100)
+    taken = spy(monkeypatch)
+    warmup.begin(str(tiny_model_dir), int8=True)
+    warmup._finished()
+    assert warmup._prepared.tensors is None
+    loaded = load_chat_model(tiny_model_dir, precision="int8")
+    assert taken == []
+    assert torch.equal(logits(loaded), logits(plain))
 
 
 def test_preparing_never_imports_torch(tiny_model_dir):
     load_model(tiny_model_dir, precision="int8", native=True)
     code = (
-        "import sys; from persona.model import warmup; from pathlib import Path\n"
+        "import sys; from persona.model import warmup\n"
         f"warmup.begin({str(tiny_model_dir)!r}, int8=True)\n"
-        f"assert warmup.tokenizer(Path({str(tiny_model_dir)!r})) is not None\n"
+        "prepared = warmup._finished()\n"
+        "assert prepared is not None and prepared.tensors, 'nothing was read'\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_short_reads_are_continued_where_they_stopped(tmp_path, monkeypatch):
+    data = bytes(range(256)) * 40
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    real = os.preadv
+
+    def at_most_777_bytes(fd, buffers, offset):  # a read may return less than asked
+        budget, views = 777, []
+        for buffer in buffers:
+            if budget == 0:
+                break
+            views.append(memoryview(buffer)[:budget])
+            budget -= len(views[-1])
+        return real(fd, views, offset)
+
+    monkeypatch.setattr(os, "preadv", at_most_777_bytes)
+    buffers = [bytearray(1000), bytearray(5), bytearray(3000), bytearray(len(data) - 4005 - 16)]
+    with path.open("rb") as handle:
+        warmup._preadv_fully(handle.fileno(), [memoryview(b) for b in buffers], 16)
+    assert b"".join(buffers) == data[16:]
+    with path.open("rb") as handle, pytest.raises(ValueError):
+        warmup._preadv_fully(handle.fileno(), [memoryview(bytearray(len(data)))], 16)  # past the end

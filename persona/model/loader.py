@@ -157,13 +157,18 @@ BACKENDS = ("torch", "llama")
 def load_chat_model(path: str | os.PathLike[str] | None = None, *, precision: str = "auto", backend: str = "torch",
                     gguf: str | os.PathLike[str] | None = None) -> LoadedModel:
     """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF file."""
-    if backend == "llama":
-        return load_llamacpp(path, gguf=gguf)
-    if backend != "torch":
-        raise ModelError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if gguf is not None:
-        raise ModelError("--gguf is for --backend llama; the torch backend reads the Hugging Face directory")
-    return load_model(path, precision=precision, native=True)
+    from persona.model import warmup
+
+    try:
+        if backend == "llama":
+            return load_llamacpp(path, gguf=gguf)
+        if backend != "torch":
+            raise ModelError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if gguf is not None:
+            raise ModelError("--gguf is for --backend llama; the torch backend reads the Hugging Face directory")
+        return load_model(path, precision=precision, native=True)
+    finally:
+        warmup.forget()  # what a start read in advance and the loader did not take is not kept
 
 
 def load_llamacpp(path: str | os.PathLike[str] | None = None, *, gguf: str | os.PathLike[str] | None = None) -> LoadedModel:
@@ -233,9 +238,9 @@ def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
     of AutoTokenizer's time), else AutoTokenizer handed the generic config rather than the model's
     own config class, whose import pulls in torch.distributed and sympy (seconds at every start)."""
     if for_chat:
-        from persona.model import chattokenizer, warmup
+        from persona.model import chattokenizer
 
-        light = warmup.tokenizer(directory) or chattokenizer.load(directory)
+        light = chattokenizer.load(directory)
         if light is not None:
             return light
     from transformers import AutoTokenizer, PretrainedConfig

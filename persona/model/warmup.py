@@ -1,13 +1,15 @@
-"""What a chat start prepares while `import torch` runs.
+"""What a chat start prepares while `import torch` runs: the int8 weight cache, read into memory.
 
-Importing torch takes about two seconds of one core here, most of a `persona reply` start. Two
-other parts of the start need no torch and spend most of their time outside the GIL: loading the
-chat tokenizer (tokenizers parses tokenizer.json in Rust) and reading the int8 weight cache (file
-reads). `persona reply` and `persona chat` call `begin()` before anything imports torch; a thread
-then does both on the other core. The loader takes what was prepared (`tokenizer()`,
-`cache_tensors()`) where it is for the same directory and the same, unchanged file, and otherwise
-does the work itself, so the result never depends on the thread. Nothing here raises: a failure
-only means nothing was prepared. This module must not import torch.
+Importing torch takes about two seconds of one core here, most of a `persona reply` start, and
+holds the GIL nearly all of that time. Reading the int8 cache (about 0.25 s) needs no torch: a
+thread started by `persona reply` and `persona chat` before anything imports torch reads the
+whole file with one `preadv` call into a buffer per tensor, so the GIL is released once for the
+entire read and the copy runs on the other core. (A read per tensor, or loading the tokenizer,
+which parses its file without releasing the GIL, measured no gain: each time the thread wants the
+GIL back it waits on the import.) The loader takes the buffers (`cache_tensors`) when they are of
+the file it is about to read and that file has not changed since; otherwise it reads the file
+itself, so the result never depends on the thread. Nothing here raises: a failure only means
+nothing was prepared. This module must not import torch.
 """
 
 from __future__ import annotations
@@ -19,26 +21,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-LARGE = 1 << 20  # tensors of this many bytes and more are read into an anonymous mapping (no zero-filling under the GIL)
+LARGE = 1 << 20  # buffers of this many bytes and more are anonymous mappings (not zero-filled under the GIL)
 
 
 class _Prepared:
-    def __init__(self, directory: Path, cache: Path | None) -> None:
-        self.directory = directory
+    def __init__(self, cache: Path) -> None:
         self.cache = cache
-        self.tokenizer: Any = None
         self.tensors: list[tuple[str, str, list[int], Any]] | None = None  # (name, dtype, shape, buffer)
         self.identity: str | None = None  # the cache file's identity when it was read
         self.thread = threading.Thread(target=self._work, name="persona-warmup", daemon=True)
 
     def _work(self) -> None:
-        from persona.model import chattokenizer
-
         with contextlib.suppress(Exception):
-            self.tokenizer = chattokenizer.load(self.directory)
-        if self.cache is not None:
-            with contextlib.suppress(Exception):
-                self.identity, self.tensors = _read_cache(self.cache)
+            self.identity, self.tensors = _read_cache(self.cache)
 
 
 _prepared: _Prepared | None = None
@@ -46,49 +41,44 @@ _lock = threading.Lock()
 
 
 def begin(model: str | os.PathLike[str] | None, *, int8: bool) -> None:
-    """Start preparing the tokenizer (and, for int8, the weight cache) of the model chat will load.
+    """Start reading the int8 weight cache of the model chat will load (int8 only).
 
     Only for a model directory that is ready: the default's converted copy, or --model /
     $PERSONA_MODEL holding config.json. Converting the default, and every error, is the loader's.
     """
     global _prepared
+    if not int8 or not hasattr(os, "preadv"):
+        return
     with contextlib.suppress(Exception):
-        directory = _ready_directory(model)
-        if directory is None:
-            return
-        cache = None
-        if int8:
-            from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
+        from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
 
-            weights = directory / WEIGHTS_FILE
-            cache = int8_cache_path(weights) if weights.is_file() else None
+        directory = _ready_directory(model)
+        if directory is None or not (directory / WEIGHTS_FILE).is_file():
+            return
+        cache = int8_cache_path(directory / WEIGHTS_FILE)
+        if not cache.is_file():
+            return
         with _lock:
             if _prepared is not None:
                 return
-            _prepared = _Prepared(directory, cache)
+            _prepared = _Prepared(cache)
             _prepared.thread.start()
 
 
-def tokenizer(directory: Path) -> Any | None:
-    """The chat tokenizer prepared for `directory` (handed over once), or None."""
-    prepared = _finished()
-    if prepared is None or prepared.directory != Path(directory):
-        return None
-    found, prepared.tokenizer = prepared.tokenizer, None
-    return found
-
-
 def cache_tensors(path: Path) -> list[tuple[str, str, list[int], Any]] | None:
-    """The tensors of the int8 cache file `path`, read in advance (handed over once), or None.
+    """The tensors of the int8 cache file `path`, read in advance, or None.
 
     None unless the file still has the identity (size, modification time) it had when it was read.
+    Whatever was prepared is handed over or dropped by the first call, so it is never held longer.
     """
     from persona.model.fastload import file_identity
 
     prepared = _finished()
-    if prepared is None or prepared.cache is None or prepared.tensors is None or prepared.cache != Path(path):
+    if prepared is None:
         return None
     found, prepared.tensors = prepared.tensors, None
+    if found is None or prepared.cache != Path(path):
+        return None
     try:
         unchanged = file_identity(Path(path)) == prepared.identity
     except OSError:
@@ -116,24 +106,41 @@ def _ready_directory(model: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _read_cache(path: Path) -> tuple[str, list[tuple[str, str, list[int], Any]]]:
-    """(identity, tensors) of a safetensors file, each tensor's bytes in a buffer of its own (so each is
-    freed on its own once unused), read with the GIL released."""
+    """(identity, tensors) of a safetensors file: each tensor's bytes in a buffer of its own (each is
+    freed on its own once unused), all filled by one `preadv` (the GIL released once)."""
     from persona.model.fastload import file_identity, read_entries
 
     identity = file_identity(path)
-    tensors = []
+    private = getattr(mmap, "MAP_PRIVATE", None)
     with path.open("rb") as handle:
-        for key, dtype, shape, offset, size in list(read_entries(handle)):
-            buffer: Any = mmap.mmap(-1, size) if size >= LARGE else bytearray(size)
-            handle.seek(offset)
-            if size and handle.readinto(buffer) != size:
-                raise ValueError(f"{key} is cut short")
-            tensors.append((key, dtype, shape, buffer))
-    return identity, tensors
+        entries = list(read_entries(handle))
+        buffers: list[Any] = [(mmap.mmap(-1, size, flags=private) if private is not None else mmap.mmap(-1, size))
+                              if size >= LARGE else bytearray(size) for *_, size in entries]
+        offset = position = entries[0][3] if entries else 0
+        for _, _, _, start, size in entries:
+            if start != position:
+                raise ValueError("the tensors are not stored back to back")
+            position += size
+        _preadv_fully(handle.fileno(), [memoryview(buffer) for buffer in buffers if len(buffer)], offset)
+    return identity, [(key, dtype, shape, buffer) for (key, dtype, shape, _, _), buffer in zip(entries, buffers, strict=True)]
+
+
+def _preadv_fully(fd: int, views: list[memoryview], offset: int) -> None:
+    """Fill every view from the file at `offset` on; raises ValueError where the file ends first."""
+    while views:
+        done = os.preadv(fd, views[:1024], offset)  # at most IOV_MAX buffers a call
+        if done == 0:
+            raise ValueError("the file is shorter than its header says")
+        offset += done
+        while views and done >= len(views[0]):
+            done -= len(views[0])
+            views.pop(0)
+        if done:
+            views[0] = views[0][done:]
 
 
 def forget() -> None:
-    """Drop whatever was prepared (tests; a command that ends up not loading the model)."""
+    """Drop whatever was prepared, and allow a new `begin` (the loader once it is done; tests)."""
     global _prepared
     with _lock:
         prepared, _prepared = _prepared, None
