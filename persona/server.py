@@ -185,11 +185,11 @@ def start_server(args: argparse.Namespace) -> tuple[Any, Path]:
             if not isinstance(request, dict) or request.get("protocol") != PROTOCOL or request.get("identity") != mine:
                 self._send({"refused": "another protocol, model, precision or backend"})
                 return
-            self._send({"accepted": True})
             try:
+                self._send({"accepted": True})  # a client that gave up waiting (ACCEPT_TIMEOUT_S) is gone
                 for piece in answer(engine, request):
                     self._send(piece)
-            except BrokenPipeError:
+            except (BrokenPipeError, ConnectionResetError):
                 pass
 
         def _send(self, obj: dict[str, Any]) -> None:

@@ -123,30 +123,40 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
 
 def test_the_single_token_step_computes_what_the_general_path_does_and_follows_replaced_layers(tiny_model_dir, monkeypatch):
     """A decode step of one sequence takes LlamaDecoder._step (fewer operations, per-layer plans); an
-    all-ones attention mask takes forward's general path. They agree, and a layer replaced, quantized
-    or fused after a step is what the next step uses."""
+    all-ones attention mask takes forward's general path. They agree bit for bit, and whatever
+    changes after a step (a layer replaced, a weight reassigned, quantized, fused) is what the next
+    step uses."""
+    import copy
+
     from persona.model.quantize import quantize_int8
 
     model = load_model(tiny_model_dir, native=True).model
-    steps = []
+    stepped = []
     original = llama.LlamaDecoder._step
-    monkeypatch.setattr(llama.LlamaDecoder, "_step", lambda self, *args: steps.append(1) or original(self, *args))
-    ids = list(range(3, 25))
 
-    def compare(cache, token):
+    def recording(self, *args):
+        result = original(self, *args)
+        stepped.append(result is not None)
+        return result
+
+    monkeypatch.setattr(llama.LlamaDecoder, "_step", recording)
+    ids = list(range(3, 27))
+
+    def compare(cache, token, *, step_path=True, on=None):
+        decoder = on if on is not None else model
         ones = torch.ones(1, cache.get_seq_length() + 1, dtype=torch.long)
-        general = model(input_ids=torch.tensor([[token]]), attention_mask=ones, cache=cache).logits
+        general = decoder(input_ids=torch.tensor([[token]]), attention_mask=ones, cache=cache).logits
         cache.crop(-1)
-        before = len(steps)
-        step = model(input_ids=torch.tensor([[token]]), cache=cache).logits
-        assert len(steps) == before + 1  # the step path ran
-        torch.testing.assert_close(step, general, atol=1e-6, rtol=0)
+        del stepped[:]
+        step = decoder(input_ids=torch.tensor([[token]]), cache=cache).logits
+        assert stepped == [step_path]  # the step ran (or declined, falling back to the general path)
+        assert torch.equal(step, general)
         return step
 
     with torch.no_grad():
         cache = llama.KVCache()
         model(input_ids=torch.tensor([ids[:10]]), cache=cache)
-        assert not steps  # a prefill is not a step
+        assert not stepped  # a prefill is not a step
         for token in ids[10:14]:
             compare(cache, token)
         old = compare(cache, ids[14])
@@ -154,14 +164,28 @@ def test_the_single_token_step_computes_what_the_general_path_does_and_follows_r
         attention = model.model.layers[1].self_attn
         replacement = torch.nn.Linear(attention.o_proj.in_features, attention.o_proj.out_features, bias=False)
         torch.nn.init.normal_(replacement.weight, std=0.5)
-        attention.o_proj = replacement  # a step made before this must not keep the old projection
+        attention.o_proj = replacement  # a plan made before this must not keep the old projection
         new = compare(cache, ids[14])
         assert not torch.allclose(new, old, atol=1e-3)
-        for token in ids[15:18]:
-            compare(cache, token)
+        cache.crop(-1)
+        attention.o_proj.weight = torch.nn.Parameter(torch.randn_like(attention.o_proj.weight))  # nor the old weight
+        assert not torch.allclose(compare(cache, ids[14]), new, atol=1e-3)
+        seen = []
+        handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *args: seen.append(1))
+        compare(cache, ids[15], step_path=False)  # a hook on a module the step would skip: the general path
+        assert seen
+        handle.remove()
+        compare(cache, ids[16])
+        twin = copy.deepcopy(model)  # made after steps: it must make plans of its own weights
+        torch.nn.init.normal_(twin.model.layers[-1].self_attn.q_proj.weight, std=0.5)  # in place, in the copy only
+        twin_cache = llama.KVCache()
+        twin(input_ids=torch.tensor([ids[:17]]), cache=twin_cache)
+        compare(twin_cache, ids[17], on=twin)
+        compare(cache, ids[17])
+        compare(cache, ids[18])
         quantize_int8(model)  # every projection replaced, then fused
         model.fuse_int8_projections()
-        for token in ids[18:]:
+        for token in ids[19:]:
             compare(cache, token)
 
 

@@ -57,6 +57,24 @@ def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, c
     assert code == 0 and streamed.strip() == local_record["reply"].strip()
 
 
+def test_a_client_that_gave_up_before_its_request_was_taken_leaves_the_server_quiet(server, tiny_model_dir, capsys, monkeypatch):
+    import socket
+
+    from persona.server import PROTOCOL, identity
+
+    args = argparse.Namespace(model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None)
+    request = {"protocol": PROTOCOL, "identity": identity(args), "message": "hi", "persona": None, "no_persona": True,
+               "library": None, "system": None, "json": True, "generation": {"max_new_tokens": 4}}
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    gone.connect(str(server))
+    gone.sendall(json.dumps(request).encode() + b"\n")
+    gone.close()  # as a client does after ACCEPT_TIMEOUT_S
+    no_local_model(monkeypatch)
+    code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    assert code == 0 and out.strip()  # the server went on to the next request
+    assert "Traceback" not in err and "Exception" not in err
+
+
 def test_a_client_answered_by_the_server_never_imports_torch(server, tiny_model_dir):
     code = (
         "import sys; from persona.cli.main import main; "

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -148,24 +148,36 @@ class CausalOutput:
     logits: torch.Tensor  # (B, kept, V)
 
 
-_CHANGES = [0]  # counts attribute changes of the modules below: a decode plan made before one is stale
+# The single-token step (LlamaDecoder._step) reads each layer's weights and projections from a plan
+# made once (DecoderLayer.plan), rather than through nn.Module's attribute lookups at every token.
+# A plan is used only while nothing it was made from can have changed: _CHANGES counts every module,
+# parameter or buffer registered anywhere (torch's global registration hooks: assignment, add_module,
+# register_*, load_state_dict(assign=True)) and every attribute set or deleted on the modules below
+# (a projection fused away or set to None). Writing a module's _parameters or _modules dict directly
+# is not seen; the loader does that only before any step.
+_CHANGES = [0]
+
+
+def _changed(*_: Any) -> None:
+    _CHANGES[0] += 1
+
+
+_registration = torch.nn.modules.module
+for _register in ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
+                  "register_module_module_registration_hook"):
+    getattr(_registration, _register)(_changed)
 
 
 class _Watched(nn.Module):
-    """A module whose attribute changes (a layer replaced, quantized or fused) make decode plans stale.
-
-    The single-token step (LlamaDecoder._step) reads each layer's weights and projections from a
-    plan made once, rather than through nn.Module's attribute lookup at every token; a plan is used
-    only while no such change has happened since it was made.
-    """
+    """A module whose attribute changes make decode plans stale (see _CHANGES)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        _CHANGES[0] += 1
+        _changed()
 
     def __delattr__(self, name: str) -> None:
         super().__delattr__(name)
-        _CHANGES[0] += 1
+        _changed()
 
 
 class RMSNorm(_Watched):
@@ -228,7 +240,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     """Rotary embedding of x (B, T, heads, d): x cos + rotate_half(x) sin, as transformers computes it.
 
     rotate_half(x) = [-x2, x1] for halves x1, x2; here it is x rolled by half with the sign folded
-    into `sin` (its first half negated, see LlamaDecoder.forward): four operations instead of
+    into `sin` (its first half negated, see LlamaDecoder._rotary): four operations instead of
     seven, and the same numbers ((-a) b = a (-b) exactly).
     """
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
@@ -270,9 +282,9 @@ class DecoderLayer(_Watched):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def plan(self) -> tuple[Any, ...] | None:
-        """What a single-token step of this layer reads (see LlamaDecoder._step), made once per change of
-        the modules; None where the step does not apply (norms not float32)."""
+    def plan(self) -> LayerPlan | None:
+        """What a single-token step of this layer reads (see LlamaDecoder._step), made again after any
+        change (see _CHANGES); None where the step does not apply (norms not plain float32 RMSNorm)."""
         version = _CHANGES[0]
         cached = self.__dict__.get("_plan")
         if cached is not None and cached[0] == version:
@@ -283,10 +295,38 @@ class DecoderLayer(_Watched):
         if all(type(norm) is RMSNorm and norm.weight.dtype == torch.float32 for norm in norms):
             qkv = (attention.qkv_proj,) if attention.qkv_proj is not None else (attention.q_proj, attention.k_proj, attention.v_proj)
             gate_up = (mlp.gate_up_proj,) if mlp.gate_up_proj is not None else (mlp.gate_proj, mlp.up_proj)
-            plan = (norms[0].weight, norms[0].eps, _rows(qkv), _rows((attention.o_proj,)), norms[1].weight, norms[1].eps,
-                    _rows(gate_up), _rows((mlp.down_proj,)), attention.layer, attention.heads, attention.kv_heads, attention.head_dim)
+            bypassed = (self, attention, mlp, *norms, *qkv, attention.o_proj, *gate_up, mlp.down_proj)
+            plan = LayerPlan(
+                norms[0].weight, norms[0].eps, _rows(qkv), _rows((attention.o_proj,)), norms[1].weight, norms[1].eps,
+                _rows(gate_up), _rows((mlp.down_proj,)), attention.layer, attention.heads, attention.kv_heads,
+                attention.head_dim,
+                # the very dicts a hook registered later lands in: the step checks them each time
+                tuple(hooks for module in bypassed for hooks in (module._forward_pre_hooks, module._forward_hooks)),
+            )
         self.__dict__["_plan"] = (version, plan)  # not through __setattr__: that would count as a change
         return plan
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        return {key: value for key, value in state.items() if key != "_plan"}  # closures: not for pickle or deepcopy
+
+
+class LayerPlan(NamedTuple):
+    """One decoder layer as the single-token step runs it: weights, projections as functions of a row, shapes."""
+
+    input_norm: torch.Tensor
+    input_eps: float
+    qkv: Any  # (1, D) -> (1, (H + 2 H_kv) d)
+    o: Any
+    post_norm: torch.Tensor
+    post_eps: float
+    gate_up: Any  # (1, D) -> (1, 2 I)
+    down: Any
+    index: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hooks: tuple[dict[Any, Any], ...]  # forward (pre-)hooks of every module the step does not call
 
 
 def _rows(linears: tuple[nn.Module, ...]) -> Any:
@@ -411,10 +451,9 @@ class LlamaDecoder(_Watched):
         x @ (half_turn * sin), a matrix with one nonzero per column, so each entry is the same single
         product as x.roll() * sin.
         """
-        layers = self.model.layers
-        plans = [layer.plan() for layer in layers]
-        if any(plan is None for plan in plans):
-            return None
+        plans = [layer.plan() for layer in self.model.layers]
+        if any(plan is None or any(plan.hooks) for plan in plans) or _global_hooks():
+            return None  # hooks expect their module to be called: the general path calls every one
         position = cache.get_seq_length()
         x = self.model.embed_tokens(input_ids).view(1, -1)  # (1, D)
         if x.dtype != torch.float32:
@@ -423,10 +462,12 @@ class LlamaDecoder(_Watched):
         cos = cos.view(1, -1)  # (1, d)
         rotation = self.half_turn * sin.view(1, -1)  # (d, d): column j scaled by sin_j
         width = (x.shape[1],)
-        for norm1, eps1, qkv_rows, o_rows, norm2, eps2, gate_up_rows, down_rows, index, heads, kv_heads, d in plans:
+        for norm1, eps1, qkv_rows, o_rows, norm2, eps2, gate_up_rows, down_rows, index, heads, kv_heads, d, _ in plans:
             qkv = qkv_rows(F.rms_norm(x, width, norm1, eps1)).view(heads + 2 * kv_heads, d)
             qk = qkv.narrow(0, 0, heads + kv_heads)
-            turned = torch.addmm(qk * cos, qk, rotation)  # = _rope(qk): x cos + rotate_half(x) sin
+            # = _rope(qk) = x cos + rotate_half(x) sin, bit for bit: each entry of the product is one
+            # exact multiple of an entry plus zeros, then one addition, on any BLAS
+            turned = torch.mm(qk, rotation).add_(qk * cos)
             q, k = turned.split((heads, kv_heads))
             keys, values = cache.update(index, k.view(1, kv_heads, 1, d), qkv.narrow(0, heads + kv_heads, kv_heads).view(1, kv_heads, 1, d), position)
             out = F.scaled_dot_product_attention(q.view(1, heads, 1, d), keys, values, enable_gqa=kv_heads != heads)
@@ -434,6 +475,11 @@ class LlamaDecoder(_Watched):
             gate, up = gate_up_rows(F.rms_norm(x, width, norm2, eps2)).chunk(2, dim=1)
             x = x + down_rows(F.silu(gate) * up)
         return self.lm_head(self.model.norm(x)).view(1, 1, -1)
+
+
+def _global_hooks() -> bool:
+    """Whether forward hooks are registered for every module (torch.nn.modules.module.register_module_forward_hook)."""
+    return bool(_registration._global_forward_hooks or _registration._global_forward_pre_hooks)
 
 
 def _attention_mask(attention_mask: torch.Tensor | None, batch: int, length: int, start: int) -> torch.Tensor | None:

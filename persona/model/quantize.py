@@ -176,8 +176,7 @@ def _int8_linear_class() -> Any:
             if rows.shape[0] == 1:
                 y = self.row(rows)
             elif rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
-                packed = self._packed if self._packed is not None else self.prepack()
-                y = torch.cat([_ROW_KERNEL(rows[index : index + 1], packed, False) for index in range(rows.shape[0])])
+                y = torch.cat([self.row(rows[index : index + 1]) for index in range(rows.shape[0])])
             else:
                 y = F.linear(rows, self._dequantised_into_scratch(), self.bias)
             return y.reshape(*x.shape[:-1], self.out_features)
