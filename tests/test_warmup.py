@@ -1,4 +1,4 @@
-"""The int8 cache a chat start reads while torch is imported is what the loader would have read itself."""
+"""What a chat start prepares while torch is imported (tokenizer, int8 cache) is what the loader would have made itself."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from persona.model import fastload, warmup
+from persona.model.chattokenizer import ChatTokenizer
 from persona.model.loader import load_chat_model, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def spy(monkeypatch):
-    """How often warmup handed the loader a prepared cache."""
+    """What warmup handed the loader: the cache file's path for prepared tensors, "tokenizer"."""
     taken = []
-    cache_tensors = warmup.cache_tensors
+    cache_tensors, tokenizer = warmup.cache_tensors, warmup.tokenizer
 
     def tensors(path):
         found = cache_tensors(path)
@@ -28,7 +29,14 @@ def spy(monkeypatch):
             taken.append(Path(path))
         return found
 
+    def prepared_tokenizer(directory):
+        found = tokenizer(directory)
+        if found is not None:
+            taken.append("tokenizer")
+        return found
+
     monkeypatch.setattr(warmup, "cache_tensors", tensors)
+    monkeypatch.setattr(warmup, "tokenizer", prepared_tokenizer)
     return taken
 
 
@@ -47,9 +55,12 @@ def test_a_prepared_int8_cache_gives_the_same_model(tiny_model_dir, monkeypatch)
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), int8=True)
     prepared = load_chat_model(tiny_model_dir, precision="int8")
-    assert taken == [cache_of(tiny_model_dir)]
+    assert taken == [cache_of(tiny_model_dir), "tokenizer"]
     assert torch.equal(logits(prepared), logits(plain))
     assert prepared.fingerprint == plain.fingerprint
+    assert isinstance(prepared.tokenizer, ChatTokenizer) and type(prepared.tokenizer) is type(plain.tokenizer)
+    text = "Hello there, how are you?"
+    assert prepared.tokenizer.encode(text) == plain.tokenizer.encode(text)
     assert warmup._prepared is None  # the loader is done with it: nothing is kept
 
 
@@ -63,7 +74,7 @@ def test_a_cache_file_changed_after_it_was_read_is_read_again(tiny_model_dir, mo
     stat = cache.stat()
     os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # then it changes
     loaded = load_chat_model(tiny_model_dir, precision="int8")
-    assert taken == []
+    assert taken == ["tokenizer"]  # the tokenizer's files did not change
     assert torch.equal(logits(loaded), logits(plain))
 
 
@@ -73,22 +84,27 @@ def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(tiny
     load_model(tiny_model_dir, precision="int8", native=True)
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), int8=True)
-    load_chat_model(other, precision="int8")  # another directory: its own cache
+    load_chat_model(other, precision="int8")  # another directory: its own cache and tokenizer
     assert taken == [] and warmup._prepared is None
     warmup.begin(str(tiny_model_dir), int8=True)
     fp32 = load_chat_model(tiny_model_dir, precision="fp32")  # float32 reads the weights file, not the cache
-    assert taken == [] and warmup._prepared is None
+    assert taken == ["tokenizer"] and warmup._prepared is None
     assert torch.equal(logits(fp32), logits(load_model(tiny_model_dir, precision="fp32", native=True)))
 
 
-@pytest.mark.parametrize("model", ["missing", "not-a-model", "no-cache-yet"])
-def test_nothing_is_prepared_where_there_is_nothing_ready_to_read(tiny_model_dir, tmp_path, model):
+@pytest.mark.parametrize("model", ["missing", "not-a-model"])
+def test_nothing_is_prepared_for_a_directory_that_is_not_ready(tmp_path, model):
     (tmp_path / "not-a-model").mkdir()
-    target = tiny_model_dir if model == "no-cache-yet" else tmp_path / model
-    warmup.begin(str(target), int8=True)  # the loader reports any problem, not this
+    warmup.begin(str(tmp_path / model), int8=True)  # the loader reports the problem, not this
     assert warmup._prepared is None
-    warmup.begin(str(tiny_model_dir), int8=False)
-    assert warmup._prepared is None
+
+
+@pytest.mark.parametrize("int8", [True, False], ids=["no-int8-cache-yet", "fp32"])
+def test_only_the_tokenizer_is_prepared_where_no_int8_cache_is_to_be_read(tiny_model_dir, int8):
+    warmup.begin(str(tiny_model_dir), int8=int8)
+    prepared = warmup._finished()
+    assert prepared.cache is None and prepared.tensors is None
+    assert isinstance(prepared.tokenizer, ChatTokenizer)
 
 
 def test_a_cut_cache_file_prepares_nothing_and_the_loader_mends_it(tiny_model_dir, monkeypatch):
@@ -101,7 +117,7 @@ def test_a_cut_cache_file_prepares_nothing_and_the_loader_mends_it(tiny_model_di
     warmup._finished()
     assert warmup._prepared.tensors is None
     loaded = load_chat_model(tiny_model_dir, precision="int8")
-    assert taken == []
+    assert taken == ["tokenizer"]
     assert torch.equal(logits(loaded), logits(plain))
 
 
@@ -111,7 +127,7 @@ def test_preparing_never_imports_torch(tiny_model_dir):
         "import sys; from persona.model import warmup\n"
         f"warmup.begin({str(tiny_model_dir)!r}, int8=True)\n"
         "prepared = warmup._finished()\n"
-        "assert prepared is not None and prepared.tensors, 'nothing was read'\n"
+        "assert prepared is not None and prepared.tensors and prepared.tokenizer, 'nothing was prepared'\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))

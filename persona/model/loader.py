@@ -238,9 +238,9 @@ def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
     of AutoTokenizer's time), else AutoTokenizer handed the generic config rather than the model's
     own config class, whose import pulls in torch.distributed and sympy (seconds at every start)."""
     if for_chat:
-        from persona.model import chattokenizer
+        from persona.model import chattokenizer, warmup
 
-        light = chattokenizer.load(directory)
+        light = warmup.tokenizer(directory) or chattokenizer.load(directory)
         if light is not None:
             return light
     from transformers import AutoTokenizer, PretrainedConfig

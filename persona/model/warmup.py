@@ -1,15 +1,16 @@
-"""What a chat start prepares while `import torch` runs: the int8 weight cache, read into memory.
+"""What a chat start prepares while `import torch` runs: the chat tokenizer and the int8 weight cache.
 
 Importing torch takes about two seconds of one core here, most of a `persona reply` start, and
-holds the GIL nearly all of that time. Reading the int8 cache (about 0.25 s) needs no torch: a
-thread started by `persona reply` and `persona chat` before anything imports torch reads the
-whole file with one `preadv` call into a buffer per tensor, so the GIL is released once for the
-entire read and the copy runs on the other core. (A read per tensor, or loading the tokenizer,
-which parses its file without releasing the GIL, measured no gain: each time the thread wants the
-GIL back it waits on the import.) The loader takes the buffers (`cache_tensors`) when they are of
-the file it is about to read and that file has not changed since; otherwise it reads the file
-itself, so the result never depends on the thread. Nothing here raises: a failure only means
-nothing was prepared. This module must not import torch.
+holds the GIL nearly all that time. Two parts of the start need no torch and can run outside the
+GIL: loading the chat tokenizer (tokenizers parses tokenizer.json in Rust, 0.2-0.3 s, mostly
+without the GIL) and reading the int8 cache (about 0.25 s), read here with one `preadv` call into
+a buffer per tensor so that the GIL is released once for the whole read (a read per tensor gained
+nothing: each time the thread wanted the GIL back it waited on the import). `persona reply` and
+`persona chat` call `begin()` before anything imports torch, and a thread does both on the other
+core. The loader takes what was prepared (`tokenizer()`, `cache_tensors()`) when it is for the
+same directory and the same, unchanged file; otherwise it does the work itself, so the result
+never depends on the thread. Nothing here raises: a failure only means nothing was prepared.
+This module must not import torch.
 """
 
 from __future__ import annotations
@@ -25,15 +26,22 @@ LARGE = 1 << 20  # buffers of this many bytes and more are anonymous mappings (n
 
 
 class _Prepared:
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, directory: Path, cache: Path | None) -> None:
+        self.directory = directory
         self.cache = cache
+        self.tokenizer: Any = None
         self.tensors: list[tuple[str, str, list[int], Any]] | None = None  # (name, dtype, shape, buffer)
         self.identity: str | None = None  # the cache file's identity when it was read
         self.thread = threading.Thread(target=self._work, name="persona-warmup", daemon=True)
 
     def _work(self) -> None:
+        if self.cache is not None:  # first: the loader needs the weights before the tokenizer
+            with contextlib.suppress(Exception):
+                self.identity, self.tensors = _read_cache(self.cache)
         with contextlib.suppress(Exception):
-            self.identity, self.tensors = _read_cache(self.cache)
+            from persona.model import chattokenizer
+
+            self.tokenizer = chattokenizer.load(self.directory)
 
 
 _prepared: _Prepared | None = None
@@ -41,28 +49,35 @@ _lock = threading.Lock()
 
 
 def begin(model: str | os.PathLike[str] | None, *, int8: bool) -> None:
-    """Start reading the int8 weight cache of the model chat will load (int8 only).
+    """Start preparing the tokenizer (and, for int8, the weight cache) of the model chat will load.
 
     Only for a model directory that is ready: the default's converted copy, or --model /
     $PERSONA_MODEL holding config.json. Converting the default, and every error, is the loader's.
     """
     global _prepared
-    if not int8 or not hasattr(os, "preadv"):
-        return
     with contextlib.suppress(Exception):
         from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
 
         directory = _ready_directory(model)
-        if directory is None or not (directory / WEIGHTS_FILE).is_file():
+        if directory is None:
             return
-        cache = int8_cache_path(directory / WEIGHTS_FILE)
-        if not cache.is_file():
-            return
+        cache = int8_cache_path(directory / WEIGHTS_FILE) if int8 and (directory / WEIGHTS_FILE).is_file() else None
+        if cache is not None and not (cache.is_file() and hasattr(os, "preadv")):
+            cache = None
         with _lock:
             if _prepared is not None:
                 return
-            _prepared = _Prepared(cache)
+            _prepared = _Prepared(directory, cache)
             _prepared.thread.start()
+
+
+def tokenizer(directory: Path) -> Any | None:
+    """The chat tokenizer prepared for `directory` (handed over once), or None."""
+    prepared = _finished()
+    if prepared is None:
+        return None
+    found, prepared.tokenizer = prepared.tokenizer, None
+    return found if prepared.directory == Path(directory) else None
 
 
 def cache_tensors(path: Path) -> list[tuple[str, str, list[int], Any]] | None:
