@@ -4,7 +4,7 @@
 
 Runs one child process per precision (fp32, int8) so each peak is its own, and prints the peak
 resident set size (ru_maxrss) after the reply, plus the resident size after the imports and once
-the model is ready. The model loads as chat loads it (persona's own decoder where it applies).
+the model is ready. The model loads as chat loads it (the start's warm-up thread, persona's own decoder where it applies).
 Target: the int8 chat path peaks at <= 700 MB.
 """
 
@@ -17,9 +17,11 @@ import sys
 
 CHILD = r"""
 import json, resource, sys
+from persona.model import warmup
+warmup.begin(None, int8=sys.argv[1] != "fp32")  # as `persona chat` and `persona reply` start: before torch
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.model.loader import load_model
+from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
 from persona.starters import find_starters
 
@@ -28,7 +30,7 @@ def rss_mb():
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
 imports = rss_mb()
-loaded = load_model(precision=sys.argv[1], native=True)  # as `persona chat` and `persona reply` load it
+loaded = load_chat_model(precision=sys.argv[1])  # as `persona chat` and `persona reply` load it
 ready = rss_mb()
 persona = SoftPrompt.load(find_starters()[0].prompt_path)
 engine = ChatEngine(loaded)
