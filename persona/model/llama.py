@@ -442,7 +442,8 @@ class LlamaDecoder(_Watched):
 
     def _step(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
         """forward() for one token of one sequence (a chat decode step): logits (1, 1, V), or None where
-        a layer has no plan (the caller then takes forward's general path).
+        a layer has no plan or a skipped module has forward hooks (the caller then takes forward's
+        general path).
 
         The same arithmetic in fewer operations, which is what a step of a small model costs on CPU
         (the int8 products are a third of it): rows (1, D) instead of (B, T, D) with their views and
