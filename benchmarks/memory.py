@@ -18,7 +18,7 @@ import sys
 CHILD = r"""
 import json, resource, sys
 from persona.model import warmup
-warmup.begin(None, int8=sys.argv[1] != "fp32")  # as `persona chat` and `persona reply` start: before torch
+warmup.begin(None, precision=sys.argv[1], backend="torch")  # as `persona chat` and `persona reply` start: before torch
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.model.loader import load_chat_model

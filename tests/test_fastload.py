@@ -59,12 +59,26 @@ def test_int8_weights_are_cached_and_the_cache_gives_the_same_model(tiny_model_d
         assert torch.equal(first(ids).logits, second(ids).logits)
 
 
-@pytest.mark.parametrize("keep", [1000, 3], ids=["cut-in-the-data", "shorter-than-its-header-length"])
-def test_a_corrupt_cache_is_ignored_and_rewritten(tiny_model_dir, keep):
+def garbled_header(data: bytes) -> bytes:
+    """The same file with its first tensor's shape turned to null: valid JSON, not a valid header."""
+    import json
+    import struct
+
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    header[next(key for key in header if key != "__metadata__")]["shape"] = None
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= length
+    return data[:8] + text.ljust(length) + data[8 + length :]  # the same length: only the shape is wrong
+
+
+@pytest.mark.parametrize("damage", [lambda data: data[:1000], lambda data: data[:3], garbled_header],
+                         ids=["cut-in-the-data", "shorter-than-its-header-length", "garbled-header"])
+def test_a_corrupt_cache_is_ignored_and_rewritten(tiny_model_dir, damage):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     load_streaming(tiny_model_dir, config, int8=True)
     cache = load_fastload_cache_path(tiny_model_dir)
-    cache.write_bytes(cache.read_bytes()[:keep])  # cut short, as a full disk or a kill leaves it
+    cache.write_bytes(damage(cache.read_bytes()))  # cut short, as a full disk or a kill leaves it, or garbled
     model = load_streaming(tiny_model_dir, config, int8=True)
     assert model is not None and cache.stat().st_size > 1000
     ids = torch.tensor([[3, 4, 5]])

@@ -64,11 +64,13 @@ def test_the_embedding_hash_is_remembered_per_weights_file_and_taken_again_when_
 
 
 def test_an_unreadable_hash_store_only_means_hashing_again(tiny_model_dir, tiny):
-    from persona.model.fingerprint import DIGEST_CACHE
+    from persona.model.fingerprint import DIGEST_CACHE, weights_key
     from persona.paths import models_dir
 
     store = models_dir() / DIGEST_CACHE
-    for garbage in ("{not json", "[1, 2]", '{"x": 5}'):
+    key = weights_key(tiny_model_dir / "model.safetensors")
+    bad_digests = [json.dumps({key: digest}) for digest in ("z" * 16, "0" * 15, 12345)]  # under this file's own key
+    for garbage in ("{not json", "[1, 2]", '{"x": 5}', *bad_digests):
         store.write_text(garbage, encoding="utf-8")
         assert load_model(tiny_model_dir, native=True).fingerprint == tiny.fingerprint
     store.unlink()

@@ -104,14 +104,13 @@ def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
     assert load_model(tiny_model_dir, precision="auto").precision == "int8"
 
 
-def test_packing_on_several_threads_gives_every_layer_what_one_thread_gives(tiny_model_dir, monkeypatch):
+def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_use_gives(tiny_model_dir, monkeypatch):
     pack_all = quantize.prepack_all
-    monkeypatch.setattr(quantize, "prepack_all", lambda model, background=False: None)  # the loader leaves the layers unpacked
+    monkeypatch.setattr(quantize, "prepack_all", lambda model: None)  # the loader leaves the layers unpacked
     model = load_model(tiny_model_dir, precision="int8", native=True).model
     layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
     assert layers and all(layer._packed is None for layer in layers)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # four packing threads, whatever this machine has
-    pack_all(model)
+    pack_all(model).join()
     for layer in layers:
         assert layer._packed is not None
         x = torch.randn(1, layer.in_features)  # one row: the packed kernel's path
@@ -143,7 +142,7 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     import time
 
     pack_all = quantize.prepack_all
-    monkeypatch.setattr(quantize, "prepack_all", lambda model, background=False: None)
+    monkeypatch.setattr(quantize, "prepack_all", lambda model: None)
     model = load_model(tiny_model_dir, precision="int8", native=True).model
     layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
     rows = [torch.randn(1, layer.in_features) for layer in layers]
@@ -164,7 +163,7 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
         real_pack(layer)
 
     monkeypatch.setattr(quantize.Int8Linear, "_pack", slow_pack)
-    thread = pack_all(model, background=True)
+    thread = pack_all(model)
     assert thread is not None and packer_started.wait(30)
     with torch.no_grad():
         for layer, x, want in reversed(list(zip(layers, rows, expected, strict=True))):
@@ -189,7 +188,7 @@ def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_p
         "import torch\n"
         "from persona.model import quantize\n"
         "layers = [quantize.Int8Linear.from_linear(torch.nn.Linear(1024, 1024)) for _ in range(48)]\n"
-        "quantize.prepack_all(torch.nn.Sequential(*layers), background=True)\n"
+        "quantize.prepack_all(torch.nn.Sequential(*layers))\n"
         "print('leaving', flush=True)\n",
         encoding="utf-8",
     )

@@ -53,7 +53,7 @@ def test_a_prepared_int8_cache_gives_the_same_model(tiny_model_dir, monkeypatch)
     plain = load_model(tiny_model_dir, precision="int8", native=True)  # writes the int8 cache
     assert cache_of(tiny_model_dir).is_file()
     taken = spy(monkeypatch)
-    warmup.begin(str(tiny_model_dir), int8=True)
+    warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     prepared = load_chat_model(tiny_model_dir, precision="int8")
     assert taken == [cache_of(tiny_model_dir), "tokenizer"]
     assert torch.equal(logits(prepared), logits(plain))
@@ -68,7 +68,7 @@ def test_a_cache_file_changed_after_it_was_read_is_read_again(tiny_model_dir, mo
     plain = load_model(tiny_model_dir, precision="int8", native=True)
     cache = cache_of(tiny_model_dir)
     taken = spy(monkeypatch)
-    warmup.begin(str(tiny_model_dir), int8=True)
+    warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     warmup._finished()  # the thread has read the file
     assert warmup._prepared.tensors is not None
     stat = cache.stat()
@@ -83,10 +83,10 @@ def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(tiny
     shutil.copytree(tiny_model_dir, other)
     load_model(tiny_model_dir, precision="int8", native=True)
     taken = spy(monkeypatch)
-    warmup.begin(str(tiny_model_dir), int8=True)
+    warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     load_chat_model(other, precision="int8")  # another directory: its own cache and tokenizer
     assert taken == [] and warmup._prepared is None
-    warmup.begin(str(tiny_model_dir), int8=True)
+    warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     fp32 = load_chat_model(tiny_model_dir, precision="fp32")  # float32 reads the weights file, not the cache
     assert taken == ["tokenizer"] and warmup._prepared is None
     assert torch.equal(logits(fp32), logits(load_model(tiny_model_dir, precision="fp32", native=True)))
@@ -95,13 +95,13 @@ def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(tiny
 @pytest.mark.parametrize("model", ["missing", "not-a-model"])
 def test_nothing_is_prepared_for_a_directory_that_is_not_ready(tmp_path, model):
     (tmp_path / "not-a-model").mkdir()
-    warmup.begin(str(tmp_path / model), int8=True)  # the loader reports the problem, not this
+    warmup.begin(str(tmp_path / model), precision="int8", backend="torch")  # the loader reports the problem, not this
     assert warmup._prepared is None
 
 
 @pytest.mark.parametrize("int8", [True, False], ids=["no-int8-cache-yet", "fp32"])
 def test_only_the_tokenizer_is_prepared_where_no_int8_cache_is_to_be_read(tiny_model_dir, int8):
-    warmup.begin(str(tiny_model_dir), int8=int8)
+    warmup.begin(str(tiny_model_dir), precision="int8" if int8 else "fp32", backend="torch")
     prepared = warmup._finished()
     assert prepared.cache is None and prepared.tensors is None
     assert isinstance(prepared.tokenizer, ChatTokenizer)
@@ -113,7 +113,7 @@ def test_a_cut_cache_file_prepares_nothing_and_the_loader_mends_it(tiny_model_di
     with cache.open("r+b") as handle:
         handle.truncate(cache.stat().st_size - 100)
     taken = spy(monkeypatch)
-    warmup.begin(str(tiny_model_dir), int8=True)
+    warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     warmup._finished()
     assert warmup._prepared.tensors is None
     loaded = load_chat_model(tiny_model_dir, precision="int8")
@@ -125,7 +125,7 @@ def test_preparing_never_imports_torch(tiny_model_dir):
     load_model(tiny_model_dir, precision="int8", native=True)
     code = (
         "import sys; from persona.model import warmup\n"
-        f"warmup.begin({str(tiny_model_dir)!r}, int8=True)\n"
+        f"warmup.begin({str(tiny_model_dir)!r}, precision='int8', backend='torch')\n"
         "prepared = warmup._finished()\n"
         "assert prepared is not None and prepared.tensors and prepared.tokenizer, 'nothing was prepared'\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

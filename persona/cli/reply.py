@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from persona.model import warmup
 
-    warmup.begin(args.model, int8=args.backend == "torch" and args.precision != "fp32")  # while torch is imported below
+    warmup.begin(args.model, precision=args.precision, backend=args.backend)  # while torch is imported below
 
     from persona.cli.personas import resolve_persona
     from persona.engine.chat import ChatEngine

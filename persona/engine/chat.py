@@ -241,6 +241,6 @@ def _stop_token_ids(loaded: LoadedModel) -> set[int]:
     special = set(loaded.tokenizer.all_special_tokens) | set(added)
     wanted = [token for token in END_OF_TURN_TOKENS if token in special]
     # the whole vocabulary (a 50,000-entry dict, 0.06 s) only where a wanted token is not an added one
-    vocab = loaded.tokenizer.get_vocab() if any(token not in added for token in wanted) else {}
-    ids.update(added[token] if token in added else vocab[token] for token in wanted if token in added or token in vocab)
+    vocab = {**(loaded.tokenizer.get_vocab() if any(token not in added for token in wanted) else {}), **added}
+    ids.update(vocab[token] for token in wanted if token in vocab)
     return ids

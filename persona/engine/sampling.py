@@ -21,12 +21,6 @@ def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float)
     return scores.scatter(1, seen, picked)
 
 
-def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, scores.shape[-1])
-    threshold = torch.topk(scores, k).values[..., -1:]  # (B, 1)
-    return scores.masked_fill(scores < threshold, float("-inf"))
-
-
 def top_p_filter(scores: torch.Tensor, p: float) -> torch.Tensor:
     ordered, order = torch.sort(scores, descending=False)  # ascending: the tail comes first
     mass = ordered.softmax(dim=-1).cumsum(dim=-1)
@@ -83,7 +77,7 @@ class Sampler:
             values, ids = torch.topk(scores, config.top_k)  # (B, k) highest first
             if bool(((scores >= values[..., -1:]).sum(dim=-1) == config.top_k).all()):  # exactly these k survive
                 return (top_p_filter(values, config.top_p) if config.top_p < 1.0 else values), ids
-            scores = top_k_filter(scores, config.top_k)
+            scores = scores.masked_fill(scores < values[..., -1:], float("-inf"))  # top-k with its ties, as transformers keeps them
         if config.top_p < 1.0:
             scores = top_p_filter(scores, config.top_p)
         return scores, None

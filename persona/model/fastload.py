@@ -125,8 +125,8 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
                     module._buffers[attr] = tensor.clone()
                 else:
                     return None
-    except (AttributeError, KeyError, ValueError, RuntimeError, OSError, struct.error):
-        return None  # a tensor this architecture does not have, an unknown dtype, a short file
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError, OSError, struct.error):
+        return None  # a tensor this architecture does not have, an unknown dtype, a short file, a garbled header
     if pending:
         return None
     if getattr(model.config, "tie_word_embeddings", False) and head is not None and head.weight.is_meta:

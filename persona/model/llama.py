@@ -114,7 +114,7 @@ class KVCache:
             capacity = max(end, 2 * self._keys[layer].shape[2])
             self._keys[layer] = _grow(self._keys[layer], start, capacity)
             self._values[layer] = _grow(self._values[layer], start, capacity)
-        # narrow() rather than [:, :, a:b]: one view instead of three slices, per call of every layer
+        # narrow() rather than [:, :, a:b]: one call instead of Python indexing, per call of every layer
         self._keys[layer].narrow(2, start, end - start).copy_(keys)
         self._values[layer].narrow(2, start, end - start).copy_(values)
         self._length = end

@@ -59,11 +59,18 @@ def default_gguf_path() -> Path:
     )
 
 
+def converted_default_dir() -> Path | None:
+    """The safetensors copy of the default model in the data dir if it is complete, else None."""
+    target = models_dir() / DEFAULT_MODEL_ID
+    return target if (target / COMPLETE_MARKER).exists() else None
+
+
 def default_model_dir(progress: TextIO | None = sys.stderr) -> Path:
     """The safetensors copy of the default model in the data dir, converting it on first use."""
+    converted = converted_default_dir()
+    if converted is not None:
+        return converted
     target = models_dir() / DEFAULT_MODEL_ID
-    if (target / COMPLETE_MARKER).exists():
-        return target
     gguf = default_gguf_path()
     if progress is not None:
         print(
@@ -91,6 +98,15 @@ def default_model_dir(progress: TextIO | None = sys.stderr) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def ready_model_dir(path: str | os.PathLike[str] | None) -> Path | None:
+    """The directory resolve_model_path would give, without converting the default: None where the
+    default is not converted yet. Raises ModelError as resolve_model_path does."""
+    chosen = path if path is not None else os.environ.get("PERSONA_MODEL") or None
+    if chosen is None:
+        return converted_default_dir()
+    return resolve_model_path(chosen)[0]
 
 
 def resolve_model_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
@@ -146,7 +162,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
             model.fuse_int8_projections()
         # packed from now on, after the float32 embedding is gone (a lower peak), on a thread of its own:
         # the first prompt (which uses the unpacked weights) does not wait for it
-        prepack_all(model, background=True)
+        prepack_all(model)
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
 

@@ -270,49 +270,52 @@ def _float16_embedding_class() -> Any:
     return Float16Embedding
 
 
-def prepack_all(model: Any, *, background: bool = False) -> threading.Thread | None:
-    """Pack every Int8Linear of `model` for fbgemm now, rather than at its first decode step.
+def prepack_all(model: Any) -> threading.Thread:
+    """Pack every Int8Linear of `model` for fbgemm on a thread of its own, in order; returns the thread.
 
-    Packing releases the GIL, so by default the layers are packed on as many threads as torch uses:
-    about half the time of one thread on two cores (0.52-0.60 s against 0.94-1.14 s for the default
-    model's 120 layers here). background=True packs them in order on one thread of their own and
-    returns at once (the thread is returned): encoding a prompt uses the unpacked weights, so the
-    first token does not wait for packing, while the cores are shared; a decode step that reaches
-    a layer first packs it itself, so the numbers never depend on timing.
+    Encoding a prompt uses the unpacked weights, so the first token does not wait for packing
+    (about a second of one core for the default model's 120 layers here); a decode step that
+    reaches a layer first packs it itself, so the numbers never depend on timing.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
     layers = [m for m in model.modules() if type(m) is _int8_linear_class() and m._packed is None]
-    if background:
-        stop = threading.Event()
-        thread = threading.Thread(target=_pack_in_order, args=(layers, stop), name="persona-int8-packing", daemon=True)
-        thread.start()
-        atexit.register(_stop_packing, stop, thread)  # a process that ends first must not be torn down mid-pack
-        return thread
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        list(pool.map(lambda layer: layer.prepack(), layers))  # list(): wait, and raise what a thread raised
-    return None
+    thread = threading.Thread(target=_pack_in_order, args=(layers,), name="persona-int8-packing", daemon=True)
+    with _PACKERS_LOCK:
+        if not _PACKERS:
+            atexit.register(_stop_packing)  # once: a process that ends first must not be torn down mid-pack
+        _PACKERS.add(thread)
+    thread.start()
+    return thread
 
 
-def _pack_in_order(layers: list[Any], stop: threading.Event) -> None:
+_PACKERS: set[threading.Thread] = set()  # packing threads not yet finished
+_PACKERS_LOCK = threading.Lock()
+_STOP_PACKING = threading.Event()  # set at exit
+
+
+def _pack_in_order(layers: list[Any]) -> None:
     if sys.platform.startswith("linux"):  # a lower priority: work on the prompt comes first (Linux: per thread)
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    for layer in layers:
-        if stop.is_set():
-            return
-        try:
-            layer.prepack()
-        except Exception:  # noqa: BLE001 - the layer packs itself at first use, and raises there
-            return
+    try:
+        for layer in layers:
+            if _STOP_PACKING.is_set():
+                return
+            try:
+                layer.prepack()
+            except Exception:  # noqa: BLE001 - the layer packs itself at first use, and raises there
+                return
+    finally:
+        with _PACKERS_LOCK:
+            _PACKERS.discard(threading.current_thread())
 
 
-def _stop_packing(stop: threading.Event, thread: threading.Thread) -> None:
-    """At exit: let the layer being packed finish (milliseconds), pack no more, wait for the thread."""
-    stop.set()
-    thread.join()
+def _stop_packing() -> None:
+    """At exit: let the layers being packed finish (milliseconds), pack no more, wait for the threads."""
+    _STOP_PACKING.set()
+    with _PACKERS_LOCK:
+        running = list(_PACKERS)
+    for thread in running:
+        thread.join()
 
 
 def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch

@@ -48,26 +48,28 @@ _prepared: _Prepared | None = None
 _lock = threading.Lock()
 
 
-def begin(model: str | os.PathLike[str] | None, *, int8: bool) -> None:
-    """Start preparing the tokenizer (and, for int8, the weight cache) of the model chat will load.
+def begin(model: str | os.PathLike[str] | None, *, precision: str, backend: str) -> None:
+    """Start preparing the tokenizer (and, for the int8 PyTorch path, the weight cache) of the model
+    chat will load with these options.
 
-    Only for a model directory that is ready: the default's converted copy, or --model /
-    $PERSONA_MODEL holding config.json. Converting the default, and every error, is the loader's.
+    Only for a model directory that is ready (see loader.ready_model_dir): converting the default,
+    and every error, is the loader's.
     """
     global _prepared
     with contextlib.suppress(Exception):
         from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
+        from persona.model.loader import ready_model_dir
 
-        directory = _ready_directory(model)
+        directory = ready_model_dir(model)
         if directory is None:
             return
-        cache = int8_cache_path(directory / WEIGHTS_FILE) if int8 and (directory / WEIGHTS_FILE).is_file() else None
-        if cache is not None and not (cache.is_file() and hasattr(os, "preadv")):
-            cache = None
+        weights = directory / WEIGHTS_FILE
+        int8 = backend == "torch" and precision != "fp32" and hasattr(os, "preadv")
+        cache = int8_cache_path(weights) if int8 and weights.is_file() else None
         with _lock:
             if _prepared is not None:
                 return
-            _prepared = _Prepared(directory, cache)
+            _prepared = _Prepared(directory, cache if cache is not None and cache.is_file() else None)
             _prepared.thread.start()
 
 
@@ -108,29 +110,16 @@ def _finished() -> _Prepared | None:
     return prepared
 
 
-def _ready_directory(model: str | os.PathLike[str] | None) -> Path | None:
-    from persona.model.loader import COMPLETE_MARKER, DEFAULT_MODEL_ID
-    from persona.paths import models_dir
-
-    chosen = model if model is not None else os.environ.get("PERSONA_MODEL") or None
-    if chosen is None:
-        directory = models_dir() / DEFAULT_MODEL_ID
-        return directory if (directory / COMPLETE_MARKER).exists() else None
-    directory = Path(chosen).expanduser()
-    return directory if (directory / "config.json").is_file() else None
-
-
 def _read_cache(path: Path) -> tuple[str, list[tuple[str, str, list[int], Any]]]:
     """(identity, tensors) of a safetensors file: each tensor's bytes in a buffer of its own (each is
     freed on its own once unused), all filled by one `preadv` (the GIL released once)."""
     from persona.model.fastload import file_identity, read_entries
 
     identity = file_identity(path)
-    private = getattr(mmap, "MAP_PRIVATE", None)
     with path.open("rb") as handle:
         entries = list(read_entries(handle))
-        buffers: list[Any] = [(mmap.mmap(-1, size, flags=private) if private is not None else mmap.mmap(-1, size))
-                              if size >= LARGE else bytearray(size) for *_, size in entries]
+        buffers: list[Any] = [mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size >= LARGE else bytearray(size)
+                              for *_, size in entries]
         offset = position = entries[0][3] if entries else 0
         for _, _, _, start, size in entries:
             if start != position:
