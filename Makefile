@@ -21,7 +21,8 @@ chat: setup
 	$(BIN)/persona chat
 
 test: setup
-	$(BIN)/ruff check persona tests benchmarks
+	$(BIN)/ruff check persona tests benchmarks migrations docs
+	$(BIN)/ruff format --check persona tests benchmarks migrations docs
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -20,9 +20,14 @@ from persona.prompt.softprompt import SoftPrompt
 from persona.starters import find_starters
 
 QUESTIONS = [
-    "What do you think of love?", "Where shall we dine tonight?", "Tell me of your father.",
-    "What is honour?", "Why are you so sad?", "Who is the fairest in the land?",
-    "What would you do with a crown?", "Is the forest a good place to live?",
+    "What do you think of love?",
+    "Where shall we dine tonight?",
+    "Tell me of your father.",
+    "What is honour?",
+    "Why are you so sad?",
+    "Who is the fairest in the land?",
+    "What would you do with a crown?",
+    "Is the forest a good place to live?",
 ]
 
 
@@ -35,13 +40,18 @@ def main() -> None:
     loaded = load_model(precision=args.precision)
     personas = [SoftPrompt.load(starter.prompt_path) for starter in find_starters()]
     requests = [
-        BatchRequest([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], personas[i % len(personas)])
+        BatchRequest(
+            [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            personas[i % len(personas)],
+        )
         for i in range(args.batch)
     ]
     config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=args.tokens)
     engine = ChatEngine(loaded)
     engine.stop_ids = set()  # every row generates exactly --tokens tokens, so the counts compare
-    generate_batch(engine, requests[:1], GenerationConfig(temperature=0, max_new_tokens=2))  # warm-up
+    generate_batch(
+        engine, requests[:1], GenerationConfig(temperature=0, max_new_tokens=2)
+    )  # warm-up
 
     batched, batch_seconds = generate_batch(engine, requests, config)
     solo_seconds, same = 0.0, 0
@@ -54,10 +64,14 @@ def main() -> None:
         same += engine.last.token_ids == row.token_ids
     tokens = args.tokens * len(requests)
     batch_rate, solo_rate = tokens / batch_seconds, tokens / solo_seconds
-    print(f"mixed-persona batch, {len(requests)} rows ({len({r.persona.name for r in requests})} personas), "
-          f"{args.tokens} tokens each, {loaded.precision}")
+    print(
+        f"mixed-persona batch, {len(requests)} rows ({len({r.persona.name for r in requests})} personas), "
+        f"{args.tokens} tokens each, {loaded.precision}"
+    )
     print(f"  one at a time : {solo_rate:6.1f} tokens/s ({solo_seconds:.1f} s)")
-    print(f"  one batch     : {batch_rate:6.1f} tokens/s ({batch_seconds:.1f} s)   ratio {batch_rate / solo_rate:.2f}x (target >= 4x)")
+    print(
+        f"  one batch     : {batch_rate:6.1f} tokens/s ({batch_seconds:.1f} s)   ratio {batch_rate / solo_rate:.2f}x (target >= 4x)"
+    )
     print(f"  rows whose greedy reply equals their solo run: {same} of {len(requests)}")
 
 

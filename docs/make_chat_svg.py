@@ -25,7 +25,10 @@ async def drive(app, first: str, second: str) -> None:  # noqa: ANN001 - a Perso
     from textual.widgets import TextArea
 
     async with app.run_test(size=(100, 30)) as pilot:
-        for command, question in ((f"/persona {first}", QUESTIONS[0]), (f"/persona {second}", QUESTIONS[1])):
+        for command, question in (
+            (f"/persona {first}", QUESTIONS[0]),
+            (f"/persona {second}", QUESTIONS[1]),
+        ):
             for text in (command, question):
                 app.chat.query_one(TextArea).insert(text)
                 await pilot.press("enter")
@@ -41,7 +44,9 @@ async def drive(app, first: str, second: str) -> None:  # noqa: ANN001 - a Perso
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--personas", nargs=2, metavar="NAME", help="two personas from the library instead")
+    parser.add_argument(
+        "--personas", nargs=2, metavar="NAME", help="two personas from the library instead"
+    )
     args = parser.parse_args()
 
     from persona.engine.chat import ChatEngine
@@ -59,8 +64,16 @@ def main() -> None:
         else:
             library = open_library(Path(scratch) / "library.db")
             for name, description in DESCRIBED.items():
-                embeddings, init = initial_prompt(loaded.model, loaded.tokenizer, 16, description=description)  # (16, D)
-                prompt = SoftPrompt(embeddings, name=name, description=description, fingerprint=loaded.fingerprint, init=init)
+                embeddings, init = initial_prompt(
+                    loaded.model, loaded.tokenizer, 16, description=description
+                )  # (16, D)
+                prompt = SoftPrompt(
+                    embeddings,
+                    name=name,
+                    description=description,
+                    fingerprint=loaded.fingerprint,
+                    init=init,
+                )
                 library.add_version(name, prompt, model_id=loaded.model_id)
             first, second = DESCRIBED
         config = GenerationConfig(temperature=0, max_new_tokens=80)

@@ -22,24 +22,36 @@ from persona.library import migrate
 
 # (problem, SQL that finds the rows, SQL that removes or fixes them)
 ORPHANS: tuple[tuple[str, str, str], ...] = (
-    ("prompt versions of a persona that does not exist",
-     "SELECT count(*) FROM prompt_versions WHERE persona_id NOT IN (SELECT id FROM personas)",
-     "DELETE FROM prompt_versions WHERE persona_id NOT IN (SELECT id FROM personas)"),
-    ("tensors of a prompt version that does not exist",
-     "SELECT count(*) FROM prompt_tensors WHERE version_id NOT IN (SELECT id FROM prompt_versions)",
-     "DELETE FROM prompt_tensors WHERE version_id NOT IN (SELECT id FROM prompt_versions)"),
-    ("prompt versions without a tensor",
-     "SELECT count(*) FROM prompt_versions WHERE id NOT IN (SELECT version_id FROM prompt_tensors)",
-     "DELETE FROM prompt_versions WHERE id NOT IN (SELECT version_id FROM prompt_tensors)"),
-    ("tags of a persona that does not exist",
-     "SELECT count(*) FROM persona_tags WHERE persona_id NOT IN (SELECT id FROM personas)",
-     "DELETE FROM persona_tags WHERE persona_id NOT IN (SELECT id FROM personas)"),
-    ("messages of a conversation that does not exist",
-     "SELECT count(*) FROM messages WHERE conversation_id NOT IN (SELECT id FROM conversations)",
-     "DELETE FROM messages WHERE conversation_id NOT IN (SELECT id FROM conversations)"),
-    ("messages linked to a deleted persona (they keep its name)",
-     "SELECT count(*) FROM messages WHERE persona_id IS NOT NULL AND persona_id NOT IN (SELECT id FROM personas)",
-     "UPDATE messages SET persona_id = NULL WHERE persona_id IS NOT NULL AND persona_id NOT IN (SELECT id FROM personas)"),
+    (
+        "prompt versions of a persona that does not exist",
+        "SELECT count(*) FROM prompt_versions WHERE persona_id NOT IN (SELECT id FROM personas)",
+        "DELETE FROM prompt_versions WHERE persona_id NOT IN (SELECT id FROM personas)",
+    ),
+    (
+        "tensors of a prompt version that does not exist",
+        "SELECT count(*) FROM prompt_tensors WHERE version_id NOT IN (SELECT id FROM prompt_versions)",
+        "DELETE FROM prompt_tensors WHERE version_id NOT IN (SELECT id FROM prompt_versions)",
+    ),
+    (
+        "prompt versions without a tensor",
+        "SELECT count(*) FROM prompt_versions WHERE id NOT IN (SELECT version_id FROM prompt_tensors)",
+        "DELETE FROM prompt_versions WHERE id NOT IN (SELECT version_id FROM prompt_tensors)",
+    ),
+    (
+        "tags of a persona that does not exist",
+        "SELECT count(*) FROM persona_tags WHERE persona_id NOT IN (SELECT id FROM personas)",
+        "DELETE FROM persona_tags WHERE persona_id NOT IN (SELECT id FROM personas)",
+    ),
+    (
+        "messages of a conversation that does not exist",
+        "SELECT count(*) FROM messages WHERE conversation_id NOT IN (SELECT id FROM conversations)",
+        "DELETE FROM messages WHERE conversation_id NOT IN (SELECT id FROM conversations)",
+    ),
+    (
+        "messages linked to a deleted persona (they keep its name)",
+        "SELECT count(*) FROM messages WHERE persona_id IS NOT NULL AND persona_id NOT IN (SELECT id FROM personas)",
+        "UPDATE messages SET persona_id = NULL WHERE persona_id IS NOT NULL AND persona_id NOT IN (SELECT id FROM personas)",
+    ),
 )
 NO_ACTIVE = """SELECT p.name FROM personas p WHERE NOT EXISTS
     (SELECT 1 FROM prompt_versions v WHERE v.persona_id = p.id AND v.version = p.active_version)"""
@@ -63,13 +75,23 @@ def check_library(path: Path) -> list[Finding]:
     except OSError as exc:
         raise LibraryError(f"cannot read the library {path} ({exc.strerror})") from None
     if magic and magic != migrate.SQLITE_MAGIC:
-        return [Finding(f"{path} is not a SQLite database", "move it away; persona starts a new library there", False)]
+        return [
+            Finding(
+                f"{path} is not a SQLite database",
+                "move it away; persona starts a new library there",
+                False,
+            )
+        ]
     connection = _connect(path)
     try:
         damage = _integrity(connection)
         if damage:
-            return [Finding(f"the database file is damaged ({damage})",
-                            "rebuild it from every row that still reads (persona doctor --repair)")]
+            return [
+                Finding(
+                    f"the database file is damaged ({damage})",
+                    "rebuild it from every row that still reads (persona doctor --repair)",
+                )
+            ]
         findings = _schema(connection)
         if findings:
             return findings
@@ -77,13 +99,24 @@ def check_library(path: Path) -> list[Finding]:
         for problem, count_sql, _ in ORPHANS:
             count = connection.execute(count_sql).fetchone()[0]
             if count:
-                findings.append(Finding(f"{count} {problem}", "remove them (persona doctor --repair)"))
+                findings.append(
+                    Finding(f"{count} {problem}", "remove them (persona doctor --repair)")
+                )
         for (name,) in connection.execute(NO_ACTIVE).fetchall():
-            findings.append(Finding(f"persona {name!r} has no usable active version",
-                                    "make its newest good version active, or remove it if it has none (persona doctor --repair)"))
+            findings.append(
+                Finding(
+                    f"persona {name!r} has no usable active version",
+                    "make its newest good version active, or remove it if it has none (persona doctor --repair)",
+                )
+            )
         return findings
     except sqlite3.Error as exc:
-        return [Finding(f"the database cannot be read ({exc})", "rebuild it from every row that still reads (persona doctor --repair)")]
+        return [
+            Finding(
+                f"the database cannot be read ({exc})",
+                "rebuild it from every row that still reads (persona doctor --repair)",
+            )
+        ]
     finally:
         connection.close()
 
@@ -93,10 +126,15 @@ def repair_library(path: Path) -> tuple[Path, list[str]]:
     path = Path(path)
     findings = check_library(path)
     if any(not f.repairable for f in findings):
-        raise LibraryError(f"{path} cannot be repaired by persona: {findings[0].problem}; {findings[0].repair}")
+        raise LibraryError(
+            f"{path} cannot be repaired by persona: {findings[0].problem}; {findings[0].repair}"
+        )
     backup = back_up(path)
     done: list[str] = []
-    if any(f.problem.startswith(("the database file is damaged", "the database cannot be read")) for f in findings):
+    if any(
+        f.problem.startswith(("the database file is damaged", "the database cannot be read"))
+        for f in findings
+    ):
         done.append(_rebuild(path))
     from persona.library.open import open_library
 
@@ -118,7 +156,9 @@ def repair_library(path: Path) -> tuple[Path, list[str]]:
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         connection.execute("ROLLBACK") if connection.in_transaction else None
-        raise LibraryError(f"repairing {path} failed ({exc}); the backup {backup} holds the library as it was") from None
+        raise LibraryError(
+            f"repairing {path} failed ({exc}); the backup {backup} holds the library as it was"
+        ) from None
     finally:
         connection.close()
     return backup, done
@@ -136,7 +176,9 @@ def back_up(path: Path) -> Path:
                 shutil.copyfile(source, target)
                 os.chmod(target, 0o600)
     except OSError as exc:
-        raise LibraryError(f"cannot back up {path} before repairing it ({exc.strerror}); nothing was changed") from None
+        raise LibraryError(
+            f"cannot back up {path} before repairing it ({exc.strerror}); nothing was changed"
+        ) from None
     return backup
 
 
@@ -153,19 +195,48 @@ def _integrity(connection: sqlite3.Connection) -> str:
 
 
 def _schema(connection: sqlite3.Connection) -> list[Finding]:
-    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {
+        row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
     if "alembic_version" not in tables:
         if tables - {"sqlite_sequence"}:
-            return [Finding("a SQLite database but not a persona library", "pass another --library path", False)]
-        return [Finding("an empty library with no schema yet", "create the schema (persona doctor --repair, or any persona command)")]
+            return [
+                Finding(
+                    "a SQLite database but not a persona library",
+                    "pass another --library path",
+                    False,
+                )
+            ]
+        return [
+            Finding(
+                "an empty library with no schema yet",
+                "create the schema (persona doctor --repair, or any persona command)",
+            )
+        ]
     revisions = [row[0] for row in connection.execute("SELECT version_num FROM alembic_version")]
     if len(revisions) != 1 or revisions[0] not in migrate.KNOWN_REVISIONS:
         if len(revisions) == 1 and revisions[0] > migrate.HEAD_REVISION:
-            return [Finding(f"schema {revisions[0]!r} is from a newer persona", "upgrade persona to open it", False)]
-        return [Finding(f"the schema record is damaged ({revisions!r})", "restore the library from a backup", False)]
+            return [
+                Finding(
+                    f"schema {revisions[0]!r} is from a newer persona",
+                    "upgrade persona to open it",
+                    False,
+                )
+            ]
+        return [
+            Finding(
+                f"the schema record is damaged ({revisions!r})",
+                "restore the library from a backup",
+                False,
+            )
+        ]
     if revisions[0] != migrate.HEAD_REVISION:
-        return [Finding(f"schema {revisions[0]!r} is older than {migrate.HEAD_REVISION!r}",
-                        "migrate it (persona doctor --repair, or any persona command)")]
+        return [
+            Finding(
+                f"schema {revisions[0]!r} is older than {migrate.HEAD_REVISION!r}",
+                "migrate it (persona doctor --repair, or any persona command)",
+            )
+        ]
     return []
 
 
@@ -190,18 +261,24 @@ def _damaged_versions(connection: sqlite3.Connection) -> list[tuple[str, int, in
 
 def _checksums(connection: sqlite3.Connection) -> list[Finding]:
     return [
-        Finding(f"version {version} of persona {name!r} does not match its checksum",
-                "remove that version; the persona keeps its other versions (persona doctor --repair)")
+        Finding(
+            f"version {version} of persona {name!r} does not match its checksum",
+            "remove that version; the persona keeps its other versions (persona doctor --repair)",
+        )
         for name, version, _ in _damaged_versions(connection)
     ]
 
 
 def _fix_active(connection: sqlite3.Connection, name: str) -> str:
     persona_id = connection.execute("SELECT id FROM personas WHERE name = ?", (name,)).fetchone()[0]
-    newest = connection.execute("SELECT max(version) FROM prompt_versions WHERE persona_id = ?", (persona_id,)).fetchone()[0]
+    newest = connection.execute(
+        "SELECT max(version) FROM prompt_versions WHERE persona_id = ?", (persona_id,)
+    ).fetchone()[0]
     if newest is None:
         connection.execute("DELETE FROM persona_tags WHERE persona_id = ?", (persona_id,))
-        connection.execute("UPDATE messages SET persona_id = NULL WHERE persona_id = ?", (persona_id,))
+        connection.execute(
+            "UPDATE messages SET persona_id = NULL WHERE persona_id = ?", (persona_id,)
+        )
         connection.execute("DELETE FROM personas WHERE id = ?", (persona_id,))
         return f"removed persona {name!r}: none of its versions was usable (its messages keep its name)"
     connection.execute("UPDATE personas SET active_version = ? WHERE id = ?", (newest, persona_id))
@@ -216,7 +293,9 @@ def _rebuild(path: Path) -> str:
     for leftover in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
         leftover.unlink(missing_ok=True)
     previous = os.environ.get("PERSONA_NO_STARTERS")
-    os.environ["PERSONA_NO_STARTERS"] = "1"  # the rebuilt library holds exactly what the old one did
+    os.environ["PERSONA_NO_STARTERS"] = (
+        "1"  # the rebuilt library holds exactly what the old one did
+    )
     try:
         open_library(fresh).close()
     finally:
@@ -230,7 +309,15 @@ def _rebuild(path: Path) -> str:
     try:
         target.execute("PRAGMA foreign_keys = OFF")
         target.execute("BEGIN")
-        for table in ("personas", "prompt_versions", "prompt_tensors", "persona_tags", "conversations", "messages", "settings"):
+        for table in (
+            "personas",
+            "prompt_versions",
+            "prompt_tensors",
+            "persona_tags",
+            "conversations",
+            "messages",
+            "settings",
+        ):
             columns = [row[1] for row in target.execute(f"PRAGMA table_info({table})")]
             rows_saved, rows_lost = _copy_rows(source, target, table, columns)
             saved, lost = saved + rows_saved, lost + rows_lost
@@ -242,10 +329,14 @@ def _rebuild(path: Path) -> str:
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     os.replace(fresh, path)
-    return f"rebuilt the database from {saved} readable rows" + (f" ({lost} could not be read)" if lost else "")
+    return f"rebuilt the database from {saved} readable rows" + (
+        f" ({lost} could not be read)" if lost else ""
+    )
 
 
-def _copy_rows(source: sqlite3.Connection, target: sqlite3.Connection, table: str, columns: list[str]) -> tuple[int, int]:
+def _copy_rows(
+    source: sqlite3.Connection, target: sqlite3.Connection, table: str, columns: list[str]
+) -> tuple[int, int]:
     names = ", ".join(columns)
     marks = ", ".join("?" for _ in columns)
     try:
@@ -255,7 +346,9 @@ def _copy_rows(source: sqlite3.Connection, target: sqlite3.Connection, table: st
     saved = lost = 0
     for rowid in rowids:
         try:
-            row = source.execute(f"SELECT {names} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+            row = source.execute(
+                f"SELECT {names} FROM {table} WHERE rowid = ?", (rowid,)
+            ).fetchone()
             target.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", row)
             saved += 1
         except sqlite3.DatabaseError:

@@ -50,14 +50,21 @@ def socket_path() -> Path:
 def identity(args: argparse.Namespace) -> dict[str, Any]:
     """What a server must match to answer for these arguments: model, precision, backend, GGUF file."""
     model = args.model or os.environ.get("PERSONA_MODEL") or None
-    return {"model": _absolute(model), "precision": args.precision, "backend": args.backend, "gguf": _absolute(args.gguf)}
+    return {
+        "model": _absolute(model),
+        "precision": args.precision,
+        "backend": args.backend,
+        "gguf": _absolute(args.gguf),
+    }
 
 
 def _absolute(path: str | os.PathLike[str] | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def reply_via_server(args: argparse.Namespace, message: str, config: GenerationConfig) -> int | None:
+def reply_via_server(
+    args: argparse.Namespace, message: str, config: GenerationConfig
+) -> int | None:
     """Answer through a running server: the exit code, or None when there is none that can answer."""
     path = socket_path()
     if not path.exists():
@@ -66,9 +73,15 @@ def reply_via_server(args: argparse.Namespace, message: str, config: GenerationC
     if persona is not None and persona.endswith(".safetensors") and Path(persona).exists():
         persona = _absolute(persona)  # the server resolves it, from its own working directory
     request = {
-        "protocol": PROTOCOL, "identity": identity(args), "message": message, "persona": persona,
-        "no_persona": bool(args.no_persona), "library": _absolute(args.library), "system": args.system,
-        "json": bool(args.json), "generation": dataclasses.asdict(config),
+        "protocol": PROTOCOL,
+        "identity": identity(args),
+        "message": message,
+        "persona": persona,
+        "no_persona": bool(args.no_persona),
+        "library": _absolute(args.library),
+        "system": args.system,
+        "json": bool(args.json),
+        "generation": dataclasses.asdict(config),
     }
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -85,8 +98,12 @@ def reply_via_server(args: argparse.Namespace, message: str, config: GenerationC
         connection.settimeout(STALL_TIMEOUT_S)
     except TimeoutError:
         connection.close()
-        print(f"persona: the server did not take the request within {ACCEPT_TIMEOUT_S:g} s (busy or not answering); "
-              "replying without it", file=sys.stderr, flush=True)
+        print(
+            f"persona: the server did not take the request within {ACCEPT_TIMEOUT_S:g} s (busy or not answering); "
+            "replying without it",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     except (OSError, ValueError):
         connection.close()
@@ -113,13 +130,19 @@ def reply_via_server(args: argparse.Namespace, message: str, config: GenerationC
         except TimeoutError:
             if not args.json:
                 sys.stdout.write("\n")
-            print(f"persona: error: the server stopped answering mid-reply (nothing for {STALL_TIMEOUT_S:g} s); "
-                  "run the command again with --local, and restart `persona serve`", file=sys.stderr)
+            print(
+                f"persona: error: the server stopped answering mid-reply (nothing for {STALL_TIMEOUT_S:g} s); "
+                "run the command again with --local, and restart `persona serve`",
+                file=sys.stderr,
+            )
             return 1
         except (OSError, ValueError):  # the server was stopped mid-reply, or sent a broken line
             pass
-    print("persona: error: the server stopped before the reply was complete; run the command again "
-          "(add --local to answer without it)", file=sys.stderr)
+    print(
+        "persona: error: the server stopped before the reply was complete; run the command again "
+        "(add --local to answer without it)",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -132,7 +155,9 @@ def serve(args: argparse.Namespace) -> int:
         idle_minutes = getattr(args, "idle_exit", None)
         if idle_minutes:
             serve_until_idle(server, idle_minutes * 60)
-            print(f"persona: no request for {idle_minutes:g} minutes; server stopped", file=sys.stderr)
+            print(
+                f"persona: no request for {idle_minutes:g} minutes; server stopped", file=sys.stderr
+            )
         else:
             server.serve_forever()
     except KeyboardInterrupt:
@@ -146,7 +171,9 @@ def serve(args: argparse.Namespace) -> int:
 def serve_until_idle(server: Any, seconds: float) -> None:
     """Answer requests one at a time; return once `seconds` pass without one."""
     idle = threading.Event()
-    server.timeout = seconds  # handle_request() waits this long for a connection, then calls handle_timeout()
+    server.timeout = (
+        seconds  # handle_request() waits this long for a connection, then calls handle_timeout()
+    )
     server.handle_timeout = idle.set
     while not idle.is_set():
         server.handle_request()
@@ -170,8 +197,12 @@ def start_server(args: argparse.Namespace) -> tuple[Any, Path]:
             path.unlink()  # left by a server that did not shut down
         else:
             probe.close()
-            raise ConfigError(f"a persona server is already running on {path}; stop it first (Ctrl-C in its terminal)")
-    loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
+            raise ConfigError(
+                f"a persona server is already running on {path}; stop it first (Ctrl-C in its terminal)"
+            )
+    loaded = load_chat_model(
+        args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
+    )
     engine = ChatEngine(loaded)
     startup.ready()
     mine = identity(args)
@@ -182,11 +213,17 @@ def start_server(args: argparse.Namespace) -> tuple[Any, Path]:
                 request = json.loads(self.rfile.readline())
             except ValueError:
                 return
-            if not isinstance(request, dict) or request.get("protocol") != PROTOCOL or request.get("identity") != mine:
+            if (
+                not isinstance(request, dict)
+                or request.get("protocol") != PROTOCOL
+                or request.get("identity") != mine
+            ):
                 self._send({"refused": "another protocol, model, precision or backend"})
                 return
             try:
-                self._send({"accepted": True})  # a client that gave up waiting (ACCEPT_TIMEOUT_S) is gone
+                self._send(
+                    {"accepted": True}
+                )  # a client that gave up waiting (ACCEPT_TIMEOUT_S) is gone
                 for piece in answer(engine, request):
                     self._send(piece)
             except (BrokenPipeError, ConnectionResetError):
@@ -199,9 +236,15 @@ def start_server(args: argparse.Namespace) -> tuple[Any, Path]:
     try:
         server = socketserver.UnixStreamServer(str(path), Handler)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {path}: {exc.strerror or exc}; set PERSONA_HOME to a shorter local path") from None
+        raise ConfigError(
+            f"cannot listen on {path}: {exc.strerror or exc}; set PERSONA_HOME to a shorter local path"
+        ) from None
     os.chmod(path, 0o600)
-    print(f"persona: serving {loaded.model_id} ({loaded.precision}) on {path}; Ctrl-C stops", file=sys.stderr, flush=True)
+    print(
+        f"persona: serving {loaded.model_id} ({loaded.precision}) on {path}; Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     return server, path
 
 
@@ -219,7 +262,9 @@ def answer(engine: Any, request: dict[str, Any]) -> Any:
     try:
         config = GenerationConfig(**request["generation"])
         library = None if request.get("library") is None else Path(request["library"])
-        persona = None if request.get("no_persona") else resolve_persona(request.get("persona"), library)
+        persona = (
+            None if request.get("no_persona") else resolve_persona(request.get("persona"), library)
+        )
         if persona is not None:
             persona.check_fits(engine.loaded.fingerprint)
         messages = [{"role": "user", "content": str(request["message"])}]
@@ -227,11 +272,15 @@ def answer(engine: Any, request: dict[str, Any]) -> Any:
         for piece in engine.stream(messages, persona, config, system=request.get("system")):
             pieces.append(piece)
             yield {"piece": piece}
-        yield {"done": reply_record(engine, messages, persona, "".join(pieces), request.get("system"))}
+        yield {
+            "done": reply_record(engine, messages, persona, "".join(pieces), request.get("system"))
+        }
     except PersonaError as exc:
         yield {"error": str(exc)}
     except (KeyError, TypeError) as exc:
         yield {"error": f"a malformed request ({type(exc).__name__}: {exc})"}
     except Exception as exc:  # a bug in generation must not take the server down with it
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-        yield {"error": f"generation failed ({type(exc).__name__}: {first_line}); try again, or with --local"}
+        yield {
+            "error": f"generation failed ({type(exc).__name__}: {first_line}); try again, or with --local"
+        }

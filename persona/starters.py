@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
 _PACKAGE = Path(persona.__file__).resolve().parent
 # persona/_starters in a wheel (a link to personas/ in the source tree), else personas/ beside the package
-STARTERS_DIR = next((path for path in (_PACKAGE / "_starters", _PACKAGE.parent / "personas") if path.is_dir()),
-                    _PACKAGE.parent / "personas")
+STARTERS_DIR = next(
+    (path for path in (_PACKAGE / "_starters", _PACKAGE.parent / "personas") if path.is_dir()),
+    _PACKAGE.parent / "personas",
+)
 PREFERRED_DEFAULTS = ("falstaff", "hamlet")  # the chat opens with the first of these installed
 TENSOR_KEY = "prompt_embeddings"  # as in persona.prompt.softprompt (not imported: it needs torch)
 
@@ -70,12 +72,19 @@ def find_starters(folder: Path = STARTERS_DIR) -> list[Starter]:
         if not isinstance(prompt_file, str) or not (spec_path.parent / prompt_file).is_file():
             continue  # a recipe not trained yet
         sidecar = spec_path.with_suffix(".json")
-        record: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
-        starters.append(Starter(
-            name=str(spec["name"]), description=str(spec.get("description", "")).strip(),
-            prompt_path=spec_path.parent / prompt_file, tags=list(spec.get("tags", [])),
-            metrics=record.get("metrics"), training=record.get("training"),
-        ))
+        record: dict[str, Any] = (
+            json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+        )
+        starters.append(
+            Starter(
+                name=str(spec["name"]),
+                description=str(spec.get("description", "")).strip(),
+                prompt_path=spec_path.parent / prompt_file,
+                tags=list(spec.get("tags", [])),
+                metrics=record.get("metrics"),
+                training=record.get("training"),
+            )
+        )
     return sorted(starters, key=lambda s: s.name)
 
 
@@ -93,10 +102,16 @@ def read_prompt_file(path: Path) -> PromptFile:
         raise PromptFormatError(f"{path}: not a persona soft-prompt file ({exc})") from None
     values = data[begin:end]
     if entry.get("dtype") != "F32" or len(values) != rows * width * 4 or rows < 1:
-        raise PromptFormatError(f"{path}: expected a float32 (N, D) tensor, got {entry.get('dtype')} {entry.get('shape')}")
-    fingerprint = Fingerprint.from_json(metadata["fingerprint"]) if metadata.get("fingerprint") else None
+        raise PromptFormatError(
+            f"{path}: expected a float32 (N, D) tensor, got {entry.get('dtype')} {entry.get('shape')}"
+        )
+    fingerprint = (
+        Fingerprint.from_json(metadata["fingerprint"]) if metadata.get("fingerprint") else None
+    )
     if fingerprint is not None and fingerprint.hidden_size != width:
-        raise PromptFormatError(f"{path}: tensor width {width} disagrees with its model {fingerprint}")
+        raise PromptFormatError(
+            f"{path}: tensor width {width} disagrees with its model {fingerprint}"
+        )
     return PromptFile(data, rows, width, hashlib.sha256(values).hexdigest(), metadata, fingerprint)
 
 
@@ -115,7 +130,9 @@ def install_starters(library: PersonaLibrary, folder: Path = STARTERS_DIR) -> li
     )
     from persona.library.records import check_name, check_tags, dump_record
 
-    starters = [(starter, read_prompt_file(starter.prompt_path)) for starter in find_starters(folder)]
+    starters = [
+        (starter, read_prompt_file(starter.prompt_path)) for starter in find_starters(folder)
+    ]
     added: list[str] = []
     with library.writing() as session:
         have = {name.lower() for name in session.scalars(select(Persona.name))}
@@ -123,20 +140,37 @@ def install_starters(library: PersonaLibrary, folder: Path = STARTERS_DIR) -> li
             if starter.name.lower() in have:
                 continue
             now = utcnow()
-            row = Persona(name=check_name(starter.name), description=starter.description, active_version=1, created=now, updated=now)
-            row.versions.append(PromptVersion(
-                version=1, num_virtual_tokens=prompt.num_virtual_tokens, hidden_size=prompt.hidden_size, dtype="float32",
-                sha256=prompt.sha256, model_id=prompt.metadata.get("base_model", ""),
-                fingerprint=str(prompt.fingerprint) if prompt.fingerprint else "",
-                fingerprint_json=prompt.fingerprint.to_json() if prompt.fingerprint else "",
-                init=prompt.metadata.get("init", "text"), training_json=dump_record(starter.training, "training"),
-                metrics_json=dump_record(starter.metrics, "metrics"), created=now, tensor=PromptTensor(data=prompt.data),
-            ))
+            row = Persona(
+                name=check_name(starter.name),
+                description=starter.description,
+                active_version=1,
+                created=now,
+                updated=now,
+            )
+            row.versions.append(
+                PromptVersion(
+                    version=1,
+                    num_virtual_tokens=prompt.num_virtual_tokens,
+                    hidden_size=prompt.hidden_size,
+                    dtype="float32",
+                    sha256=prompt.sha256,
+                    model_id=prompt.metadata.get("base_model", ""),
+                    fingerprint=str(prompt.fingerprint) if prompt.fingerprint else "",
+                    fingerprint_json=prompt.fingerprint.to_json() if prompt.fingerprint else "",
+                    init=prompt.metadata.get("init", "text"),
+                    training_json=dump_record(starter.training, "training"),
+                    metrics_json=dump_record(starter.metrics, "metrics"),
+                    created=now,
+                    tensor=PromptTensor(data=prompt.data),
+                )
+            )
             row.tags = [PersonaTag(tag=tag) for tag in check_tags(starter.tags)]
             session.add(row)
             added.append(starter.name)
         names = [starter.name for starter, _ in starters]
-        default = next((name for name in PREFERRED_DEFAULTS if name in names), names[0] if names else None)
+        default = next(
+            (name for name in PREFERRED_DEFAULTS if name in names), names[0] if names else None
+        )
         if default is not None and session.get(Setting, DEFAULT_PERSONA_KEY) is None:
             session.add(Setting(key=DEFAULT_PERSONA_KEY, value=default))
     return added

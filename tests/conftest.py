@@ -27,7 +27,9 @@ CORPUS = [
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     """Tests never touch the user's data: PERSONA_HOME is a fresh temp dir for each test."""
     home = tmp_path_factory.mktemp("persona-home")
     monkeypatch.setenv("PERSONA_HOME", str(home))
@@ -51,7 +53,9 @@ def build_tiny_tokenizer(directory: Path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
     fast = PreTrainedTokenizerFast(
@@ -137,7 +141,12 @@ def tiny_prompt(tiny):
 
     generator = torch.Generator().manual_seed(1)
     embeddings = torch.randn(5, tiny.fingerprint.hidden_size, generator=generator) * 0.5  # (5, D)
-    return SoftPrompt(embeddings=embeddings, name="tester", description="a test voice", fingerprint=tiny.fingerprint)
+    return SoftPrompt(
+        embeddings=embeddings,
+        name="tester",
+        description="a test voice",
+        fingerprint=tiny.fingerprint,
+    )
 
 
 @pytest.fixture(scope="session")

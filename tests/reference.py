@@ -7,7 +7,9 @@ import torch
 from persona.prompt.inject import prepend_prompt
 
 
-def greedy_uncached(model, ids: list[int], prompt: torch.Tensor | None, max_new_tokens: int, stop_ids: set[int]) -> list[int]:
+def greedy_uncached(
+    model, ids: list[int], prompt: torch.Tensor | None, max_new_tokens: int, stop_ids: set[int]
+) -> list[int]:
     """Greedy decoding that re-runs [P ; ids + generated] from scratch for every token."""
     generated: list[int] = []
     with torch.no_grad():

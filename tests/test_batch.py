@@ -17,20 +17,28 @@ GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=
 @pytest.fixture(params=["transformers", "native"])
 def tiny(request):
     """Every test here runs on transformers' model class and on persona's own decoder, which chat uses."""
-    return request.getfixturevalue("tiny_native" if request.param == "native" else "tiny_transformers")
+    return request.getfixturevalue(
+        "tiny_native" if request.param == "native" else "tiny_transformers"
+    )
 
 
 def prompt(tiny, seed: int, length: int) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
-    return SoftPrompt(torch.randn(length, tiny.fingerprint.hidden_size, generator=generator), name=f"p{seed}",
-                      fingerprint=tiny.fingerprint)
+    return SoftPrompt(
+        torch.randn(length, tiny.fingerprint.hidden_size, generator=generator),
+        name=f"p{seed}",
+        fingerprint=tiny.fingerprint,
+    )
 
 
 def test_each_row_equals_running_it_alone(tiny):
     engine = ChatEngine(tiny)
     requests = [
         BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(tiny, 1, 5)),
-        BatchRequest([{"role": "user", "content": "What is the capital of France? Tell me now."}], prompt(tiny, 2, 9)),
+        BatchRequest(
+            [{"role": "user", "content": "What is the capital of France? Tell me now."}],
+            prompt(tiny, 2, 9),
+        ),
         BatchRequest([{"role": "user", "content": "To be?"}], None),
         BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(tiny, 3, 5)),
     ]
@@ -46,7 +54,9 @@ def test_each_row_equals_running_it_alone(tiny):
 def test_prompt_for_another_model_in_a_batch_is_refused(tiny):
     wide = SoftPrompt(torch.zeros(2, tiny.fingerprint.hidden_size + 4), name="wide")
     with pytest.raises(Exception, match="width"):
-        generate_batch(ChatEngine(tiny), [BatchRequest([{"role": "user", "content": "hi"}], wide)], GREEDY)
+        generate_batch(
+            ChatEngine(tiny), [BatchRequest([{"role": "user", "content": "hi"}], wide)], GREEDY
+        )
 
 
 def test_empty_batch_is_refused(tiny):

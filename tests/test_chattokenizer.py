@@ -11,8 +11,11 @@ from tests.conftest import edited_copy
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there!"}],
-    [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris, I believe."},
-     {"role": "user", "content": "And of Spain? Café, naïve, 日本語, emoji 🎭."}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris, I believe."},
+        {"role": "user", "content": "And of Spain? Café, naïve, 日本語, emoji 🎭."},
+    ],
     [{"role": "system", "content": "Speak as a pirate."}, {"role": "user", "content": "Ahoy"}],
 ]
 
@@ -20,7 +23,9 @@ CONVERSATIONS = [
 def assert_same(directory):
     light = chattokenizer.load(directory)
     reference = AutoTokenizer.from_pretrained(directory)
-    assert light is not None, "these files are plain tokenizer.json ones: ChatTokenizer should take them"
+    assert light is not None, (
+        "these files are plain tokenizer.json ones: ChatTokenizer should take them"
+    )
     for attribute in ("eos_token_id", "pad_token_id", "bos_token_id", "eos_token", "chat_template"):
         assert getattr(light, attribute) == getattr(reference, attribute), attribute
     assert light.get_vocab() == reference.get_vocab()
@@ -33,11 +38,19 @@ def assert_same(directory):
             ids = ours.render(messages, persona)
             assert ids == theirs.render(messages, persona)
             for skip in (True, False):
-                assert light.decode(ids, skip_special_tokens=skip) == reference.decode(ids, skip_special_tokens=skip)
-        assert ours.render(messages, None, system="Be brief.") == theirs.render(messages, None, system="Be brief.")
+                assert light.decode(ids, skip_special_tokens=skip) == reference.decode(
+                    ids, skip_special_tokens=skip
+                )
+        assert ours.render(messages, None, system="Be brief.") == theirs.render(
+            messages, None, system="Be brief."
+        )
     context = CONVERSATIONS[1][:1]
-    assert ours.render_example(context, "Madrid.", object()) == theirs.render_example(context, "Madrid.", object())
-    assert ours.render_example([], "I open the scene.", object()) == theirs.render_example([], "I open the scene.", object())
+    assert ours.render_example(context, "Madrid.", object()) == theirs.render_example(
+        context, "Madrid.", object()
+    )
+    assert ours.render_example([], "I open the scene.", object()) == theirs.render_example(
+        [], "I open the scene.", object()
+    )
 
 
 def test_the_tiny_model_tokenizer_matches_autotokenizer(tiny_model_dir):
@@ -49,13 +62,21 @@ def test_the_default_model_tokenizer_matches_autotokenizer(default_model_store):
     assert_same(default_model_store / "SmolLM2-135M-Instruct")
 
 
-@pytest.mark.parametrize("change", [
-    {"tokenizer_class": "LlamaTokenizer"},
-    {"auto_map": {"AutoTokenizer": ["tok.Custom", None]}},
-    {"clean_up_tokenization_spaces": True},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tokenizer_class": "LlamaTokenizer"},
+        {"auto_map": {"AutoTokenizer": ["tok.Custom", None]}},
+        {"clean_up_tokenization_spaces": True},
+    ],
+)
 def test_anything_else_is_left_to_autotokenizer(tiny_model_dir, tmp_path, change):
-    assert chattokenizer.load(edited_copy(tiny_model_dir, tmp_path / "model", "tokenizer_config.json", change)) is None
+    assert (
+        chattokenizer.load(
+            edited_copy(tiny_model_dir, tmp_path / "model", "tokenizer_config.json", change)
+        )
+        is None
+    )
 
 
 def test_an_unreadable_chat_template_file_is_left_to_autotokenizer(tiny_model_dir, tmp_path):
@@ -67,7 +88,9 @@ def test_an_unreadable_chat_template_file_is_left_to_autotokenizer(tiny_model_di
     assert chattokenizer.load(copy) is None
 
 
-def test_chat_loads_the_light_tokenizer_and_the_engine_stops_on_the_same_tokens(tiny_model_dir, tiny):
+def test_chat_loads_the_light_tokenizer_and_the_engine_stops_on_the_same_tokens(
+    tiny_model_dir, tiny
+):
     from persona.engine.chat import _stop_token_ids
     from persona.model.loader import load_chat_model
 

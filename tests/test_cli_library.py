@@ -21,8 +21,15 @@ def library(tmp_path):
     """A library with two personas (hamlet has two versions) and one conversation."""
     path = tmp_path / "library.db"
     lib = open_library(path)
-    lib.add_version("hamlet", make_prompt(seed=1), description="the prince", model_id="tiny", metrics=METRICS,
-                    training=TRAINING, tags=["tragic"])
+    lib.add_version(
+        "hamlet",
+        make_prompt(seed=1),
+        description="the prince",
+        model_id="tiny",
+        metrics=METRICS,
+        training=TRAINING,
+        tags=["tragic"],
+    )
     lib.add_version("hamlet", make_prompt(seed=2), model_id="tiny", metrics=METRICS)
     lib.add_version("ophelia", make_prompt(seed=3, tokens=8), description="fair")
     chat = lib.create_conversation("the castle", str(FINGERPRINT))
@@ -51,7 +58,11 @@ def test_list_and_show_plain_and_json(capsys, library):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["NAME", "VER", "PROMPT"]
-    assert lines[1].split()[:3] == ["hamlet", "2", "5x32"] and "2.25 (none 3.50)" in lines[1] and "tragic" in lines[1]
+    assert (
+        lines[1].split()[:3] == ["hamlet", "2", "5x32"]
+        and "2.25 (none 3.50)" in lines[1]
+        and "tragic" in lines[1]
+    )
     assert lines[2].split()[:3] == ["ophelia", "1", "8x32"]
     code, out, _ = run(capsys, "list", "--json", "--library", str(library))
     listed = json.loads(out)
@@ -59,10 +70,14 @@ def test_list_and_show_plain_and_json(capsys, library):
 
     code, out, _ = run(capsys, "show", "Hamlet", "--library", str(library))
     assert code == 0 and "hamlet  (version 2 of 2)" in out and "the prince" in out
-    assert f"fingerprint: {FINGERPRINT}" in out and "HAMLET" not in out  # the training record is version 1's
+    assert (
+        f"fingerprint: {FINGERPRINT}" in out and "HAMLET" not in out
+    )  # the training record is version 1's
     code, out, _ = run(capsys, "show", "hamlet", "--json", "--library", str(library))
     shown = json.loads(out)
-    assert [v["version"] for v in shown["versions"]] == [1, 2] and shown["versions"][0]["training"] == TRAINING
+    assert [v["version"] for v in shown["versions"]] == [1, 2] and shown["versions"][0][
+        "training"
+    ] == TRAINING
 
 
 def test_an_empty_library_says_how_to_fill_it(capsys, tmp_path):
@@ -76,7 +91,9 @@ def test_rename_rollback_and_delete(capsys, library):
     assert code == 0 and "now uses version 1 of 2" in out
     code, _, err = run(capsys, "rollback", "hamlet", "--library", str(library))
     assert_one_line_error(code, err, "already at its oldest version")
-    code, _, err = run(capsys, "delete", "Ophelia", "--library", str(library))  # stdin is not a terminal
+    code, _, err = run(
+        capsys, "delete", "Ophelia", "--library", str(library)
+    )  # stdin is not a terminal
     assert_one_line_error(code, err, "pass --yes")
     assert run(capsys, "delete", "Ophelia", "--yes", "--library", str(library))[0] == 0
     lib = open_library(library)
@@ -93,12 +110,27 @@ def test_unknown_names_get_one_line_with_a_suggestion(capsys, library):
     assert_one_line_error(code, err, "'ophelia' already exists")
 
 
-@pytest.mark.parametrize("fmt, target", [("persona", "h.safetensors"), ("peft", "h-adapter"), ("kobold", "h.zip")])
+@pytest.mark.parametrize(
+    "fmt, target", [("persona", "h.safetensors"), ("peft", "h-adapter"), ("kobold", "h.zip")]
+)
 def test_export_then_import_is_exact(capsys, library, tmp_path, fmt, target):
     path = tmp_path / target
-    code, out, _ = run(capsys, "export", "hamlet", str(path), "--format", fmt, "--version", "1", "--library", str(library))
+    code, out, _ = run(
+        capsys,
+        "export",
+        "hamlet",
+        str(path),
+        "--format",
+        fmt,
+        "--version",
+        "1",
+        "--library",
+        str(library),
+    )
     assert code == 0 and str(path) in out
-    code, _, err = run(capsys, "import", str(path), "--library", str(library))  # the file says "hamlet"
+    code, _, err = run(
+        capsys, "import", str(path), "--library", str(library)
+    )  # the file says "hamlet"
     assert_one_line_error(code, err, "a persona named 'hamlet' already exists; pass --name")
     code, out, _ = run(capsys, "import", str(path), "--name", "hamlet2", "--library", str(library))
     assert code == 0 and f"from {fmt} file" in out
@@ -110,9 +142,13 @@ def test_export_then_import_is_exact(capsys, library, tmp_path, fmt, target):
     lib.close()
 
 
-def test_import_refuses_a_prompt_that_does_not_fit_the_model(capsys, library, tmp_path, tiny_model_dir):
+def test_import_refuses_a_prompt_that_does_not_fit_the_model(
+    capsys, library, tmp_path, tiny_model_dir
+):
     path = make_prompt(width=16).save(tmp_path / "narrow.safetensors")
-    code, _, err = run(capsys, "import", str(path), "--model", str(tiny_model_dir), "--library", str(library))
+    code, _, err = run(
+        capsys, "import", str(path), "--model", str(tiny_model_dir), "--library", str(library)
+    )
     assert_one_line_error(code, err, "has width 16 but the model", "hidden size 32")
     lib = open_library(library)
     assert [p.name for p in lib.list_personas()] == ["hamlet", "ophelia"]
@@ -132,7 +168,10 @@ def test_history_lists_conversations_and_their_messages(capsys, library):
     code, out, _ = run(capsys, "history", "1", "--json", "--library", str(library))
     messages = json.loads(out)
     assert [(m["role"], m["content"], m["persona"]) for m in messages] == [
-        ("user", "my lord?", None), ("assistant", "words, words, words", "hamlet"), ("assistant", "O, woe is me", "ophelia")]
+        ("user", "my lord?", None),
+        ("assistant", "words, words, words", "hamlet"),
+        ("assistant", "O, woe is me", "ophelia"),
+    ]
     assert messages[2]["cut_short"] is True
     code, out, _ = run(capsys, "history", "1", "--library", str(library))
     assert "hamlet: words, words, words" in out and "[cut short]" in out
@@ -157,6 +196,12 @@ def test_read_commands_start_without_torch_or_sqlalchemy(library):
         "heavy = [m for m in ('torch', 'transformers', 'sqlalchemy', 'numpy') if m in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ.copy(), timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stderr

@@ -26,11 +26,29 @@ def write_log(tmp_path: Path, conversations: int = 12) -> Path:
 
 
 def train_args(log: Path, model: Path, *extra: str) -> list[str]:
-    return ["train", str(log), "--speaker", "bob", "--name", "bob", "--model", str(model), "--virtual-tokens", "4",
-            "--steps", "3", "--batch-size", "4", "--quiet", *extra]
+    return [
+        "train",
+        str(log),
+        "--speaker",
+        "bob",
+        "--name",
+        "bob",
+        "--model",
+        str(model),
+        "--virtual-tokens",
+        "4",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--quiet",
+        *extra,
+    ]
 
 
-def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2(tmp_path, tiny_model_dir, capsys) -> None:
+def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
     log = write_log(tmp_path)
     assert main(train_args(log, tiny_model_dir, "--description", "a bard")) == 0
     out = capsys.readouterr().out
@@ -61,7 +79,12 @@ def test_eval_json_has_exactly_the_documented_shape(tmp_path, tiny_model_dir, ca
     log = write_log(tmp_path)
     assert main(train_args(log, tiny_model_dir, "--description", "a bard")) == 0
     capsys.readouterr()
-    assert main(["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]) == 0
+    assert (
+        main(
+            ["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"nll", "tokens", "examples"}
     assert set(result["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
@@ -69,7 +92,9 @@ def test_eval_json_has_exactly_the_documented_shape(tmp_path, tiny_model_dir, ca
     assert result["examples"] == 24 and result["tokens"] > 24
 
 
-def test_spec_file_trains_with_paths_relative_to_it_and_writes_the_prompt_file(tmp_path, tiny_model_dir, capsys) -> None:
+def test_spec_file_trains_with_paths_relative_to_it_and_writes_the_prompt_file(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
     write_log(tmp_path)
     spec = tmp_path / "bob.toml"
     spec.write_text(
@@ -84,7 +109,9 @@ def test_spec_file_trains_with_paths_relative_to_it_and_writes_the_prompt_file(t
     assert saved.name == "bob-spec" and saved.num_virtual_tokens == 3
 
 
-def test_ctrl_c_leaves_no_persona_and_resume_finishes_it(tmp_path, tiny_model_dir, capsys, monkeypatch) -> None:
+def test_ctrl_c_leaves_no_persona_and_resume_finishes_it(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+) -> None:
     import persona.train.run as run
 
     real_loop = run.train_loop
@@ -115,18 +142,49 @@ def test_ctrl_c_leaves_no_persona_and_resume_finishes_it(tmp_path, tiny_model_di
     ("make_log", "extra", "message"),
     [
         (lambda p: p.write_text(""), [], "is empty"),
-        (lambda p: p.write_text("ALICE: hi\nBOB: yo\nALICE: hey\n"), ["--speaker", "carol"], "speakers found (lines): ALICE (2), BOB (1)"),
+        (
+            lambda p: p.write_text("ALICE: hi\nBOB: yo\nALICE: hey\n"),
+            ["--speaker", "carol"],
+            "speakers found (lines): ALICE (2), BOB (1)",
+        ),
         (lambda p: p.write_text("ALICE: hi\nBOB: yo\n"), [], "only 1 line by 'BOB'"),
         (lambda p: p.write_bytes(b"ALICE: caf\xe9\nBOB: x\n"), [], "is not UTF-8 text"),
-        (lambda p: p.write_text('{"speaker": "BOB", "text": "a"}\nnot json\n'), ["--format", "jsonl"], "line 2 is not valid JSON"),
-        (lambda p: p.write_text("who,said\nBOB,hi\n"), ["--format", "csv"], "no 'speaker' or 'text' column"),
-        (lambda p: p.write_text("BOB: hi\n"), ["--virtual-tokens", "0"], "--virtual-tokens (num_virtual_tokens) must be an integer between 1 and 512, got 0"),
+        (
+            lambda p: p.write_text('{"speaker": "BOB", "text": "a"}\nnot json\n'),
+            ["--format", "jsonl"],
+            "line 2 is not valid JSON",
+        ),
+        (
+            lambda p: p.write_text("who,said\nBOB,hi\n"),
+            ["--format", "csv"],
+            "no 'speaker' or 'text' column",
+        ),
+        (
+            lambda p: p.write_text("BOB: hi\n"),
+            ["--virtual-tokens", "0"],
+            "--virtual-tokens (num_virtual_tokens) must be an integer between 1 and 512, got 0",
+        ),
     ],
 )
-def test_bad_input_is_one_line_on_stderr_exit_1_and_no_persona(tmp_path, tiny_model_dir, capsys, make_log, extra, message) -> None:
+def test_bad_input_is_one_line_on_stderr_exit_1_and_no_persona(
+    tmp_path, tiny_model_dir, capsys, make_log, extra, message
+) -> None:
     log = tmp_path / "log.txt"
     make_log(log)
-    args = ["train", str(log), "--speaker", "bob", "--name", "bob", "--model", str(tiny_model_dir), "--steps", "1", "--quiet", *extra]
+    args = [
+        "train",
+        str(log),
+        "--speaker",
+        "bob",
+        "--name",
+        "bob",
+        "--model",
+        str(tiny_model_dir),
+        "--steps",
+        "1",
+        "--quiet",
+        *extra,
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("persona: error: ") and err.count("\n") == 1
@@ -138,16 +196,34 @@ def test_bad_input_is_one_line_on_stderr_exit_1_and_no_persona(tmp_path, tiny_mo
 
 def test_the_command_modules_do_not_import_torch() -> None:
     code = "import sys; from persona.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False"
 
 
-def test_eval_reproduces_the_numbers_stored_at_training_with_the_same_settings(tmp_path, tiny_model_dir, capsys) -> None:
+def test_eval_reproduces_the_numbers_stored_at_training_with_the_same_settings(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
     log = write_log(tmp_path)
-    args = train_args(log, tiny_model_dir, "--description", "a bard", "--heldout", str(log), "--context-turns", "1")
+    args = train_args(
+        log,
+        tiny_model_dir,
+        "--description",
+        "a bard",
+        "--heldout",
+        str(log),
+        "--context-turns",
+        "1",
+    )
     assert main(args) == 0
     capsys.readouterr()
-    assert main(["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]) == 0
+    assert (
+        main(
+            ["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     library = open_library()
     stored = library.get_persona("bob").versions[0].metrics
@@ -157,14 +233,35 @@ def test_eval_reproduces_the_numbers_stored_at_training_with_the_same_settings(t
         assert result["nll"][key] == pytest.approx(value, abs=1e-5)
 
 
-def test_chat_export_jsonl_learns_the_assistant_when_no_speaker_is_given(tmp_path, tiny_model_dir, capsys) -> None:
+def test_chat_export_jsonl_learns_the_assistant_when_no_speaker_is_given(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
     lines = [
-        json.dumps({"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": REPLIES[i % 2]}]})
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": REPLIES[i % 2]},
+                ]
+            }
+        )
         for i in range(14)
     ]
     log = tmp_path / "export.jsonl"
     log.write_text("\n".join(lines), encoding="utf-8")
-    args = ["train", str(log), "--name", "helper", "--model", str(tiny_model_dir), "--steps", "1", "--virtual-tokens", "2", "--quiet"]
+    args = [
+        "train",
+        str(log),
+        "--name",
+        "helper",
+        "--model",
+        str(tiny_model_dir),
+        "--steps",
+        "1",
+        "--virtual-tokens",
+        "2",
+        "--quiet",
+    ]
     assert main(args) == 0
     library = open_library()
     assert library.get_persona("helper").versions[0].training["speaker"] == "assistant"

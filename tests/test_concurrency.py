@@ -31,19 +31,32 @@ def writer(library: Path, who: str, until: float, report: Path) -> None:
     while time.time() < until:
         try:
             if step % 3 == 0:
-                lib.add_version("shared", make_prompt(seed=step), training={"by": who, "step": step})  # a training save
+                lib.add_version(
+                    "shared", make_prompt(seed=step), training={"by": who, "step": step}
+                )  # a training save
                 saves += 1
             elif step % 3 == 1:
                 lib.add_version(f"{who}-{step}", make_prompt(seed=step))  # an import
                 imports.append(f"{who}-{step}")
             else:
-                messages.append(lib.add_message(conversation, "assistant", f"{who} says {step}", "shared"))
+                messages.append(
+                    lib.add_message(conversation, "assistant", f"{who} says {step}", "shared")
+                )
         except PersonaError as exc:
             errors.append(str(exc))
         step += 1
     lib.close()
-    report.write_text(json.dumps({"saves": saves, "imports": imports, "messages": messages, "conversation": conversation,
-                                  "errors": errors}))
+    report.write_text(
+        json.dumps(
+            {
+                "saves": saves,
+                "imports": imports,
+                "messages": messages,
+                "conversation": conversation,
+                "errors": errors,
+            }
+        )
+    )
 
 
 def reader(library: Path, until: float, report: Path) -> None:
@@ -69,15 +82,33 @@ def reader(library: Path, until: float, report: Path) -> None:
 def test_two_writers_and_a_reader_lose_nothing_and_never_see_a_lock(tmp_path) -> None:
     library = tmp_path / "library.db"
     open_library(library).close()
-    go = tmp_path / "go"  # holds the end time; written once every process has imported what it needs
+    go = (
+        tmp_path / "go"
+    )  # holds the end time; written once every process has imported what it needs
     roles = [("writer", "a"), ("writer", "b"), ("reader", "r")]
     processes = [
-        subprocess.Popen([sys.executable, "-m", "tests.test_concurrency", role, str(library), who, str(go),
-                          str(tmp_path / f"{who}.json")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.test_concurrency",
+                role,
+                str(library),
+                who,
+                str(go),
+                str(tmp_path / f"{who}.json"),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for role, who in roles
     ]
     deadline = time.time() + 120
-    while not all((tmp_path / f"{who}.json.ready").exists() for _, who in roles) and time.time() < deadline:
+    while (
+        not all((tmp_path / f"{who}.json.ready").exists() for _, who in roles)
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     go.write_text(str(time.time() + SECONDS))
     for process in processes:
@@ -89,7 +120,9 @@ def test_two_writers_and_a_reader_lose_nothing_and_never_see_a_lock(tmp_path) ->
     lib = open_library(library)
     try:
         versions = lib.get_persona("shared").versions
-        assert [v.version for v in versions] == list(range(1, a["saves"] + b["saves"] + 1))  # none lost, none doubled
+        assert [v.version for v in versions] == list(
+            range(1, a["saves"] + b["saves"] + 1)
+        )  # none lost, none doubled
         assert {v.training["by"] for v in versions} == {"a", "b"}
         names = {info.name for info in lib.list_personas()}
         assert set(a["imports"]) | set(b["imports"]) <= names
@@ -97,10 +130,19 @@ def test_two_writers_and_a_reader_lose_nothing_and_never_see_a_lock(tmp_path) ->
             assert [m.id for m in lib.get_messages(report["conversation"])] == report["messages"]
     finally:
         lib.close()
-    written = a["saves"] + b["saves"] + len(a["imports"]) + len(b["imports"]) + len(a["messages"]) + len(b["messages"])
-    print(f"\n{SECONDS:g} s: {written} rows written by 2 processes "
-          f"({a['saves'] + b['saves']} training saves, {len(a['imports']) + len(b['imports'])} imports, "
-          f"{len(a['messages']) + len(b['messages'])} messages), {r['reads']} full reads by a third; none lost, no lock error")
+    written = (
+        a["saves"]
+        + b["saves"]
+        + len(a["imports"])
+        + len(b["imports"])
+        + len(a["messages"])
+        + len(b["messages"])
+    )
+    print(
+        f"\n{SECONDS:g} s: {written} rows written by 2 processes "
+        f"({a['saves'] + b['saves']} training saves, {len(a['imports']) + len(b['imports'])} imports, "
+        f"{len(a['messages']) + len(b['messages'])} messages), {r['reads']} full reads by a third; none lost, no lock error"
+    )
     assert a["saves"] and b["saves"] and r["reads"]
 
 

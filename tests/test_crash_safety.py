@@ -33,7 +33,11 @@ REPO = Path(__file__).resolve().parent.parent
 class Zygote:
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_crash_safety"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "tests.test_crash_safety"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self._read() == {"ready": True}
 
@@ -47,7 +51,9 @@ class Zygote:
         self.process.stdin.flush()  # type: ignore[union-attr]
         return self._read()
 
-    def run(self, argv: list[str], output: Path, kill_after: float | None, *, once: str = "") -> tuple[bool, int | None, str]:
+    def run(
+        self, argv: list[str], output: Path, kill_after: float | None, *, once: str = ""
+    ) -> tuple[bool, int | None, str]:
         """Run `persona ARGV`; SIGKILL it `kill_after` s after it starts (or after `once` shows in its output).
 
         Returns (killed while running, exit code or None when killed, what it printed).
@@ -59,7 +65,11 @@ class Zygote:
             time.sleep(kill_after)
             os.kill(pid, signal.SIGKILL)
         answer = self._ask({"wait": pid})
-        return answer["killed"], answer["code"], _text(output)  # a child killed at once never made its file
+        return (
+            answer["killed"],
+            answer["code"],
+            _text(output),
+        )  # a child killed at once never made its file
 
     def close(self) -> None:
         self.process.stdin.close()  # type: ignore[union-attr]
@@ -102,15 +112,19 @@ def assert_library_whole(path: Path) -> None:
         for info in lib.list_personas():
             assert info.active_version >= 1
             for version in lib.get_persona(info.name).versions:
-                assert lib.get_prompt(info.name, version.version).num_virtual_tokens > 0  # checksum-verified
+                assert (
+                    lib.get_prompt(info.name, version.version).num_virtual_tokens > 0
+                )  # checksum-verified
     finally:
         lib.close()
     assert check_library(path) == []
 
 
 def write_log(folder: Path) -> Path:
-    blocks = [f"ALICE: Hello there {i}! How are you?\nBOB: To be, or not to be.\nALICE: What is the capital?\nBOB: Paris, {i}.\n"
-              for i in range(12)]
+    blocks = [
+        f"ALICE: Hello there {i}! How are you?\nBOB: To be, or not to be.\nALICE: What is the capital?\nBOB: Paris, {i}.\n"
+        for i in range(12)
+    ]
     path = folder / "bard.txt"
     path.write_text("\n".join(blocks), encoding="utf-8")
     return path
@@ -119,20 +133,44 @@ def write_log(folder: Path) -> Path:
 def checkpoint_step(home: Path) -> int | None:
     from persona.train.checkpoint import load_checkpoint
 
-    found = sorted((home / "checkpoints").glob("bob-*.safetensors")) if (home / "checkpoints").is_dir() else []
+    found = (
+        sorted((home / "checkpoints").glob("bob-*.safetensors"))
+        if (home / "checkpoints").is_dir()
+        else []
+    )
     return load_checkpoint(found[0]).step if found else None
 
 
 TOTAL_STEPS = 24  # checkpoints at steps 6, 12 and 18
 
 
-def test_killing_training_at_random_moments_never_leaves_half_a_persona(zygote, tmp_path, tiny_model_dir, isolated_home) -> None:
+def test_killing_training_at_random_moments_never_leaves_half_a_persona(
+    zygote, tmp_path, tiny_model_dir, isolated_home
+) -> None:
     log = write_log(tmp_path)
     library = isolated_home / "library.db"
-    train = ["train", str(log), "--speaker", "bob", "--name", "bob", "--model", str(tiny_model_dir), "--virtual-tokens", "4",
-             "--steps", str(TOTAL_STEPS), "--batch-size", "4", "--seed", "0"]
+    train = [
+        "train",
+        str(log),
+        "--speaker",
+        "bob",
+        "--name",
+        "bob",
+        "--model",
+        str(tiny_model_dir),
+        "--virtual-tokens",
+        "4",
+        "--steps",
+        str(TOTAL_STEPS),
+        "--batch-size",
+        "4",
+        "--seed",
+        "0",
+    ]
     began = time.perf_counter()  # a first, unkilled run measures how long a whole run takes here
-    killed, code, out = zygote.run([*train[:5], "calibrate", *train[6:]], tmp_path / "calibrate.txt", None)
+    killed, code, out = zygote.run(
+        [*train[:5], "calibrate", *train[6:]], tmp_path / "calibrate.txt", None
+    )
     whole = time.perf_counter() - began
     assert code == 0, out
     rate = re.findall(r"([\d.]+)step/s", out)
@@ -145,14 +183,23 @@ def test_killing_training_at_random_moments_never_leaves_half_a_persona(zygote, 
         step = checkpoint_step(isolated_home)
         argv = [*train, "--resume"] if step is not None else train
         if kill % 2:  # any moment of the run: loading, training, evaluating, storing
-            _, code, out = zygote.run(argv, tmp_path / f"train-{kill}.txt", generator.uniform(0.0, whole))
+            _, code, out = zygote.run(
+                argv, tmp_path / f"train-{kill}.txt", generator.uniform(0.0, whole)
+            )
         else:  # a moment of the optimisation itself, which is short on the tiny model
-            _, code, out = zygote.run(argv, tmp_path / f"train-{kill}.txt", generator.uniform(0.0, training), once="training bob")
+            _, code, out = zygote.run(
+                argv,
+                tmp_path / f"train-{kill}.txt",
+                generator.uniform(0.0, training),
+                once="training bob",
+            )
         landed += code is None
         resumed += step is not None
         first = re.search(rf"(\d+)/{TOTAL_STEPS}", out) if step is not None else None
         if first is not None:  # the bar was drawn before the kill: it starts at the checkpoint
-            assert int(first.group(1)) == step, f"kill {kill}: --resume started at {first.group(1)}, not at step {step}"
+            assert int(first.group(1)) == step, (
+                f"kill {kill}: --resume started at {first.group(1)}, not at step {step}"
+            )
         assert_library_whole(library)
         if code == 0:  # the run finished before the kill: a whole persona, the checkpoint gone
             assert checkpoint_step(isolated_home) is None
@@ -166,12 +213,16 @@ def test_killing_training_at_random_moments_never_leaves_half_a_persona(zygote, 
         first = re.search(rf"(\d+)/{TOTAL_STEPS}", out)
         assert first is not None and int(first.group(1)) == step, out[:400]
     assert_library_whole(library)
-    print(f"\ntraining: {KILLS} SIGKILLs, {landed} while running, {resumed} runs resumed a checkpoint, library whole after each")
+    print(
+        f"\ntraining: {KILLS} SIGKILLs, {landed} while running, {resumed} runs resumed a checkpoint, library whole after each"
+    )
     assert landed >= KILLS // 2, "most kills must land while the command runs"
     assert resumed >= 1, "no kill left a checkpoint to resume"
 
 
-def test_killing_import_at_random_moments_never_leaves_half_a_persona(zygote, tmp_path, isolated_home) -> None:
+def test_killing_import_at_random_moments_never_leaves_half_a_persona(
+    zygote, tmp_path, isolated_home
+) -> None:
     from persona.library import open_library
     from tests.library_helpers import make_prompt
 
@@ -180,17 +231,24 @@ def test_killing_import_at_random_moments_never_leaves_half_a_persona(zygote, tm
     files = []
     for index in range(KILLS + 1):
         path = tmp_path / f"voice{index}.safetensors"
-        make_prompt(seed=index, tokens=200).save(path)  # 200 x 32 floats: a write large enough to be caught midway
+        make_prompt(seed=index, tokens=200).save(
+            path
+        )  # 200 x 32 floats: a write large enough to be caught midway
         files.append(path)
     began = time.perf_counter()
-    _, code, out = zygote.run(["import", str(files[-1]), "--name", "calibrate"], tmp_path / "calibrate.txt", None)
+    _, code, out = zygote.run(
+        ["import", str(files[-1]), "--name", "calibrate"], tmp_path / "calibrate.txt", None
+    )
     whole = time.perf_counter() - began
     assert code == 0, out
     generator = random.Random(SEED)
     landed = stored = 0
     for kill in range(KILLS):
-        _, code, out = zygote.run(["import", str(files[kill]), "--name", f"voice{kill}"], tmp_path / f"import-{kill}.txt",
-                                  generator.uniform(0.0, 1.3 * whole))
+        _, code, out = zygote.run(
+            ["import", str(files[kill]), "--name", f"voice{kill}"],
+            tmp_path / f"import-{kill}.txt",
+            generator.uniform(0.0, 1.3 * whole),
+        )
         landed += code is None
         assert code in (None, 0), out
         assert_library_whole(library)
@@ -198,11 +256,16 @@ def test_killing_import_at_random_moments_never_leaves_half_a_persona(zygote, tm
         try:
             if lib.has_persona(f"voice{kill}"):  # all of it, or none of it
                 stored += 1
-                assert lib.get_prompt(f"voice{kill}").sha256 == make_prompt(seed=kill, tokens=200).sha256
+                assert (
+                    lib.get_prompt(f"voice{kill}").sha256
+                    == make_prompt(seed=kill, tokens=200).sha256
+                )
                 assert [v.version for v in lib.get_persona(f"voice{kill}").versions] == [1]
         finally:
             lib.close()
-    print(f"\nimport: {KILLS} SIGKILLs, {landed} while running, {stored} imports complete before the kill, library whole after each")
+    print(
+        f"\nimport: {KILLS} SIGKILLs, {landed} while running, {stored} imports complete before the kill, library whole after each"
+    )
     assert landed >= KILLS // 4, "a good share of the kills must land while the command runs"
 
 
@@ -232,7 +295,15 @@ def zygote_main() -> None:
         else:
             _, status = os.waitpid(request["wait"], 0)
             killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            print(json.dumps({"killed": killed, "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "killed": killed,
+                        "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                    }
+                ),
+                flush=True,
+            )
 
 
 def _child(run: Any, argv: list[str], output: str) -> None:

@@ -21,9 +21,13 @@ def check(tokenizer):
         pieces = [decoder.push(token) for token in ids]
         whole = tokenizer.decode(ids, skip_special_tokens=True)
         assert "".join(pieces) == decoder.text
-        assert whole.startswith(decoder.text) and len(whole) - len(decoder.text) <= 4  # at most a held-back tail
+        assert (
+            whole.startswith(decoder.text) and len(whole) - len(decoder.text) <= 4
+        )  # at most a held-back tail
         assert not any("\ufffd" in piece for piece in pieces)
-        assert sum(1 for piece in pieces if piece) > len(ids) // 3  # it streams, not one piece at the end
+        assert (
+            sum(1 for piece in pieces if piece) > len(ids) // 3
+        )  # it streams, not one piece at the end
 
 
 def test_pieces_add_up_on_the_tiny_tokenizer(tiny):

@@ -24,7 +24,9 @@ def dialogue_of(*conversations: list[tuple[str, str]]) -> Dialogue:
 
 
 def test_each_speaker_line_is_a_reply_with_the_turns_before_it_as_context() -> None:
-    dialogue = dialogue_of([("HAL", "h1"), ("JACK", "j1"), ("HAL", "h2"), ("JACK", "j2")], [("JACK", "j3")])
+    dialogue = dialogue_of(
+        [("HAL", "h1"), ("JACK", "j1"), ("HAL", "h2"), ("JACK", "j2")], [("JACK", "j3")]
+    )
     examples = build_examples(dialogue, "jack", context_turns=4)
     assert [e.reply for e in examples] == ["j1", "j2", "j3"]
     assert examples[0].context == [{"role": "user", "content": "h1"}]
@@ -40,7 +42,10 @@ def test_each_speaker_line_is_a_reply_with_the_turns_before_it_as_context() -> N
 def test_context_is_limited_to_context_turns_within_the_conversation() -> None:
     dialogue = dialogue_of([("A", "1"), ("B", "2"), ("A", "3"), ("B", "4"), ("A", "5"), ("B", "6")])
     (first, second, third) = build_examples(dialogue, "B", context_turns=2)
-    assert third.context == [{"role": "assistant", "content": "4"}, {"role": "user", "content": "5"}]
+    assert third.context == [
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "5"},
+    ]
     assert build_examples(dialogue, "B", context_turns=0)[2].context == []
 
 
@@ -52,7 +57,10 @@ def test_several_other_speakers_keep_their_names_and_adjacent_user_lines_merge()
 
 def test_unknown_speaker_lists_the_speakers_found_with_their_line_counts() -> None:
     dialogue = dialogue_of([("ALICE", "a"), ("BOB", "b"), ("ALICE", "c")])
-    with pytest.raises(DialogueError, match=r"no lines by 'Carol' in test\.txt; speakers found \(lines\): ALICE \(2\), BOB \(1\)"):
+    with pytest.raises(
+        DialogueError,
+        match=r"no lines by 'Carol' in test\.txt; speakers found \(lines\): ALICE \(2\), BOB \(1\)",
+    ):
         build_examples(dialogue, "Carol")
 
 
@@ -83,7 +91,10 @@ def test_split_fraction_out_of_range_is_refused() -> None:
 
 def test_rendered_examples_label_only_the_reply_and_fit_the_length_limit(tiny) -> None:
     renderer = Renderer(tiny.tokenizer)
-    long_context = [{"role": "user", "content": "hello there " * 40}, {"role": "user", "content": "short"}]
+    long_context = [
+        {"role": "user", "content": "hello there " * 40},
+        {"role": "user", "content": "short"},
+    ]
     example = Example(long_context, "I am fine, thank you.", conversation=0)
     (full,) = encode_examples(renderer, [example], persona=object(), max_length=10_000)
     (cut,) = encode_examples(renderer, [example], persona=object(), max_length=60)
@@ -92,25 +103,41 @@ def test_rendered_examples_label_only_the_reply_and_fit_the_length_limit(tiny) -
         assert [label for label in encoded.labels if label != IGNORE_INDEX] == reply_ids
         assert encoded.input_ids[-len(reply_ids) :] == reply_ids
     assert len(cut.input_ids) <= 60 < len(full.input_ids)
-    assert "short" in tiny.tokenizer.decode(cut.input_ids)  # the oldest turn was dropped, not the newest
+    assert "short" in tiny.tokenizer.decode(
+        cut.input_ids
+    )  # the oldest turn was dropped, not the newest
 
 
 def test_the_reply_tokens_are_the_same_whatever_the_system_text(tiny) -> None:
     renderer = Renderer(tiny.tokenizer)
-    example = Example([{"role": "user", "content": "Who are you?"}], "To be, or not to be " * 20, conversation=0)
+    example = Example(
+        [{"role": "user", "content": "Who are you?"}], "To be, or not to be " * 20, conversation=0
+    )
     plain, written = (
         encode_examples(renderer, [example], persona=None, max_reply_tokens=30)[0],
-        encode_examples(renderer, [example], persona=None, system="A long written description " * 5, max_reply_tokens=30)[0],
+        encode_examples(
+            renderer,
+            [example],
+            persona=None,
+            system="A long written description " * 5,
+            max_reply_tokens=30,
+        )[0],
     )
     assert plain.num_labels == written.num_labels == 30
-    assert [x for x in plain.labels if x != IGNORE_INDEX] == [x for x in written.labels if x != IGNORE_INDEX]
+    assert [x for x in plain.labels if x != IGNORE_INDEX] == [
+        x for x in written.labels if x != IGNORE_INDEX
+    ]
 
 
 def test_the_turn_before_the_reply_is_shortened_from_its_start_but_never_dropped(tiny) -> None:
     renderer = Renderer(tiny.tokenizer)
     turn = "What is the capital of France? " * 30 + "Say it now."
     example = Example([{"role": "user", "content": turn}], "Paris.", conversation=0)
-    (bare,) = encode_examples(renderer, [example], persona=None, max_length=60)  # no persona: must still render
+    (bare,) = encode_examples(
+        renderer, [example], persona=None, max_length=60
+    )  # no persona: must still render
     text = tiny.tokenizer.decode(bare.input_ids)
     assert "Say it now." in text and "..." in text
-    assert len(bare.input_ids) < len(encode_examples(renderer, [example], persona=None, max_length=10_000)[0].input_ids)
+    assert len(bare.input_ids) < len(
+        encode_examples(renderer, [example], persona=None, max_length=10_000)[0].input_ids
+    )

@@ -32,7 +32,11 @@ def test_transcript_turns_conversations_and_continuations(tmp_path: Path) -> Non
     )
     dialogue = read_dialogue(log)
     assert turns_of(dialogue) == [
-        [("ALICE", "Hello there."), ("BOB", "Hi Alice, how are you doing today?"), ("ALICE", "Fine.")],
+        [
+            ("ALICE", "Hello there."),
+            ("BOB", "Hi Alice, how are you doing today?"),
+            ("ALICE", "Fine."),
+        ],
         [("BOB", "New day.")],
         [("ALICE", "Third one."), ("BOB", "Yes: it is.")],
     ]
@@ -42,11 +46,25 @@ def test_transcript_turns_conversations_and_continuations(tmp_path: Path) -> Non
 
 def test_jsonl_messages_shape_uses_role_or_name_and_skips_system(tmp_path: Path) -> None:
     lines = [
-        {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "name": "Marvin", "content": "sigh"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "be nice"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "name": "Marvin", "content": "sigh"},
+            ]
+        },
     ]
     log = write(tmp_path, "chat.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
-    assert turns_of(read_dialogue(log)) == [[("user", "hi"), ("assistant", "hello")], [("user", "q"), ("Marvin", "sigh")]]
+    assert turns_of(read_dialogue(log)) == [
+        [("user", "hi"), ("assistant", "hello")],
+        [("user", "q"), ("Marvin", "sigh")],
+    ]
 
 
 def test_jsonl_turn_shape_groups_by_conversation(tmp_path: Path) -> None:
@@ -60,9 +78,16 @@ def test_jsonl_turn_shape_groups_by_conversation(tmp_path: Path) -> None:
 
 
 def test_csv_with_configurable_columns_and_quoted_commas(tmp_path: Path) -> None:
-    log = write(tmp_path, "log.csv", 'scene,who,line\n1,ALICE,"Hi, Bob"\n1,BOB,Hello\n2,ALICE,"Bye,\nthen"\n')
+    log = write(
+        tmp_path,
+        "log.csv",
+        'scene,who,line\n1,ALICE,"Hi, Bob"\n1,BOB,Hello\n2,ALICE,"Bye,\nthen"\n',
+    )
     dialogue = read_dialogue(log, columns=Columns(speaker="who", text="line", conversation="scene"))
-    assert turns_of(dialogue) == [[("ALICE", "Hi, Bob"), ("BOB", "Hello")], [("ALICE", "Bye,\nthen")]]
+    assert turns_of(dialogue) == [
+        [("ALICE", "Hi, Bob"), ("BOB", "Hello")],
+        [("ALICE", "Bye,\nthen")],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -74,7 +99,9 @@ def test_csv_with_configurable_columns_and_quoted_commas(tmp_path: Path) -> None
         ("speaker\ttext\nA\thi\n", "csv"),
     ],
 )
-def test_auto_format_is_sniffed_from_content_not_the_file_name(tmp_path: Path, text: str, expected: str) -> None:
+def test_auto_format_is_sniffed_from_content_not_the_file_name(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     log = write(tmp_path, "log.data", text)  # a misleading extension on purpose
     assert sniff_format(LogFile(log)) == expected
     assert read_dialogue(log).num_turns >= 1
@@ -93,7 +120,9 @@ def test_text_without_speaker_lines_says_what_format_is_expected(tmp_path: Path)
 
 
 def test_malformed_jsonl_line_names_its_line_number(tmp_path: Path) -> None:
-    log = write(tmp_path, "bad.jsonl", '{"speaker": "A", "text": "ok"}\n\n{"speaker": "B", "text": oops}\n')
+    log = write(
+        tmp_path, "bad.jsonl", '{"speaker": "A", "text": "ok"}\n\n{"speaker": "B", "text": oops}\n'
+    )
     with pytest.raises(DialogueError, match=r"bad\.jsonl line 3 is not valid JSON"):
         read_dialogue(log)
 
@@ -105,7 +134,9 @@ def test_jsonl_object_of_unknown_shape_names_the_fields_it_wanted(tmp_path: Path
 
 def test_csv_without_needed_columns_names_them(tmp_path: Path) -> None:
     log = write(tmp_path, "log.csv", "name,message\nA,hi\n")
-    with pytest.raises(DialogueError, match=r"no 'speaker' or 'text' column \(found 'name', 'message'\)"):
+    with pytest.raises(
+        DialogueError, match=r"no 'speaker' or 'text' column \(found 'name', 'message'\)"
+    ):
         read_dialogue(log, format="csv")
 
 
@@ -136,5 +167,7 @@ def test_missing_file_and_directory_are_clean_errors(tmp_path: Path) -> None:
 
 
 def test_unknown_format_names_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--format must be one of auto, txt, jsonl, csv, got 'xml'"):
+    with pytest.raises(
+        ConfigError, match=r"--format must be one of auto, txt, jsonl, csv, got 'xml'"
+    ):
         read_dialogue(write(tmp_path, "a.txt", "A: b\n"), format="xml")

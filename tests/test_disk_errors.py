@@ -26,9 +26,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs of our own."""
     mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)], capture_output=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode(errors='replace').strip()[:80]})")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({result.stderr.decode(errors='replace').strip()[:80]})"
+        )
     try:
         yield mount
     finally:
@@ -54,8 +60,15 @@ def state(library: Path) -> tuple[list[tuple[str, int]], str]:
     connection = sqlite3.connect(library)
     try:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = connection.execute("SELECT p.name, count(v.id) FROM personas p JOIN prompt_versions v ON v.persona_id = p.id GROUP BY p.name").fetchall()
-        digest = hashlib.sha256(b"".join(row[0] for row in connection.execute("SELECT data FROM prompt_tensors ORDER BY version_id"))).hexdigest()
+        rows = connection.execute(
+            "SELECT p.name, count(v.id) FROM personas p JOIN prompt_versions v ON v.persona_id = p.id GROUP BY p.name"
+        ).fetchall()
+        digest = hashlib.sha256(
+            b"".join(
+                row[0]
+                for row in connection.execute("SELECT data FROM prompt_tensors ORDER BY version_id")
+            )
+        ).hexdigest()
     finally:
         connection.close()
     return sorted(rows), digest
@@ -76,14 +89,20 @@ def library_with_hamlet(folder: Path) -> tuple[Path, tuple]:
     return library, state(library)
 
 
-def lists_or_says_one_line(library: Path, capsys: pytest.CaptureFixture[str], phrase: str = "") -> None:
+def lists_or_says_one_line(
+    library: Path, capsys: pytest.CaptureFixture[str], phrase: str = ""
+) -> None:
     """Reading a library on a full or read-only disk: the list, or one error line (naming `phrase`)."""
     assert main(["list", "--library", str(library)]) in (0, 1)
     out, err = capsys.readouterr()
-    assert "hamlet" in out or (err.startswith("persona: error: ") and phrase in err and err.count("\n") == 1), (out, err)
+    assert "hamlet" in out or (
+        err.startswith("persona: error: ") and phrase in err and err.count("\n") == 1
+    ), (out, err)
 
 
-def test_an_import_onto_a_full_disk_says_so_and_changes_nothing(small_disk: Path, tmp_path: Path, capsys) -> None:
+def test_an_import_onto_a_full_disk_says_so_and_changes_nothing(
+    small_disk: Path, tmp_path: Path, capsys
+) -> None:
     library, before = library_with_hamlet(small_disk)
     big = tmp_path / "big.safetensors"
     make_prompt(1, tokens=2000).save(big)  # 2000 x 32 floats: 256 KB that will not fit
@@ -97,7 +116,9 @@ def test_an_import_onto_a_full_disk_says_so_and_changes_nothing(small_disk: Path
     assert dict(state(library)[0]) == {"hamlet": 1, "ophelia": 1}
 
 
-def test_an_export_onto_a_full_disk_leaves_no_partial_file(small_disk: Path, capsys, isolated_home: Path) -> None:
+def test_an_export_onto_a_full_disk_leaves_no_partial_file(
+    small_disk: Path, capsys, isolated_home: Path
+) -> None:
     lib = open_library()
     lib.add_version("hamlet", make_prompt(0, tokens=2000))
     lib.close()
@@ -105,15 +126,23 @@ def test_an_export_onto_a_full_disk_leaves_no_partial_file(small_disk: Path, cap
     for fmt, name in (("persona", "h.safetensors"), ("kobold", "h.zip"), ("peft", "h-adapter")):
         assert main(["export", "hamlet", str(small_disk / name), "--format", fmt]) == 1
         assert "the disk is full" in one_error_line(capsys)
-    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no temp files, no half adapter
+    assert sorted(p.name for p in small_disk.iterdir()) == [
+        "filler"
+    ]  # no temp files, no half adapter
 
 
-def test_a_read_only_library_refuses_writes_in_one_line_and_still_lists(small_disk: Path, tmp_path: Path, capsys) -> None:
+def test_a_read_only_library_refuses_writes_in_one_line_and_still_lists(
+    small_disk: Path, tmp_path: Path, capsys
+) -> None:
     library, before = library_with_hamlet(small_disk)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     voice = tmp_path / "voice.safetensors"
     make_prompt(1).save(voice)
-    for argv in (["import", str(voice), "--name", "ophelia"], ["rename", "hamlet", "prince"], ["delete", "hamlet", "--yes"]):
+    for argv in (
+        ["import", str(voice), "--name", "ophelia"],
+        ["rename", "hamlet", "prince"],
+        ["delete", "hamlet", "--yes"],
+    ):
         assert main([argv[0], "--library", str(library), *argv[1:]]) == 1
         err = one_error_line(capsys)
         assert "read-only" in err or "cannot open" in err, err
@@ -122,7 +151,9 @@ def test_a_read_only_library_refuses_writes_in_one_line_and_still_lists(small_di
     assert state(library) == before
 
 
-def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_line(tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch) -> None:
+def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_line(
+    tmp_path: Path, tiny_model_dir: Path, capsys, monkeypatch
+) -> None:
     import persona.train.checkpoint as checkpoint
 
     def full(path: Path, data: bytes) -> Path:
@@ -130,9 +161,28 @@ def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_line(tmp_path
 
     monkeypatch.setattr(checkpoint, "write_private_atomic", full)
     log = tmp_path / "log.txt"
-    log.write_text("\n\n".join(f"ALICE: hi {i}\nBOB: hello there {i}\nALICE: how?\nBOB: fine, {i}" for i in range(12)))
-    argv = ["train", str(log), "--speaker", "bob", "--name", "bob", "--model", str(tiny_model_dir), "--virtual-tokens", "2",
-            "--steps", "4", "--batch-size", "4", "--quiet"]
+    log.write_text(
+        "\n\n".join(
+            f"ALICE: hi {i}\nBOB: hello there {i}\nALICE: how?\nBOB: fine, {i}" for i in range(12)
+        )
+    )
+    argv = [
+        "train",
+        str(log),
+        "--speaker",
+        "bob",
+        "--name",
+        "bob",
+        "--model",
+        str(tiny_model_dir),
+        "--virtual-tokens",
+        "2",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
     assert main(argv) == 1
     assert "the disk is full" in one_error_line(capsys)
     lib = open_library()

@@ -42,7 +42,9 @@ def doctor(capsys: pytest.CaptureFixture[str], path: Path, *flags: str) -> tuple
 
 
 def backups(path: Path) -> list[Path]:
-    return sorted(p for p in path.parent.iterdir() if ".backup-" in p.name and not p.name.endswith("-wal"))
+    return sorted(
+        p for p in path.parent.iterdir() if ".backup-" in p.name and not p.name.endswith("-wal")
+    )
 
 
 def test_a_healthy_library_is_reported_healthy_and_left_alone(capsys, library: Path) -> None:
@@ -52,17 +54,30 @@ def test_a_healthy_library_is_reported_healthy_and_left_alone(capsys, library: P
     assert library.read_bytes() == before and not backups(library)
 
 
-def test_a_tensor_that_fails_its_checksum_is_named_then_removed_after_a_backup(capsys, library: Path) -> None:
-    sql(library, "UPDATE prompt_versions SET sha256 = 'bad' WHERE version = 2 AND persona_id = (SELECT id FROM personas WHERE name = 'hamlet')")
+def test_a_tensor_that_fails_its_checksum_is_named_then_removed_after_a_backup(
+    capsys, library: Path
+) -> None:
+    sql(
+        library,
+        "UPDATE prompt_versions SET sha256 = 'bad' WHERE version = 2 AND persona_id = (SELECT id FROM personas WHERE name = 'hamlet')",
+    )
     code, out = doctor(capsys, library)
     assert code == 1
-    assert "problem: version 2 of persona 'hamlet' does not match its checksum" in out and "persona doctor --repair" in out
+    assert (
+        "problem: version 2 of persona 'hamlet' does not match its checksum" in out
+        and "persona doctor --repair" in out
+    )
     code, out = doctor(capsys, library, "--repair")
     assert code == 0, out
-    assert "removed damaged version 2 of 'hamlet'" in out and "made version 1 of 'hamlet' active" in out
+    assert (
+        "removed damaged version 2 of 'hamlet'" in out
+        and "made version 1 of 'hamlet' active" in out
+    )
     (backup,) = backups(library)
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
-    with sqlite3.connect(backup) as old:  # the backup holds the library as it was, bad version included
+    with sqlite3.connect(
+        backup
+    ) as old:  # the backup holds the library as it was, bad version included
         assert old.execute("SELECT count(*) FROM prompt_versions").fetchone()[0] == 3
     lib = open_library(library)
     assert [v.version for v in lib.get_persona("hamlet").versions] == [1]
@@ -70,12 +85,16 @@ def test_a_tensor_that_fails_its_checksum_is_named_then_removed_after_a_backup(c
     lib.close()
 
 
-def test_orphan_rows_and_a_missing_active_version_are_found_and_fixed(capsys, library: Path) -> None:
-    sql(library,
+def test_orphan_rows_and_a_missing_active_version_are_found_and_fixed(
+    capsys, library: Path
+) -> None:
+    sql(
+        library,
         "INSERT INTO prompt_tensors (version_id, data) VALUES (999, x'00')",
         "INSERT INTO messages (conversation_id, role, content, persona_name, persona_id, cut_short, created) "
         "VALUES (999, 'user', 'lost', NULL, NULL, 0, '2024-01-01')",
-        "UPDATE personas SET active_version = 7 WHERE name = 'ophelia'")
+        "UPDATE personas SET active_version = 7 WHERE name = 'ophelia'",
+    )
     findings = [f.problem for f in check_library(library)]
     assert "1 tensors of a prompt version that does not exist" in findings
     assert "1 messages of a conversation that does not exist" in findings
@@ -88,10 +107,12 @@ def test_orphan_rows_and_a_missing_active_version_are_found_and_fixed(capsys, li
     lib.close()
 
 
-def test_a_damaged_file_is_backed_up_then_rebuilt_from_the_rows_that_read(capsys, library: Path) -> None:
+def test_a_damaged_file_is_backed_up_then_rebuilt_from_the_rows_that_read(
+    capsys, library: Path
+) -> None:
     data = bytearray(library.read_bytes())
     pages = len(data) // 4096
-    data[(pages - 1) * 4096 + 8: pages * 4096] = b"\xa5" * (4096 - 8)  # wreck the last page
+    data[(pages - 1) * 4096 + 8 : pages * 4096] = b"\xa5" * (4096 - 8)  # wreck the last page
     library.write_bytes(bytes(data))
     code, out = doctor(capsys, library)
     assert code == 1 and "problem: the database file is damaged" in out
@@ -125,6 +146,10 @@ def test_what_persona_cannot_repair_is_said_in_one_line(capsys, tmp_path: Path) 
     assert code == 1 and "is not a SQLite database" in out
     assert main(["doctor", "--library", str(notes), "--repair"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("persona: error: ") and err.count("\n") == 1 and notes.read_text() == "not a database"
+    assert (
+        err.startswith("persona: error: ")
+        and err.count("\n") == 1
+        and notes.read_text() == "not a database"
+    )
     assert main(["doctor", "--library", str(tmp_path / "none.db")]) == 1
     assert "there is no library at" in capsys.readouterr().err

@@ -20,7 +20,9 @@ GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=
 @pytest.fixture(params=["transformers", "native"])
 def tiny(request):
     """Every test here runs on transformers' model class and on persona's own decoder, which chat uses."""
-    return request.getfixturevalue("tiny_native" if request.param == "native" else "tiny_transformers")
+    return request.getfixturevalue(
+        "tiny_native" if request.param == "native" else "tiny_transformers"
+    )
 
 
 def other_prompt(tiny, seed: int, name: str) -> SoftPrompt:
@@ -33,7 +35,11 @@ def check_against_reference(engine, messages, persona, system=None):
     reply = engine.reply(messages, persona, GREEDY, system=system)
     ids = engine.renderer.render(messages, persona, system=system)
     expected = greedy_uncached(
-        engine.model, ids, persona.embeddings if persona else None, GREEDY.max_new_tokens, engine.stop_ids
+        engine.model,
+        ids,
+        persona.embeddings if persona else None,
+        GREEDY.max_new_tokens,
+        engine.stop_ids,
     )
     assert engine.last.token_ids == expected
     assert len(set(expected)) > 2, "a degenerate reference would make this comparison meaningless"
@@ -53,7 +59,10 @@ def test_multi_turn_with_switches_matches_uncached_and_reuses_cache(tiny, tiny_p
         reply = check_against_reference(engine, messages, persona)
         reused.append(engine.last.reused_tokens)
         replies.append(reply)
-        messages += [{"role": "assistant", "content": reply or "..."}, {"role": "user", "content": f"Turn {turn}: how are you?"}]
+        messages += [
+            {"role": "assistant", "content": reply or "..."},
+            {"role": "user", "content": f"Turn {turn}: how are you?"},
+        ]
     assert reused[0] == 0 and reused[1] == 0  # first use of each persona encodes everything
     assert reused[2] > 0  # back to the first persona: its cached prefix is reused
     assert reused[4] > 0
@@ -64,7 +73,10 @@ def test_second_turn_only_runs_new_tokens(tiny, tiny_prompt):
     messages = [{"role": "user", "content": "To be, or not to be?"}]
     reply = engine.reply(messages, tiny_prompt, GREEDY)
     first_prompt_tokens = engine.last.prompt_tokens
-    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Is that the question?"}]
+    messages += [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "Is that the question?"},
+    ]
     engine.reply(messages, tiny_prompt, GREEDY)
     assert engine.last.reused_tokens >= first_prompt_tokens
 
@@ -73,8 +85,10 @@ def test_history_that_outgrows_the_window_drops_oldest_turns(tiny, tiny_prompt):
     engine = ChatEngine(tiny, max_context=160)
     messages = []
     for turn in range(12):
-        messages += [{"role": "user", "content": f"Question {turn}: what is the capital of France?"},
-                     {"role": "assistant", "content": "The capital of France is Paris."}]
+        messages += [
+            {"role": "user", "content": f"Question {turn}: what is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ]
     messages.append({"role": "user", "content": "And again?"})
     reply = engine.reply(messages, tiny_prompt, GREEDY)
     assert engine.last.dropped_messages > 0
@@ -99,7 +113,11 @@ def test_sampling_is_reproducible_with_a_seed(tiny, tiny_prompt):
     assert engine.last.token_ids == first_ids
     runs = set()
     for seed in range(4):
-        engine.reply(messages, tiny_prompt, GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=seed, max_new_tokens=12))
+        engine.reply(
+            messages,
+            tiny_prompt,
+            GenerationConfig(temperature=1.5, top_k=0, top_p=1.0, seed=seed, max_new_tokens=12),
+        )
         runs.add(tuple(engine.last.token_ids))
     assert len(runs) > 1  # the seed is used: different seeds sample different replies
 
@@ -108,13 +126,18 @@ def test_cancel_stops_generation(tiny, tiny_prompt):
     engine = ChatEngine(tiny)
     cancel = threading.Event()
     cancel.set()
-    pieces = list(engine.stream([{"role": "user", "content": "Hello"}], tiny_prompt, GREEDY, cancel=cancel))
+    pieces = list(
+        engine.stream([{"role": "user", "content": "Hello"}], tiny_prompt, GREEDY, cancel=cancel)
+    )
     assert pieces == [] and engine.last.finish_reason == "cancelled"
 
 
 def test_prompt_for_another_model_is_refused(tiny):
-    alien = SoftPrompt(torch.zeros(3, tiny.fingerprint.hidden_size), name="alien",
-                       fingerprint=Fingerprint("GPT2LMHeadModel", tiny.fingerprint.hidden_size, 50257, "f" * 16))
+    alien = SoftPrompt(
+        torch.zeros(3, tiny.fingerprint.hidden_size),
+        name="alien",
+        fingerprint=Fingerprint("GPT2LMHeadModel", tiny.fingerprint.hidden_size, 50257, "f" * 16),
+    )
     with pytest.raises(PromptMismatchError, match="alien"):
         ChatEngine(tiny).reply([{"role": "user", "content": "hi"}], alien, GREEDY)
 
@@ -125,7 +148,14 @@ def test_empty_message_is_refused(tiny):
 
 
 @pytest.mark.parametrize(
-    "field,value", [("temperature", -0.1), ("top_p", 0.0), ("top_k", -1), ("max_new_tokens", 0), ("repetition_penalty", 0)]
+    "field,value",
+    [
+        ("temperature", -0.1),
+        ("top_p", 0.0),
+        ("top_k", -1),
+        ("max_new_tokens", 0),
+        ("repetition_penalty", 0),
+    ],
 )
 def test_bad_generation_settings_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -150,7 +180,9 @@ def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_promp
     monkeypatch.setattr(chunked, "_step", counted)
     chunked.reply(messages, tiny_prompt, GREEDY)
     assert chunked.last.prompt_tokens > 3 * 7
-    assert max(widths) == 7 and widths.count(7) >= 2  # the history went in 7 at a time (_prefill took the first 7)
+    assert (
+        max(widths) == 7 and widths.count(7) >= 2
+    )  # the history went in 7 at a time (_prefill took the first 7)
     assert chunked.last.token_ids == whole.last.token_ids
 
 
@@ -170,12 +202,27 @@ def test_cancel_during_a_chunked_prefill_stops_before_any_token(tiny, tiny_promp
         return original(ids, past)
 
     monkeypatch.setattr(engine, "_step", step_then_cancel)
-    pieces = list(engine.stream([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY, cancel=cancel))
+    pieces = list(
+        engine.stream(
+            [{"role": "user", "content": "Hello there, how are you today?"}],
+            tiny_prompt,
+            GREEDY,
+            cancel=cancel,
+        )
+    )
     assert pieces == [] and engine.last.finish_reason == "cancelled" and engine.last.new_tokens == 0
-    assert engine.last.prompt_tokens > 3 * 4 and calls == [4]  # stopped after one more chunk, not at the end
+    assert engine.last.prompt_tokens > 3 * 4 and calls == [
+        4
+    ]  # stopped after one more chunk, not at the end
     monkeypatch.setattr(engine, "_step", original)
     cancel.clear()
-    engine.reply([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY)
+    engine.reply(
+        [{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY
+    )
     fresh = ChatEngine(tiny)
-    fresh.reply([{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY)
-    assert engine.last.token_ids == fresh.last.token_ids  # the half-encoded cache is reused correctly
+    fresh.reply(
+        [{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY
+    )
+    assert (
+        engine.last.token_ids == fresh.last.token_ids
+    )  # the half-encoded cache is reused correctly

@@ -23,15 +23,21 @@ def test_streaming_load_gives_the_same_logits_as_from_pretrained(tiny_model_dir)
     ids = torch.tensor([[1, 5, 9, 23, 7, 2]])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reference(tiny_model_dir)(ids).logits)
-    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied as the config says
+    assert (
+        model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    )  # tied as the config says
 
 
 def test_streaming_int8_quantizes_as_it_reads(tiny_model_dir):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     streamed = load_streaming(tiny_model_dir, config, int8=True)
-    linears = [m for m in streamed.model.modules() if isinstance(m, torch.nn.Linear | quantize.Int8Linear)]
+    linears = [
+        m for m in streamed.model.modules() if isinstance(m, torch.nn.Linear | quantize.Int8Linear)
+    ]
     assert linears and all(isinstance(m, quantize.Int8Linear) for m in linears)
-    after = quantize.quantize_int8(reference(tiny_model_dir))  # the same layers, quantized after loading
+    after = quantize.quantize_int8(
+        reference(tiny_model_dir)
+    )  # the same layers, quantized after loading
     quantize.quantize_int8(streamed)
     ids = torch.tensor([[1, 5, 9, 23, 7, 2]])
     with torch.no_grad():
@@ -41,7 +47,9 @@ def test_streaming_int8_quantizes_as_it_reads(tiny_model_dir):
 def test_a_checkpoint_it_cannot_place_falls_back(tiny_model_dir, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(tiny_model_dir, copy)
-    (copy / "model.safetensors").rename(copy / "model-00001-of-00001.safetensors")  # as a sharded save names it
+    (copy / "model.safetensors").rename(
+        copy / "model-00001-of-00001.safetensors"
+    )  # as a sharded save names it
     assert load_streaming(copy, AutoConfig.from_pretrained(copy), int8=False) is None
 
 
@@ -69,16 +77,23 @@ def garbled_header(data: bytes) -> bytes:
     header[next(key for key in header if key != "__metadata__")]["shape"] = None
     text = json.dumps(header, separators=(",", ":")).encode()
     assert len(text) <= length
-    return data[:8] + text.ljust(length) + data[8 + length :]  # the same length: only the shape is wrong
+    return (
+        data[:8] + text.ljust(length) + data[8 + length :]
+    )  # the same length: only the shape is wrong
 
 
-@pytest.mark.parametrize("damage", [lambda data: data[:1000], lambda data: data[:3], garbled_header],
-                         ids=["cut-in-the-data", "shorter-than-its-header-length", "garbled-header"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda data: data[:1000], lambda data: data[:3], garbled_header],
+    ids=["cut-in-the-data", "shorter-than-its-header-length", "garbled-header"],
+)
 def test_a_corrupt_cache_is_ignored_and_rewritten(tiny_model_dir, damage):
     config = AutoConfig.from_pretrained(tiny_model_dir)
     load_streaming(tiny_model_dir, config, int8=True)
     cache = load_fastload_cache_path(tiny_model_dir)
-    cache.write_bytes(damage(cache.read_bytes()))  # cut short, as a full disk or a kill leaves it, or garbled
+    cache.write_bytes(
+        damage(cache.read_bytes())
+    )  # cut short, as a full disk or a kill leaves it, or garbled
     model = load_streaming(tiny_model_dir, config, int8=True)
     assert model is not None and cache.stat().st_size > 1000
     ids = torch.tensor([[3, 4, 5]])
@@ -118,8 +133,16 @@ def test_linear_biases_survive_quantizing_and_the_cache(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attention_bias=True, initializer_range=0.3)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+        initializer_range=0.3,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -128,7 +151,9 @@ def test_linear_biases_survive_quantizing_and_the_cache(tmp_path):
     ids = torch.tensor([[1, 5, 9, 23, 7, 2]])
     loaded_config = AutoConfig.from_pretrained(tmp_path)
     first = quantize.quantize_int8(load_streaming(tmp_path, loaded_config, int8=True))
-    second = quantize.quantize_int8(load_streaming(tmp_path, loaded_config, int8=True))  # from the cache
+    second = quantize.quantize_int8(
+        load_streaming(tmp_path, loaded_config, int8=True)
+    )  # from the cache
     after = quantize.quantize_int8(reference(tmp_path))
     assert first.model.layers[0].self_attn.q_proj.bias is not None
     with torch.no_grad():
@@ -144,7 +169,9 @@ def test_a_new_cache_replaces_the_stale_ones_and_keeps_other_models(tiny_model_d
     other_model = load_fastload_cache_path(tiny_model_dir)
     load_streaming(copy, config, int8=True)
     stale = load_fastload_cache_path(copy)
-    legacy = stale.with_name("0" * 24 + ".safetensors")  # a cache from before caches recorded their source
+    legacy = stale.with_name(
+        "0" * 24 + ".safetensors"
+    )  # a cache from before caches recorded their source
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(legacy))

@@ -34,15 +34,35 @@ def test_default_path_is_in_the_data_dir_and_owner_only(isolated_home):
 
 def test_prompt_round_trips_exactly_with_its_record(lib):
     prompt = make_prompt(seed=3)
-    info = lib.add_version("Hamlet", prompt, description="the prince", model_id="tiny", training=TRAINING,
-                           metrics=METRICS, tags=["tragic", "dane"])
-    assert (info.version, info.active, info.num_virtual_tokens, info.hidden_size) == (1, True, 5, 32)
+    info = lib.add_version(
+        "Hamlet",
+        prompt,
+        description="the prince",
+        model_id="tiny",
+        training=TRAINING,
+        metrics=METRICS,
+        tags=["tragic", "dane"],
+    )
+    assert (info.version, info.active, info.num_virtual_tokens, info.hidden_size) == (
+        1,
+        True,
+        5,
+        32,
+    )
     loaded = lib.get_prompt("Hamlet")
     assert torch.equal(loaded.embeddings, prompt.embeddings)
-    assert loaded.fingerprint == FINGERPRINT and loaded.name == "Hamlet" and loaded.description == "the prince"
+    assert (
+        loaded.fingerprint == FINGERPRINT
+        and loaded.name == "Hamlet"
+        and loaded.description == "the prince"
+    )
     shown = lib.get_persona("Hamlet")
-    assert shown.tags == ["dane", "tragic"] and shown.metrics == METRICS and shown.model_id == "tiny"
-    assert shown.versions[0].training == TRAINING and shown.versions[0].fingerprint == str(FINGERPRINT)
+    assert (
+        shown.tags == ["dane", "tragic"] and shown.metrics == METRICS and shown.model_id == "tiny"
+    )
+    assert shown.versions[0].training == TRAINING and shown.versions[0].fingerprint == str(
+        FINGERPRINT
+    )
     assert shown.versions[0].fingerprint_json == FINGERPRINT.to_json()
 
 
@@ -80,7 +100,11 @@ def test_list_reports_active_version_metadata_sorted(lib):
     lib.add_version("Claudius", make_prompt(), model_id="big")
     listed = lib.list_personas()
     assert [p.name for p in listed] == ["Claudius", "ophelia"]
-    assert (listed[1].num_virtual_tokens, listed[1].metrics, listed[1].tags) == (8, METRICS, ["sad"])
+    assert (listed[1].num_virtual_tokens, listed[1].metrics, listed[1].tags) == (
+        8,
+        METRICS,
+        ["sad"],
+    )
     assert listed[0].model_id == "big" and listed[0].versions == []
 
 
@@ -155,8 +179,14 @@ def test_the_sqlite_reader_sees_exactly_what_the_orm_library_sees(lib):
         assert reader.get_persona("Hamlet") == lib.get_persona("hamlet")
         assert reader.list_conversations() == lib.list_conversations()
         assert reader.get_messages(chat) == lib.get_messages(chat)
-        assert torch.equal(reader.get_prompt("hamlet", 1).embeddings, lib.get_prompt("hamlet", 1).embeddings)
-        assert reader.get_prompt("HAMLET").fingerprint == lib.get_prompt("hamlet").fingerprint == FINGERPRINT
+        assert torch.equal(
+            reader.get_prompt("hamlet", 1).embeddings, lib.get_prompt("hamlet", 1).embeddings
+        )
+        assert (
+            reader.get_prompt("HAMLET").fingerprint
+            == lib.get_prompt("hamlet").fingerprint
+            == FINGERPRINT
+        )
     finally:
         reader.close()
 
@@ -165,11 +195,21 @@ def test_a_tensor_damaged_on_disk_is_reported_not_returned(lib):
     lib.add_version("hamlet", make_prompt())
     lib.add_version("hamlet", make_prompt(seed=1))
     with lib.engine.begin() as connection:  # flip one byte of the stored float values
-        version_id = connection.exec_driver_sql("SELECT id FROM prompt_versions WHERE version = 2").scalar()
-        blob = bytearray(connection.exec_driver_sql("SELECT data FROM prompt_tensors WHERE version_id = ?", (version_id,)).scalar())
+        version_id = connection.exec_driver_sql(
+            "SELECT id FROM prompt_versions WHERE version = 2"
+        ).scalar()
+        blob = bytearray(
+            connection.exec_driver_sql(
+                "SELECT data FROM prompt_tensors WHERE version_id = ?", (version_id,)
+            ).scalar()
+        )
         blob[-1] ^= 0x01
-        connection.exec_driver_sql("UPDATE prompt_tensors SET data = ? WHERE version_id = ?", (bytes(blob), version_id))
-    with pytest.raises(LibraryError, match=r"version 2 of persona 'hamlet' is damaged \(checksum mismatch\)"):
+        connection.exec_driver_sql(
+            "UPDATE prompt_tensors SET data = ? WHERE version_id = ?", (bytes(blob), version_id)
+        )
+    with pytest.raises(
+        LibraryError, match=r"version 2 of persona 'hamlet' is damaged \(checksum mismatch\)"
+    ):
         lib.get_prompt("hamlet")
     lib.rollback("hamlet")
     assert torch.equal(lib.get_prompt("hamlet").embeddings, make_prompt().embeddings)

@@ -42,7 +42,9 @@ def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path):
         connection.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
     connection.close()
     before = digest(path)
-    with pytest.raises(LibraryError, match="SQLite database but not a persona library .tables: invoices"):
+    with pytest.raises(
+        LibraryError, match="SQLite database but not a persona library .tables: invoices"
+    ):
         open_library(path)
     assert digest(path) == before
 

@@ -33,9 +33,19 @@ def test_same_fingerprint_and_same_logits_with_a_soft_prompt(pair, tiny_prompt):
     assert native.fingerprint == reference.fingerprint
     ids = list(range(3, 40))
     with torch.no_grad():
-        want = reference.model(inputs_embeds=embeds_with_prompt(reference.model, ids, tiny_prompt.embeddings), use_cache=False).logits
-        got = native.model(inputs_embeds=embeds_with_prompt(native.model, ids, tiny_prompt.embeddings), use_cache=False).logits
-    assert got.shape == want.shape == (1, tiny_prompt.num_virtual_tokens + len(ids), native.fingerprint.vocab_size)
+        want = reference.model(
+            inputs_embeds=embeds_with_prompt(reference.model, ids, tiny_prompt.embeddings),
+            use_cache=False,
+        ).logits
+        got = native.model(
+            inputs_embeds=embeds_with_prompt(native.model, ids, tiny_prompt.embeddings),
+            use_cache=False,
+        ).logits
+    assert (
+        got.shape
+        == want.shape
+        == (1, tiny_prompt.num_virtual_tokens + len(ids), native.fingerprint.vocab_size)
+    )
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
@@ -43,14 +53,26 @@ def test_cached_chunks_and_steps_equal_one_uncached_pass(pair, tiny_prompt):
     _, native = pair
     model, ids = native.model, list(range(5, 45))
     with torch.no_grad():
-        whole = model(inputs_embeds=embeds_with_prompt(model, ids, tiny_prompt.embeddings), use_cache=False).logits[0]
+        whole = model(
+            inputs_embeds=embeds_with_prompt(model, ids, tiny_prompt.embeddings), use_cache=False
+        ).logits[0]
         cache = llama.KVCache()
-        first = model(inputs_embeds=embeds_with_prompt(model, ids[:10], tiny_prompt.embeddings), cache=cache, logits_to_keep=1).logits
+        first = model(
+            inputs_embeds=embeds_with_prompt(model, ids[:10], tiny_prompt.embeddings),
+            cache=cache,
+            logits_to_keep=1,
+        ).logits
         pieces = [first[0, -1]]
-        chunk = model(input_ids=torch.tensor([ids[10:30]]), cache=cache).logits  # (1, 20, V): a chunk after the cache
+        chunk = model(
+            input_ids=torch.tensor([ids[10:30]]), cache=cache
+        ).logits  # (1, 20, V): a chunk after the cache
         pieces.extend(chunk[0, -1:])
         for token in ids[30:]:
-            pieces.append(model(input_ids=torch.tensor([[token]]), cache=cache, logits_to_keep=1).logits[0, -1])
+            pieces.append(
+                model(input_ids=torch.tensor([[token]]), cache=cache, logits_to_keep=1).logits[
+                    0, -1
+                ]
+            )
     n = tiny_prompt.num_virtual_tokens
     expected = torch.stack([whole[n + 9], whole[n + 29], *whole[n + 30 :]])
     torch.testing.assert_close(torch.stack(pieces), expected, atol=ATOL, rtol=0)
@@ -74,11 +96,19 @@ def test_cropping_the_cache_then_continuing_equals_never_having_gone_further(pai
 
 def test_a_cache_grows_past_its_first_capacity_as_transformers_cache_does(pair):
     reference, native = pair
-    ids = [(3 + 7 * i) % 50 + 3 for i in range(150)]  # past the first capacity (64) and its doubling
+    ids = [
+        (3 + 7 * i) % 50 + 3 for i in range(150)
+    ]  # past the first capacity (64) and its doubling
     with torch.no_grad():
         cache, past = llama.KVCache(), llama.new_cache(reference.model)
-        steps = [native.model(input_ids=torch.tensor([[token]]), cache=cache).logits[0, -1] for token in ids]
-        want = [reference.model(input_ids=torch.tensor([[token]]), cache=past).logits[0, -1] for token in ids]
+        steps = [
+            native.model(input_ids=torch.tensor([[token]]), cache=cache).logits[0, -1]
+            for token in ids
+        ]
+        want = [
+            reference.model(input_ids=torch.tensor([[token]]), cache=past).logits[0, -1]
+            for token in ids
+        ]
     assert cache.get_seq_length() == len(ids)
     torch.testing.assert_close(torch.stack(steps), torch.stack(want), atol=ATOL, rtol=0)
 
@@ -94,10 +124,20 @@ def test_left_padded_batch_with_position_ids_matches_transformers(pair):
         outputs = []
         for loaded in (reference, native):
             cache = llama.new_cache(loaded.model)
-            first = loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, cache=cache).logits
+            first = loaded.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                logits_to_keep=1,
+                cache=cache,
+            ).logits
             step_mask = torch.cat([mask, mask.new_ones(3, 1)], dim=1)
-            second = loaded.model(input_ids=torch.tensor([[5], [6], [7]]), attention_mask=step_mask,
-                                  position_ids=positions[:, -1:] + 1, cache=cache).logits
+            second = loaded.model(
+                input_ids=torch.tensor([[5], [6], [7]]),
+                attention_mask=step_mask,
+                position_ids=positions[:, -1:] + 1,
+                cache=cache,
+            ).logits
             outputs.append((first, second))
     (want_first, want_second), (got_first, got_second) = outputs
     assert not torch.isnan(got_first).any() and not torch.isnan(got_second).any()
@@ -110,7 +150,9 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
     reference = load_model(tiny_model_dir, precision="int8").model
     native = load_model(tiny_model_dir, precision="int8", native=True).model
     layer = native.model.layers[0]
-    assert layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None  # fused: 4 int8 calls a layer, not 7
+    assert (
+        layer.self_attn.qkv_proj is not None and layer.mlp.gate_up_proj is not None
+    )  # fused: 4 int8 calls a layer, not 7
     with torch.no_grad():
         want = reference(input_ids=torch.tensor([ids]), use_cache=False).logits
         got = native(input_ids=torch.tensor([ids]), use_cache=False).logits
@@ -118,10 +160,17 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
         cache, past = llama.KVCache(), llama.new_cache(reference)
         for token in ids[:6]:  # one row at a time: fbgemm's kernel, fused against unfused
             step = native(input_ids=torch.tensor([[token]]), cache=cache).logits
-            torch.testing.assert_close(step, reference(input_ids=torch.tensor([[token]]), cache=past).logits, atol=ATOL, rtol=0)
+            torch.testing.assert_close(
+                step,
+                reference(input_ids=torch.tensor([[token]]), cache=past).logits,
+                atol=ATOL,
+                rtol=0,
+            )
 
 
-def test_the_single_token_step_computes_what_the_general_path_does_and_follows_replaced_layers(tiny_model_dir, monkeypatch):
+def test_the_single_token_step_computes_what_the_general_path_does_and_follows_replaced_layers(
+    tiny_model_dir, monkeypatch
+):
     """A decode step of one sequence takes LlamaDecoder._step (fewer operations, per-layer plans); an
     all-ones attention mask takes forward's general path. They agree bit for bit, and whatever
     changes after a step (a layer replaced, a weight reassigned, quantized, fused) is what the next
@@ -145,11 +194,15 @@ def test_the_single_token_step_computes_what_the_general_path_does_and_follows_r
     def compare(cache, token, *, step_path=True, on=None):
         decoder = on if on is not None else model
         ones = torch.ones(1, cache.get_seq_length() + 1, dtype=torch.long)
-        general = decoder(input_ids=torch.tensor([[token]]), attention_mask=ones, cache=cache).logits
+        general = decoder(
+            input_ids=torch.tensor([[token]]), attention_mask=ones, cache=cache
+        ).logits
         cache.crop(-1)
         del stepped[:]
         step = decoder(input_ids=torch.tensor([[token]]), cache=cache).logits
-        assert stepped == [step_path]  # the step ran (or declined, falling back to the general path)
+        assert stepped == [
+            step_path
+        ]  # the step ran (or declined, falling back to the general path)
         assert torch.equal(step, general)
         return step
 
@@ -162,22 +215,32 @@ def test_the_single_token_step_computes_what_the_general_path_does_and_follows_r
         old = compare(cache, ids[14])
         cache.crop(-1)
         attention = model.model.layers[1].self_attn
-        replacement = torch.nn.Linear(attention.o_proj.in_features, attention.o_proj.out_features, bias=False)
+        replacement = torch.nn.Linear(
+            attention.o_proj.in_features, attention.o_proj.out_features, bias=False
+        )
         torch.nn.init.normal_(replacement.weight, std=0.5)
         attention.o_proj = replacement  # a plan made before this must not keep the old projection
         new = compare(cache, ids[14])
         assert not torch.allclose(new, old, atol=1e-3)
         cache.crop(-1)
-        attention.o_proj.weight = torch.nn.Parameter(torch.randn_like(attention.o_proj.weight))  # nor the old weight
+        attention.o_proj.weight = torch.nn.Parameter(
+            torch.randn_like(attention.o_proj.weight)
+        )  # nor the old weight
         assert not torch.allclose(compare(cache, ids[14]), new, atol=1e-3)
         seen = []
-        handle = model.model.layers[0].mlp.down_proj.register_forward_hook(lambda *args: seen.append(1))
-        compare(cache, ids[15], step_path=False)  # a hook on a module the step would skip: the general path
+        handle = model.model.layers[0].mlp.down_proj.register_forward_hook(
+            lambda *args: seen.append(1)
+        )
+        compare(
+            cache, ids[15], step_path=False
+        )  # a hook on a module the step would skip: the general path
         assert seen
         handle.remove()
         compare(cache, ids[16])
         twin = copy.deepcopy(model)  # made after steps: it must make plans of its own weights
-        torch.nn.init.normal_(twin.model.layers[-1].self_attn.q_proj.weight, std=0.5)  # in place, in the copy only
+        torch.nn.init.normal_(
+            twin.model.layers[-1].self_attn.q_proj.weight, std=0.5
+        )  # in place, in the copy only
         twin_cache = llama.KVCache()
         twin(input_ids=torch.tensor([ids[:17]]), cache=twin_cache)
         compare(twin_cache, ids[17], on=twin)
@@ -189,13 +252,23 @@ def test_the_single_token_step_computes_what_the_general_path_does_and_follows_r
             compare(cache, token)
 
 
-@pytest.mark.parametrize("change", [
-    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
-    {"hidden_act": "gelu"},
-    {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
-])
-def test_configs_it_does_not_compute_exactly_load_through_transformers(tiny_model_dir, tmp_path, change):
-    loaded = load_model(edited_copy(tiny_model_dir, tmp_path / "model", "config.json", change), native=True)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},
+        {"hidden_act": "gelu"},
+        {"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
+    ],
+)
+def test_configs_it_does_not_compute_exactly_load_through_transformers(
+    tiny_model_dir, tmp_path, change
+):
+    loaded = load_model(
+        edited_copy(tiny_model_dir, tmp_path / "model", "config.json", change), native=True
+    )
     assert not isinstance(loaded.model, llama.LlamaDecoder)
     with torch.no_grad():
-        assert loaded.model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape[-1] == loaded.fingerprint.vocab_size
+        assert (
+            loaded.model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape[-1]
+            == loaded.fingerprint.vocab_size
+        )

@@ -17,7 +17,9 @@ from persona.model.loader import load_chat_model
 
 PERSONAS = Path(__file__).resolve().parent.parent / "personas"
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
-needs_llama = pytest.mark.skipif(not llamacpp.available(), reason="llama-cpp-python is not installed (persona[llama])")
+needs_llama = pytest.mark.skipif(
+    not llamacpp.available(), reason="llama-cpp-python is not installed (persona[llama])"
+)
 
 
 def test_without_the_extra_the_llama_backend_says_how_to_get_it(monkeypatch):
@@ -56,7 +58,9 @@ def test_a_soft_prompt_on_llama_cpp_gives_the_pytorch_greedy_reply(engines):
     from persona.prompt.softprompt import SoftPrompt
 
     llama, reference = engines
-    assert llama.loaded.fingerprint == reference.loaded.fingerprint  # prompts trained on the HF copy fit
+    assert (
+        llama.loaded.fingerprint == reference.loaded.fingerprint
+    )  # prompts trained on the HF copy fit
     hamlet = SoftPrompt.load(PERSONAS / "hamlet.safetensors")
     for persona in (None, hamlet):
         messages = [{"role": "user", "content": "What do you think of love?"}]
@@ -64,7 +68,10 @@ def test_a_soft_prompt_on_llama_cpp_gives_the_pytorch_greedy_reply(engines):
         reference.reply(messages, persona, GREEDY)
         assert len(reference.last.token_ids) >= 8
         assert llama.last.token_ids[:8] == reference.last.token_ids[:8], persona
-    with_prompt, without = llama.reply(messages, hamlet, GREEDY), llama.reply(messages, None, GREEDY)
+    with_prompt, without = (
+        llama.reply(messages, hamlet, GREEDY),
+        llama.reply(messages, None, GREEDY),
+    )
     assert with_prompt != without  # the embeddings reached the model
 
 
@@ -80,12 +87,17 @@ def test_llama_cpp_reuses_its_cache_across_turns_and_reencodes_after_a_switch(en
     llama.clear_cache()
     messages = [{"role": "user", "content": "Good morrow."}]
     reply = llama.reply(messages, hamlet, GREEDY)
-    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And what of the king?"}]
+    messages += [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And what of the king?"},
+    ]
     second = llama.reply(messages, hamlet, GREEDY)
     assert llama.last.reused_tokens >= len(llama.renderer.render(messages[:1], hamlet))
     llama.reply(messages, falstaff, GREEDY)  # another persona takes the one sequence
     again = llama.reply(messages, hamlet, GREEDY)
-    assert llama.last.reused_tokens == 0  # its cache was lost to falstaff: encoded afresh, not reused wrongly
+    assert (
+        llama.last.reused_tokens == 0
+    )  # its cache was lost to falstaff: encoded afresh, not reused wrongly
     fresh = ChatEngine(llama.loaded)
     assert again == second == fresh.reply(messages, hamlet, GREEDY)
 
@@ -100,16 +112,26 @@ def test_llama_cpp_refuses_a_batch_with_a_clear_error(engines):
         llama.model(input_ids=torch.tensor([[1, 2], [3, 4]]), cache=llama.model.new_cache())
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--backend", "llama"], "persona[llama]"),  # the extra is missing
-    (["--backend", "llama", "--model", "{model}"], "persona[llama]"),
-    (["--gguf", "/no/such.gguf"], "--gguf is for --backend llama"),
-])
-def test_backend_mistakes_are_one_line_errors(tiny_model_dir, monkeypatch, capsys, arguments, message):
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--backend", "llama"], "persona[llama]"),  # the extra is missing
+        (["--backend", "llama", "--model", "{model}"], "persona[llama]"),
+        (["--gguf", "/no/such.gguf"], "--gguf is for --backend llama"),
+    ],
+)
+def test_backend_mistakes_are_one_line_errors(
+    tiny_model_dir, monkeypatch, capsys, arguments, message
+):
     from persona.cli.main import main
 
     monkeypatch.setattr(llamacpp, "available", lambda: False)
-    argv = ["reply", "--no-persona", *[a.replace("{model}", str(tiny_model_dir)) for a in arguments], "hello"]
+    argv = [
+        "reply",
+        "--no-persona",
+        *[a.replace("{model}", str(tiny_model_dir)) for a in arguments],
+        "hello",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("persona: error:") and message in err and "\n" not in err
@@ -119,6 +141,11 @@ def test_backend_mistakes_are_one_line_errors(tiny_model_dir, monkeypatch, capsy
 def test_the_llama_backend_needs_a_gguf_file_for_another_model(tiny_model_dir, capsys):
     from persona.cli.main import main
 
-    assert main(["reply", "--no-persona", "--backend", "llama", "--model", str(tiny_model_dir), "hello"]) == 1
+    assert (
+        main(
+            ["reply", "--no-persona", "--backend", "llama", "--model", str(tiny_model_dir), "hello"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert "--gguf FILE" in err and "\n" not in err

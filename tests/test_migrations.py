@@ -20,7 +20,10 @@ FIRST = migrate.KNOWN_REVISIONS[0]
 
 def tables(path) -> set[str]:
     with sqlite3.connect(path) as connection:
-        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
     connection.close()
     return names - {"sqlite_sequence"}
 
@@ -43,7 +46,15 @@ def test_empty_file_migrates_to_head_and_matches_the_orm_models(tmp_path):
     path = tmp_path / "library.db"
     open_library(path).close()
     assert migrate.current_revision(path, 1.0) == migrate.HEAD_REVISION
-    assert {"personas", "prompt_versions", "prompt_tensors", "persona_tags", "conversations", "messages", "settings"} <= tables(path)
+    assert {
+        "personas",
+        "prompt_versions",
+        "prompt_tensors",
+        "persona_tags",
+        "conversations",
+        "messages",
+        "settings",
+    } <= tables(path)
     assert "tensor" not in columns(path, "prompt_versions")
     engine = create_engine(f"sqlite:///{path}")
     with engine.connect() as connection:
@@ -94,22 +105,47 @@ def test_a_library_made_at_the_first_revision_migrates_with_nothing_lost(tmp_pat
                 "INSERT INTO prompt_versions (persona_id, version, tensor, num_virtual_tokens, hidden_size, dtype, sha256,"
                 " model_id, fingerprint, fingerprint_json, init, training_json, metrics_json, created)"
                 " VALUES (1, ?, ?, 5, 32, 'float32', ?, 'tiny', ?, ?, 'random', NULL, ?, ?)",
-                (version, prompt.to_bytes(), prompt.sha256, str(FINGERPRINT), FINGERPRINT.to_json(),
-                 '{"nll": {"soft_prompt": 2.25, "no_prompt": 3.5, "hard_prompt": 3.1}, "tokens": 1200, "examples": 40}', now),
+                (
+                    version,
+                    prompt.to_bytes(),
+                    prompt.sha256,
+                    str(FINGERPRINT),
+                    FINGERPRINT.to_json(),
+                    '{"nll": {"soft_prompt": 2.25, "no_prompt": 3.5, "hard_prompt": 3.1}, "tokens": 1200, "examples": 40}',
+                    now,
+                ),
             )
-        connection.execute("INSERT INTO conversations (id, title, model_fingerprint, created, updated) VALUES (1, 'act one', 'fp', ?, ?)", (now, now))
-        connection.execute("INSERT INTO messages (conversation_id, role, content, persona_name, persona_id, token_count, created)"
-                           " VALUES (1, 'user', 'who is there?', NULL, NULL, NULL, ?)", (now,))
-        connection.execute("INSERT INTO messages (conversation_id, role, content, persona_name, persona_id, token_count, created)"
-                           " VALUES (1, 'assistant', 'nay, answer me', 'hamlet', 1, 4, ?)", (now,))
+        connection.execute(
+            "INSERT INTO conversations (id, title, model_fingerprint, created, updated) VALUES (1, 'act one', 'fp', ?, ?)",
+            (now, now),
+        )
+        connection.execute(
+            "INSERT INTO messages (conversation_id, role, content, persona_name, persona_id, token_count, created)"
+            " VALUES (1, 'user', 'who is there?', NULL, NULL, NULL, ?)",
+            (now,),
+        )
+        connection.execute(
+            "INSERT INTO messages (conversation_id, role, content, persona_name, persona_id, token_count, created)"
+            " VALUES (1, 'assistant', 'nay, answer me', 'hamlet', 1, 4, ?)",
+            (now,),
+        )
         connection.execute("INSERT INTO settings (key, value) VALUES ('default_persona', 'hamlet')")
     connection.close()
 
     lib = open_library(path)  # migrates 0001 -> head
     assert migrate.current_revision(path, 1.0) == migrate.HEAD_REVISION
     info = lib.get_persona("hamlet")
-    assert (info.description, info.active_version, len(info.versions), info.tags) == ("prince", 1, 2, [])
-    assert info.versions[0].metrics == {"nll": {"soft_prompt": 2.25, "no_prompt": 3.5, "hard_prompt": 3.1}, "tokens": 1200, "examples": 40}
+    assert (info.description, info.active_version, len(info.versions), info.tags) == (
+        "prince",
+        1,
+        2,
+        [],
+    )
+    assert info.versions[0].metrics == {
+        "nll": {"soft_prompt": 2.25, "no_prompt": 3.5, "hard_prompt": 3.1},
+        "tokens": 1200,
+        "examples": 40,
+    }
     assert METRICS == info.versions[1].metrics
     assert torch.equal(lib.get_prompt("hamlet").embeddings, prompts[0].embeddings)
     assert torch.equal(lib.get_prompt("hamlet", 2).embeddings, prompts[1].embeddings)

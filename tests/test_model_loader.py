@@ -31,7 +31,9 @@ def test_fingerprint_changes_when_the_embeddings_change(tiny_model_dir, tiny, tm
     assert compute_fingerprint(loaded.model) != tiny.fingerprint
 
 
-def test_the_embedding_hash_is_remembered_per_weights_file_and_taken_again_when_it_changes(tiny_model_dir, tmp_path, monkeypatch):
+def test_the_embedding_hash_is_remembered_per_weights_file_and_taken_again_when_it_changes(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     import os
 
     import torch
@@ -60,7 +62,9 @@ def test_the_embedding_hash_is_remembered_per_weights_file_and_taken_again_when_
     assert changed.fingerprint != first
     assert changed.fingerprint == fingerprints.compute_fingerprint(changed.model)
     with torch.no_grad():
-        assert torch.equal(changed.model.get_input_embeddings().weight, tensors["model.embed_tokens.weight"])
+        assert torch.equal(
+            changed.model.get_input_embeddings().weight, tensors["model.embed_tokens.weight"]
+        )
 
 
 def test_an_unreadable_hash_store_only_means_hashing_again(tiny_model_dir, tiny):
@@ -69,7 +73,9 @@ def test_an_unreadable_hash_store_only_means_hashing_again(tiny_model_dir, tiny)
 
     store = models_dir() / DIGEST_CACHE
     key = weights_key(tiny_model_dir / "model.safetensors")
-    bad_digests = [json.dumps({key: digest}) for digest in ("z" * 16, "0" * 15, 12345)]  # under this file's own key
+    bad_digests = [
+        json.dumps({key: digest}) for digest in ("z" * 16, "0" * 15, 12345)
+    ]  # under this file's own key
     for garbage in ("{not json", "[1, 2]", '{"x": 5}', *bad_digests):
         store.write_text(garbage, encoding="utf-8")
         assert load_model(tiny_model_dir, native=True).fingerprint == tiny.fingerprint
@@ -120,7 +126,9 @@ def test_persona_turn_replaces_the_models_default_system_message(tiny, tiny_prom
 
 def test_training_example_labels_cover_only_the_reply(tiny, tiny_prompt):
     renderer = Renderer(tiny.tokenizer)
-    ids, labels = renderer.render_example([{"role": "user", "content": "Hello"}], "I am fine", tiny_prompt)
+    ids, labels = renderer.render_example(
+        [{"role": "user", "content": "Hello"}], "I am fine", tiny_prompt
+    )
     labelled = [i for i, label in zip(ids, labels, strict=True) if label != -100]
     assert tiny.tokenizer.decode(labelled) == "I am fine<|im_end|>"
     prefix = renderer.render([{"role": "user", "content": "Hello"}], tiny_prompt)

@@ -22,7 +22,9 @@ def peft_model(tiny_model_dir, tiny_prompt):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=tiny_prompt.num_virtual_tokens)
+    config = peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=tiny_prompt.num_virtual_tokens
+    )
     model = peft.get_peft_model(base, config)
     model.prompt_encoder["default"].embedding.weight.data.copy_(tiny_prompt.embeddings)
     model.eval()
@@ -30,9 +32,13 @@ def peft_model(tiny_model_dir, tiny_prompt):
 
 
 def test_logits_equal_peft_forward(tiny, tiny_prompt, peft_model):
-    ids = tiny.tokenizer(["Hello there, how are you today?", "To be, or not"], padding=True, return_tensors="pt")
+    ids = tiny.tokenizer(
+        ["Hello there, how are you today?", "To be, or not"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
-        theirs = peft_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).logits  # (B, N+T, V)
+        theirs = peft_model(
+            input_ids=ids.input_ids, attention_mask=ids.attention_mask
+        ).logits  # (B, N+T, V)
         embeds = tiny.model.get_input_embeddings()(ids.input_ids)  # (B, T, D)
         embeds, mask, _ = prepend_prompt(tiny_prompt.embeddings, embeds, ids.attention_mask)
         ours = tiny.model(inputs_embeds=embeds, attention_mask=mask).logits  # (B, N+T, V)
@@ -46,7 +52,9 @@ def test_labels_are_padded_like_peft(tiny, tiny_prompt, peft_model):
     labels[:, :3] = IGNORE_INDEX
     with torch.no_grad():
         theirs = peft_model(input_ids=ids, labels=labels).loss
-        embeds, _, padded = prepend_prompt(tiny_prompt.embeddings, tiny.model.get_input_embeddings()(ids), labels=labels)
+        embeds, _, padded = prepend_prompt(
+            tiny_prompt.embeddings, tiny.model.get_input_embeddings()(ids), labels=labels
+        )
         ours = tiny.model(inputs_embeds=embeds, labels=padded).loss
     assert padded.shape[1] == ids.shape[1] + tiny_prompt.num_virtual_tokens
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
@@ -54,7 +62,9 @@ def test_labels_are_padded_like_peft(tiny, tiny_prompt, peft_model):
 
 def test_peft_saved_adapter_gives_the_same_greedy_tokens(tiny, tiny_prompt, peft_model, tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
-    tensor = load_file(tmp_path / "adapter" / "adapter_model.safetensors")["prompt_embeddings"]  # (N, D)
+    tensor = load_file(tmp_path / "adapter" / "adapter_model.safetensors")[
+        "prompt_embeddings"
+    ]  # (N, D)
     prompt = SoftPrompt(tensor, name="from-peft", fingerprint=tiny.fingerprint)
     assert torch.equal(prompt.embeddings, tiny_prompt.embeddings)
 

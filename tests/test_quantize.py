@@ -15,29 +15,44 @@ from persona.model.loader import load_model
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_int8_keeps_the_fingerprint_shares_one_float16_table_and_still_chats(tiny_model_dir, tiny, tiny_prompt, native):
+def test_int8_keeps_the_fingerprint_shares_one_float16_table_and_still_chats(
+    tiny_model_dir, tiny, tiny_prompt, native
+):
     quantized = load_model(tiny_model_dir, precision="int8", native=native)
     assert quantized.precision == "int8"
     assert quantized.fingerprint == tiny.fingerprint  # soft prompts trained on fp32 still fit
-    decoder_linears = [m for m in quantized.model.model.modules() if isinstance(m, torch.nn.Linear | quantize.Int8Linear)]
+    decoder_linears = [
+        m
+        for m in quantized.model.model.modules()
+        if isinstance(m, torch.nn.Linear | quantize.Int8Linear)
+    ]
     assert decoder_linears and all(isinstance(m, quantize.Int8Linear) for m in decoder_linears)
     head, embedding = quantized.model.lm_head, quantized.model.get_input_embeddings()
-    assert isinstance(head, quantize.Float16Linear) and isinstance(embedding, quantize.Float16Embedding)
-    assert embedding.weight_fp16.data_ptr() == head.weight_fp16.data_ptr()  # tied: one float16 matrix, no float32 copy
+    assert isinstance(head, quantize.Float16Linear) and isinstance(
+        embedding, quantize.Float16Embedding
+    )
+    assert (
+        embedding.weight_fp16.data_ptr() == head.weight_fp16.data_ptr()
+    )  # tied: one float16 matrix, no float32 copy
     ids = torch.tensor([[3, 4, 5, 9]])
     fp32_table = tiny.model.get_input_embeddings().weight
     looked_up = embedding(ids)
     assert looked_up.dtype == torch.float32
     assert torch.equal(looked_up, fp32_table[ids].to(torch.float16).to(torch.float32))
     engine = ChatEngine(quantized)
-    engine.reply([{"role": "user", "content": "Hello there!"}], tiny_prompt,
-                 GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=6))
+    engine.reply(
+        [{"role": "user", "content": "Hello there!"}],
+        tiny_prompt,
+        GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=6),
+    )
     assert engine.last.new_tokens + (engine.last.finish_reason == "stop") >= 1
 
 
 def test_int8_logits_stay_close_to_fp32(tiny_model_dir, tiny):
     quantized = load_model(tiny_model_dir, precision="int8")
-    ids = tiny.tokenizer("To be, or not to be, that is the question.", return_tensors="pt").input_ids
+    ids = tiny.tokenizer(
+        "To be, or not to be, that is the question.", return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         reference = torch.log_softmax(tiny.model(ids).logits, dim=-1)  # (1, T, V)
         approx = torch.log_softmax(quantized.model(ids).logits, dim=-1)  # (1, T, V)
@@ -53,7 +68,9 @@ def test_each_row_gets_its_own_activation_scale():
     rows = torch.randn(3, 64)
     rows[0] *= 1000.0  # an outlier row, as the first positions of a soft prompt produce
     with torch.no_grad():
-        exact = torch.nn.functional.linear(rows, layer.weight, layer.bias)  # the int8 weights, exact activations
+        exact = torch.nn.functional.linear(
+            rows, layer.weight, layer.bias
+        )  # the int8 weights, exact activations
         kernel = layer(rows)  # 3 rows <= ROW_KERNEL_MAX_ROWS: row by row through the int8 kernel
         alone = layer(rows[2:])
     assert rows.shape[0] <= quantize.ROW_KERNEL_MAX_ROWS
@@ -69,7 +86,9 @@ def test_many_rows_use_the_dequantised_weight_exactly():
     rows = torch.randn(2, 7, 16)  # 14 rows: above ROW_KERNEL_MAX_ROWS
     with torch.no_grad():
         assert torch.allclose(layer(rows), rows @ layer.weight.T, atol=1e-6)
-        assert (layer.weight - linear.weight).abs().max() <= layer.scale.max() / 2 + 1e-7  # half a step of rounding
+        assert (
+            layer.weight - linear.weight
+        ).abs().max() <= layer.scale.max() / 2 + 1e-7  # half a step of rounding
 
 
 def test_the_shared_dequantisation_buffer_serves_layers_of_any_size_in_and_out_of_inference_mode():
@@ -104,9 +123,13 @@ def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
     assert load_model(tiny_model_dir, precision="auto").precision == "int8"
 
 
-def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_use_gives(tiny_model_dir, monkeypatch):
+def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_use_gives(
+    tiny_model_dir, monkeypatch
+):
     pack_all = quantize.prepack_all
-    monkeypatch.setattr(quantize, "prepack_all", lambda model: None)  # the loader leaves the layers unpacked
+    monkeypatch.setattr(
+        quantize, "prepack_all", lambda model: None
+    )  # the loader leaves the layers unpacked
     model = load_model(tiny_model_dir, precision="int8", native=True).model
     layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
     assert layers and all(layer._packed is None for layer in layers)
@@ -134,7 +157,9 @@ def test_the_row_kernel_is_fbgemms_operator_called_without_the_torch_function_ch
             assert torch.equal(layer(rows), expected)
 
 
-def test_packing_in_the_background_races_decode_steps_without_changing_a_number(tiny_model_dir, monkeypatch):
+def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
+    tiny_model_dir, monkeypatch
+):
     """The packer goes front to back while decode steps go back to front: they meet midway, each
     layer is packed exactly once (by whichever thread reaches it first), and the numbers are
     those of packing on one thread."""
@@ -147,7 +172,9 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
     rows = [torch.randn(1, layer.in_features) for layer in layers]
     with torch.no_grad():
-        expected = [layer(x) for layer, x in zip(layers, rows, strict=True)]  # packed here, one at a time
+        expected = [
+            layer(x) for layer, x in zip(layers, rows, strict=True)
+        ]  # packed here, one at a time
     for layer in layers:
         layer._packed = None
 
@@ -173,7 +200,10 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     assert sorted(packed_by) == sorted(id(layer) for layer in layers)
     assert all(len(names) == 1 for names in packed_by.values())  # never packed twice
     packers = {names[0] for names in packed_by.values()}
-    assert packers == {thread.name, threading.main_thread().name}  # both did some: they really raced
+    assert packers == {
+        thread.name,
+        threading.main_thread().name,
+    }  # both did some: they really raced
 
 
 def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_path):
@@ -193,7 +223,12 @@ def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_p
         encoding="utf-8",
     )
     root = Path(__file__).resolve().parent.parent  # this checkout's persona, whatever is installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-500:]
     assert "leaving" in done.stdout and "terminate" not in done.stderr

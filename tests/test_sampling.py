@@ -29,13 +29,16 @@ def reference(config: GenerationConfig) -> LogitsProcessorList:
     return processors
 
 
-@pytest.mark.parametrize("settings", [
-    {"temperature": 0, "repetition_penalty": 1.3},
-    {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1},
-    {"temperature": 1.5, "top_p": 0.5, "top_k": 0, "repetition_penalty": 1.0},
-    {"temperature": 0.3, "top_p": 1.0, "top_k": 3, "repetition_penalty": 0.8},
-    {"temperature": 1.0, "top_p": 0.01, "top_k": 0, "repetition_penalty": 1.0},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 0, "repetition_penalty": 1.3},
+        {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1},
+        {"temperature": 1.5, "top_p": 0.5, "top_k": 0, "repetition_penalty": 1.0},
+        {"temperature": 0.3, "top_p": 1.0, "top_k": 3, "repetition_penalty": 0.8},
+        {"temperature": 1.0, "top_p": 0.01, "top_k": 0, "repetition_penalty": 1.0},
+    ],
+)
 def test_scores_match_transformers_processors(settings):
     config = GenerationConfig(seed=0, **settings)
     generator = torch.Generator().manual_seed(3)
@@ -52,12 +55,16 @@ def test_scores_match_transformers_processors(settings):
 
 def test_a_tie_at_the_kth_score_keeps_every_tied_token_as_transformers_does():
     config = GenerationConfig(temperature=1.0, top_k=3, top_p=0.95, repetition_penalty=1.0, seed=0)
-    logits = torch.tensor([[5.0, 1.0, 4.0, 2.0, 2.0, 2.0, -1.0, 0.5]])  # the 3rd highest (2.0) is tied three times
+    logits = torch.tensor(
+        [[5.0, 1.0, 4.0, 2.0, 2.0, 2.0, -1.0, 0.5]]
+    )  # the 3rd highest (2.0) is tied three times
     seen = torch.zeros(1, 1, dtype=torch.long)
     ours = Sampler(config).process(logits, seen)
     theirs = reference(config)(seen, logits.clone())
     assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
-    assert int((~torch.isinf(ours)).sum()) > 3  # more than k survive: the tie took the whole-vocabulary path
+    assert (
+        int((~torch.isinf(ours)).sum()) > 3
+    )  # more than k survive: the tie took the whole-vocabulary path
 
 
 def test_drawing_among_the_top_k_samples_what_the_processed_scores_say():
@@ -68,8 +75,14 @@ def test_drawing_among_the_top_k_samples_what_the_processed_scores_say():
     sampler = Sampler(config)
     expected = torch.softmax(sampler.process(logits, seen), dim=-1)[0]  # (V,)
     draws = 4000
-    counts = torch.bincount(torch.tensor([sampler.next_token(logits, seen) for _ in range(draws)]), minlength=300)
-    assert set(torch.nonzero(counts).flatten().tolist()) <= set(torch.nonzero(expected).flatten().tolist())
+    counts = torch.bincount(
+        torch.tensor([sampler.next_token(logits, seen) for _ in range(draws)]), minlength=300
+    )
+    assert set(torch.nonzero(counts).flatten().tolist()) <= set(
+        torch.nonzero(expected).flatten().tolist()
+    )
     assert (counts / draws - expected).abs().max() < 0.03  # about 4 standard errors at these sizes
     first, second = Sampler(config), Sampler(config)  # the same seed: the same draws
-    assert [first.next_token(logits, seen) for _ in range(20)] == [second.next_token(logits, seen) for _ in range(20)]
+    assert [first.next_token(logits, seen) for _ in range(20)] == [
+        second.next_token(logits, seen) for _ in range(20)
+    ]

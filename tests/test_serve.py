@@ -17,7 +17,9 @@ from persona.server import socket_path, start_server
 
 @pytest.fixture
 def server(tiny_model_dir):
-    args = argparse.Namespace(model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None)
+    args = argparse.Namespace(
+        model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None
+    )
     running, path = start_server(args)
     thread = threading.Thread(target=running.serve_forever, daemon=True)
     thread.start()
@@ -57,14 +59,27 @@ def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, c
     assert code == 0 and streamed.strip() == local_record["reply"].strip()
 
 
-def test_a_client_that_gave_up_before_its_request_was_taken_leaves_the_server_quiet(server, tiny_model_dir, capsys, monkeypatch):
+def test_a_client_that_gave_up_before_its_request_was_taken_leaves_the_server_quiet(
+    server, tiny_model_dir, capsys, monkeypatch
+):
     import socket
 
     from persona.server import PROTOCOL, identity
 
-    args = argparse.Namespace(model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None)
-    request = {"protocol": PROTOCOL, "identity": identity(args), "message": "hi", "persona": None, "no_persona": True,
-               "library": None, "system": None, "json": True, "generation": {"max_new_tokens": 4}}
+    args = argparse.Namespace(
+        model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None
+    )
+    request = {
+        "protocol": PROTOCOL,
+        "identity": identity(args),
+        "message": "hi",
+        "persona": None,
+        "no_persona": True,
+        "library": None,
+        "system": None,
+        "json": True,
+        "generation": {"max_new_tokens": 4},
+    }
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     gone.connect(str(server))
     gone.sendall(json.dumps(request).encode() + b"\n")
@@ -82,19 +97,38 @@ def test_a_client_answered_by_the_server_never_imports_torch(server, tiny_model_
         "'--max-tokens', '4', 'hello']); "
         "print('torch' in sys.modules, rc)"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "False 0"
 
 
 def test_another_precision_is_answered_locally(server, tiny_model_dir, capsys):
-    code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--precision", "fp32", "--json", "hello")
-    assert code == 0 and json.loads(out)["precision"] == "fp32"  # the int8 server refused; the client ran itself
+    code, out, _ = reply(
+        capsys,
+        "--model",
+        str(tiny_model_dir),
+        "--no-persona",
+        "--precision",
+        "fp32",
+        "--json",
+        "hello",
+    )
+    assert (
+        code == 0 and json.loads(out)["precision"] == "fp32"
+    )  # the int8 server refused; the client ran itself
 
 
 def test_server_errors_are_one_line(server, tiny_model_dir, capsys):
     code, _, err = reply(capsys, "--model", str(tiny_model_dir), "--persona", "nobody", "hello")
-    assert code == 1 and err.startswith("persona: error:") and "nobody" in err and err.count("\n") == 1
+    assert (
+        code == 1 and err.startswith("persona: error:") and "nobody" in err and err.count("\n") == 1
+    )
 
 
 def test_a_second_server_is_refused(server, tiny_model_dir, capsys):
@@ -111,7 +145,9 @@ def test_a_stale_socket_does_not_stop_a_reply_and_a_new_server_replaces_it(tiny_
     stale.close()
     code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello")
     assert code == 0 and json.loads(out)["reply"] is not None
-    args = argparse.Namespace(model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None)
+    args = argparse.Namespace(
+        model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None
+    )
     running, bound = start_server(args)  # replaces the stale file
     running.server_close()
     bound.unlink()
@@ -199,11 +235,25 @@ def test_a_server_that_stalls_mid_reply_is_a_one_line_error(tiny_model_dir, caps
     finally:
         stop()
     assert code == 1 and out.startswith("Hel")
-    assert err.startswith("persona: error:") and "nothing for 0.5 s" in err and "--local" in err and err.count("\n") == 1
+    assert (
+        err.startswith("persona: error:")
+        and "nothing for 0.5 s" in err
+        and "--local" in err
+        and err.count("\n") == 1
+    )
 
 
 def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys, monkeypatch):
-    command = [sys.executable, "-m", "persona", "serve", "--model", str(tiny_model_dir), "--idle-exit", "0.05"]
+    command = [
+        sys.executable,
+        "-m",
+        "persona",
+        "serve",
+        "--model",
+        str(tiny_model_dir),
+        "--idle-exit",
+        "0.05",
+    ]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         for _ in range(1200):  # torch imports, the model loads, then the socket appears
@@ -211,8 +261,12 @@ def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsy
                 break
             threading.Event().wait(0.05)
         no_local_model(monkeypatch)
-        code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello")
-        assert code == 0 and json.loads(out)["reply"] is not None  # the server answered while it ran
+        code, out, _ = reply(
+            capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello"
+        )
+        assert (
+            code == 0 and json.loads(out)["reply"] is not None
+        )  # the server answered while it ran
         _, err = server.communicate(timeout=60)  # 3 s after that reply it stops by itself
     finally:
         server.kill()

@@ -10,7 +10,11 @@ def test_round_trip_through_our_file_keeps_tensor_and_metadata(tiny_prompt, tmp_
     path = tiny_prompt.save(tmp_path / "p.safetensors")
     loaded = SoftPrompt.load(path)
     assert torch.equal(loaded.embeddings, tiny_prompt.embeddings)
-    assert (loaded.name, loaded.description, loaded.fingerprint) == ("tester", "a test voice", tiny_prompt.fingerprint)
+    assert (loaded.name, loaded.description, loaded.fingerprint) == (
+        "tester",
+        "a test voice",
+        tiny_prompt.fingerprint,
+    )
     assert path.stat().st_mode & 0o777 == 0o600
 
 

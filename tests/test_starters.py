@@ -46,7 +46,10 @@ def test_committed_prompt_loads_with_the_default_models_shape_and_its_spec(name:
     prompt = SoftPrompt.load(STARTERS_DIR / f"{name}.safetensors")
     assert prompt.name == name
     assert prompt.description == spec.description and len(spec.description) > 20
-    assert tuple(prompt.embeddings.shape) == (spec.train_config().num_virtual_tokens, DEFAULT_MODEL_WIDTH)
+    assert tuple(prompt.embeddings.shape) == (
+        spec.train_config().num_virtual_tokens,
+        DEFAULT_MODEL_WIDTH,
+    )
     assert prompt.fingerprint is not None and prompt.fingerprint.hidden_size == DEFAULT_MODEL_WIDTH
     assert (STARTERS_DIR / f"{name}.safetensors").stat().st_size < 200_000  # tens of KB
 
@@ -76,7 +79,9 @@ def test_committed_numbers_beat_both_baselines_on_unseen_text(name: str) -> None
         assert record["training"]["evaluated_on"].endswith(spec.heldout.split(":")[-1])
     else:  # held-out scenes of the one play: named, and none of them trained on
         assert record["training"]["evaluated_on"] == "validation split" and record["heldout_scenes"]
-    if record.get("exception"):  # a persona that cannot beat a baseline says why, and is still shipped
+    if record.get(
+        "exception"
+    ):  # a persona that cannot beat a baseline says why, and is still shipped
         assert len(record["exception"]) > 20
         return
     assert nll["soft_prompt"] < nll["no_prompt"]
@@ -93,7 +98,9 @@ def test_a_new_library_gets_the_starters_and_a_default(tmp_path: Path, with_star
             assert personas[name].description
             assert personas[name].metrics["nll"]["soft_prompt"] > 0
             stored = library.get_prompt(name)  # checksum-verified read
-            assert torch.equal(stored.embeddings, SoftPrompt.load(STARTERS_DIR / f"{name}.safetensors").embeddings)
+            assert torch.equal(
+                stored.embeddings, SoftPrompt.load(STARTERS_DIR / f"{name}.safetensors").embeddings
+            )
     finally:
         library.close()
 
@@ -132,7 +139,9 @@ def test_no_starters_leaves_a_new_library_empty(tmp_path: Path) -> None:
         library.close()
 
 
-def test_persona_list_and_show_carry_descriptions_and_the_three_numbers(tmp_path: Path, with_starters: None, capsys) -> None:
+def test_persona_list_and_show_carry_descriptions_and_the_three_numbers(
+    tmp_path: Path, with_starters: None, capsys
+) -> None:
     path = str(tmp_path / "library.db")
     assert main(["list", "--library", path]) == 0
     listing = capsys.readouterr().out
@@ -144,7 +153,9 @@ def test_persona_list_and_show_carry_descriptions_and_the_three_numbers(tmp_path
         assert f'"{key}"' in shown
 
 
-def test_a_starter_on_another_model_is_refused_in_one_line(tmp_path: Path, with_starters: None) -> None:
+def test_a_starter_on_another_model_is_refused_in_one_line(
+    tmp_path: Path, with_starters: None
+) -> None:
     library = open_library(tmp_path / "library.db")
     try:
         prompt = library.get_prompt("juliet")
@@ -156,26 +167,40 @@ def test_a_starter_on_another_model_is_refused_in_one_line(tmp_path: Path, with_
     assert "\n" not in str(refused.value)
 
 
-def test_creating_a_library_with_starters_does_not_import_torch(tmp_path: Path, with_starters: None) -> None:
+def test_creating_a_library_with_starters_does_not_import_torch(
+    tmp_path: Path, with_starters: None
+) -> None:
     code = (
         "import sys; from persona.library import open_library; "
         f"lib = open_library({str(tmp_path / 'library.db')!r}); print(len(lib.list_personas())); "
         "print('torch' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     count, torch_loaded = result.stdout.split()
     assert int(count) >= len(SHIPPED) and torch_loaded == "False"
 
 
 def write_starter(folder: Path, name: str, seed: int, *, trained: bool = True) -> SoftPrompt:
-    prompt = SoftPrompt(embeddings=torch.randn(4, 32, generator=torch.Generator().manual_seed(seed)), name=name,
-                        description=f"the voice of {name}", fingerprint=FINGERPRINT, init="text", base_model="tiny")
+    prompt = SoftPrompt(
+        embeddings=torch.randn(4, 32, generator=torch.Generator().manual_seed(seed)),
+        name=name,
+        description=f"the voice of {name}",
+        fingerprint=FINGERPRINT,
+        init="text",
+        base_model="tiny",
+    )
     (folder / f"{name}.toml").write_text(
         f'name = "{name}"\nspeaker = "X"\ntrain = "log.txt"\ndescription = "the voice of {name}"\n'
-        f'prompt_file = "{name}.safetensors"\ntags = ["starter"]\n', encoding="utf-8")
+        f'prompt_file = "{name}.safetensors"\ntags = ["starter"]\n',
+        encoding="utf-8",
+    )
     if trained:
         prompt.save(folder / f"{name}.safetensors")
-        (folder / f"{name}.json").write_text(json.dumps({"metrics": METRICS, "training": TRAINING}), encoding="utf-8")
+        (folder / f"{name}.json").write_text(
+            json.dumps({"metrics": METRICS, "training": TRAINING}), encoding="utf-8"
+        )
     return prompt
 
 
@@ -195,6 +220,8 @@ def test_install_reads_prompts_exactly_and_skips_untrained_and_existing(tmp_path
         assert ada_info.tags == ["starter"] and ada_info.fingerprint == str(FINGERPRINT)
         assert library.get_persona("bo").description == "mine"
         assert "cy" not in {info.name for info in library.list_personas()}
-        assert library.get_setting("default_persona") == "ada"  # no preferred starter here: the first by name
+        assert (
+            library.get_setting("default_persona") == "ada"
+        )  # no preferred starter here: the first by name
     finally:
         library.close()

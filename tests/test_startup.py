@@ -40,7 +40,9 @@ def test_ready_freezes_what_start_up_made_and_turns_it_on(unfrozen):
     assert gc.get_freeze_count() == frozen
 
 
-def test_reply_turns_the_collector_on_once_its_model_is_loaded(unfrozen, tiny_model_dir, monkeypatch, capsys):
+def test_reply_turns_the_collector_on_once_its_model_is_loaded(
+    unfrozen, tiny_model_dir, monkeypatch, capsys
+):
     from persona.engine.chat import ChatEngine
 
     states = []
@@ -51,6 +53,17 @@ def test_reply_turns_the_collector_on_once_its_model_is_loaded(unfrozen, tiny_mo
         yield from original(self, *args, **kwargs)
 
     monkeypatch.setattr(ChatEngine, "stream", stream)
-    code = cli.main(["reply", "--local", "--model", str(tiny_model_dir), "--no-persona", "--max-tokens", "4", "hi"])
+    code = cli.main(
+        [
+            "reply",
+            "--local",
+            "--model",
+            str(tiny_model_dir),
+            "--no-persona",
+            "--max-tokens",
+            "4",
+            "hi",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert states == [(True, True)]  # replying with the collector on, start-up's objects frozen

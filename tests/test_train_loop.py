@@ -21,23 +21,41 @@ REPLIES = ["To be, or not to be, that is the question.", "I am not only witty in
 def bard_dialogue(conversations: int = 12) -> Dialogue:
     """ALICE asks, BOB always answers in one of two fixed lines: easy to learn, even for the tiny model."""
     convs = [
-        Conversation([Turn("ALICE", f"Hello there! How are you today? {i}"), Turn("BOB", REPLIES[i % 2]), Turn("ALICE", "What is the capital of France?"), Turn("BOB", REPLIES[(i + 1) % 2])])
+        Conversation(
+            [
+                Turn("ALICE", f"Hello there! How are you today? {i}"),
+                Turn("BOB", REPLIES[i % 2]),
+                Turn("ALICE", "What is the capital of France?"),
+                Turn("BOB", REPLIES[(i + 1) % 2]),
+            ]
+        )
         for i in range(conversations)
     ]
     return Dialogue(convs, source="bard.txt", sha256="ab" * 32)
 
 
 def quick(**overrides) -> TrainConfig:
-    settings = {"num_virtual_tokens": 4, "steps": 12, "lr": 0.05, "batch_size": 4, "seed": 7, "validation_fraction": 0.2}
+    settings = {
+        "num_virtual_tokens": 4,
+        "steps": 12,
+        "lr": 0.05,
+        "batch_size": 4,
+        "seed": 7,
+        "validation_fraction": 0.2,
+    }
     return TrainConfig(**{**settings, **overrides})
 
 
 def test_training_lowers_held_out_nll_below_no_prompt(tiny) -> None:
-    trained = train_persona(tiny, bard_dialogue(), speaker="bob", name="bob", config=quick(steps=30), progress=False)
+    trained = train_persona(
+        tiny, bard_dialogue(), speaker="bob", name="bob", config=quick(steps=30), progress=False
+    )
     nll = trained.metrics["nll"]
     assert nll["soft_prompt"] < nll["no_prompt"] - 0.1
     assert nll["hard_prompt"] is None  # no description, no written baseline
-    assert trained.metrics["examples"] > 0 and trained.metrics["tokens"] > trained.metrics["examples"]
+    assert (
+        trained.metrics["examples"] > 0 and trained.metrics["tokens"] > trained.metrics["examples"]
+    )
     assert trained.prompt.fingerprint == tiny.fingerprint and trained.prompt.num_virtual_tokens == 4
     assert trained.prompt.init == "vocab"
     assert trained.training["speaker"] == "BOB" and trained.training["steps"] == 30
@@ -45,35 +63,67 @@ def test_training_lowers_held_out_nll_below_no_prompt(tiny) -> None:
 
 def test_description_starts_from_its_text_and_adds_the_written_baseline(tiny) -> None:
     trained = train_persona(
-        tiny, bard_dialogue(), speaker="BOB", name="bob", description="a test voice", config=quick(steps=2), progress=False
+        tiny,
+        bard_dialogue(),
+        speaker="BOB",
+        name="bob",
+        description="a test voice",
+        config=quick(steps=2),
+        progress=False,
     )
     assert trained.prompt.init == "text" and trained.prompt.description == "a test voice"
     assert isinstance(trained.metrics["nll"]["hard_prompt"], float)
 
 
 def test_same_seed_gives_the_identical_prompt_and_another_seed_does_not(tiny) -> None:
-    first = train_persona(tiny, bard_dialogue(), speaker="BOB", name="a", config=quick(), progress=False)
-    second = train_persona(tiny, bard_dialogue(), speaker="BOB", name="b", config=quick(), progress=False)
-    other = train_persona(tiny, bard_dialogue(), speaker="BOB", name="c", config=quick(seed=8), progress=False)
+    first = train_persona(
+        tiny, bard_dialogue(), speaker="BOB", name="a", config=quick(), progress=False
+    )
+    second = train_persona(
+        tiny, bard_dialogue(), speaker="BOB", name="b", config=quick(), progress=False
+    )
+    other = train_persona(
+        tiny, bard_dialogue(), speaker="BOB", name="c", config=quick(seed=8), progress=False
+    )
     assert torch.equal(first.prompt.embeddings, second.prompt.embeddings)
     assert not torch.equal(first.prompt.embeddings, other.prompt.embeddings)
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(tiny) -> None:
-    uninterrupted = train_persona(tiny, bard_dialogue(), speaker="BOB", name="whole", config=quick(), progress=False)
+    uninterrupted = train_persona(
+        tiny, bard_dialogue(), speaker="BOB", name="whole", config=quick(), progress=False
+    )
 
     def press_ctrl_c(step: int, loss: float) -> None:
         if step == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted) as caught:
-        train_persona(tiny, bard_dialogue(), speaker="BOB", name="split", config=quick(), progress=False, on_step=press_ctrl_c)
+        train_persona(
+            tiny,
+            bard_dialogue(),
+            speaker="BOB",
+            name="split",
+            config=quick(),
+            progress=False,
+            on_step=press_ctrl_c,
+        )
     assert caught.value.step == 5 and caught.value.checkpoint == checkpoint_path("split")
     assert load_checkpoint(caught.value.checkpoint).step == 5
 
-    resumed = train_persona(tiny, bard_dialogue(), speaker="BOB", name="split", config=quick(), progress=False, resume=True)
+    resumed = train_persona(
+        tiny,
+        bard_dialogue(),
+        speaker="BOB",
+        name="split",
+        config=quick(),
+        progress=False,
+        resume=True,
+    )
     assert resumed.training["steps"] == 12
-    torch.testing.assert_close(resumed.prompt.embeddings, uninterrupted.prompt.embeddings, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        resumed.prompt.embeddings, uninterrupted.prompt.embeddings, atol=1e-6, rtol=1e-5
+    )
 
 
 def test_checkpoint_is_safetensors_with_json_state_not_pickle(tiny) -> None:
@@ -82,7 +132,15 @@ def test_checkpoint_is_safetensors_with_json_state_not_pickle(tiny) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted) as caught:
-        train_persona(tiny, bard_dialogue(), speaker="BOB", name="ck", config=quick(), progress=False, on_step=stop)
+        train_persona(
+            tiny,
+            bard_dialogue(),
+            speaker="BOB",
+            name="ck",
+            config=quick(),
+            progress=False,
+            on_step=stop,
+        )
     data = caught.value.checkpoint.read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + header_len])
@@ -95,35 +153,72 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(tiny) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted):
-        train_persona(tiny, bard_dialogue(), speaker="BOB", name="mixed", config=quick(), progress=False, on_step=stop)
+        train_persona(
+            tiny,
+            bard_dialogue(),
+            speaker="BOB",
+            name="mixed",
+            config=quick(),
+            progress=False,
+            on_step=stop,
+        )
     with pytest.raises(ConfigError, match=r"trained with lr=0.05, this run asks for 0.01"):
-        train_persona(tiny, bard_dialogue(), speaker="BOB", name="mixed", config=quick(lr=0.01), progress=False, resume=True)
+        train_persona(
+            tiny,
+            bard_dialogue(),
+            speaker="BOB",
+            name="mixed",
+            config=quick(lr=0.01),
+            progress=False,
+            resume=True,
+        )
 
 
 def test_resume_without_a_checkpoint_says_so(tiny) -> None:
     with pytest.raises(ConfigError, match="there is no checkpoint to resume"):
-        train_persona(tiny, bard_dialogue(), speaker="BOB", name="never", config=quick(), progress=False, resume=True)
+        train_persona(
+            tiny,
+            bard_dialogue(),
+            speaker="BOB",
+            name="never",
+            config=quick(),
+            progress=False,
+            resume=True,
+        )
 
 
 def test_too_few_examples_says_how_many_there_are_and_are_needed(tiny) -> None:
-    with pytest.raises(DialogueError, match=rf"only 4 lines by 'BOB' in bard\.txt; training needs at least {MIN_EXAMPLES}"):
-        train_persona(tiny, bard_dialogue(2), speaker="BOB", name="few", config=quick(), progress=False)
+    with pytest.raises(
+        DialogueError,
+        match=rf"only 4 lines by 'BOB' in bard\.txt; training needs at least {MIN_EXAMPLES}",
+    ):
+        train_persona(
+            tiny, bard_dialogue(2), speaker="BOB", name="few", config=quick(), progress=False
+        )
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"num_virtual_tokens": 0}, r"--virtual-tokens \(num_virtual_tokens\) must be an integer between 1 and 512, got 0"),
+        (
+            {"num_virtual_tokens": 0},
+            r"--virtual-tokens \(num_virtual_tokens\) must be an integer between 1 and 512, got 0",
+        ),
         ({"steps": 0}, r"--steps \(steps\) must be an integer at least 1, got 0"),
         ({"steps": 5, "epochs": 1.0}, r"give --steps or --epochs, not both"),
         ({"lr": -1.0}, r"--lr must be a positive learning rate such as 0.01, got -1.0"),
         ({"lr": float("nan")}, r"--lr must be a positive learning rate such as 0.01, got nan"),
-        ({"batch_size": 0}, r"--batch-size \(batch_size\) must be an integer between 1 and 4096, got 0"),
+        (
+            {"batch_size": 0},
+            r"--batch-size \(batch_size\) must be an integer between 1 and 4096, got 0",
+        ),
         ({"init": "zeros"}, r"--init must be one of auto, text, vocab, random, got 'zeros'"),
         ({"validation_fraction": 1.0}, r"--validation-fraction must be in \[0, 1\), got 1.0"),
     ],
 )
-def test_config_refuses_bad_values_naming_the_field_and_quoting_the_value(overrides, message) -> None:
+def test_config_refuses_bad_values_naming_the_field_and_quoting_the_value(
+    overrides, message
+) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**overrides)
 
@@ -135,11 +230,30 @@ def test_epochs_turn_into_steps_over_the_training_examples() -> None:
 
 def test_lines_that_open_a_conversation_train_but_only_replies_are_scored(tiny) -> None:
     opening = Dialogue(
-        [Conversation([Turn("BOB", REPLIES[i % 2]), Turn("ALICE", "Hello there!"), Turn("BOB", REPLIES[(i + 1) % 2])]) for i in range(12)],
+        [
+            Conversation(
+                [
+                    Turn("BOB", REPLIES[i % 2]),
+                    Turn("ALICE", "Hello there!"),
+                    Turn("BOB", REPLIES[(i + 1) % 2]),
+                ]
+            )
+            for i in range(12)
+        ],
         source="opening.txt",
         sha256="cd" * 32,
     )
-    trained = train_persona(tiny, opening, speaker="BOB", name="opener", description="a bard", config=quick(steps=2), progress=False)
+    trained = train_persona(
+        tiny,
+        opening,
+        speaker="BOB",
+        name="opener",
+        description="a bard",
+        config=quick(steps=2),
+        progress=False,
+    )
     assert trained.training["train_examples"] + trained.training["validation_examples"] == 24
-    assert trained.metrics["examples"] * 2 == trained.training["validation_examples"]  # the openers are not scored
+    assert (
+        trained.metrics["examples"] * 2 == trained.training["validation_examples"]
+    )  # the openers are not scored
     assert all(isinstance(v, float) for v in trained.metrics["nll"].values())

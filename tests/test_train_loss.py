@@ -14,12 +14,17 @@ from persona.train.loss import labelled_nll
 
 
 def batch_for(tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    texts = [("Who are you?", "I am not only witty in myself."), ("Hello there!", "To be, or not to be, that is the question.")]
+    texts = [
+        ("Who are you?", "I am not only witty in myself."),
+        ("Hello there!", "To be, or not to be, that is the question."),
+    ]
     examples = []
     for prefix, reply in texts:
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
-        examples.append(EncodedExample(prefix_ids + reply_ids, [IGNORE_INDEX] * len(prefix_ids) + reply_ids))
+        examples.append(
+            EncodedExample(prefix_ids + reply_ids, [IGNORE_INDEX] * len(prefix_ids) + reply_ids)
+        )
     return collate(examples, pad_id=tokenizer.pad_token_id)  # (B, T) each, right-padded
 
 
@@ -29,21 +34,27 @@ def test_loss_and_gradient_match_peft_prompt_tuning(tiny_model_dir, tiny) -> Non
 
     ids, mask, labels = batch_for(tiny.tokenizer)
     assert (mask == 0).any(), "the batch must contain padding for this test to mean something"
-    prompt = torch.nn.Parameter(torch.randn(5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(2)))
+    prompt = torch.nn.Parameter(
+        torch.randn(5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(2))
+    )
 
     total, count = labelled_nll(tiny.model, prompt, ids, mask, labels)
     ours = total / count
     ours.backward()
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    peft_model = get_peft_model(
+        base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5)
+    )
     embedding = peft_model.prompt_encoder["default"].embedding.weight  # (N, D)
     with torch.no_grad():
         embedding.copy_(prompt.detach())
     reference = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
     reference.backward()
 
-    assert count == int((labels != IGNORE_INDEX).sum())  # every reply token is scored, padding never
+    assert count == int(
+        (labels != IGNORE_INDEX).sum()
+    )  # every reply token is scored, padding never
     assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
     torch.testing.assert_close(prompt.grad, embedding.grad, atol=1e-5, rtol=1e-4)
 
@@ -72,7 +83,10 @@ def test_the_prompt_runs_once_per_batch_and_gives_what_every_row_running_it_give
 
     decoder = tiny.model.model
     batch_sizes: list[tuple[int, int]] = []
-    hook = decoder.register_forward_pre_hook(lambda _m, _a, kw: batch_sizes.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    hook = decoder.register_forward_pre_hook(
+        lambda _m, _a, kw: batch_sizes.append(tuple(kw["inputs_embeds"].shape[:2])),
+        with_kwargs=True,
+    )
     results = {}
     try:
         for share in (True, False):
@@ -91,7 +105,9 @@ def test_the_prompt_runs_once_per_batch_and_gives_what_every_row_running_it_give
 
 
 @pytest.mark.parametrize("layer_type", ["sliding_attention", "linear_attention"])
-def test_models_whose_cache_is_not_plain_keys_and_values_cannot_share_the_prompt(tiny, layer_type) -> None:
+def test_models_whose_cache_is_not_plain_keys_and_values_cannot_share_the_prompt(
+    tiny, layer_type
+) -> None:
     """Hybrid models (recurrent or convolutional state) and windowed attention cannot share the
     prompt through a repeated cache."""
     import copy
@@ -99,7 +115,9 @@ def test_models_whose_cache_is_not_plain_keys_and_values_cannot_share_the_prompt
     from persona.train import loss
 
     plain = copy.deepcopy(tiny.model.config)
-    assert loss._shareable_cache(SimpleNamespace(config=plain)) is not None  # the tiny Llama shares it
+    assert (
+        loss._shareable_cache(SimpleNamespace(config=plain)) is not None
+    )  # the tiny Llama shares it
     hybrid = copy.deepcopy(tiny.model.config)
     hybrid.layer_types = ["full_attention", layer_type]
     hybrid.sliding_window = 4
@@ -110,9 +128,13 @@ def test_a_model_that_cannot_share_the_prompt_trains_on_the_plain_pass(tiny, mon
     from persona.train import loss
 
     ids, mask, labels = batch_for(tiny.tokenizer)
-    prompt = torch.randn(5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(4))
+    prompt = torch.randn(
+        5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(4)
+    )
     shapes: list[tuple[int, int]] = []
-    hook = tiny.model.model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True)
+    hook = tiny.model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
     monkeypatch.setattr(loss, "_shareable_cache", lambda decoder: None)  # as for such a model
     try:
         with torch.no_grad():

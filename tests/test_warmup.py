@@ -58,7 +58,9 @@ def test_a_prepared_int8_cache_gives_the_same_model(tiny_model_dir, monkeypatch)
     assert taken == [cache_of(tiny_model_dir), "tokenizer"]
     assert torch.equal(logits(prepared), logits(plain))
     assert prepared.fingerprint == plain.fingerprint
-    assert isinstance(prepared.tokenizer, ChatTokenizer) and type(prepared.tokenizer) is type(plain.tokenizer)
+    assert isinstance(prepared.tokenizer, ChatTokenizer) and type(prepared.tokenizer) is type(
+        plain.tokenizer
+    )
     text = "Hello there, how are you?"
     assert prepared.tokenizer.encode(text) == plain.tokenizer.encode(text)
     assert warmup._prepared is None  # the loader is done with it: nothing is kept
@@ -78,7 +80,9 @@ def test_a_cache_file_changed_after_it_was_read_is_read_again(tiny_model_dir, mo
     assert torch.equal(logits(loaded), logits(plain))
 
 
-def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(tiny_model_dir, tmp_path, monkeypatch):
+def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     other = tmp_path / "other"
     shutil.copytree(tiny_model_dir, other)
     load_model(tiny_model_dir, precision="int8", native=True)
@@ -87,15 +91,21 @@ def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(tiny
     load_chat_model(other, precision="int8")  # another directory: its own cache and tokenizer
     assert taken == [] and warmup._prepared is None
     warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
-    fp32 = load_chat_model(tiny_model_dir, precision="fp32")  # float32 reads the weights file, not the cache
+    fp32 = load_chat_model(
+        tiny_model_dir, precision="fp32"
+    )  # float32 reads the weights file, not the cache
     assert taken == ["tokenizer"] and warmup._prepared is None
-    assert torch.equal(logits(fp32), logits(load_model(tiny_model_dir, precision="fp32", native=True)))
+    assert torch.equal(
+        logits(fp32), logits(load_model(tiny_model_dir, precision="fp32", native=True))
+    )
 
 
 @pytest.mark.parametrize("model", ["missing", "not-a-model"])
 def test_nothing_is_prepared_for_a_directory_that_is_not_ready(tmp_path, model):
     (tmp_path / "not-a-model").mkdir()
-    warmup.begin(str(tmp_path / model), precision="int8", backend="torch")  # the loader reports the problem, not this
+    warmup.begin(
+        str(tmp_path / model), precision="int8", backend="torch"
+    )  # the loader reports the problem, not this
     assert warmup._prepared is None
 
 
@@ -131,7 +141,9 @@ def test_preparing_never_imports_torch(tiny_model_dir):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -156,4 +168,6 @@ def test_short_reads_are_continued_where_they_stopped(tmp_path, monkeypatch):
         warmup._preadv_fully(handle.fileno(), [memoryview(b) for b in buffers], 16)
     assert b"".join(buffers) == data[16:]
     with path.open("rb") as handle, pytest.raises(ValueError):
-        warmup._preadv_fully(handle.fileno(), [memoryview(bytearray(len(data)))], 16)  # past the end
+        warmup._preadv_fully(
+            handle.fileno(), [memoryview(bytearray(len(data)))], 16
+        )  # past the end

@@ -46,7 +46,10 @@ def upgrade() -> None:
         sa.Column("metrics_json", sa.Text(), nullable=True),
         sa.Column("created", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["persona_id"], ["personas.id"], name="fk_prompt_versions_persona_id_personas", ondelete="CASCADE"
+            ["persona_id"],
+            ["personas.id"],
+            name="fk_prompt_versions_persona_id_personas",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_prompt_versions"),
         sa.UniqueConstraint("persona_id", "version", name="uq_prompt_versions_persona_version"),
@@ -72,10 +75,16 @@ def upgrade() -> None:
         sa.Column("token_count", sa.Integer(), nullable=True),
         sa.Column("created", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["conversation_id"], ["conversations.id"], name="fk_messages_conversation_id_conversations", ondelete="CASCADE"
+            ["conversation_id"],
+            ["conversations.id"],
+            name="fk_messages_conversation_id_conversations",
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["persona_id"], ["personas.id"], name="fk_messages_persona_id_personas", ondelete="SET NULL"
+            ["persona_id"],
+            ["personas.id"],
+            name="fk_messages_persona_id_personas",
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_messages"),
     )

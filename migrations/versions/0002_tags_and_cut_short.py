@@ -22,12 +22,17 @@ def upgrade() -> None:
         sa.Column("persona_id", sa.Integer(), nullable=False),
         sa.Column("tag", sa.String(100), nullable=False),
         sa.ForeignKeyConstraint(
-            ["persona_id"], ["personas.id"], name="fk_persona_tags_persona_id_personas", ondelete="CASCADE"
+            ["persona_id"],
+            ["personas.id"],
+            name="fk_persona_tags_persona_id_personas",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("persona_id", "tag", name="pk_persona_tags"),
     )
     with op.batch_alter_table("messages") as batch:
-        batch.add_column(sa.Column("cut_short", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(
+            sa.Column("cut_short", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:

@@ -25,11 +25,16 @@ def upgrade() -> None:
         sa.Column("version_id", sa.Integer(), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["version_id"], ["prompt_versions.id"], name="fk_prompt_tensors_version_id_prompt_versions", ondelete="CASCADE"
+            ["version_id"],
+            ["prompt_versions.id"],
+            name="fk_prompt_tensors_version_id_prompt_versions",
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("version_id", name="pk_prompt_tensors"),
     )
-    op.execute("INSERT INTO prompt_tensors (version_id, data) SELECT id, tensor FROM prompt_versions")
+    op.execute(
+        "INSERT INTO prompt_tensors (version_id, data) SELECT id, tensor FROM prompt_versions"
+    )
     with op.batch_alter_table("prompt_versions") as batch:
         batch.drop_column("tensor")
 

@@ -19,9 +19,13 @@ def _resume_id(value: str) -> int | str:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a conversation id; `persona history` lists them") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a conversation id; `persona history` lists them"
+        ) from None
     if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a conversation id; `persona history` lists them")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a conversation id; `persona history` lists them"
+        )
     return number
 
 
@@ -37,13 +41,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Inside: Enter sends, Ctrl+J adds a newline, F2 picks a persona, Esc stops a reply, /help lists commands."
         ),
     )
-    parser.add_argument("--persona", metavar="NAME", help="the persona that speaks first (switch later with F2 or /persona)")
-    parser.add_argument("--model", metavar="PATH", help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct, or $PERSONA_MODEL)")
     parser.add_argument(
-        "--resume", metavar="ID", nargs="?", const="latest", type=_resume_id,
+        "--persona",
+        metavar="NAME",
+        help="the persona that speaks first (switch later with F2 or /persona)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct, or $PERSONA_MODEL)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="ID",
+        nargs="?",
+        const="latest",
+        type=_resume_id,
         help="continue a saved conversation: the latest one, or conversation ID",
     )
-    parser.add_argument("--library", metavar="PATH", type=Path, help="the persona library file (default: in the data dir)")
+    parser.add_argument(
+        "--library",
+        metavar="PATH",
+        type=Path,
+        help="the persona library file (default: in the data dir)",
+    )
     add_precision_argument(parser)
     add_generation_arguments(parser)
     parser.set_defaults(func=run)
@@ -52,7 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def check_terminal() -> None:
     """Refuse, in one line, to start without an interactive terminal of a usable size."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise ConfigError("persona chat needs an interactive terminal; for scripts use `persona reply MESSAGE`")
+        raise ConfigError(
+            "persona chat needs an interactive terminal; for scripts use `persona reply MESSAGE`"
+        )
     size = shutil.get_terminal_size()
     if size.columns < MIN_COLUMNS or size.lines < MIN_LINES:
         raise ConfigError(
@@ -68,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     from persona.model import warmup
 
-    warmup.begin(args.model, precision=args.precision, backend=args.backend)  # while torch is imported below
+    warmup.begin(
+        args.model, precision=args.precision, backend=args.backend
+    )  # while torch is imported below
 
     from persona.errors import NotFoundError
     from persona.library import open_library
@@ -80,19 +105,25 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(args.resume, int):
             library.get_messages(args.resume)
         elif args.resume == "latest" and not library.list_conversations():
-            raise NotFoundError("there is no saved conversation to resume; start one with `persona chat`")
+            raise NotFoundError(
+                "there is no saved conversation to resume; start one with `persona chat`"
+            )
 
         from persona.engine.chat import ChatEngine
         from persona.model.loader import load_chat_model
 
         print("persona: loading the model…", file=sys.stderr, flush=True)
-        loaded = load_chat_model(args.model, precision=args.precision, backend=args.backend, gguf=args.gguf)
+        loaded = load_chat_model(
+            args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
+        )
         engine = ChatEngine(loaded)
         startup.ready()
 
         from persona.tui.app import PersonaChatApp
 
-        app = PersonaChatApp(engine, library, persona=args.persona, resume=args.resume, config=config)
+        app = PersonaChatApp(
+            engine, library, persona=args.persona, resume=args.resume, config=config
+        )
         app.run()
         conversation_id = app.session.conversation_id
         if conversation_id is not None:

@@ -17,46 +17,92 @@ from persona.errors import AlreadyExistsError, ConfigError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        parser = subparsers.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        parser.add_argument("--library", metavar="PATH", type=Path, help="the persona library file (default: in the data dir)")
+        parser = subparsers.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        )
+        parser.add_argument(
+            "--library",
+            metavar="PATH",
+            type=Path,
+            help="the persona library file (default: in the data dir)",
+        )
         parser.set_defaults(func=func)
         return parser
 
     parser = add("list", "list the personas in the library", run_list)
     parser.add_argument("--json", action="store_true", help="print a JSON array")
 
-    parser = add("show", "show a persona: description, versions, metrics, model fingerprint", run_show)
+    parser = add(
+        "show", "show a persona: description, versions, metrics, model fingerprint", run_show
+    )
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
 
-    parser = add("rename", "rename a persona (past messages keep the name they were written under)", run_rename)
+    parser = add(
+        "rename",
+        "rename a persona (past messages keep the name they were written under)",
+        run_rename,
+    )
     parser.add_argument("old", metavar="OLD")
     parser.add_argument("new", metavar="NEW")
 
-    parser = add("delete", "delete a persona and all its versions (its messages stay in the history)", run_delete)
+    parser = add(
+        "delete",
+        "delete a persona and all its versions (its messages stay in the history)",
+        run_delete,
+    )
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     parser = add("rollback", "make an older version of a persona the active one", run_rollback)
     parser.add_argument("name", metavar="NAME")
-    parser.add_argument("version", metavar="VERSION", type=int, nargs="?", help="default: the one before the active version")
+    parser.add_argument(
+        "version",
+        metavar="VERSION",
+        type=int,
+        nargs="?",
+        help="default: the one before the active version",
+    )
 
-    parser = add("export", "export a persona's soft prompt as our file, a PEFT adapter or a KoboldAI zip", run_export)
+    parser = add(
+        "export",
+        "export a persona's soft prompt as our file, a PEFT adapter or a KoboldAI zip",
+        run_export,
+    )
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("path", metavar="PATH", type=Path)
-    parser.add_argument("--format", choices=("persona", "peft", "kobold"), default="persona",
-                        help="persona: one .safetensors file (default); peft: an adapter directory; kobold: a .zip")
-    parser.add_argument("--version", dest="prompt_version", metavar="N", type=int, help="export version N (default: the active one)")
+    parser.add_argument(
+        "--format",
+        choices=("persona", "peft", "kobold"),
+        default="persona",
+        help="persona: one .safetensors file (default); peft: an adapter directory; kobold: a .zip",
+    )
+    parser.add_argument(
+        "--version",
+        dest="prompt_version",
+        metavar="N",
+        type=int,
+        help="export version N (default: the active one)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
 
-    parser = add("import", "import a soft prompt (our .safetensors, a PEFT adapter directory or a KoboldAI .zip)", run_import)
+    parser = add(
+        "import",
+        "import a soft prompt (our .safetensors, a PEFT adapter directory or a KoboldAI .zip)",
+        run_import,
+    )
     parser.add_argument("path", metavar="PATH", type=Path)
     parser.add_argument("--name", help="the persona's name (default: the name stored in the file)")
     parser.add_argument("--description", help="replace the description stored in the file")
-    parser.add_argument("--model", metavar="PATH",
-                        help="check the prompt fits this model directory (default: $PERSONA_MODEL or the prepared default)")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="check the prompt fits this model directory (default: $PERSONA_MODEL or the prepared default)",
+    )
 
-    parser = add("history", "list past conversations, or the messages of conversation ID", run_history)
+    parser = add(
+        "history", "list past conversations, or the messages of conversation ID", run_history
+    )
     parser.add_argument("id", metavar="ID", type=int, nargs="?")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -101,7 +147,9 @@ def _short(text: str, width: int) -> str:
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -115,11 +163,20 @@ def run_list(args: argparse.Namespace) -> int:
         _print_json([p.to_dict() for p in personas])
         return 0
     if not personas:
-        print("no personas yet; train one with `persona train` or add one with `persona import PATH`")
+        print(
+            "no personas yet; train one with `persona train` or add one with `persona import PATH`"
+        )
         return 0
     rows = [
-        [p.name, str(p.active_version), f"{p.num_virtual_tokens}x{p.hidden_size}", _short(p.model_id, 28) or "-",
-         _nll(p.metrics), ",".join(p.tags), _short(p.description, 40)]
+        [
+            p.name,
+            str(p.active_version),
+            f"{p.num_virtual_tokens}x{p.hidden_size}",
+            _short(p.model_id, 28) or "-",
+            _nll(p.metrics),
+            ",".join(p.tags),
+            _short(p.description, 40),
+        ]
         for p in personas
     ]
     print(_table(["NAME", "VER", "PROMPT", "MODEL", "NLL", "TAGS", "DESCRIPTION"], rows))
@@ -142,7 +199,9 @@ def run_show(args: argparse.Namespace) -> int:
     if info.tags:
         print(f"  tags:        {', '.join(info.tags)}")
     if active is not None:
-        print(f"  prompt:      {active.num_virtual_tokens} virtual tokens x {active.hidden_size} ({active.dtype}), init {active.init}")
+        print(
+            f"  prompt:      {active.num_virtual_tokens} virtual tokens x {active.hidden_size} ({active.dtype}), init {active.init}"
+        )
         print(f"  model:       {active.model_id or 'unknown'}")
         print(f"  fingerprint: {active.fingerprint or 'unknown'}")
         print(f"  sha256:      {active.sha256}")
@@ -150,18 +209,26 @@ def run_show(args: argparse.Namespace) -> int:
         if "imported_from" in record:
             print(f"  imported:    from {record['imported_from']} ({record.get('format', '?')})")
         elif record:
-            print(f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
-                  f"{record.get('steps', '?')} steps, {record.get('seconds') or 0:.0f} s")
+            print(
+                f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
+                f"{record.get('steps', '?')} steps, {record.get('seconds') or 0:.0f} s"
+            )
     rows = []
     for v in info.versions:
         metrics = v.metrics or {}
         nll = metrics.get("nll") or {}
         hard = nll.get("hard_prompt")
-        rows.append([
-            ("*" if v.active else " ") + str(v.version), v.created.strftime("%Y-%m-%d %H:%M"), f"{v.num_virtual_tokens}x{v.hidden_size}",
-            v.init, _nll(metrics), f"{hard:.2f}" if isinstance(hard, (int, float)) else "-",
-            str(metrics.get("examples", "-")),
-        ])
+        rows.append(
+            [
+                ("*" if v.active else " ") + str(v.version),
+                v.created.strftime("%Y-%m-%d %H:%M"),
+                f"{v.num_virtual_tokens}x{v.hidden_size}",
+                v.init,
+                _nll(metrics),
+                f"{hard:.2f}" if isinstance(hard, (int, float)) else "-",
+                str(metrics.get("examples", "-")),
+            ]
+        )
     print()
     print(_table(["VER", "CREATED (UTC)", "PROMPT", "INIT", "NLL SOFT", "HARD", "EXAMPLES"], rows))
     return 0
@@ -183,15 +250,21 @@ def run_delete(args: argparse.Namespace) -> int:
         info = lib.get_persona(args.name)
         if not args.yes:
             if not sys.stdin.isatty():
-                raise ConfigError(f"deleting {info.name!r} needs confirmation; pass --yes to delete without asking")
-            answer = input(f"delete persona {info.name!r} and its {len(info.versions)} version(s)? [y/N] ")
+                raise ConfigError(
+                    f"deleting {info.name!r} needs confirmation; pass --yes to delete without asking"
+                )
+            answer = input(
+                f"delete persona {info.name!r} and its {len(info.versions)} version(s)? [y/N] "
+            )
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted")
                 return 1
         lib.delete(info.name)
     finally:
         lib.close()
-    print(f"deleted {info.name!r} ({len(info.versions)} version(s)); its messages stay in the history")
+    print(
+        f"deleted {info.name!r} ({len(info.versions)} version(s)); its messages stay in the history"
+    )
     return 0
 
 
@@ -215,7 +288,9 @@ def run_export(args: argparse.Namespace) -> int:
     finally:
         lib.close()
     path = write_prompt(prompt, args.path, args.format, force=args.force)
-    print(f"exported {prompt.name!r} ({prompt.num_virtual_tokens}x{prompt.hidden_size}) to {path} as {args.format}")
+    print(
+        f"exported {prompt.name!r} ({prompt.num_virtual_tokens}x{prompt.hidden_size}) to {path} as {args.format}"
+    )
     return 0
 
 
@@ -237,12 +312,21 @@ def run_import(args: argparse.Namespace) -> int:
     lib = _open(args)
     try:
         if lib.has_persona(name):
-            raise AlreadyExistsError(f"a persona named {name!r} already exists; pass --name NEW to import it under another name")
-        version = lib.add_version(name, prompt, description=args.description, model_id=prompt.base_model,
-                                  training={"imported_from": str(args.path.resolve()), "format": fmt})
+            raise AlreadyExistsError(
+                f"a persona named {name!r} already exists; pass --name NEW to import it under another name"
+            )
+        version = lib.add_version(
+            name,
+            prompt,
+            description=args.description,
+            model_id=prompt.base_model,
+            training={"imported_from": str(args.path.resolve()), "format": fmt},
+        )
     finally:
         lib.close()
-    print(f"imported {name!r} ({version.num_virtual_tokens}x{version.hidden_size}) from {fmt} file {args.path}")
+    print(
+        f"imported {name!r} ({version.num_virtual_tokens}x{version.hidden_size}) from {fmt} file {args.path}"
+    )
     return 0
 
 
@@ -261,8 +345,16 @@ def run_history(args: argparse.Namespace) -> int:
         elif not conversations:
             print("no conversations yet; start one with `persona chat`")
         else:
-            rows = [[str(c.id), c.updated.strftime("%Y-%m-%d %H:%M"), str(c.message_count), _short(", ".join(c.personas), 30),
-                     _short(c.title, 50)] for c in conversations]
+            rows = [
+                [
+                    str(c.id),
+                    c.updated.strftime("%Y-%m-%d %H:%M"),
+                    str(c.message_count),
+                    _short(", ".join(c.personas), 30),
+                    _short(c.title, 50),
+                ]
+                for c in conversations
+            ]
             print(_table(["ID", "UPDATED (UTC)", "MSGS", "PERSONAS", "TITLE"], rows))
         return 0
     if args.json:

@@ -65,7 +65,9 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def one_line(message: str) -> str:
     """A message as one terminal line: control characters from paths or names the user gave are escaped."""
-    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in message)
+    return "".join(
+        char if char.isprintable() or char == " " else repr(char)[1:-1] for char in message
+    )
 
 
 if __name__ == "__main__":

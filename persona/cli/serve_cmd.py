@@ -12,13 +12,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="keep the model loaded so that `persona reply` answers at once",
         description="Load the model once and answer `persona reply` through a socket in the data dir "
-                    "(owner-only) until Ctrl-C. Replies asking for another model, precision or backend "
-                    "run on their own as usual.",
+        "(owner-only) until Ctrl-C. Replies asking for another model, precision or backend "
+        "run on their own as usual.",
     )
-    parser.add_argument("--model", metavar="PATH", help="a local Hugging Face model directory (default: the embedded model, or $PERSONA_MODEL)")
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a local Hugging Face model directory (default: the embedded model, or $PERSONA_MODEL)",
+    )
     add_precision_argument(parser)
     parser.add_argument(
-        "--idle-exit", type=_minutes, metavar="MINUTES",
+        "--idle-exit",
+        type=_minutes,
+        metavar="MINUTES",
         help="stop after this many minutes without a request (for a script: start it in the background and forget it)",
     )
     parser.set_defaults(func=run)

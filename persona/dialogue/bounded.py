@@ -26,10 +26,14 @@ class LogFile:
         self._digest = hashlib.sha256()
         try:
             if self.path.is_dir():
-                raise DialogueError(f"{self.path} is a directory; pass a dialogue log file (.txt, .jsonl or .csv)")
+                raise DialogueError(
+                    f"{self.path} is a directory; pass a dialogue log file (.txt, .jsonl or .csv)"
+                )
             size = self.path.stat().st_size
         except FileNotFoundError:
-            raise DialogueError(f"{self.path}: no such file; pass the path of a dialogue log") from None
+            raise DialogueError(
+                f"{self.path}: no such file; pass the path of a dialogue log"
+            ) from None
         except OSError as exc:
             raise DialogueError(f"cannot read {self.path} ({exc.strerror})") from None
         if size > MAX_FILE_BYTES:
@@ -37,7 +41,9 @@ class LogFile:
                 f"{self.path} is {size // (1024 * 1024)} MB; logs over {MAX_FILE_BYTES // (1024 * 1024)} MB are not read, split it first"
             )
         if size == 0:
-            raise DialogueError(f"{self.path} is empty; it needs dialogue lines such as `NAME: text`")
+            raise DialogueError(
+                f"{self.path} is empty; it needs dialogue lines such as `NAME: text`"
+            )
 
     @property
     def sha256(self) -> str:

@@ -11,7 +11,9 @@ from persona.errors import ConfigError
 class Columns:
     speaker: str = "speaker"
     text: str = "text"
-    conversation: str = "conversation"  # optional in the data: without it the log is one conversation
+    conversation: str = (
+        "conversation"  # optional in the data: without it the log is one conversation
+    )
 
     def __post_init__(self) -> None:
         for field_name in ("speaker", "text", "conversation"):
@@ -19,7 +21,9 @@ class Columns:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"--{field_name}-column must name a column, got {value!r}")
         if self.speaker.casefold() == self.text.casefold():
-            raise ConfigError(f"--speaker-column and --text-column must differ, both are {self.speaker!r}")
+            raise ConfigError(
+                f"--speaker-column and --text-column must differ, both are {self.speaker!r}"
+            )
 
 
 def find_column(header: list[str], wanted: str) -> int | None:

@@ -19,9 +19,16 @@ def read_csv(log: LogFile, columns: Columns | None = None) -> Dialogue:
         header = next(reader, None)
         if header is None:
             raise DialogueError(f"{log.path} is empty; it needs a header row and dialogue rows")
-        speaker_at, text_at = find_column(header, columns.speaker), find_column(header, columns.text)
+        speaker_at, text_at = (
+            find_column(header, columns.speaker),
+            find_column(header, columns.text),
+        )
         if speaker_at is None or text_at is None:
-            missing = [name for name, at in ((columns.speaker, speaker_at), (columns.text, text_at)) if at is None]
+            missing = [
+                name
+                for name, at in ((columns.speaker, speaker_at), (columns.text, text_at))
+                if at is None
+            ]
             raise DialogueError(
                 f"{log.path} has no {' or '.join(repr(m) for m in missing)} column (found {', '.join(repr(h) for h in header[:10])}); "
                 "name the columns with --speaker-column and --text-column"
@@ -35,13 +42,19 @@ def read_csv(log: LogFile, columns: Columns | None = None) -> Dialogue:
             speaker, text = row[speaker_at].strip(), row[text_at].strip()
             if not speaker or not text:
                 continue
-            key = row[conversation_at] if conversation_at is not None and conversation_at < len(row) else ""
+            key = (
+                row[conversation_at]
+                if conversation_at is not None and conversation_at < len(row)
+                else ""
+            )
             if key not in by_id:
                 by_id[key] = Conversation([], title=key)
                 conversations.append(by_id[key])
             by_id[key].turns.append(Turn(speaker, text))
     except csv.Error as exc:
-        raise DialogueError(f"{log.path} line {line_numbers.number} is not valid CSV ({exc}); fix that row") from None
+        raise DialogueError(
+            f"{log.path} line {line_numbers.number} is not valid CSV ({exc}); fix that row"
+        ) from None
     if not conversations:
         raise DialogueError(f"{log.path} has a header but no rows with both a speaker and a text")
     return Dialogue(conversations, source=str(log.path), sha256=log.sha256)

@@ -51,7 +51,9 @@ def encode_example(
         content = context[0]["content"]
         if len(content) <= MIN_CONTEXT_CHARS:
             return EncodedExample(ids, labels)
-        context = [{"role": context[0]["role"], "content": "..." + content[len(content) // 2 :].lstrip()}]
+        context = [
+            {"role": context[0]["role"], "content": "..." + content[len(content) // 2 :].lstrip()}
+        ]
 
 
 def encode_examples(
@@ -64,6 +66,13 @@ def encode_examples(
     max_reply_tokens: int = DEFAULT_MAX_REPLY_TOKENS,
 ) -> list[EncodedExample]:
     return [
-        encode_example(renderer, e, persona, system=system, max_length=max_length, max_reply_tokens=max_reply_tokens)
+        encode_example(
+            renderer,
+            e,
+            persona,
+            system=system,
+            max_length=max_length,
+            max_reply_tokens=max_reply_tokens,
+        )
         for e in examples
     ]

@@ -22,7 +22,9 @@ SPEAKERS_LISTED = 12
 class Example:
     context: list[Message]  # at most `context_turns` turns, merged by role
     reply: str
-    conversation: int  # index of its conversation in the dialogue: the unit of the train/validation split
+    conversation: (
+        int  # index of its conversation in the dialogue: the unit of the train/validation split
+    )
 
 
 def resolve_speaker(dialogue: Dialogue, speaker: str | None) -> str:
@@ -32,11 +34,17 @@ def resolve_speaker(dialogue: Dialogue, speaker: str | None) -> str:
     for name, _ in counts.most_common():
         if normalise_speaker(name) == wanted:
             return name
-    listed = ", ".join(f"{_shown(name)} ({count})" for name, count in counts.most_common(SPEAKERS_LISTED))
+    listed = ", ".join(
+        f"{_shown(name)} ({count})" for name, count in counts.most_common(SPEAKERS_LISTED)
+    )
     more = f" and {len(counts) - SPEAKERS_LISTED} more" if len(counts) > SPEAKERS_LISTED else ""
     if speaker is None:
-        raise DialogueError(f"pass --speaker to say whose lines to learn; speakers in {dialogue.source}: {listed}{more}")
-    raise DialogueError(f"no lines by {speaker!r} in {dialogue.source}; speakers found (lines): {listed}{more}")
+        raise DialogueError(
+            f"pass --speaker to say whose lines to learn; speakers in {dialogue.source}: {listed}{more}"
+        )
+    raise DialogueError(
+        f"no lines by {speaker!r} in {dialogue.source}; speakers found (lines): {listed}{more}"
+    )
 
 
 def _shown(name: str) -> str:
@@ -44,7 +52,9 @@ def _shown(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def build_examples(dialogue: Dialogue, speaker: str | None, context_turns: int = DEFAULT_CONTEXT_TURNS) -> list[Example]:
+def build_examples(
+    dialogue: Dialogue, speaker: str | None, context_turns: int = DEFAULT_CONTEXT_TURNS
+) -> list[Example]:
     """One example per line of `speaker` (matched case-insensitively), in log order."""
     if not isinstance(context_turns, int) or context_turns < 0:
         raise ConfigError(f"--context-turns must be 0 or more, got {context_turns!r}")
@@ -55,15 +65,23 @@ def build_examples(dialogue: Dialogue, speaker: str | None, context_turns: int =
     return examples
 
 
-def _conversation_examples(conversation: Conversation, index: int, persona: str, context_turns: int) -> list[Example]:
+def _conversation_examples(
+    conversation: Conversation, index: int, persona: str, context_turns: int
+) -> list[Example]:
     others = {normalise_speaker(t.speaker) for t in conversation.turns} - {persona}
     named = len(others) > 1
     examples = []
     for position, turn in enumerate(conversation.turns):
         if normalise_speaker(turn.speaker) != persona:
             continue
-        window = conversation.turns[max(0, position - context_turns) : position] if context_turns else []
-        examples.append(Example(context=as_messages(window, persona, named), reply=turn.text, conversation=index))
+        window = (
+            conversation.turns[max(0, position - context_turns) : position] if context_turns else []
+        )
+        examples.append(
+            Example(
+                context=as_messages(window, persona, named), reply=turn.text, conversation=index
+            )
+        )
     return examples
 
 

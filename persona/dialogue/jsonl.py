@@ -55,7 +55,9 @@ def read_jsonl(log: LogFile, columns: Columns | None = None) -> Dialogue:
         by_id[key].turns.append(Turn(speaker.strip(), text.strip()))
     conversations = [conv for conv in conversations if conv.turns]
     if not conversations:
-        raise DialogueError(f"{log.path} holds no dialogue turns; each line needs a non-empty message or text")
+        raise DialogueError(
+            f"{log.path} holds no dialogue turns; each line needs a non-empty message or text"
+        )
     return Dialogue(conversations, source=str(log.path), sha256=log.sha256)
 
 
@@ -63,11 +65,17 @@ def _parse(log: LogFile, number: int, line: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise DialogueError(f"{log.path} line {number} is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line") from None
+        raise DialogueError(
+            f"{log.path} line {number} is not valid JSON ({exc.msg} at column {exc.colno}); fix or remove that line"
+        ) from None
     except RecursionError:
-        raise DialogueError(f"{log.path} line {number} nests JSON too deeply to be a dialogue turn; fix or remove that line") from None
+        raise DialogueError(
+            f"{log.path} line {number} nests JSON too deeply to be a dialogue turn; fix or remove that line"
+        ) from None
     if not isinstance(record, dict):
-        raise DialogueError(f"{log.path} line {number} is a JSON {type(record).__name__}, expected an object")
+        raise DialogueError(
+            f"{log.path} line {number} is a JSON {type(record).__name__}, expected an object"
+        )
     return record
 
 
@@ -77,7 +85,7 @@ def _shape_of(log: LogFile, number: int, record: dict[str, Any], columns: Column
     if columns.speaker in record and columns.text in record:
         return TURN_SHAPE
     raise DialogueError(
-        f"{log.path} line {number}: expected {{\"messages\": [...]}} or an object with "
+        f'{log.path} line {number}: expected {{"messages": [...]}} or an object with '
         f"{columns.speaker!r} and {columns.text!r} fields, found fields {sorted(record)[:8]}"
     )
 
@@ -86,12 +94,20 @@ def _message_turns(log: LogFile, number: int, messages: list[Any]) -> list[Turn]
     turns = []
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise DialogueError(f"{log.path} line {number}: each message needs a \"role\" and a \"content\"")
+            raise DialogueError(
+                f'{log.path} line {number}: each message needs a "role" and a "content"'
+            )
         content = message.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = " ".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+            content = " ".join(
+                part["text"]
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
         if not isinstance(content, str):
-            raise DialogueError(f"{log.path} line {number}: a {message['role']!r} message has no text content")
+            raise DialogueError(
+                f"{log.path} line {number}: a {message['role']!r} message has no text content"
+            )
         if message["role"] == "system" or not content.strip():
             continue
         name = message.get("name")

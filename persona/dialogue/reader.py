@@ -20,7 +20,9 @@ def sniff_format(log: LogFile) -> str:
     """`jsonl` if the first line is a JSON object, `txt` if it starts with `NAME:`, `csv` if it splits into columns."""
     head = log.head()
     if not head:
-        raise DialogueError(f"{log.path} holds only blank lines; it needs dialogue lines such as `NAME: text`")
+        raise DialogueError(
+            f"{log.path} holds only blank lines; it needs dialogue lines such as `NAME: text`"
+        )
     first = head[0].lstrip()
     if first.startswith("{"):
         return "jsonl"
@@ -35,7 +37,9 @@ def sniff_format(log: LogFile) -> str:
     return "txt"
 
 
-def read_dialogue(path: str | Path, format: str = "auto", columns: Columns | None = None) -> Dialogue:
+def read_dialogue(
+    path: str | Path, format: str = "auto", columns: Columns | None = None
+) -> Dialogue:
     """Every conversation in the log at `path` (bounded reading, strict UTF-8)."""
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")

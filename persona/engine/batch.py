@@ -55,7 +55,9 @@ def generate_batch(
         histories.append(ids)
         with torch.inference_mode():
             tokens = embed(torch.tensor(ids))  # (T_i, D)
-        prompt = request.persona.embeddings if request.persona is not None else tokens[:0]  # (N_i, D)
+        prompt = (
+            request.persona.embeddings if request.persona is not None else tokens[:0]
+        )  # (N_i, D)
         rows.append(torch.cat([prompt.to(tokens.dtype), tokens], dim=0))  # (N_i + T_i, D)
     width = max(row.shape[0] for row in rows)
     batch, hidden = len(rows), rows[0].shape[1]
@@ -75,8 +77,14 @@ def generate_batch(
     alive = [True] * batch
     cache_arg = {engine.cache_arg: new_cache(model)}
     with torch.inference_mode():
-        out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **cache_arg)
+        out = model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **cache_arg,
+        )
         for step in range(config.max_new_tokens):
             logits = out.logits[:, -1, :]  # (B, V)
             next_tokens = []
@@ -89,14 +97,22 @@ def generate_batch(
                         results[index].finish_reason = "stop"
                     else:
                         results[index].token_ids.append(token)
-                        seen[index] = torch.cat([seen[index], seen[index].new_tensor([[token]])], dim=1)
+                        seen[index] = torch.cat(
+                            [seen[index], seen[index].new_tensor([[token]])], dim=1
+                        )
                 next_tokens.append(token)
             if not any(alive) or step + 1 == config.max_new_tokens:
                 break
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)  # (B, L+s+1)
             positions = positions[:, -1:] + 1  # (B, 1)
-            out = model(input_ids=torch.tensor(next_tokens).unsqueeze(1), attention_mask=mask, position_ids=positions,
-                        use_cache=True, logits_to_keep=1, **cache_arg)
+            out = model(
+                input_ids=torch.tensor(next_tokens).unsqueeze(1),
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_arg,
+            )
     for result in results:
         result.text = engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     return results, time.perf_counter() - start

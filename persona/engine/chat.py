@@ -55,7 +55,9 @@ class _PrefixCache:
 
 
 class ChatEngine:
-    def __init__(self, loaded: LoadedModel, *, cache_size: int = 4, max_context: int = DEFAULT_MAX_CONTEXT) -> None:
+    def __init__(
+        self, loaded: LoadedModel, *, cache_size: int = 4, max_context: int = DEFAULT_MAX_CONTEXT
+    ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -88,11 +90,23 @@ class ChatEngine:
         with self._lock:
             yield from self._generate(list(messages), persona, config, system, cancel)
 
-    def reply(self, messages: Sequence[Message], persona: SoftPrompt | None = None, config: GenerationConfig | None = None, **kwargs: object) -> str:
+    def reply(
+        self,
+        messages: Sequence[Message],
+        persona: SoftPrompt | None = None,
+        config: GenerationConfig | None = None,
+        **kwargs: object,
+    ) -> str:
         """The whole reply as one string."""
         return "".join(self.stream(messages, persona, config, **kwargs))  # type: ignore[arg-type]
 
-    def prompt_text(self, messages: Sequence[Message], persona: SoftPrompt | None = None, *, system: str | None = None) -> str:
+    def prompt_text(
+        self,
+        messages: Sequence[Message],
+        persona: SoftPrompt | None = None,
+        *,
+        system: str | None = None,
+    ) -> str:
         """The exact text that follows the soft prompt for this call (what --json reports)."""
         return self.renderer.text(messages, persona, system=system)
 
@@ -113,7 +127,9 @@ class ChatEngine:
         stats = GenerationStats()
         self.last = stats
         num_virtual = persona.num_virtual_tokens if persona is not None else 0
-        ids, stats.dropped_messages = self._fit_window(messages, persona, system, num_virtual, config.max_new_tokens)
+        ids, stats.dropped_messages = self._fit_window(
+            messages, persona, system, num_virtual, config.max_new_tokens
+        )
         stats.prompt_tokens = len(ids)
         entry = self._cache_for(persona)
         common = _common_prefix(entry.ids, ids)
@@ -171,19 +187,32 @@ class ChatEngine:
         virtual tokens first, then the ids, which under causal attention computes the same."""
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
         if persona is None:
-            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+            out = self.model(
+                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
+            )
         elif hasattr(self.model, "get_input_embeddings"):  # embeds its own ids: one pass
             embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
             embeds, _, _ = prepend_prompt(persona.embeddings, embeds)  # (1, N+T, D)
-            out = self.model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+            out = self.model(
+                inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
+            )
         else:
-            self.model(inputs_embeds=persona.embeddings.unsqueeze(0), use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
-            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+            self.model(
+                inputs_embeds=persona.embeddings.unsqueeze(0),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_arg: past},
+            )
+            out = self.model(
+                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
+            )
         return out.logits[:, -1, :]  # (1, V)
 
     def _step(self, ids: list[int], past: Any) -> torch.Tensor:
         input_ids = torch.tensor([ids], dtype=torch.long)  # (1, t)
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past})
+        out = self.model(
+            input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
+        )
         return out.logits[:, -1, :]  # (1, V)
 
     def _cache_for(self, persona: SoftPrompt | None) -> _PrefixCache:
@@ -197,7 +226,12 @@ class ChatEngine:
         return self._caches[key]
 
     def _fit_window(
-        self, messages: list[Message], persona: SoftPrompt | None, system: str | None, num_virtual: int, max_new: int
+        self,
+        messages: list[Message],
+        persona: SoftPrompt | None,
+        system: str | None,
+        num_virtual: int,
+        max_new: int,
     ) -> tuple[list[int], int]:
         """Render, dropping the oldest turns (never the system message or the last one) until it fits."""
         budget = self.max_context - num_virtual - max_new
@@ -241,6 +275,9 @@ def _stop_token_ids(loaded: LoadedModel) -> set[int]:
     special = set(loaded.tokenizer.all_special_tokens) | set(added)
     wanted = [token for token in END_OF_TURN_TOKENS if token in special]
     # the whole vocabulary (a 50,000-entry dict, 0.06 s) only where a wanted token is not an added one
-    vocab = {**(loaded.tokenizer.get_vocab() if any(token not in added for token in wanted) else {}), **added}
+    vocab = {
+        **(loaded.tokenizer.get_vocab() if any(token not in added for token in wanted) else {}),
+        **added,
+    }
     ids.update(vocab[token] for token in wanted if token in vocab)
     return ids

@@ -20,8 +20,15 @@ class GenerationConfig:
         _check(self.temperature >= 0, "temperature", self.temperature, "must be 0 (greedy) or more")
         _check(0 < self.top_p <= 1, "top_p", self.top_p, "must be in (0, 1]")
         _check(self.top_k >= 0, "top_k", self.top_k, "must be 0 (off) or more")
-        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty, "must be above 0")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be at least 1")
+        _check(
+            self.repetition_penalty > 0,
+            "repetition_penalty",
+            self.repetition_penalty,
+            "must be above 0",
+        )
+        _check(
+            self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens, "must be at least 1"
+        )
 
     @property
     def greedy(self) -> bool:

@@ -57,7 +57,9 @@ class Sampler:
         choice = torch.multinomial(probs, num_samples=1, generator=self.generator)  # (1, 1)
         return int(choice) if ids is None else int(ids.gather(1, choice))
 
-    def _candidates(self, logits: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _candidates(
+        self, logits: torch.Tensor, seen: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(scores, ids): the scores to choose from and, where they are not the whole vocabulary, the
         vocabulary ids they belong to (None: scores is (B, V), one per token).
 
@@ -75,9 +77,13 @@ class Sampler:
         scores = scores / config.temperature
         if 0 < config.top_k < scores.shape[-1]:
             values, ids = torch.topk(scores, config.top_k)  # (B, k) highest first
-            if bool(((scores >= values[..., -1:]).sum(dim=-1) == config.top_k).all()):  # exactly these k survive
+            if bool(
+                ((scores >= values[..., -1:]).sum(dim=-1) == config.top_k).all()
+            ):  # exactly these k survive
                 return (top_p_filter(values, config.top_p) if config.top_p < 1.0 else values), ids
-            scores = scores.masked_fill(scores < values[..., -1:], float("-inf"))  # top-k with its ties, as transformers keeps them
+            scores = scores.masked_fill(
+                scores < values[..., -1:], float("-inf")
+            )  # top-k with its ties, as transformers keeps them
         if config.top_p < 1.0:
             scores = top_p_filter(scores, config.top_p)
         return scores, None

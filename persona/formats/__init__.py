@@ -34,7 +34,9 @@ def detect_format(path: Path) -> str:
     if is_dir:
         if (path / "adapter_config.json").is_file():
             return "peft"
-        raise PromptFormatError(f"{path}: a directory without adapter_config.json; expected a PEFT prompt-tuning adapter")
+        raise PromptFormatError(
+            f"{path}: a directory without adapter_config.json; expected a PEFT prompt-tuning adapter"
+        )
     if path.name == "adapter_config.json":
         return "peft"
     try:
@@ -80,7 +82,9 @@ def _read(path: Path) -> SoftPrompt:
     return prompt
 
 
-def write_prompt(prompt: SoftPrompt, path: Path, fmt: str = "persona", *, force: bool = False) -> Path:
+def write_prompt(
+    prompt: SoftPrompt, path: Path, fmt: str = "persona", *, force: bool = False
+) -> Path:
     """Export `prompt` to `path` as `fmt` (one of FORMATS); files are created owner-only."""
     path = Path(path)
     if fmt == "peft":

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from persona.errors import AlreadyExistsError, LibraryError, PromptFormatError
 
-MAX_TENSOR_BYTES = 64 * 1024 * 1024  # (N, D) float32: 100 x 8192 is 3 MiB; anything near this is not a prompt
+MAX_TENSOR_BYTES = (
+    64 * 1024 * 1024
+)  # (N, D) float32: 100 x 8192 is 3 MiB; anything near this is not a prompt
 MAX_JSON_BYTES = 1024 * 1024
 
 
@@ -18,7 +20,9 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise PromptFormatError(f"{path}: {size} bytes is far too large for {what} (limit {limit})")
+            raise PromptFormatError(
+                f"{path}: {size} bytes is far too large for {what} (limit {limit})"
+            )
         return path.read_bytes()
     except FileNotFoundError:
         raise PromptFormatError(f"{path}: no such file") from None
@@ -28,7 +32,9 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
 
 def refuse_existing(path: Path, force: bool) -> None:
     if path.exists() and not force:
-        raise AlreadyExistsError(f"{path} already exists; choose another path or pass --force to overwrite it")
+        raise AlreadyExistsError(
+            f"{path} already exists; choose another path or pass --force to overwrite it"
+        )
 
 
 @contextmanager
@@ -38,5 +44,9 @@ def writing_to(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise LibraryError(f"cannot write {path}: the disk is full; free some space and try again") from None
-        raise LibraryError(f"cannot write {path} ({exc.strerror or exc}); check the path and its permissions") from None
+            raise LibraryError(
+                f"cannot write {path}: the disk is full; free some space and try again"
+            ) from None
+        raise LibraryError(
+            f"cannot write {path} ({exc.strerror or exc}); check the path and its permissions"
+        ) from None

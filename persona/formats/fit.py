@@ -32,16 +32,22 @@ def model_width(model_dir: Path) -> int:
     try:
         data = json.loads(config.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{model_dir} is not a Hugging Face model directory (no config.json); pass the folder that holds it") from None
+        raise ModelError(
+            f"{model_dir} is not a Hugging Face model directory (no config.json); pass the folder that holds it"
+        ) from None
     except (OSError, ValueError, RecursionError) as exc:
         raise ModelError(f"cannot read {config} ({str(exc)[:120]})") from None
     if not isinstance(data, dict):
-        raise ModelError(f"{config} is not a model config (a JSON {type(data).__name__}, expected an object)")
+        raise ModelError(
+            f"{config} is not a model config (a JSON {type(data).__name__}, expected an object)"
+        )
     text = data.get("text_config") if isinstance(data.get("text_config"), dict) else data
     for key in WIDTH_KEYS:
         if isinstance(text.get(key), int):
             return int(text[key])
-    raise ModelError(f"{config} names no hidden size ({', '.join(WIDTH_KEYS)}); is it a language model?")
+    raise ModelError(
+        f"{config} names no hidden size ({', '.join(WIDTH_KEYS)}); is it a language model?"
+    )
 
 
 def check_width(prompt: SoftPrompt, model_dir: Path) -> None:

@@ -47,10 +47,24 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
                     "a KoboldAI soft prompt holds tensor.npy and meta.json"
                 )
             tensor_bytes = _read_member(path, archive, members[TENSOR_MEMBER], MAX_TENSOR_BYTES)
-            meta_bytes = _read_member(path, archive, members[META_MEMBER], MAX_JSON_BYTES) if META_MEMBER in members else b"{}"
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, zlib.error, lzma.LZMAError,
-            UnicodeDecodeError, RuntimeError) as exc:  # RuntimeError: an encrypted member
-        raise PromptFormatError(f"{path}: damaged or unsupported zip ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+            meta_bytes = (
+                _read_member(path, archive, members[META_MEMBER], MAX_JSON_BYTES)
+                if META_MEMBER in members
+                else b"{}"
+            )
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        NotImplementedError,
+        zlib.error,
+        lzma.LZMAError,
+        UnicodeDecodeError,
+        RuntimeError,
+    ) as exc:  # RuntimeError: an encrypted member
+        raise PromptFormatError(
+            f"{path}: damaged or unsupported zip ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        ) from None
     except OSError as exc:
         raise PromptFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     array = _load_npy(path, tensor_bytes)  # (N, D)
@@ -62,16 +76,23 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
         fingerprint = Fingerprint.from_json(str(meta["persona_fingerprint"]))
     supported = meta.get("supported")
     return SoftPrompt(
-        embeddings=torch.from_numpy(array.astype(np.float32)),  # (N, D) float32; float16 widens exactly
+        embeddings=torch.from_numpy(
+            array.astype(np.float32)
+        ),  # (N, D) float32; float16 widens exactly
         name=str(meta.get("name") or path.stem),
         description=str(meta.get("description") or ""),
         fingerprint=fingerprint,
         init=str(meta.get("persona_init") or "imported"),
-        base_model=str(meta.get("persona_base_model") or (supported[0] if isinstance(supported, list) and supported else "")),
+        base_model=str(
+            meta.get("persona_base_model")
+            or (supported[0] if isinstance(supported, list) and supported else "")
+        ),
     )
 
 
-def write_kobold_zip(prompt: SoftPrompt, path: Path, *, force: bool = False, author: str = "") -> Path:
+def write_kobold_zip(
+    prompt: SoftPrompt, path: Path, *, force: bool = False, author: str = ""
+) -> Path:
     """Export as a KoboldAI zip (float32, so the round trip is exact); file mode 0600."""
     refuse_existing(path, force)
     array = io.BytesIO()
@@ -97,24 +118,38 @@ def write_kobold_zip(prompt: SoftPrompt, path: Path, *, force: bool = False, aut
 def _checked_members(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     infos = archive.infolist()
     if len(infos) > MAX_MEMBERS:
-        raise PromptFormatError(f"{path}: {len(infos)} members is not a soft-prompt zip (at most {MAX_MEMBERS})")
+        raise PromptFormatError(
+            f"{path}: {len(infos)} members is not a soft-prompt zip (at most {MAX_MEMBERS})"
+        )
     members: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         name = info.filename
         posix, windows = PurePosixPath(name), PureWindowsPath(name)
-        if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
-            raise PromptFormatError(f"{path}: zip member {name!r} points outside the archive; refusing this zip")
+        if (
+            posix.is_absolute()
+            or windows.is_absolute()
+            or windows.drive
+            or ".." in posix.parts
+            or ".." in windows.parts
+        ):
+            raise PromptFormatError(
+                f"{path}: zip member {name!r} points outside the archive; refusing this zip"
+            )
         members[name] = info
     return members
 
 
 def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
     if info.file_size > limit:
-        raise PromptFormatError(f"{path}: member {info.filename!r} is {info.file_size} bytes, far too large (limit {limit})")
+        raise PromptFormatError(
+            f"{path}: member {info.filename!r} is {info.file_size} bytes, far too large (limit {limit})"
+        )
     with archive.open(info) as handle:
         data = handle.read(limit + 1)  # the declared size can lie: never read more than the limit
     if len(data) > limit:
-        raise PromptFormatError(f"{path}: member {info.filename!r} is larger than {limit} bytes; refusing it")
+        raise PromptFormatError(
+            f"{path}: member {info.filename!r} is larger than {limit} bytes; refusing it"
+        )
     return data
 
 
@@ -127,14 +162,24 @@ def _load_npy(path: Path, data: bytes) -> np.ndarray:
         else:
             shape, _fortran, dtype = np.lib.format.read_array_header_2_0(stream)
     except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-        raise PromptFormatError(f"{path}: {TENSOR_MEMBER} is not a valid .npy array ({exc})") from None
+        raise PromptFormatError(
+            f"{path}: {TENSOR_MEMBER} is not a valid .npy array ({exc})"
+        ) from None
     if dtype.hasobject:
-        raise PromptFormatError(f"{path}: {TENSOR_MEMBER} holds Python objects (object dtype); persona only reads float16/float32 arrays")
+        raise PromptFormatError(
+            f"{path}: {TENSOR_MEMBER} holds Python objects (object dtype); persona only reads float16/float32 arrays"
+        )
     if dtype.newbyteorder("=") not in ALLOWED_DTYPES:
-        raise PromptFormatError(f"{path}: {TENSOR_MEMBER} has dtype {dtype}; expected float16 or float32")
+        raise PromptFormatError(
+            f"{path}: {TENSOR_MEMBER} has dtype {dtype}; expected float16 or float32"
+        )
     if len(shape) != 2:
-        raise PromptFormatError(f"{path}: {TENSOR_MEMBER} has shape {shape}; expected (num_virtual_tokens, hidden_size)")
-    if math.prod(shape) * dtype.itemsize != len(data) - stream.tell():  # numpy would allocate the claimed size first
+        raise PromptFormatError(
+            f"{path}: {TENSOR_MEMBER} has shape {shape}; expected (num_virtual_tokens, hidden_size)"
+        )
+    if (
+        math.prod(shape) * dtype.itemsize != len(data) - stream.tell()
+    ):  # numpy would allocate the claimed size first
         raise PromptFormatError(
             f"{path}: {TENSOR_MEMBER} claims shape {shape} but holds {len(data) - stream.tell()} bytes of data; the file is damaged"
         )
@@ -150,7 +195,9 @@ def _load_meta(path: Path, data: bytes) -> dict:
     try:
         meta = json.loads(data or b"{}")
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise PromptFormatError(f"{path}: {META_MEMBER} is not valid JSON ({str(exc)[:120]})") from None
+        raise PromptFormatError(
+            f"{path}: {META_MEMBER} is not valid JSON ({str(exc)[:120]})"
+        ) from None
     if not isinstance(meta, dict):
         raise PromptFormatError(f"{path}: {META_MEMBER} must be a JSON object")
     return meta

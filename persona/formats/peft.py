@@ -43,7 +43,9 @@ def read_peft_adapter(path: Path) -> SoftPrompt:
                 "re-save it with save_pretrained(..., safe_serialization=True)"
             )
         raise PromptFormatError(f"{path}: no {WEIGHTS_FILE} next to {CONFIG_FILE}")
-    prompt = SoftPrompt.from_bytes(read_bounded(weights, MAX_TENSOR_BYTES, "a prompt adapter"), source=str(weights))
+    prompt = SoftPrompt.from_bytes(
+        read_bounded(weights, MAX_TENSOR_BYTES, "a prompt adapter"), source=str(weights)
+    )
     ours = prompt.extra.pop(MARKER_KEY, None) == FORMAT_NAME
     expected = (config.get("num_virtual_tokens"), config.get("token_dim"))
     shape = (prompt.num_virtual_tokens, prompt.hidden_size)
@@ -66,7 +68,9 @@ def write_peft_adapter(prompt: SoftPrompt, path: Path, *, force: bool = False) -
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         refuse_existing(path / name, force)
     if path.exists() and not path.is_dir():
-        raise PromptFormatError(f"{path} is a file; a PEFT adapter is a directory, choose another path")
+        raise PromptFormatError(
+            f"{path} is a file; a PEFT adapter is a directory, choose another path"
+        )
     config = {
         "peft_type": "PROMPT_TUNING",
         "task_type": "CAUSAL_LM",

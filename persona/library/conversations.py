@@ -16,7 +16,9 @@ class ConversationStore(Store):
     def create_conversation(self, title: str, model_fingerprint: str) -> int:
         with self.writing() as session:
             now = utcnow()
-            conversation = Conversation(title=title, model_fingerprint=model_fingerprint, created=now, updated=now)
+            conversation = Conversation(
+                title=title, model_fingerprint=model_fingerprint, created=now, updated=now
+            )
             session.add(conversation)
             session.flush()
             return conversation.id
@@ -37,13 +39,21 @@ class ConversationStore(Store):
             conversation = self._conversation(session, conversation_id)
             persona_id = None
             if persona is not None:
-                found = session.execute(select(Persona.id, Persona.name).where(Persona.name == persona)).first()
+                found = session.execute(
+                    select(Persona.id, Persona.name).where(Persona.name == persona)
+                ).first()
                 if found is not None:
                     persona_id, persona = found.id, found.name
             now = utcnow()
             message = Message(
-                conversation_id=conversation.id, role=role, content=content, persona_name=persona,
-                persona_id=persona_id, token_count=token_count, cut_short=cut_short, created=now,
+                conversation_id=conversation.id,
+                role=role,
+                content=content,
+                persona_name=persona,
+                persona_id=persona_id,
+                token_count=token_count,
+                cut_short=cut_short,
+                created=now,
             )
             session.add(message)
             conversation.updated = now

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from persona.errors import LibraryError, NotFoundError
 
-FULL_BELOW_BYTES = 4 * 1024 * 1024  # less free space than this, and an I/O error on write is a full disk
+FULL_BELOW_BYTES = (
+    4 * 1024 * 1024
+)  # less free space than this, and an I/O error on write is a full disk
 
 
 def describe(exc: BaseException, path: Path, timeout: float) -> str:
@@ -25,9 +27,17 @@ def describe(exc: BaseException, path: Path, timeout: float) -> str:
             f"the library {path} is locked by another persona process (waited {timeout:g} s); "
             "try again when it finishes"
         )
-    if "disk is full" in low or getattr(exc, "errno", None) == errno.ENOSPC or ("disk i/o error" in low and _nearly_full(path)):
+    if (
+        "disk is full" in low
+        or getattr(exc, "errno", None) == errno.ENOSPC
+        or ("disk i/o error" in low and _nearly_full(path))
+    ):
         return f"cannot write the library {path}: the disk is full; free some space and try again (nothing was changed)"
-    if "readonly" in low or "read-only" in low or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if (
+        "readonly" in low
+        or "read-only" in low
+        or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS)
+    ):
         return f"cannot write the library {path}: it is read-only; check its permissions or pass another --library"
     if "not a database" in low or "malformed" in low or "corrupt" in low:
         return f"the library {path} is damaged ({first}); restore it from a backup or move it away to start a new one"
@@ -51,8 +61,12 @@ def translated(path: Path, timeout: float) -> Iterator[None]:
         yield
     except (sqlite3.Error, OSError) as exc:
         raise LibraryError(describe(exc, path, timeout)) from None
-    except OverflowError:  # an id or version past SQLite's 64-bit integers names nothing that exists
-        raise NotFoundError(f"no such id or version in the library {path}: the number is out of range") from None
+    except (
+        OverflowError
+    ):  # an id or version past SQLite's 64-bit integers names nothing that exists
+        raise NotFoundError(
+            f"no such id or version in the library {path}: the number is out of range"
+        ) from None
     except Exception as exc:
         if _is_database_error(exc):
             raise LibraryError(describe(exc, path, timeout)) from None

@@ -24,7 +24,9 @@ def make_engine(path: Path, timeout: float, *, foreign_keys: bool = True) -> Eng
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         cursor.execute("PRAGMA journal_mode = WAL")  # a training run can write while a chat reads
-        cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL: a crash loses no committed data
+        cursor.execute(
+            "PRAGMA synchronous = NORMAL"
+        )  # safe with WAL: a crash loses no committed data
         cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 

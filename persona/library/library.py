@@ -55,13 +55,22 @@ class PersonaLibrary(ConversationStore):
             persona = session.scalar(select(Persona).where(Persona.name == name))
             now = utcnow()
             if persona is None:
-                persona = Persona(name=name, description=description if description is not None else prompt.description,
-                                  active_version=0, created=now, updated=now)
+                persona = Persona(
+                    name=name,
+                    description=description if description is not None else prompt.description,
+                    active_version=0,
+                    created=now,
+                    updated=now,
+                )
                 session.add(persona)
                 session.flush()
             elif description is not None:
                 persona.description = description
-            latest = session.scalar(select(func.max(PromptVersion.version)).where(PromptVersion.persona_id == persona.id))
+            latest = session.scalar(
+                select(func.max(PromptVersion.version)).where(
+                    PromptVersion.persona_id == persona.id
+                )
+            )
             row = PromptVersion(
                 persona_id=persona.id,
                 version=(latest or 0) + 1,
@@ -113,7 +122,9 @@ class PersonaLibrary(ConversationStore):
             persona = self._find(session, old)
             clash = session.scalar(select(Persona).where(Persona.name == new))
             if clash is not None and clash.id != persona.id:
-                raise AlreadyExistsError(f"a persona named {clash.name!r} already exists; choose another name")
+                raise AlreadyExistsError(
+                    f"a persona named {clash.name!r} already exists; choose another name"
+                )
             previous, persona.name, persona.updated = persona.name, new, utcnow()
             default = session.get(Setting, DEFAULT_PERSONA_KEY)
             if default is not None and default.value == previous:
@@ -134,8 +145,10 @@ class PersonaLibrary(ConversationStore):
             persona = self._find(session, name)
             if version is None:
                 version = session.scalar(
-                    select(func.max(PromptVersion.version))
-                    .where(PromptVersion.persona_id == persona.id, PromptVersion.version < persona.active_version)
+                    select(func.max(PromptVersion.version)).where(
+                        PromptVersion.persona_id == persona.id,
+                        PromptVersion.version < persona.active_version,
+                    )
                 )
                 if version is None:
                     raise LibraryError(
@@ -143,7 +156,9 @@ class PersonaLibrary(ConversationStore):
                         "name a VERSION to move to a newer one"
                     )
             row = session.scalar(
-                select(PromptVersion).where(PromptVersion.persona_id == persona.id, PromptVersion.version == version)
+                select(PromptVersion).where(
+                    PromptVersion.persona_id == persona.id, PromptVersion.version == version
+                )
             )
             if row is None:
                 raise self._no_version(session, persona, version)

@@ -28,13 +28,17 @@ def migrations_dir() -> Path:
     for path in (package / "_migrations", package.parent / "migrations"):
         if (path / "env.py").is_file():
             return path
-    raise LibraryError(f"the library migrations are missing (looked in {package / '_migrations'}); reinstall persona")
+    raise LibraryError(
+        f"the library migrations are missing (looked in {package / '_migrations'}); reinstall persona"
+    )
 
 
 def ensure_file(path: Path) -> None:
     """Create an empty owner-only (0600) file if there is none, so SQLite never makes it world-readable."""
     if path.is_dir():
-        raise LibraryError(f"{path} is a directory, not a library file; pass a file path with --library")
+        raise LibraryError(
+            f"{path} is a directory, not a library file; pass a file path with --library"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -42,7 +46,9 @@ def ensure_file(path: Path) -> None:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise LibraryError(f"cannot create the library {path} ({exc.strerror}); check the directory's permissions") from None
+        raise LibraryError(
+            f"cannot create the library {path} ({exc.strerror}); check the directory's permissions"
+        ) from None
 
 
 def current_revision(path: Path, timeout: float) -> str | None:
@@ -51,7 +57,9 @@ def current_revision(path: Path, timeout: float) -> str | None:
         with path.open("rb") as handle:
             magic = handle.read(len(SQLITE_MAGIC))
     except OSError as exc:
-        raise LibraryError(f"cannot read the library {path} ({exc.strerror}); check the path and its permissions") from None
+        raise LibraryError(
+            f"cannot read the library {path} ({exc.strerror}); check the path and its permissions"
+        ) from None
     if magic and magic != SQLITE_MAGIC:
         raise LibraryError(
             f"{path} is not a persona library (not a SQLite database); pass another --library path or move that file away"
@@ -59,7 +67,10 @@ def current_revision(path: Path, timeout: float) -> str | None:
     try:
         connection = sqlite3.connect(path, timeout=timeout)
         try:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                row[0]
+                for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
             if "alembic_version" not in tables:
                 user_tables = {name for name in tables if not name.startswith("sqlite_")}
                 if user_tables:
@@ -74,7 +85,9 @@ def current_revision(path: Path, timeout: float) -> str | None:
     except sqlite3.Error as exc:
         raise LibraryError(describe(exc, path, timeout)) from None
     if len(rows) != 1:
-        raise LibraryError(f"the library {path} has a damaged schema record ({len(rows)} revisions); restore it from a backup")
+        raise LibraryError(
+            f"the library {path} has a damaged schema record ({len(rows)} revisions); restore it from a backup"
+        )
     revision = str(rows[0][0])
     if revision not in KNOWN_REVISIONS:
         raise LibraryError(

@@ -44,14 +44,18 @@ class Persona(Base):
     __tablename__ = "personas"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200, collation="NOCASE"), unique=True)  # "Hamlet" == "hamlet"
+    name: Mapped[str] = mapped_column(
+        String(200, collation="NOCASE"), unique=True
+    )  # "Hamlet" == "hamlet"
     description: Mapped[str] = mapped_column(Text, default="")
     active_version: Mapped[int] = mapped_column(Integer, default=0)  # a PromptVersion.version
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     versions: Mapped[list[PromptVersion]] = relationship(
-        back_populates="persona", cascade="all, delete-orphan", passive_deletes=True,
+        back_populates="persona",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
         order_by="PromptVersion.version",
     )
     tags: Mapped[list[PersonaTag]] = relationship(
@@ -63,10 +67,14 @@ class PromptVersion(Base):
     """One soft prompt of a persona: its shape, checksum, model and how it came to be."""
 
     __tablename__ = "prompt_versions"
-    __table_args__ = (UniqueConstraint("persona_id", "version", name="uq_prompt_versions_persona_version"),)
+    __table_args__ = (
+        UniqueConstraint("persona_id", "version", name="uq_prompt_versions_persona_version"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), index=True)
+    persona_id: Mapped[int] = mapped_column(
+        ForeignKey("personas.id", ondelete="CASCADE"), index=True
+    )
     version: Mapped[int] = mapped_column(Integer)
     num_virtual_tokens: Mapped[int] = mapped_column(Integer)  # N
     hidden_size: Mapped[int] = mapped_column(Integer)  # D
@@ -89,8 +97,12 @@ class PromptTensor(Base):
 
     __tablename__ = "prompt_tensors"
 
-    version_id: Mapped[int] = mapped_column(ForeignKey("prompt_versions.id", ondelete="CASCADE"), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)  # SoftPrompt.to_bytes(): safetensors, (N, D) float32
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("prompt_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(
+        LargeBinary
+    )  # SoftPrompt.to_bytes(): safetensors, (N, D) float32
 
 
 class PersonaTag(Base):
@@ -98,7 +110,9 @@ class PersonaTag(Base):
 
     __tablename__ = "persona_tags"
 
-    persona_id: Mapped[int] = mapped_column(ForeignKey("personas.id", ondelete="CASCADE"), primary_key=True)
+    persona_id: Mapped[int] = mapped_column(
+        ForeignKey("personas.id", ondelete="CASCADE"), primary_key=True
+    )
     tag: Mapped[str] = mapped_column(String(100), primary_key=True)
 
 
@@ -122,7 +136,9 @@ class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
     role: Mapped[str] = mapped_column(String(20))
     content: Mapped[str] = mapped_column(Text)
     persona_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -130,7 +146,9 @@ class Message(Base):
         ForeignKey("personas.id", ondelete="SET NULL"), nullable=True, index=True
     )
     token_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    cut_short: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # since 0002
+    cut_short: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )  # since 0002
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

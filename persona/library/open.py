@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_S = 10.0  # how long to wait for another process's write before giving up
 
 
-def open_library(path: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_TIMEOUT_S) -> PersonaLibrary:
+def open_library(
+    path: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_TIMEOUT_S
+) -> PersonaLibrary:
     """Open (creating if needed, mode 0600) the library at `path` (default: the data dir's library.db).
 
     A library file created here gets the starter personas of `personas/` (see persona.starters),
@@ -41,7 +43,9 @@ def open_library(path: str | os.PathLike[str] | None = None, *, timeout: float =
     except Exception as exc:  # noqa: BLE001 - engine creation does not touch the file; be safe anyway
         raise LibraryError(f"cannot open the library {target}: {exc}") from None
     library = PersonaLibrary(engine, target, timeout)
-    if created and not os.environ.get("PERSONA_NO_STARTERS"):  # a new library gets the starter personas
+    if created and not os.environ.get(
+        "PERSONA_NO_STARTERS"
+    ):  # a new library gets the starter personas
         from persona.starters import install_starters
 
         install_starters(library)

@@ -42,7 +42,9 @@ _MESSAGES = """SELECT id, conversation_id, role, content, persona_name, created,
 
 def _rows(connection: sqlite3.Connection, sql: str, params: tuple = ()) -> list[Any]:
     cursor = connection.cursor()
-    cursor.row_factory = lambda cur, row: SimpleNamespace(**{d[0]: v for d, v in zip(cur.description, row, strict=True)})
+    cursor.row_factory = lambda cur, row: SimpleNamespace(
+        **{d[0]: v for d, v in zip(cur.description, row, strict=True)}
+    )
     try:
         return cursor.execute(sql, params).fetchall()
     finally:
@@ -52,16 +54,25 @@ def _rows(connection: sqlite3.Connection, sql: str, params: tuple = ()) -> list[
 def _tags(connection: sqlite3.Connection, persona_id: int | None = None) -> dict[int, list[str]]:
     where, params = ("WHERE persona_id = ?", (persona_id,)) if persona_id is not None else ("", ())
     tags: dict[int, list[str]] = {}
-    for persona_id, tag in connection.execute(f"SELECT persona_id, tag FROM persona_tags {where} ORDER BY tag", params):
+    for persona_id, tag in connection.execute(
+        f"SELECT persona_id, tag FROM persona_tags {where} ORDER BY tag", params
+    ):
         tags.setdefault(persona_id, []).append(tag)
     return tags
 
 
 def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
     return PersonaInfo(
-        name=row.name, description=row.description, tags=tags, created=aware(row.created), updated=aware(row.updated),
-        active_version=row.active_version, num_virtual_tokens=row.num_virtual_tokens or 0,
-        hidden_size=row.hidden_size or 0, model_id=row.model_id or "", fingerprint=row.fingerprint or "",
+        name=row.name,
+        description=row.description,
+        tags=tags,
+        created=aware(row.created),
+        updated=aware(row.updated),
+        active_version=row.active_version,
+        num_virtual_tokens=row.num_virtual_tokens or 0,
+        hidden_size=row.hidden_size or 0,
+        model_id=row.model_id or "",
+        fingerprint=row.fingerprint or "",
         metrics=load_record(row.metrics_json),
     )
 
@@ -69,16 +80,36 @@ def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
 def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
     """Every persona with its active version's metadata (no tensor is read), sorted by name."""
     tags = _tags(connection)
-    rows = connection.execute(_PERSONAS + " ORDER BY p.name").fetchall()  # plain tuples: this is the hot path
+    rows = connection.execute(
+        _PERSONAS + " ORDER BY p.name"
+    ).fetchall()  # plain tuples: this is the hot path
     return [
         PersonaInfo(
-            name=name, description=description, tags=tags.get(persona_id, []), created=aware(created),
-            updated=aware(updated), active_version=active_version, num_virtual_tokens=tokens or 0,
-            hidden_size=width or 0, model_id=model_id or "", fingerprint=fingerprint or "",
+            name=name,
+            description=description,
+            tags=tags.get(persona_id, []),
+            created=aware(created),
+            updated=aware(updated),
+            active_version=active_version,
+            num_virtual_tokens=tokens or 0,
+            hidden_size=width or 0,
+            model_id=model_id or "",
+            fingerprint=fingerprint or "",
             metrics=load_record(metrics_json),
         )
-        for (persona_id, name, description, created, updated, active_version, tokens, width, model_id, fingerprint,
-             metrics_json) in rows
+        for (
+            persona_id,
+            name,
+            description,
+            created,
+            updated,
+            active_version,
+            tokens,
+            width,
+            model_id,
+            fingerprint,
+            metrics_json,
+        ) in rows
     ]
 
 
@@ -89,7 +120,9 @@ def get_persona(connection: sqlite3.Connection, name: str) -> PersonaInfo:
         raise not_found(name, [row.name for row in _rows(connection, "SELECT name FROM personas")])
     row = found[0]
     info = _persona_info(row, _tags(connection, row.id).get(row.id, []))
-    info.versions = [version_info(v, row.active_version) for v in _rows(connection, _VERSIONS, (row.id,))]
+    info.versions = [
+        version_info(v, row.active_version) for v in _rows(connection, _VERSIONS, (row.id,))
+    ]
     return info
 
 
@@ -99,7 +132,9 @@ def get_prompt(connection: sqlite3.Connection, name: str, version: int | None = 
     from persona.model.fingerprint import Fingerprint
     from persona.prompt.softprompt import SoftPrompt
 
-    found = connection.execute("SELECT id, name, description, active_version FROM personas WHERE name = ?", (name,)).fetchone()
+    found = connection.execute(
+        "SELECT id, name, description, active_version FROM personas WHERE name = ?", (name,)
+    ).fetchone()
     if found is None:
         raise not_found(name, [row[0] for row in connection.execute("SELECT name FROM personas")])
     persona_id, canonical, description, active = found
@@ -112,16 +147,28 @@ def get_prompt(connection: sqlite3.Connection, name: str, version: int | None = 
     try:
         prompt = SoftPrompt.from_bytes(data, source=f"persona {canonical!r} version {wanted}")
     except Exception as exc:  # noqa: BLE001 - any unreadable blob is damage, reported in one line
-        raise LibraryError(f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`") from None
+        raise LibraryError(
+            f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`"
+        ) from None
     if prompt.sha256 != sha256:
-        raise LibraryError(f"{damaged} (checksum mismatch); roll back with `persona rollback {canonical}` or import it again")
+        raise LibraryError(
+            f"{damaged} (checksum mismatch); roll back with `persona rollback {canonical}` or import it again"
+        )
     prompt.name, prompt.description, prompt.base_model = canonical, description, model_id
     prompt.fingerprint = Fingerprint.from_json(fingerprint_json) if fingerprint_json else None
     return prompt
 
 
-def no_version(connection: sqlite3.Connection, persona_id: int, name: str, version: int) -> NotFoundError:
-    have = [row[0] for row in connection.execute("SELECT version FROM prompt_versions WHERE persona_id = ? ORDER BY version", (persona_id,))]
+def no_version(
+    connection: sqlite3.Connection, persona_id: int, name: str, version: int
+) -> NotFoundError:
+    have = [
+        row[0]
+        for row in connection.execute(
+            "SELECT version FROM prompt_versions WHERE persona_id = ? ORDER BY version",
+            (persona_id,),
+        )
+    ]
     return NotFoundError(
         f"persona {name!r} has no version {version} (it has {', '.join(map(str, have)) or 'none'}); see `persona show {name}`"
     )
@@ -133,9 +180,15 @@ def list_conversations(connection: sqlite3.Connection) -> list[ConversationInfo]
     for row in _rows(connection, _SPEAKERS):
         speakers.setdefault(row.conversation_id, []).append(row.persona_name)
     return [
-        ConversationInfo(id=c.id, title=c.title, created=aware(c.created), updated=aware(c.updated),
-                         model_fingerprint=c.model_fingerprint, message_count=c.message_count,
-                         personas=speakers.get(c.id, []))
+        ConversationInfo(
+            id=c.id,
+            title=c.title,
+            created=aware(c.created),
+            updated=aware(c.updated),
+            model_fingerprint=c.model_fingerprint,
+            message_count=c.message_count,
+            personas=speakers.get(c.id, []),
+        )
         for c in _rows(connection, _CONVERSATIONS)
     ]
 
@@ -194,7 +247,9 @@ class LibraryReader:
         self._connection.close()
 
 
-def open_for_reading(path: str | os.PathLike[str] | None = None, *, timeout: float | None = None) -> LibraryView:
+def open_for_reading(
+    path: str | os.PathLike[str] | None = None, *, timeout: float | None = None
+) -> LibraryView:
     """A fast read-only view when the library is at head; otherwise the full `open_library()`."""
     from persona.library import migrate
     from persona.library.open import DEFAULT_TIMEOUT_S, open_library

@@ -25,10 +25,14 @@ def aware(moment: datetime | str) -> datetime:
 
 
 def not_found(name: str, names: list[str]) -> NotFoundError:
-    """"no persona named 'x'", with the closest existing names as a hint."""
+    """ "no persona named 'x'", with the closest existing names as a hint."""
     by_lower = {n.lower(): n for n in names}
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(repr(by_lower[c]) for c in close)}?" if close else "see `persona list`"
+    hint = (
+        f"did you mean {', '.join(repr(by_lower[c]) for c in close)}?"
+        if close
+        else "see `persona list`"
+    )
     return NotFoundError(f"no persona named {name!r}; {hint}")
 
 
@@ -56,8 +60,15 @@ def check_consistent(prompt: Any) -> None:
 def check_tags(tags: list[str]) -> list[str]:
     cleaned: list[str] = []
     for tag in tags:
-        if not isinstance(tag, str) or not tag.strip() or _CONTROL.search(tag) or len(tag.strip()) > MAX_TAG_CHARS:
-            raise LibraryError(f"tag {tag!r} is not usable; use up to {MAX_TAG_CHARS} printable characters")
+        if (
+            not isinstance(tag, str)
+            or not tag.strip()
+            or _CONTROL.search(tag)
+            or len(tag.strip()) > MAX_TAG_CHARS
+        ):
+            raise LibraryError(
+                f"tag {tag!r} is not usable; use up to {MAX_TAG_CHARS} printable characters"
+            )
         if tag.strip() not in cleaned:
             cleaned.append(tag.strip())
     return sorted(cleaned)

@@ -24,7 +24,11 @@ class Store:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read transaction: a consistent snapshot, never blocked by a writer (WAL)."""
-        with translated(self.path, self.timeout), Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with (
+            translated(self.path, self.timeout),
+            Session(self.engine, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
 
     @contextmanager

@@ -21,7 +21,15 @@ from typing import Any
 from jinja2 import TemplateError, TemplateSyntaxError
 
 PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
-SPECIAL_TOKENS_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+SPECIAL_TOKENS_ATTRIBUTES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 
 def load(directory: Path) -> ChatTokenizer | None:
@@ -31,9 +39,17 @@ def load(directory: Path) -> ChatTokenizer | None:
         config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(config, dict) or config.get("tokenizer_class") not in PLAIN_CLASSES or "auto_map" in config:
+    if (
+        not isinstance(config, dict)
+        or config.get("tokenizer_class") not in PLAIN_CLASSES
+        or "auto_map" in config
+    ):
         return None
-    if config.get("clean_up_tokenization_spaces") or config.get("add_bos_token") or config.get("add_eos_token"):
+    if (
+        config.get("clean_up_tokenization_spaces")
+        or config.get("add_bos_token")
+        or config.get("add_eos_token")
+    ):
         return None
     template = config.get("chat_template")
     template_file = directory / "chat_template.jinja"
@@ -62,17 +78,29 @@ def _content(value: Any) -> str | None:
 class ChatTokenizer:
     """What persona calls on a tokenizer, with the semantics of transformers' for these files."""
 
-    def __init__(self, backend: Any, config: dict[str, Any], chat_template: str, name_or_path: str) -> None:
+    def __init__(
+        self, backend: Any, config: dict[str, Any], chat_template: str, name_or_path: str
+    ) -> None:
         self._backend = backend
         self.chat_template = chat_template
         self.name_or_path = name_or_path
         self.special_tokens_map = {
-            attr: token for attr in SPECIAL_TOKENS_ATTRIBUTES if (token := _content(config.get(attr))) is not None
+            attr: token
+            for attr in SPECIAL_TOKENS_ATTRIBUTES
+            if (token := _content(config.get(attr))) is not None
         }
         extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        extra_tokens = [token for token in map(_content, extra.values() if isinstance(extra, dict) else extra) if token]
-        self.all_special_tokens = list(dict.fromkeys([*self.special_tokens_map.values(), *extra_tokens]))
-        self.added_tokens_encoder = {token.content: index for index, token in backend.get_added_tokens_decoder().items()}
+        extra_tokens = [
+            token
+            for token in map(_content, extra.values() if isinstance(extra, dict) else extra)
+            if token
+        ]
+        self.all_special_tokens = list(
+            dict.fromkeys([*self.special_tokens_map.values(), *extra_tokens])
+        )
+        self.added_tokens_encoder = {
+            token.content: index for index, token in backend.get_added_tokens_decoder().items()
+        }
 
     def __getattr__(self, name: str) -> Any:  # eos_token, pad_token_id, ...
         if name.endswith("_token_id") and name[: -len("_id")] in SPECIAL_TOKENS_ATTRIBUTES:
@@ -98,20 +126,36 @@ class ChatTokenizer:
     def __len__(self) -> int:
         return self._backend.get_vocab_size(with_added_tokens=True)
 
-    def apply_chat_template(self, conversation: list[dict[str, str]], tokenize: bool = True,
-                            add_generation_prompt: bool = False, **kwargs: Any) -> Any:
+    def apply_chat_template(
+        self,
+        conversation: list[dict[str, str]],
+        tokenize: bool = True,
+        add_generation_prompt: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         variables = {**self.special_tokens_map, **kwargs}
         try:
             template = _compile(self.chat_template)
-        except TemplateSyntaxError:  # a tag only transformers defines ({% generation %}): let it render
+        except (
+            TemplateSyntaxError
+        ):  # a tag only transformers defines ({% generation %}): let it render
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            rendered, _ = render_jinja_template(conversations=[conversation], chat_template=self.chat_template,
-                                                add_generation_prompt=add_generation_prompt, **variables)
+            rendered, _ = render_jinja_template(
+                conversations=[conversation],
+                chat_template=self.chat_template,
+                add_generation_prompt=add_generation_prompt,
+                **variables,
+            )
             text = rendered[0]
         else:
-            text = template.render(messages=conversation, tools=None, documents=None,
-                                   add_generation_prompt=add_generation_prompt, **variables)
+            text = template.render(
+                messages=conversation,
+                tools=None,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **variables,
+            )
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
@@ -126,13 +170,27 @@ def _compile(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
-    def tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    def tojson(
+        value: Any,
+        ensure_ascii: bool = False,
+        indent: Any = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        return json.dumps(
+            value,
+            ensure_ascii=ensure_ascii,
+            indent=indent,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
 
     def strftime_now(format: str) -> str:
         return datetime.now().strftime(format)
 
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols]
+    )
     environment.filters["tojson"] = tojson
     environment.globals["raise_exception"] = raise_exception
     environment.globals["strftime_now"] = strftime_now

@@ -25,7 +25,9 @@ from typing import Any
 WEIGHTS_FILE = "model.safetensors"
 INT8_CACHE_VERSION = "1"  # bump when Int8Linear's stored tensors change meaning
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-CACHE_SOURCE_KEY = "persona_weights"  # int8 cache header metadata: the weights file it was made from
+CACHE_SOURCE_KEY = (
+    "persona_weights"  # int8 cache header metadata: the weights file it was made from
+)
 
 
 def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = False) -> Any | None:
@@ -66,7 +68,11 @@ def int8_cache_path(weights: Path) -> Path:
     from persona.paths import models_dir
 
     key = f"{file_identity(weights)}|{INT8_CACHE_VERSION}"
-    return models_dir() / "int8-cache" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
+    return (
+        models_dir()
+        / "int8-cache"
+        / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
+    )
 
 
 def _skeleton(config: Any, native: bool) -> Any | None:
@@ -83,7 +89,9 @@ def _skeleton(config: Any, native: bool) -> Any | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.float32, trust_remote_code=False
+            )
     return model if _rebuild_meta_buffers(model, config) else None
 
 
@@ -110,15 +118,29 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
                         return None
                     parts = pending.setdefault(module_name, {})
                     parts[attr] = tensor
-                    bias = parts.get("bias", module.bias)  # the bias may come before or after the weight
-                    if "weight_int8" in parts and "scale" in parts and (bias is None or not bias.is_meta):
+                    bias = parts.get(
+                        "bias", module.bias
+                    )  # the bias may come before or after the weight
+                    if (
+                        "weight_int8" in parts
+                        and "scale" in parts
+                        and (bias is None or not bias.is_meta)
+                    ):
                         bias = None if bias is None else bias.detach().to(torch.float32)
-                        _replace(model, module_name, int8_linear(parts["weight_int8"], parts["scale"], bias))
+                        _replace(
+                            model,
+                            module_name,
+                            int8_linear(parts["weight_int8"], parts["scale"], bias),
+                        )
                         del pending[module_name]
                     continue
                 if attr in module._parameters:
                     _set_param(module, attr, tensor.to(torch.float32))
-                    if int8_linear is not None and type(module) is torch.nn.Linear and module_name != head_name:
+                    if (
+                        int8_linear is not None
+                        and type(module) is torch.nn.Linear
+                        and module_name != head_name
+                    ):
                         if not any(p.is_meta for p in module.parameters()):
                             _replace(model, module_name, int8_linear.from_linear(module))
                 elif attr in module._buffers:
@@ -129,7 +151,11 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
         return None  # a tensor this architecture does not have, an unknown dtype, a short file, a garbled header
     if pending:
         return None
-    if getattr(model.config, "tie_word_embeddings", False) and head is not None and head.weight.is_meta:
+    if (
+        getattr(model.config, "tie_word_embeddings", False)
+        and head is not None
+        and head.weight.is_meta
+    ):
         head.weight = model.get_input_embeddings().weight
     if any(p.is_meta for p in model.parameters()) or any(b.is_meta for b in model.buffers()):
         return None
@@ -149,8 +175,11 @@ def _save_cache(model: Any, cache: Path, weights: Path) -> None:
 
     head, head_name = _head(model)
     tied = head is not None and head.weight is model.get_input_embeddings().weight
-    tensors = {key: value.contiguous() for key, value in model.state_dict().items()
-               if not (tied and key == f"{head_name}.weight")}
+    tensors = {
+        key: value.contiguous()
+        for key, value in model.state_dict().items()
+        if not (tied and key == f"{head_name}.weight")
+    }
     staging = cache.with_name(cache.name + ".tmp")
     source = str(weights.resolve())
     try:
@@ -176,7 +205,9 @@ def _cache_source(cache: Path) -> str | None:
     try:
         with safe_open(str(cache), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except Exception:  # unreadable or not a safetensors file (safetensors raises its own error type)
+    except (
+        Exception
+    ):  # unreadable or not a safetensors file (safetensors raises its own error type)
         return None
     return metadata.get(CACHE_SOURCE_KEY)
 
@@ -187,8 +218,18 @@ def _head(model: Any) -> tuple[Any, str | None]:
     return head, next((name for name, module in model.named_modules() if module is head), None)
 
 
-DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
-          "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+DTYPES = {
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 
 
 @contextlib.contextmanager
@@ -202,7 +243,9 @@ def _tensors(path: Path, *, mapped: bool) -> Iterator[Iterator[tuple[str, Any]]]
         return
     from persona.model import warmup
 
-    prepared = warmup.cache_tensors(path)  # read while torch was being imported, if this start did that
+    prepared = warmup.cache_tensors(
+        path
+    )  # read while torch was being imported, if this start did that
     if prepared is not None:
         yield (_from_buffer(key, dtype, shape, buffer) for key, dtype, shape, buffer in prepared)
         return
@@ -214,7 +257,10 @@ def read_entries(handle: Any) -> Iterator[tuple[str, str, list[int], int, int]]:
     """(name, dtype, shape, offset, size in bytes) of each tensor of an open safetensors file, in file order."""
     (length,) = struct.unpack("<Q", handle.read(8))
     header = json.loads(handle.read(length))
-    entries = sorted(((key, value) for key, value in header.items() if key != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+    entries = sorted(
+        ((key, value) for key, value in header.items() if key != "__metadata__"),
+        key=lambda kv: kv[1]["data_offsets"][0],
+    )
     for key, entry in entries:
         begin, end = entry["data_offsets"]
         yield key, entry["dtype"], list(entry["shape"]), 8 + length + begin, end - begin
@@ -225,7 +271,9 @@ def _read_tensors(handle: Any) -> Iterator[tuple[str, Any]]:
 
     for key, dtype, shape, offset, size in list(read_entries(handle)):
         handle.seek(offset)
-        data = torch.empty(size, dtype=torch.uint8)  # read straight into the tensor: one copy, GIL released
+        data = torch.empty(
+            size, dtype=torch.uint8
+        )  # read straight into the tensor: one copy, GIL released
         if handle.readinto(memoryview(data.numpy())) != size:
             raise ValueError(f"{key} is cut short")
         yield key, data.view(getattr(torch, DTYPES[dtype])).reshape(shape)
@@ -235,7 +283,11 @@ def _from_buffer(key: str, dtype: str, shape: list[int], buffer: Any) -> tuple[s
     """A tensor over `buffer` (no copy; it keeps the buffer alive), from warmup's reading of the file."""
     import torch
 
-    data = torch.frombuffer(buffer, dtype=torch.uint8) if len(buffer) else torch.empty(0, dtype=torch.uint8)
+    data = (
+        torch.frombuffer(buffer, dtype=torch.uint8)
+        if len(buffer)
+        else torch.empty(0, dtype=torch.uint8)
+    )
     return key, data.view(getattr(torch, DTYPES[dtype])).reshape(shape)
 
 
@@ -278,7 +330,9 @@ def _rebuild_meta_buffers(model: Any, config: Any) -> bool:
             fresh = type(module)(config=getattr(module, "config", config))
         except Exception:
             return False
-        if any(buffer.is_meta for buffer in fresh.buffers()) or any(True for _ in fresh.parameters()):
+        if any(buffer.is_meta for buffer in fresh.buffers()) or any(
+            True for _ in fresh.parameters()
+        ):
             return False
         _replace(model, name, fresh)
     return True

@@ -27,7 +27,9 @@ class Fingerprint:
     architecture: str
     hidden_size: int
     vocab_size: int
-    embedding_sha256: str  # first EMBEDDING_HASH_CHARS hex digits of sha256(float32 embedding bytes)
+    embedding_sha256: (
+        str  # first EMBEDDING_HASH_CHARS hex digits of sha256(float32 embedding bytes)
+    )
 
     def __str__(self) -> str:
         return f"{self.architecture}/d{self.hidden_size}/v{self.vocab_size}/{self.embedding_sha256}"
@@ -45,8 +47,16 @@ class Fingerprint:
                 vocab_size=int(data["vocab_size"]),
                 embedding_sha256=str(data["embedding_sha256"]),
             )
-        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:  # 1e999 widths, deep nesting
-            raise PromptFormatError(f"unreadable model fingerprint {text[:80]!r}: {type(exc).__name__} {str(exc)[:80]}") from None
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:  # 1e999 widths, deep nesting
+            raise PromptFormatError(
+                f"unreadable model fingerprint {text[:80]!r}: {type(exc).__name__} {str(exc)[:80]}"
+            ) from None
 
 
 def compute_fingerprint(model: Any) -> Fingerprint:
@@ -64,7 +74,9 @@ def fingerprint_of(architecture: str, embedding: Any) -> Fingerprint:
     import torch
 
     table = embedding.detach().to(torch.float32).contiguous().cpu().numpy()
-    digest = hashlib.sha256(memoryview(table).cast("B")).hexdigest()[:EMBEDDING_HASH_CHARS]  # no copy of the bytes
+    digest = hashlib.sha256(memoryview(table).cast("B")).hexdigest()[
+        :EMBEDDING_HASH_CHARS
+    ]  # no copy of the bytes
     return Fingerprint(
         architecture=architecture,
         hidden_size=int(table.shape[1]),
@@ -105,7 +117,11 @@ def remembered_fingerprint(model: Any, key: str | None) -> Fingerprint:
     digests = _read_digests(store)
     weight = model.get_input_embeddings().weight  # (V, D)
     digest = digests.get(key)
-    if isinstance(digest, str) and len(digest) == EMBEDDING_HASH_CHARS and all(c in "0123456789abcdef" for c in digest):
+    if (
+        isinstance(digest, str)
+        and len(digest) == EMBEDDING_HASH_CHARS
+        and all(c in "0123456789abcdef" for c in digest)
+    ):
         return Fingerprint(_architecture(model), int(weight.shape[1]), int(weight.shape[0]), digest)
     fingerprint = compute_fingerprint(model)
     digests.pop(key, None)
@@ -126,5 +142,7 @@ def _write_digests(store: Path, digests: dict[str, str]) -> None:
     # imported here: softprompt imports this module
     from persona.prompt.softprompt import write_private_atomic
 
-    with contextlib.suppress(OSError):  # whole or not at all, whoever writes last; unwritable: hash next time
+    with contextlib.suppress(
+        OSError
+    ):  # whole or not at all, whoever writes last; unwritable: hash next time
         write_private_atomic(store, json.dumps(digests, indent=0).encode("utf-8"))

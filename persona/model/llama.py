@@ -34,19 +34,40 @@ def supports(config: Any) -> bool:
     architectures = getattr(config, "architectures", None) or [ARCHITECTURE]
     if getattr(config, "model_type", None) != "llama" or list(architectures) != [ARCHITECTURE]:
         return False
-    if getattr(config, "hidden_act", None) != "silu" or int(getattr(config, "pretraining_tp", 1) or 1) != 1:
+    if (
+        getattr(config, "hidden_act", None) != "silu"
+        or int(getattr(config, "pretraining_tp", 1) or 1) != 1
+    ):
         return False
     return _rope_theta(config) is not None
 
 
 # LlamaConfig's defaults for what a config.json may leave out
 DEFAULTS: dict[str, Any] = {
-    "architectures": [ARCHITECTURE], "hidden_act": "silu", "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False, "pretraining_tp": 1,
-    "num_key_value_heads": None, "head_dim": None, "rope_theta": 10000.0, "rope_scaling": None,
-    "rope_parameters": None, "eos_token_id": None, "bos_token_id": None, "pad_token_id": None,
+    "architectures": [ARCHITECTURE],
+    "hidden_act": "silu",
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "pretraining_tp": 1,
+    "num_key_value_heads": None,
+    "head_dim": None,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "rope_parameters": None,
+    "eos_token_id": None,
+    "bos_token_id": None,
+    "pad_token_id": None,
 }
-REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+REQUIRED = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
 
 
 def read_config(directory: Path) -> Any | None:
@@ -71,7 +92,9 @@ def read_generation_settings(directory: Path, config: Any) -> Any:
     except (OSError, ValueError):
         data = {}
     eos = data.get("eos_token_id") if isinstance(data, dict) else None
-    return SimpleNamespace(eos_token_id=eos if eos is not None else getattr(config, "eos_token_id", None))
+    return SimpleNamespace(
+        eos_token_id=eos if eos is not None else getattr(config, "eos_token_id", None)
+    )
 
 
 def _rope_theta(config: Any) -> float | None:
@@ -104,7 +127,9 @@ class KVCache:
             max_length = self._length + max_length
         self._length = max(0, min(self._length, max_length))
 
-    def update(self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, H_kv, t, d) at positions start..start+t of `layer`; return all of them so far."""
         end = start + keys.shape[2]
         if layer == len(self._keys):
@@ -163,8 +188,11 @@ def _changed(*_: Any) -> None:
 
 
 _registration = torch.nn.modules.module
-for _register in ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
-                  "register_module_module_registration_hook"):
+for _register in (
+    "register_module_parameter_registration_hook",
+    "register_module_buffer_registration_hook",
+    "register_module_module_registration_hook",
+):
     getattr(_registration, _register)(_changed)
 
 
@@ -215,13 +243,22 @@ class Attention(_Watched):
         self.qkv_proj = concatenate([self.q_proj, self.k_proj, self.v_proj])
         del self.q_proj, self.k_proj, self.v_proj
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, start: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        start: int,
+    ) -> torch.Tensor:
         batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, 1, d), see _rope
         heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
         if self.qkv_proj is not None:  # q and k turn together: one rotation for both
             qkv = self.qkv_proj(x).view(batch, length, heads + 2 * kv_heads, d)
-            q, k = _rope(qkv.narrow(2, 0, heads + kv_heads), cos, sin).split([heads, kv_heads], dim=2)
+            q, k = _rope(qkv.narrow(2, 0, heads + kv_heads), cos, sin).split(
+                [heads, kv_heads], dim=2
+            )
             v = qkv.narrow(2, heads + kv_heads, kv_heads)
         else:
             q = _rope(self.q_proj(x).view(batch, length, heads, d), cos, sin)
@@ -231,8 +268,9 @@ class Attention(_Watched):
         if cache is not None:
             k, v = cache.update(self.layer, k, v, start)  # (B, H_kv, S, d)
         causal = mask is None and length > 1 and k.shape[2] == length
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                             enable_gqa=kv_heads != heads)  # (B, H, T, d)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=kv_heads != heads
+        )  # (B, H, T, d)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, heads * d))
 
 
@@ -277,8 +315,15 @@ class DecoderLayer(_Watched):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, start: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        start: int,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -293,22 +338,57 @@ class DecoderLayer(_Watched):
         norms = (self.input_layernorm, self.post_attention_layernorm)
         plan = None
         if all(type(norm) is RMSNorm and norm.weight.dtype == torch.float32 for norm in norms):
-            qkv = (attention.qkv_proj,) if attention.qkv_proj is not None else (attention.q_proj, attention.k_proj, attention.v_proj)
-            gate_up = (mlp.gate_up_proj,) if mlp.gate_up_proj is not None else (mlp.gate_proj, mlp.up_proj)
-            bypassed = (self, attention, mlp, *norms, *qkv, attention.o_proj, *gate_up, mlp.down_proj)
+            qkv = (
+                (attention.qkv_proj,)
+                if attention.qkv_proj is not None
+                else (attention.q_proj, attention.k_proj, attention.v_proj)
+            )
+            gate_up = (
+                (mlp.gate_up_proj,)
+                if mlp.gate_up_proj is not None
+                else (mlp.gate_proj, mlp.up_proj)
+            )
+            bypassed = (
+                self,
+                attention,
+                mlp,
+                *norms,
+                *qkv,
+                attention.o_proj,
+                *gate_up,
+                mlp.down_proj,
+            )
             plan = LayerPlan(
-                norms[0].weight, norms[0].eps, _rows(qkv), _rows((attention.o_proj,)), norms[1].weight, norms[1].eps,
-                _rows(gate_up), _rows((mlp.down_proj,)), attention.layer, attention.heads, attention.kv_heads,
+                norms[0].weight,
+                norms[0].eps,
+                _rows(qkv),
+                _rows((attention.o_proj,)),
+                norms[1].weight,
+                norms[1].eps,
+                _rows(gate_up),
+                _rows((mlp.down_proj,)),
+                attention.layer,
+                attention.heads,
+                attention.kv_heads,
                 attention.head_dim,
                 # the very dicts a hook registered later lands in: the step checks them each time
-                tuple(hooks for module in bypassed for hooks in (module._forward_pre_hooks, module._forward_hooks)),
+                tuple(
+                    hooks
+                    for module in bypassed
+                    for hooks in (module._forward_pre_hooks, module._forward_hooks)
+                ),
             )
-        self.__dict__["_plan"] = (version, plan)  # not through __setattr__: that would count as a change
+        self.__dict__["_plan"] = (
+            version,
+            plan,
+        )  # not through __setattr__: that would count as a change
         return plan
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        return {key: value for key, value in state.items() if key != "_plan"}  # closures: not for pickle or deepcopy
+        return {
+            key: value for key, value in state.items() if key != "_plan"
+        }  # closures: not for pickle or deepcopy
 
 
 class LayerPlan(NamedTuple):
@@ -332,8 +412,12 @@ class LayerPlan(NamedTuple):
 def _rows(linears: tuple[nn.Module, ...]) -> Any:
     """A function of one row x (1, in) giving the outputs of `linears` side by side (1, sum of out):
     the int8 kernel called directly, a float Linear without its module call."""
-    calls = [functools.partial(F.linear, weight=linear.weight, bias=linear.bias) if type(linear) is nn.Linear
-             else getattr(linear, "row", linear) for linear in linears]
+    calls = [
+        functools.partial(F.linear, weight=linear.weight, bias=linear.bias)
+        if type(linear) is nn.Linear
+        else getattr(linear, "row", linear)
+        for linear in linears
+    ]
     if len(calls) == 1:
         return calls[0]
     return lambda x: torch.cat([call(x) for call in calls], dim=1)
@@ -343,9 +427,14 @@ class Body(_Watched):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         # an explicit weight: initialising one on the meta device would import torch._dynamo (seconds)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
-                                         _weight=torch.zeros(config.vocab_size, config.hidden_size, device=device))
-        self.layers = nn.ModuleList(DecoderLayer(config, index, device) for index in range(config.num_hidden_layers))
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size,
+            config.hidden_size,
+            _weight=torch.zeros(config.vocab_size, config.hidden_size, device=device),
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, index, device) for index in range(config.num_hidden_layers)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
 
 
@@ -358,16 +447,22 @@ class LlamaDecoder(_Watched):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         if not supports(config):
-            raise ValueError(f"{type(self).__name__} does not support this config ({getattr(config, 'model_type', '?')})")
+            raise ValueError(
+                f"{type(self).__name__} does not support this config ({getattr(config, 'model_type', '?')})"
+            )
         self.config = config
         self.generation_config: Any = None
         self.model = Body(config, device)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, device=device)
-        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+        head_dim = int(
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
         theta = _rope_theta(config)
         assert theta is not None  # supports() checked it
         # not a buffer: a model built on the meta device must still get real frequencies
-        self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
+        self.inv_freq = 1.0 / (
+            theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim)
+        )
         # x @ half_turn = x.roll(d/2): rotate_half as a product, for the single-token step (see _step)
         self.half_turn = torch.eye(head_dim, device="cpu").roll(head_dim // 2, dims=1)
 
@@ -381,9 +476,12 @@ class LlamaDecoder(_Watched):
         for layer in self.model.layers:
             attention, mlp = layer.self_attn, layer.mlp
             if attention.qkv_proj is None and all(
-                    type(getattr(attention, name)) is int8 for name in ("q_proj", "k_proj", "v_proj")):
+                type(getattr(attention, name)) is int8 for name in ("q_proj", "k_proj", "v_proj")
+            ):
                 attention.fuse(int8.concatenate)
-            if mlp.gate_up_proj is None and all(type(getattr(mlp, name)) is int8 for name in ("gate_proj", "up_proj")):
+            if mlp.gate_up_proj is None and all(
+                type(getattr(mlp, name)) is int8 for name in ("gate_proj", "up_proj")
+            ):
                 mlp.fuse(int8.concatenate)
 
     def new_cache(self) -> KVCache:
@@ -415,16 +513,25 @@ class LlamaDecoder(_Watched):
         cache = cache if cache is not None else past_key_values
         if cache is None and use_cache:
             cache = KVCache()
-        if (input_ids is not None and attention_mask is None and position_ids is None and type(cache) is KVCache
-                and input_ids.shape == (1, 1)):
+        if (
+            input_ids is not None
+            and attention_mask is None
+            and position_ids is None
+            and type(cache) is KVCache
+            and input_ids.shape == (1, 1)
+        ):
             logits = self._step(input_ids, cache)
             if logits is not None:
                 return CausalOutput(logits=logits)
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        x = (
+            self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        )  # (B, T, D)
         batch, length, _ = x.shape
         start = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
-            position_ids = torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)  # (B, T)
+            position_ids = (
+                torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)
+            )  # (B, T)
         cos, sin = self._rotary(position_ids, x.dtype)
         mask = _attention_mask(attention_mask, batch, length, start)
         for layer in self.model.layers:
@@ -433,7 +540,9 @@ class LlamaDecoder(_Watched):
             x = x[:, -logits_to_keep:]
         return CausalOutput(logits=self.lm_head(self.model.norm(x)))
 
-    def _rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary(
+        self, position_ids: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (B, T, 1, d) of the rotary embedding at position_ids (B, T); sin's sign folded in, see _rope."""
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
         cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1).to(dtype).unsqueeze(2)
@@ -463,15 +572,36 @@ class LlamaDecoder(_Watched):
         cos = cos.view(1, -1)  # (1, d)
         rotation = self.half_turn * sin.view(1, -1)  # (d, d): column j scaled by sin_j
         width = (x.shape[1],)
-        for norm1, eps1, qkv_rows, o_rows, norm2, eps2, gate_up_rows, down_rows, index, heads, kv_heads, d, _ in plans:
+        for (
+            norm1,
+            eps1,
+            qkv_rows,
+            o_rows,
+            norm2,
+            eps2,
+            gate_up_rows,
+            down_rows,
+            index,
+            heads,
+            kv_heads,
+            d,
+            _,
+        ) in plans:
             qkv = qkv_rows(F.rms_norm(x, width, norm1, eps1)).view(heads + 2 * kv_heads, d)
             qk = qkv.narrow(0, 0, heads + kv_heads)
             # = _rope(qk) = x cos + rotate_half(x) sin, bit for bit: each entry of the product is one
             # exact multiple of an entry plus zeros, then one addition, on any BLAS
             turned = torch.mm(qk, rotation).add_(qk * cos)
             q, k = turned.split((heads, kv_heads))
-            keys, values = cache.update(index, k.view(1, kv_heads, 1, d), qkv.narrow(0, heads + kv_heads, kv_heads).view(1, kv_heads, 1, d), position)
-            out = F.scaled_dot_product_attention(q.view(1, heads, 1, d), keys, values, enable_gqa=kv_heads != heads)
+            keys, values = cache.update(
+                index,
+                k.view(1, kv_heads, 1, d),
+                qkv.narrow(0, heads + kv_heads, kv_heads).view(1, kv_heads, 1, d),
+                position,
+            )
+            out = F.scaled_dot_product_attention(
+                q.view(1, heads, 1, d), keys, values, enable_gqa=kv_heads != heads
+            )
             x = x + o_rows(out.view(1, heads * d))
             gate, up = gate_up_rows(F.rms_norm(x, width, norm2, eps2)).chunk(2, dim=1)
             x = x + down_rows(F.silu(gate) * up)
@@ -483,7 +613,9 @@ def _global_hooks() -> bool:
     return bool(_registration._global_forward_hooks or _registration._global_forward_pre_hooks)
 
 
-def _attention_mask(attention_mask: torch.Tensor | None, batch: int, length: int, start: int) -> torch.Tensor | None:
+def _attention_mask(
+    attention_mask: torch.Tensor | None, batch: int, length: int, start: int
+) -> torch.Tensor | None:
     """A boolean (B, 1, T, S) mask (True = attend), or None where SDPA's own causal rule suffices.
 
     `attention_mask` is the (B, S) padding mask over every position so far, as transformers takes it.

@@ -100,7 +100,9 @@ class _Output:
 class LlamaCppModel:
     """A GGUF model in llama.cpp, for chat: one sequence, float32 logits of the last position."""
 
-    def __init__(self, gguf: Path, config: Any, *, context: int = 4096, threads: int | None = None) -> None:
+    def __init__(
+        self, gguf: Path, config: Any, *, context: int = 4096, threads: int | None = None
+    ) -> None:
         bindings = _bindings()
         _silence_logs(bindings)
         bindings.llama_backend_init()
@@ -112,7 +114,9 @@ class LlamaCppModel:
         params.n_gpu_layers = 0
         self._model = bindings.llama_model_load_from_file(str(self.gguf).encode(), params)
         if not self._model:
-            raise ModelError(f"llama.cpp could not load {str(self.gguf)!r}; is it a GGUF model file?")
+            raise ModelError(
+                f"llama.cpp could not load {str(self.gguf)!r}; is it a GGUF model file?"
+            )
         threads = threads or default_threads()
         ctx_params = bindings.llama_context_default_params()
         ctx_params.n_ctx = context
@@ -126,7 +130,9 @@ class LlamaCppModel:
             self.close()  # frees the model once (and forgets it, so __del__ does not free it again)
             raise ModelError(f"llama.cpp could not create a context for {str(self.gguf)!r}")
         self.hidden_size = int(bindings.llama_model_n_embd(self._model))
-        self.vocab_size = int(bindings.llama_vocab_n_tokens(bindings.llama_model_get_vocab(self._model)))
+        self.vocab_size = int(
+            bindings.llama_vocab_n_tokens(bindings.llama_model_get_vocab(self._model))
+        )
         if self.hidden_size != int(config.hidden_size) or self.vocab_size != int(config.vocab_size):
             self.close()
             raise ModelError(
@@ -145,21 +151,33 @@ class LlamaCppModel:
     def __call__(self, *args: Any, **kwargs: Any) -> _Output:
         return self.forward(*args, **kwargs)
 
-    def forward(self, input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                cache: LlamaCppCache | None = None, logits_to_keep: int = 1, **_: Any) -> _Output:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: LlamaCppCache | None = None,
+        logits_to_keep: int = 1,
+        **_: Any,
+    ) -> _Output:
         if cache is None:
             raise ConfigError("the llama backend always decodes through a cache")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         rows = input_ids if input_ids is not None else inputs_embeds
         if rows.shape[0] != 1:
-            raise ConfigError("the llama backend decodes one conversation at a time; use --backend torch for batches")
-        if self._owner is not cache:  # another conversation held the sequence: start this one afresh
+            raise ConfigError(
+                "the llama backend decodes one conversation at a time; use --backend torch for batches"
+            )
+        if (
+            self._owner is not cache
+        ):  # another conversation held the sequence: start this one afresh
             self._remove_from(0)
             self._owner, cache._length = cache, 0
         start, count = cache._length, rows.shape[1]
         if not 0 < count <= self._capacity:
-            raise ConfigError(f"{count} positions do not fit one llama.cpp batch of {self._capacity}; send fewer at a time")
+            raise ConfigError(
+                f"{count} positions do not fit one llama.cpp batch of {self._capacity}; send fewer at a time"
+            )
         if input_ids is not None:
             batch = self._token_batch
             for index, token in enumerate(input_ids[0].tolist()):
@@ -168,16 +186,22 @@ class LlamaCppModel:
             batch = self._embed_batch
             embeddings = inputs_embeds[0].detach().to(torch.float32).contiguous()  # (N, D)
             if embeddings.shape[1] != self.hidden_size:
-                raise ConfigError(f"embeddings of width {embeddings.shape[1]} do not fit this model (width {self.hidden_size})")
+                raise ConfigError(
+                    f"embeddings of width {embeddings.shape[1]} do not fit this model (width {self.hidden_size})"
+                )
             ctypes.memmove(batch.embd, embeddings.data_ptr(), embeddings.numel() * 4)
         _place(batch, count, start)
         code = self._b.llama_decode(self._ctx, batch)
         if code != 0:
             self._remove_from(start)
-            raise ModelError(f"llama.cpp could not decode {count} positions after {start} (code {code}); the conversation may exceed its context")
+            raise ModelError(
+                f"llama.cpp could not decode {count} positions after {start} (code {code}); the conversation may exceed its context"
+            )
         cache._length = start + count
         pointer = self._b.llama_get_logits_ith(self._ctx, count - 1)  # float[V], owned by llama.cpp
-        logits = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy())  # one copy
+        logits = torch.from_numpy(
+            np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy()
+        )  # one copy
         return _Output(logits=logits.view(1, 1, self.vocab_size))
 
     def _remove_from(self, position: int) -> None:

@@ -84,7 +84,9 @@ def default_model_dir(progress: TextIO | None = sys.stderr) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         model.hf_quantizer = None  # dequantised already; lets save_pretrained write plain float32
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -116,7 +118,9 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
         return default_model_dir(), DEFAULT_MODEL_ID
     directory = Path(chosen).expanduser()
     if not directory.exists():
-        raise ModelError(f"model path {str(directory)!r} does not exist; pass a local Hugging Face model directory")
+        raise ModelError(
+            f"model path {str(directory)!r} does not exist; pass a local Hugging Face model directory"
+        )
     if not directory.is_dir() or not (directory / "config.json").is_file():
         raise ModelError(
             f"{str(directory)!r} is not a Hugging Face model directory (no config.json); pass the folder that holds config.json and the weights"
@@ -124,7 +128,9 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
     return directory, str(directory)
 
 
-def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "fp32", native: bool = False) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike[str] | None = None, *, precision: str = "fp32", native: bool = False
+) -> LoadedModel:
     """Load a frozen causal LM and its tokenizer; never runs code from the model directory.
 
     precision: "fp32"; "int8" quantizes the Linear layers for faster chat on CPU; "auto" is what
@@ -155,23 +161,40 @@ def load_model(path: str | os.PathLike[str] | None = None, *, precision: str = "
         model = _load_transformers(directory, model_id, int8=precision == "int8")
     model.eval()
     model.requires_grad_(False)
-    fingerprint = remembered_fingerprint(model, key)  # the float32 input embedding, whatever the precision
+    fingerprint = remembered_fingerprint(
+        model, key
+    )  # the float32 input embedding, whatever the precision
     if precision == "int8":
-        quantize_int8(model)  # what streaming did not already quantize (all of it after from_pretrained)
-        if hasattr(model, "fuse_int8_projections"):  # persona's own decoder: fewer, larger int8 calls
+        quantize_int8(
+            model
+        )  # what streaming did not already quantize (all of it after from_pretrained)
+        if hasattr(
+            model, "fuse_int8_projections"
+        ):  # persona's own decoder: fewer, larger int8 calls
             model.fuse_int8_projections()
         # packed from now on, after the float32 embedding is gone (a lower peak), on a thread of its own:
         # the first prompt (which uses the unpacked weights) does not wait for it
         prepack_all(model)
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
-    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision=precision)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+        model_id=model_id,
+        precision=precision,
+    )
 
 
 BACKENDS = ("torch", "llama")
 
 
-def load_chat_model(path: str | os.PathLike[str] | None = None, *, precision: str = "auto", backend: str = "torch",
-                    gguf: str | os.PathLike[str] | None = None) -> LoadedModel:
+def load_chat_model(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    precision: str = "auto",
+    backend: str = "torch",
+    gguf: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
     """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF file."""
     from persona.model import warmup
 
@@ -181,13 +204,17 @@ def load_chat_model(path: str | os.PathLike[str] | None = None, *, precision: st
         if backend != "torch":
             raise ModelError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
         if gguf is not None:
-            raise ModelError("--gguf is for --backend llama; the torch backend reads the Hugging Face directory")
+            raise ModelError(
+                "--gguf is for --backend llama; the torch backend reads the Hugging Face directory"
+            )
         return load_model(path, precision=precision, native=True)
     finally:
         warmup.forget()  # what a start read in advance and the loader did not take is not kept
 
 
-def load_llamacpp(path: str | os.PathLike[str] | None = None, *, gguf: str | os.PathLike[str] | None = None) -> LoadedModel:
+def load_llamacpp(
+    path: str | os.PathLike[str] | None = None, *, gguf: str | os.PathLike[str] | None = None
+) -> LoadedModel:
     """llama.cpp running a GGUF file, with the tokenizer and fingerprint of its Hugging Face copy.
 
     The GGUF file: `gguf`, else the embedded default's own file, else the one *.gguf in the model
@@ -201,22 +228,36 @@ def load_llamacpp(path: str | os.PathLike[str] | None = None, *, gguf: str | os.
     if gguf is not None:
         gguf_path = Path(gguf).expanduser()
         if not gguf_path.is_file():
-            raise ModelError(f"GGUF file {str(gguf_path)!r} does not exist; pass the .gguf file of this model")
+            raise ModelError(
+                f"GGUF file {str(gguf_path)!r} does not exist; pass the .gguf file of this model"
+            )
     elif path is None and not os.environ.get("PERSONA_MODEL"):
         gguf_path = default_gguf_path()
     else:
         found = sorted(directory.glob("*.gguf"))
         if len(found) != 1:
-            raise ModelError(f"the llama backend needs the model's GGUF file: pass --gguf FILE ({len(found)} .gguf files in {str(directory)!r})")
+            raise ModelError(
+                f"the llama backend needs the model's GGUF file: pass --gguf FILE ({len(found)} .gguf files in {str(directory)!r})"
+            )
         gguf_path = found[0]
     config = llama.read_config(directory)
     if config is None:
-        raise ModelError(f"the llama backend runs Llama-family models; {model_id!r} is not one (use --backend torch)")
+        raise ModelError(
+            f"the llama backend runs Llama-family models; {model_id!r} is not one (use --backend torch)"
+        )
     fingerprint = _checkpoint_fingerprint(directory, config, model_id)
-    model = llamacpp.LlamaCppModel(gguf_path, config, context=int(min(config.max_position_embeddings, 4096)))
+    model = llamacpp.LlamaCppModel(
+        gguf_path, config, context=int(min(config.max_position_embeddings, 4096))
+    )
     model.generation_config = llama.read_generation_settings(directory, config)
     tokenizer = _load_tokenizer(directory, model_id, for_chat=True)
-    return LoadedModel(model=model, tokenizer=tokenizer, fingerprint=fingerprint, model_id=model_id, precision="gguf")
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        fingerprint=fingerprint,
+        model_id=model_id,
+        precision="gguf",
+    )
 
 
 def _checkpoint_fingerprint(directory: Path, config: Any, model_id: str) -> Fingerprint:
@@ -229,7 +270,9 @@ def _checkpoint_fingerprint(directory: Path, config: Any, model_id: str) -> Fing
         with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as weights:
             embedding = weights.get_tensor("model.embed_tokens.weight")
     except Exception as exc:
-        raise ModelError(f"cannot read the input embedding of {model_id!r}: {_first_line(exc)}") from None
+        raise ModelError(
+            f"cannot read the input embedding of {model_id!r}: {_first_line(exc)}"
+        ) from None
     return fingerprint_of(str(config.architectures[0]), embedding)
 
 
@@ -285,7 +328,9 @@ def _load_transformers(directory: Path, model_id: str, *, int8: bool) -> Any:
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:
-        raise ModelError(f"cannot read the model config in {model_id!r}: {_first_line(exc)}") from None
+        raise ModelError(
+            f"cannot read the model config in {model_id!r}: {_first_line(exc)}"
+        ) from None
     try:
         model = load_streaming(directory, config, int8=int8)  # None: not a case it handles
         if model is not None:
@@ -296,7 +341,11 @@ def _load_transformers(directory: Path, model_id: str, *, int8: bool) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return AutoModelForCausalLM.from_pretrained(
-                directory, config=config, dtype=torch.float32, trust_remote_code=False, use_safetensors=True  # never unpickle .bin weights
+                directory,
+                config=config,
+                dtype=torch.float32,
+                trust_remote_code=False,
+                use_safetensors=True,  # never unpickle .bin weights
             )
     except ValueError as exc:
         raise ModelError(

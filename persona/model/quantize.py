@@ -38,7 +38,9 @@ ROW_KERNEL_MAX_ROWS = 4  # up to this many rows go through the int8 kernel row b
 # So weights use 7 bits (+-63) and activations all 8. The usual split (8-bit weights, activations
 # cut to 7 bits by reduce_range) measured worse here: the activation error is what NLL feels.
 WEIGHT_LEVELS = 63
-QUANTIZED_TENSOR_WARNING = r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor"
+QUANTIZED_TENSOR_WARNING = (
+    r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor"
+)
 _ROW_KERNEL: Any = None  # fbgemm's dynamic int8 linear, set when Int8Linear is built
 _SCRATCH = threading.local()  # per thread: one float32 buffer the many-rows path dequantises into
 
@@ -58,7 +60,9 @@ def int8_supported() -> bool:
 
 def require_int8() -> None:
     if not int8_supported():
-        raise ConfigError("int8 is not supported by this torch build on this CPU; use --precision fp32")
+        raise ConfigError(
+            "int8 is not supported by this torch build on this CPU; use --precision fp32"
+        )
 
 
 def quantize_int8(model: Any) -> Any:
@@ -73,12 +77,22 @@ def quantize_int8(model: Any) -> Any:
     require_int8()
     int8_linear, float16_linear = _int8_linear_class(), _float16_linear_class()
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    tied = head is not None and type(embedding) is torch.nn.Embedding and head.weight is embedding.weight
-    targets = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.Linear]
+    tied = (
+        head is not None
+        and type(embedding) is torch.nn.Embedding
+        and head.weight is embedding.weight
+    )
+    targets = [
+        (name, module) for name, module in model.named_modules() if type(module) is torch.nn.Linear
+    ]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        replacement = float16_linear.from_linear(module) if module is head else int8_linear.from_linear(module)
+        replacement = (
+            float16_linear.from_linear(module)
+            if module is head
+            else int8_linear.from_linear(module)
+        )
         setattr(parent, child, replacement)
     if type(embedding) is torch.nn.Embedding:
         new_head = model.get_output_embeddings()
@@ -104,15 +118,21 @@ def _int8_linear_class() -> Any:
     class Int8Linear(torch.nn.Module):
         """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
 
-        def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        def __init__(
+            self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+        ) -> None:
             super().__init__()
             self.in_features = int(weight_int8.shape[1])
             self.out_features = int(weight_int8.shape[0])
             self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
             self.register_buffer("scale", scale)  # (out,) float32
             self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
-            self._packed: Any = None  # fbgemm's packed weight, made by prepack() (on first use at the latest)
-            self._pack_lock = threading.Lock()  # a decode step and the background packer never pack it twice
+            self._packed: Any = (
+                None  # fbgemm's packed weight, made by prepack() (on first use at the latest)
+            )
+            self._pack_lock = (
+                threading.Lock()
+            )  # a decode step and the background packer never pack it twice
 
         def prepack(self) -> Any:
             """Pack the weight for fbgemm's kernel (once, whichever thread asks first); see prepack_all."""
@@ -124,7 +144,10 @@ def _int8_linear_class() -> Any:
 
         def _pack(self) -> None:
             qweight = torch._make_per_channel_quantized_tensor(
-                self.weight_int8, self.scale.double(), torch.zeros_like(self.scale, dtype=torch.long), 0
+                self.weight_int8,
+                self.scale.double(),
+                torch.zeros_like(self.scale, dtype=torch.long),
+                0,
             )
             self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
 
@@ -132,7 +155,11 @@ def _int8_linear_class() -> Any:
         def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
             weight = linear.weight.detach().to(torch.float32)
             scale = (weight.abs().amax(dim=1) / WEIGHT_LEVELS).clamp_min(1e-12)  # (out,)
-            quantized = torch.round(weight / scale[:, None]).clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS).to(torch.int8)
+            quantized = (
+                torch.round(weight / scale[:, None])
+                .clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS)
+                .to(torch.int8)
+            )
             bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
             return cls(quantized, scale, bias)
 
@@ -143,10 +170,23 @@ def _int8_linear_class() -> Any:
             Exactly the same numbers: each output channel keeps its scale, and each row of activations is
             quantized once, as each layer alone would have done.
             """
-            if len({layer.in_features for layer in layers}) != 1 or len({layer.bias is None for layer in layers}) != 1:
-                raise ValueError("only layers with the same input and all with (or all without) a bias concatenate")
-            bias = None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
-            return cls(torch.cat([layer.weight_int8 for layer in layers]), torch.cat([layer.scale for layer in layers]), bias)
+            if (
+                len({layer.in_features for layer in layers}) != 1
+                or len({layer.bias is None for layer in layers}) != 1
+            ):
+                raise ValueError(
+                    "only layers with the same input and all with (or all without) a bias concatenate"
+                )
+            bias = (
+                None
+                if layers[0].bias is None
+                else torch.cat([layer.bias.detach() for layer in layers])
+            )
+            return cls(
+                torch.cat([layer.weight_int8 for layer in layers]),
+                torch.cat([layer.scale for layer in layers]),
+                bias,
+            )
 
         @property
         def weight(self) -> torch.Tensor:
@@ -162,14 +202,18 @@ def _int8_linear_class() -> Any:
             size = self.out_features * self.in_features
             scratch = getattr(_SCRATCH, "buffer", None)
             if scratch is None or scratch.numel() < size:
-                with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                with torch.inference_mode(
+                    False
+                ):  # a normal tensor: writable in and out of inference mode
                     scratch = _SCRATCH.buffer = torch.empty(size, dtype=torch.float32)
             weight = scratch[:size].view(self.out_features, self.in_features)
             return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
 
         def row(self, x: torch.Tensor) -> torch.Tensor:
             """forward() of one row x (1, in) -> (1, out): a decode step's call, straight to the kernel."""
-            return _ROW_KERNEL(x, self._packed if self._packed is not None else self.prepack(), False)
+            return _ROW_KERNEL(
+                x, self._packed if self._packed is not None else self.prepack(), False
+            )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             rows = x.reshape(-1, self.in_features)  # (R, in)
@@ -224,11 +268,17 @@ def _float16_linear_class() -> Any:
             super().__init__()
             self.out_features, self.in_features = (int(size) for size in weight.shape)
             self.register_buffer("weight_fp16", weight.to(torch.float16).contiguous())  # (out, in)
-            self.bias = None if bias is None else torch.nn.Parameter(bias.to(torch.float16), requires_grad=False)
+            self.bias = (
+                None
+                if bias is None
+                else torch.nn.Parameter(bias.to(torch.float16), requires_grad=False)
+            )
 
         @classmethod
         def from_linear(cls, linear: torch.nn.Linear) -> Float16Linear:
-            return cls(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+            return cls(
+                linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+            )
 
         @property
         def weight(self) -> torch.Tensor:
@@ -278,10 +328,14 @@ def prepack_all(model: Any) -> threading.Thread:
     reaches a layer first packs it itself, so the numbers never depend on timing.
     """
     layers = [m for m in model.modules() if type(m) is _int8_linear_class() and m._packed is None]
-    thread = threading.Thread(target=_pack_in_order, args=(layers,), name="persona-int8-packing", daemon=True)
+    thread = threading.Thread(
+        target=_pack_in_order, args=(layers,), name="persona-int8-packing", daemon=True
+    )
     with _PACKERS_LOCK:
         if not _PACKERS:
-            atexit.register(_stop_packing)  # once: a process that ends first must not be torn down mid-pack
+            atexit.register(
+                _stop_packing
+            )  # once: a process that ends first must not be torn down mid-pack
         _PACKERS.add(thread)
     thread.start()
     return thread
@@ -293,7 +347,9 @@ _STOP_PACKING = threading.Event()  # set at exit
 
 
 def _pack_in_order(layers: list[Any]) -> None:
-    if sys.platform.startswith("linux"):  # a lower priority: work on the prompt comes first (Linux: per thread)
+    if sys.platform.startswith(
+        "linux"
+    ):  # a lower priority: work on the prompt comes first (Linux: per thread)
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     try:
@@ -318,7 +374,9 @@ def _stop_packing() -> None:
         thread.join()
 
 
-def __getattr__(name: str) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
+def __getattr__(
+    name: str,
+) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
     if name == "Int8Linear":
         return _int8_linear_class()
     if name == "Float16Linear":

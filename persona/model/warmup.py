@@ -22,7 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-LARGE = 1 << 20  # buffers of this many bytes and more are anonymous mappings (not zero-filled under the GIL)
+LARGE = (
+    1 << 20
+)  # buffers of this many bytes and more are anonymous mappings (not zero-filled under the GIL)
 
 
 class _Prepared:
@@ -30,7 +32,9 @@ class _Prepared:
         self.directory = directory
         self.cache = cache
         self.tokenizer: Any = None
-        self.tensors: list[tuple[str, str, list[int], Any]] | None = None  # (name, dtype, shape, buffer)
+        self.tensors: list[tuple[str, str, list[int], Any]] | None = (
+            None  # (name, dtype, shape, buffer)
+        )
         self.identity: str | None = None  # the cache file's identity when it was read
         self.thread = threading.Thread(target=self._work, name="persona-warmup", daemon=True)
 
@@ -69,7 +73,9 @@ def begin(model: str | os.PathLike[str] | None, *, precision: str, backend: str)
         with _lock:
             if _prepared is not None:
                 return
-            _prepared = _Prepared(directory, cache if cache is not None and cache.is_file() else None)
+            _prepared = _Prepared(
+                directory, cache if cache is not None and cache.is_file() else None
+            )
             _prepared.thread.start()
 
 
@@ -118,15 +124,22 @@ def _read_cache(path: Path) -> tuple[str, list[tuple[str, str, list[int], Any]]]
     identity = file_identity(path)
     with path.open("rb") as handle:
         entries = list(read_entries(handle))
-        buffers: list[Any] = [mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size >= LARGE else bytearray(size)
-                              for *_, size in entries]
+        buffers: list[Any] = [
+            mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if size >= LARGE else bytearray(size)
+            for *_, size in entries
+        ]
         offset = position = entries[0][3] if entries else 0
         for _, _, _, start, size in entries:
             if start != position:
                 raise ValueError("the tensors are not stored back to back")
             position += size
-        _preadv_fully(handle.fileno(), [memoryview(buffer) for buffer in buffers if len(buffer)], offset)
-    return identity, [(key, dtype, shape, buffer) for (key, dtype, shape, _, _), buffer in zip(entries, buffers, strict=True)]
+        _preadv_fully(
+            handle.fileno(), [memoryview(buffer) for buffer in buffers if len(buffer)], offset
+        )
+    return identity, [
+        (key, dtype, shape, buffer)
+        for (key, dtype, shape, _, _), buffer in zip(entries, buffers, strict=True)
+    ]
 
 
 def _preadv_fully(fd: int, views: list[memoryview], offset: int) -> None:

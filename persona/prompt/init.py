@@ -17,26 +17,37 @@ INIT_CHOICES = ("auto", "text", "vocab", "random")
 COMMON_VOCAB = 5000  # BPE vocabularies put frequent tokens first; sample from those
 
 
-def init_from_text(embedding: torch.Tensor, token_ids: list[int], num_virtual_tokens: int) -> torch.Tensor:
+def init_from_text(
+    embedding: torch.Tensor, token_ids: list[int], num_virtual_tokens: int
+) -> torch.Tensor:
     """Embeddings of the description's tokens, cycled (or cut) to `num_virtual_tokens` rows."""
     if not token_ids:
-        raise ConfigError("--description is empty after tokenization; write a few words describing the persona")
+        raise ConfigError(
+            "--description is empty after tokenization; write a few words describing the persona"
+        )
     cycled = [token_ids[i % len(token_ids)] for i in range(num_virtual_tokens)]
     index = torch.tensor(cycled, dtype=torch.long)  # (N,)
     return embedding[index].detach().clone().to(torch.float32)  # (N, D)
 
 
 def init_from_vocab(
-    embedding: torch.Tensor, num_virtual_tokens: int, generator: torch.Generator, exclude: set[int] | None = None
+    embedding: torch.Tensor,
+    num_virtual_tokens: int,
+    generator: torch.Generator,
+    exclude: set[int] | None = None,
 ) -> torch.Tensor:
     """Embeddings of `num_virtual_tokens` tokens drawn from the most common part of the vocabulary."""
-    pool = [i for i in range(min(COMMON_VOCAB, embedding.shape[0])) if i not in (exclude or set())]  # candidate ids
+    pool = [
+        i for i in range(min(COMMON_VOCAB, embedding.shape[0])) if i not in (exclude or set())
+    ]  # candidate ids
     picks = torch.randint(len(pool), (num_virtual_tokens,), generator=generator)  # (N,)
     index = torch.tensor(pool, dtype=torch.long)[picks]  # (N,)
     return embedding[index].detach().clone().to(torch.float32)  # (N, D)
 
 
-def init_random(embedding: torch.Tensor, num_virtual_tokens: int, generator: torch.Generator) -> torch.Tensor:
+def init_random(
+    embedding: torch.Tensor, num_virtual_tokens: int, generator: torch.Generator
+) -> torch.Tensor:
     """Gaussian noise with the embedding matrix's own scale."""
     std = float(embedding.detach().float().std())
     noise = torch.randn(num_virtual_tokens, embedding.shape[1], generator=generator)  # (N, D)

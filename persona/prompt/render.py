@@ -41,7 +41,11 @@ class Renderer:
         self.tokenizer = tokenizer
 
     def conversation(
-        self, messages: Sequence[Message], persona: object | None = None, *, system: str | None = None
+        self,
+        messages: Sequence[Message],
+        persona: object | None = None,
+        *,
+        system: str | None = None,
     ) -> list[Message]:
         """The message list the template sees, with the system message decided as described above."""
         body = [m for m in messages if m["role"] != "system"]
@@ -73,11 +77,17 @@ class Renderer:
         except PersonaError:
             raise
         except Exception as exc:  # jinja errors: e.g. a template that refuses a system role
-            if conversation and conversation[0]["role"] == "system" and not conversation[0]["content"]:
+            if (
+                conversation
+                and conversation[0]["role"] == "system"
+                and not conversation[0]["content"]
+            ):
                 return self.tokenizer.apply_chat_template(
                     conversation[1:], tokenize=False, add_generation_prompt=add_generation_prompt
                 )
-            raise ModelError(f"the model's chat template failed on this conversation: {exc}") from None
+            raise ModelError(
+                f"the model's chat template failed on this conversation: {exc}"
+            ) from None
 
     def _empty_generation_prompt(self) -> str:
         """What the template puts before an assistant turn that opens the conversation.
@@ -87,9 +97,13 @@ class Renderer:
         that the full example starts with.
         """
         marker = "\x00persona-reply\x00"
-        full = self.text([{"role": "assistant", "content": marker}], None, add_generation_prompt=False)
+        full = self.text(
+            [{"role": "assistant", "content": marker}], None, add_generation_prompt=False
+        )
         if marker not in full:
-            raise ModelError("the model's chat template drops the content of an assistant turn that opens a conversation")
+            raise ModelError(
+                "the model's chat template drops the content of an assistant turn that opens a conversation"
+            )
         return full[: full.index(marker)]
 
     def encode(self, text: str) -> list[int]:
@@ -104,7 +118,9 @@ class Renderer:
         add_generation_prompt: bool = True,
     ) -> list[int]:
         """Token ids of the conversation, ready for the model (after the soft prompt, if any)."""
-        return self.encode(self.text(messages, persona, system=system, add_generation_prompt=add_generation_prompt))
+        return self.encode(
+            self.text(messages, persona, system=system, add_generation_prompt=add_generation_prompt)
+        )
 
     def render_example(
         self,
@@ -127,7 +143,9 @@ class Renderer:
             add_generation_prompt=False,
         )
         if not full.startswith(prefix):
-            raise ModelError("the model's chat template renders an assistant turn differently from its generation prompt")
+            raise ModelError(
+                "the model's chat template renders an assistant turn differently from its generation prompt"
+            )
         prefix_ids = self.encode(prefix)
         reply_ids = self.encode(full[len(prefix) :].rstrip())
         return prefix_ids + reply_ids, [IGNORE_INDEX] * len(prefix_ids) + reply_ids

@@ -39,13 +39,17 @@ class SoftPrompt:
 
     def __post_init__(self) -> None:
         if not isinstance(self.embeddings, torch.Tensor):
-            raise PromptFormatError(f"soft prompt {self.name!r}: embeddings must be a tensor, got {type(self.embeddings).__name__}")
+            raise PromptFormatError(
+                f"soft prompt {self.name!r}: embeddings must be a tensor, got {type(self.embeddings).__name__}"
+            )
         if self.embeddings.dim() != 2 or 0 in self.embeddings.shape:
             raise PromptFormatError(
                 f"soft prompt {self.name!r}: expected a non-empty (num_virtual_tokens, hidden_size) matrix, got shape {tuple(self.embeddings.shape)}"
             )
         if not self.embeddings.is_floating_point():
-            raise PromptFormatError(f"soft prompt {self.name!r}: expected floating-point values, got {self.embeddings.dtype}")
+            raise PromptFormatError(
+                f"soft prompt {self.name!r}: expected floating-point values, got {self.embeddings.dtype}"
+            )
         self.embeddings = self.embeddings.detach().to(torch.float32).contiguous()
         if not torch.isfinite(self.embeddings).all():
             raise PromptFormatError(f"soft prompt {self.name!r}: contains NaN or infinite values")
@@ -100,12 +104,26 @@ class SoftPrompt:
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "soft prompt") -> SoftPrompt:
         if len(data) > MAX_FILE_BYTES:
-            raise PromptFormatError(f"{source}: {len(data)} bytes is far too large for a soft prompt")
+            raise PromptFormatError(
+                f"{source}: {len(data)} bytes is far too large for a soft prompt"
+            )
         tensors, meta = _read_safetensors(data, source)
         if TENSOR_KEY not in tensors:
-            raise PromptFormatError(f"{source}: no tensor named {TENSOR_KEY!r} (found {sorted(tensors)[:5]})")
-        known = {"format", "format_version", "name", "description", "init", "base_model", "fingerprint"}
-        fingerprint = Fingerprint.from_json(meta["fingerprint"]) if meta.get("fingerprint") else None
+            raise PromptFormatError(
+                f"{source}: no tensor named {TENSOR_KEY!r} (found {sorted(tensors)[:5]})"
+            )
+        known = {
+            "format",
+            "format_version",
+            "name",
+            "description",
+            "init",
+            "base_model",
+            "fingerprint",
+        }
+        fingerprint = (
+            Fingerprint.from_json(meta["fingerprint"]) if meta.get("fingerprint") else None
+        )
         return cls(
             embeddings=tensors[TENSOR_KEY],
             name=meta.get("name") or "imported",
@@ -130,7 +148,9 @@ class SoftPrompt:
         except FileNotFoundError:
             raise PromptFormatError(f"{path}: no such file") from None
         except IsADirectoryError:
-            raise PromptFormatError(f"{path}: is a directory, expected a .safetensors soft-prompt file") from None
+            raise PromptFormatError(
+                f"{path}: is a directory, expected a .safetensors soft-prompt file"
+            ) from None
         except OSError as exc:
             raise PromptFormatError(f"{path}: cannot read ({exc.strerror})") from None
         return cls.from_bytes(data, source=str(path))
@@ -145,15 +165,26 @@ def _read_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor]
         raise PromptFormatError(f"{source}: not a safetensors file (too short)")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > min(len(data) - 8, 100 * 1024 * 1024):
-        raise PromptFormatError(f"{source}: not a safetensors file (header length {header_len} is out of bounds)")
+        raise PromptFormatError(
+            f"{source}: not a safetensors file (header length {header_len} is out of bounds)"
+        )
     try:
         header = json.loads(data[8 : 8 + header_len])
         meta = header.get("__metadata__") or {} if isinstance(header, dict) else None
         if not isinstance(meta, dict):
             raise ValueError("metadata is not a mapping")
         tensors = st_load(data)
-    except (SafetensorError, ValueError, UnicodeDecodeError, TypeError, AttributeError, RecursionError) as exc:
-        raise PromptFormatError(f"{source}: broken safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    except (
+        SafetensorError,
+        ValueError,
+        UnicodeDecodeError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
+        raise PromptFormatError(
+            f"{source}: broken safetensors file ({str(exc).splitlines()[0][:120]})"
+        ) from None
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
 

@@ -19,7 +19,9 @@ from persona.prompt.inject import IGNORE_INDEX
 BUCKET_POOL_BATCHES = 16
 
 
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int
+) -> list[list[int]]:
     """Index batches covering every example once, similar lengths together."""
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(len(lengths)))
@@ -45,7 +47,9 @@ def schedule(lengths: Sequence[int], batch_size: int, seed: int, steps: int) -> 
     return batches[:steps]
 
 
-def collate(examples: Sequence[EncodedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    examples: Sequence[EncodedExample], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, labels), each (B, T) with T the longest example."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)

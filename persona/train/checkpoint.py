@@ -27,7 +27,11 @@ from persona.prompt.softprompt import write_private_atomic
 
 FORMAT_NAME = "persona.train.checkpoint"
 FORMAT_VERSION = "1"
-RESUMABLE_DIFFERENCES = {"steps", "epochs", "eval_every"}  # a resumed run may change how long it runs
+RESUMABLE_DIFFERENCES = {
+    "steps",
+    "epochs",
+    "eval_every",
+}  # a resumed run may change how long it runs
 
 
 @dataclass
@@ -70,14 +74,20 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> Path:
         "tokens": checkpoint.tokens,
         "init": checkpoint.init,
     }
-    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "state": json.dumps(state, sort_keys=True)}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "state": json.dumps(state, sort_keys=True),
+    }
     with writing_to(path):  # a full disk or a read-only data dir: one line, not a traceback
         return write_private_atomic(path, st_save(tensors, metadata=metadata))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     if not path.is_file():
-        raise ConfigError(f"there is no checkpoint to resume ({path} does not exist); run without --resume")
+        raise ConfigError(
+            f"there is no checkpoint to resume ({path} does not exist); run without --resume"
+        )
     try:
         data = path.read_bytes()
         tensors = st_load(data)
@@ -100,7 +110,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
             init=str(state.get("init", "")),
         )
     except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PromptFormatError(f"the checkpoint {path} is unreadable ({exc}); delete it and train without --resume") from None
+        raise PromptFormatError(
+            f"the checkpoint {path} is unreadable ({exc}); delete it and train without --resume"
+        ) from None
 
 
 def check_resumable(checkpoint: Checkpoint, identity: dict[str, Any]) -> None:

@@ -12,7 +12,9 @@ from persona.dialogue.split import DEFAULT_VALIDATION_FRACTION
 from persona.errors import ConfigError
 from persona.prompt.init import INIT_CHOICES
 
-DEFAULT_STEPS = 60  # batch 8: ~500 replies seen; enough to beat both baselines on a few hundred lines
+DEFAULT_STEPS = (
+    60  # batch 8: ~500 replies seen; enough to beat both baselines on a few hundred lines
+)
 MAX_VIRTUAL_TOKENS = 512
 
 
@@ -33,15 +35,21 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        _int_at_least("num_virtual_tokens", "--virtual-tokens", self.num_virtual_tokens, 1, MAX_VIRTUAL_TOKENS)
+        _int_at_least(
+            "num_virtual_tokens", "--virtual-tokens", self.num_virtual_tokens, 1, MAX_VIRTUAL_TOKENS
+        )
         if self.steps is not None and self.epochs is not None:
-            raise ConfigError(f"give --steps or --epochs, not both (got --steps {self.steps} and --epochs {self.epochs})")
+            raise ConfigError(
+                f"give --steps or --epochs, not both (got --steps {self.steps} and --epochs {self.epochs})"
+            )
         if self.steps is not None:
             _int_at_least("steps", "--steps", self.steps, 1)
         if self.epochs is not None and not (_finite(self.epochs) and self.epochs > 0):
             raise ConfigError(f"--epochs must be a positive number, got {self.epochs!r}")
         if not (_finite(self.lr) and 0 < self.lr <= 10):
-            raise ConfigError(f"--lr must be a positive learning rate such as 0.01, got {self.lr!r}")
+            raise ConfigError(
+                f"--lr must be a positive learning rate such as 0.01, got {self.lr!r}"
+            )
         _int_at_least("batch_size", "--batch-size", self.batch_size, 1, 4096)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
@@ -49,7 +57,9 @@ class TrainConfig:
             raise ConfigError(f"--init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
         _int_at_least("context_turns", "--context-turns", self.context_turns, 0)
         if not (_finite(self.validation_fraction) and 0 <= self.validation_fraction < 1):
-            raise ConfigError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction!r}")
+            raise ConfigError(
+                f"--validation-fraction must be in [0, 1), got {self.validation_fraction!r}"
+            )
         _int_at_least("max_length", "--max-length", self.max_length, 16)
         _int_at_least("max_reply_tokens", "--max-reply-tokens", self.max_reply_tokens, 1)
         _int_at_least("eval_every", "--eval-every", self.eval_every, 0)
@@ -75,6 +85,11 @@ def _finite(value: Any) -> bool:
 
 
 def _int_at_least(field: str, flag: str, value: Any, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < low
+        or (high is not None and value > high)
+    ):
         bound = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ConfigError(f"{flag} ({field}) must be an integer {bound}, got {value!r}")

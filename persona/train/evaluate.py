@@ -37,7 +37,9 @@ def mean_nll(
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            ids, mask, labels = collate([encoded[i] for i in order[start : start + batch_size]], pad_id)  # (B, T) each
+            ids, mask, labels = collate(
+                [encoded[i] for i in order[start : start + batch_size]], pad_id
+            )  # (B, T) each
             batch_total, batch_count = labelled_nll(model, prompt, ids, mask, labels)
             total += float(batch_total)
             count += batch_count
@@ -69,7 +71,9 @@ def prepare_evaluation(
 ) -> EvaluationSet:
     chosen = scorable(examples)
     if not chosen:
-        raise DialogueError("no held-out line answers an earlier turn, so there is nothing to score; use a longer log")
+        raise DialogueError(
+            "no held-out line answers an earlier turn, so there is nothing to score; use a longer log"
+        )
     limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
     written = None
     if description and description.strip():
@@ -82,13 +86,19 @@ def prepare_evaluation(
     )
 
 
-def score(model: Any, prompt: torch.Tensor, held_out: EvaluationSet, *, pad_id: int, batch_size: int = 8) -> dict[str, Any]:
+def score(
+    model: Any, prompt: torch.Tensor, held_out: EvaluationSet, *, pad_id: int, batch_size: int = 8
+) -> dict[str, Any]:
     """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
     no_prompt, tokens = mean_nll(model, None, held_out.bare, pad_id=pad_id, batch_size=batch_size)
-    soft_prompt, _ = mean_nll(model, prompt, held_out.with_prompt, pad_id=pad_id, batch_size=batch_size)
+    soft_prompt, _ = mean_nll(
+        model, prompt, held_out.with_prompt, pad_id=pad_id, batch_size=batch_size
+    )
     hard_prompt = None
     if held_out.written is not None:
-        hard_prompt, _ = mean_nll(model, None, held_out.written, pad_id=pad_id, batch_size=batch_size)
+        hard_prompt, _ = mean_nll(
+            model, None, held_out.written, pad_id=pad_id, batch_size=batch_size
+        )
     return {
         "nll": {"no_prompt": no_prompt, "hard_prompt": hard_prompt, "soft_prompt": soft_prompt},
         "tokens": tokens,
@@ -109,5 +119,11 @@ def evaluate(
     max_reply_tokens: int = 160,
 ) -> dict[str, Any]:
     """Render and score in one go (see `score` for the result)."""
-    held_out = prepare_evaluation(renderer, examples, description=description, max_length=max_length, max_reply_tokens=max_reply_tokens)
+    held_out = prepare_evaluation(
+        renderer,
+        examples,
+        description=description,
+        max_length=max_length,
+        max_reply_tokens=max_reply_tokens,
+    )
     return score(model, prompt, held_out, pad_id=pad_id, batch_size=batch_size)

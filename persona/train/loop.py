@@ -83,18 +83,35 @@ def train_loop(
     state = LoopState()
     if resume_from is not None:
         _restore(prompt, optimizer, resume_from)
-        state = LoopState(resume_from.step, resume_from.seconds, resume_from.train_seconds, resume_from.tokens, list(resume_from.history))
+        state = LoopState(
+            resume_from.step,
+            resume_from.seconds,
+            resume_from.train_seconds,
+            resume_from.tokens,
+            list(resume_from.history),
+        )
     if batches is None:  # the length-bucketed schedule; benchmarks may pass their own
-        batches = schedule([len(e.input_ids) for e in train], config.batch_size, config.seed, total_steps)
+        batches = schedule(
+            [len(e.input_ids) for e in train], config.batch_size, config.seed, total_steps
+        )
     interval = config.validation_interval(total_steps)
-    bar = tqdm(total=total_steps, initial=state.step, desc=description, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc=description,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     started = time.perf_counter() - state.seconds
     with _deferred_interrupt(bar) as interrupt:
         try:
             while state.step < total_steps:
                 step_started = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
-                ids, mask, labels = collate([train[i] for i in batches[state.step]], pad_id)  # (B, T) each
+                ids, mask, labels = collate(
+                    [train[i] for i in batches[state.step]], pad_id
+                )  # (B, T) each
                 total, count = labelled_nll(model, prompt, ids, mask, labels)
                 loss = total / max(count, 1)  # () mean NLL per reply token
                 loss.backward()
@@ -104,12 +121,24 @@ def train_loop(
                 state.tokens += int(mask.sum())
                 record = {"step": state.step, "loss": float(loss.detach())}
                 if validation and (state.step % interval == 0 or state.step == total_steps):
-                    record["val_loss"], _ = mean_nll(model, prompt.detach(), validation, pad_id=pad_id, batch_size=config.batch_size)
+                    record["val_loss"], _ = mean_nll(
+                        model,
+                        prompt.detach(),
+                        validation,
+                        pad_id=pad_id,
+                        batch_size=config.batch_size,
+                    )
                 state.history.append(record)
                 state.seconds = time.perf_counter() - started
                 _show(bar, state)
-                if checkpoint_file is not None and state.step % interval == 0 and state.step < total_steps:
-                    save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
+                if (
+                    checkpoint_file is not None
+                    and state.step % interval == 0
+                    and state.step < total_steps
+                ):
+                    save_checkpoint(
+                        checkpoint_file, _snapshot(prompt, optimizer, state, identity or {})
+                    )
                 if on_step is not None:
                     on_step(state.step, record["loss"])
                 if interrupt.is_set() and state.step < total_steps:
@@ -122,10 +151,19 @@ def train_loop(
             save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
             raise TrainingInterrupted(checkpoint_file, state.step, total_steps) from None
     bar.close()
-    if checkpoint_file is not None:  # kept until the caller has stored the result: a later failure loses nothing
+    if (
+        checkpoint_file is not None
+    ):  # kept until the caller has stored the result: a later failure loses nothing
         state.seconds = time.perf_counter() - started
         save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
-    return LoopResult(prompt.detach().clone(), state.step, state.seconds, state.train_seconds, state.tokens, state.history)
+    return LoopResult(
+        prompt.detach().clone(),
+        state.step,
+        state.seconds,
+        state.train_seconds,
+        state.tokens,
+        state.history,
+    )
 
 
 def _show(bar: Any, state: LoopState) -> None:
@@ -139,7 +177,12 @@ def _show(bar: Any, state: LoopState) -> None:
     bar.update(1)
 
 
-def _snapshot(prompt: torch.nn.Parameter, optimizer: torch.optim.Optimizer, state: LoopState, identity: dict[str, Any]) -> Checkpoint:
+def _snapshot(
+    prompt: torch.nn.Parameter,
+    optimizer: torch.optim.Optimizer,
+    state: LoopState,
+    identity: dict[str, Any],
+) -> Checkpoint:
     moments = optimizer.state.get(prompt, {})
     zeros = torch.zeros_like(prompt.detach())  # (N, D) before the first step
     return Checkpoint(
@@ -157,7 +200,9 @@ def _snapshot(prompt: torch.nn.Parameter, optimizer: torch.optim.Optimizer, stat
     )
 
 
-def _restore(prompt: torch.nn.Parameter, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint) -> None:
+def _restore(
+    prompt: torch.nn.Parameter, optimizer: torch.optim.Optimizer, checkpoint: Checkpoint
+) -> None:
     with torch.no_grad():
         prompt.copy_(checkpoint.prompt)
     if checkpoint.adam_step > 0:
@@ -180,7 +225,9 @@ def _deferred_interrupt(bar: Any) -> Iterator[threading.Event]:
         if requested.is_set():
             raise KeyboardInterrupt
         requested.set()
-        bar.write("persona: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)")
+        bar.write(
+            "persona: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)"
+        )
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

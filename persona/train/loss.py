@@ -30,7 +30,9 @@ def decoder_and_head(model: Any) -> tuple[Any, Any]:
     decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     head = model.get_output_embeddings()
     if decoder is None or head is None or decoder is model:
-        raise ModelError(f"{type(model).__name__} does not expose a decoder and an lm_head; persona cannot train prompts for it")
+        raise ModelError(
+            f"{type(model).__name__} does not expose a decoder and an lm_head; persona cannot train prompts for it"
+        )
     return decoder, head
 
 
@@ -49,14 +51,26 @@ def labelled_nll(
     """
     decoder, head = decoder_and_head(model)
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
-    cache = _shareable_cache(decoder) if prompt is not None and share_prompt and input_ids.shape[0] > 1 else None
+    cache = (
+        _shareable_cache(decoder)
+        if prompt is not None and share_prompt and input_ids.shape[0] > 1
+        else None
+    )
     if cache is not None:
-        hidden = _hidden_after_shared_prompt(decoder, prompt, embeds, attention_mask, cache)  # (B, N+T, D)
-        _, _, labels = prepend_prompt(prompt, embeds[:, :0], None, labels)  # (B, N+T): the labels alone need the prompt's columns
+        hidden = _hidden_after_shared_prompt(
+            decoder, prompt, embeds, attention_mask, cache
+        )  # (B, N+T, D)
+        _, _, labels = prepend_prompt(
+            prompt, embeds[:, :0], None, labels
+        )  # (B, N+T): the labels alone need the prompt's columns
     else:
         if prompt is not None:
-            embeds, attention_mask, labels = prepend_prompt(prompt, embeds, attention_mask, labels)  # (B, N+T, ...)
-        hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state  # (B, L, D)
+            embeds, attention_mask, labels = prepend_prompt(
+                prompt, embeds, attention_mask, labels
+            )  # (B, N+T, ...)
+        hidden = decoder(
+            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state  # (B, L, D)
     targets = labels[:, 1:]  # (B, L-1): position t predicts token t+1
     wanted = targets != IGNORE_INDEX  # (B, L-1)
     selected = hidden[:, :-1][wanted]  # (K, D) only the positions with a target
@@ -93,8 +107,13 @@ def _shareable_cache(decoder: Any) -> Any | None:
     return cache
 
 
-def _hidden_after_shared_prompt(decoder: Any, prompt: torch.Tensor, embeds: torch.Tensor, attention_mask: torch.Tensor,
-                                cache: Any) -> torch.Tensor:
+def _hidden_after_shared_prompt(
+    decoder: Any,
+    prompt: torch.Tensor,
+    embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: Any,
+) -> torch.Tensor:
     """The decoder's last hidden states over [P ; embeds] for every row, P's computed once.
 
     prompt (N, D) runs as a batch of one into `cache` (empty, see _shareable_cache); its keys and
@@ -103,8 +122,18 @@ def _hidden_after_shared_prompt(decoder: Any, prompt: torch.Tensor, embeds: torc
     """
     batch = embeds.shape[0]
     argument = cache_argument_name(decoder)
-    prefix = decoder(inputs_embeds=prompt.to(embeds.dtype).unsqueeze(0), use_cache=True, **{argument: cache})  # (1, N, D)
-    cache.batch_repeat_interleave(batch)  # (1, ...) -> (B, ...) in every layer; backward sums over rows
-    mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[0]), attention_mask], dim=1)  # (B, N+T)
-    rows = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **{argument: cache})  # (B, T, D)
-    return torch.cat([prefix.last_hidden_state.expand(batch, -1, -1), rows.last_hidden_state], dim=1)  # (B, N+T, D)
+    prefix = decoder(
+        inputs_embeds=prompt.to(embeds.dtype).unsqueeze(0), use_cache=True, **{argument: cache}
+    )  # (1, N, D)
+    cache.batch_repeat_interleave(
+        batch
+    )  # (1, ...) -> (B, ...) in every layer; backward sums over rows
+    mask = torch.cat(
+        [attention_mask.new_ones(batch, prompt.shape[0]), attention_mask], dim=1
+    )  # (B, N+T)
+    rows = decoder(
+        inputs_embeds=embeds, attention_mask=mask, use_cache=True, **{argument: cache}
+    )  # (B, T, D)
+    return torch.cat(
+        [prefix.last_hidden_state.expand(batch, -1, -1), rows.last_hidden_state], dim=1
+    )  # (B, N+T, D)

@@ -65,17 +65,30 @@ def train_persona(
     examples = build_examples(dialogue, speaker_name, config.context_turns)
     check_enough(examples, speaker_name, dialogue.source)
     train, validation = split_by_conversation(examples, config.validation_fraction, config.seed)
-    test = build_examples(heldout, resolve_speaker(heldout, speaker), config.context_turns) if heldout else validation
+    test = (
+        build_examples(heldout, resolve_speaker(heldout, speaker), config.context_turns)
+        if heldout
+        else validation
+    )
     if not test:
-        raise DialogueError(f"no held-out lines by {speaker_name!r} to evaluate on; use --validation-fraction above 0")
+        raise DialogueError(
+            f"no held-out lines by {speaker_name!r} to evaluate on; use --validation-fraction above 0"
+        )
 
     renderer = Renderer(loaded.tokenizer)
     limits = {"max_length": config.max_length, "max_reply_tokens": config.max_reply_tokens}
     train_encoded = encode_examples(renderer, train, name, **limits)
     validation_encoded = encode_examples(renderer, validation, name, **limits)
-    held_out = prepare_evaluation(renderer, test, description=description, **limits)  # fails now, not after training
+    held_out = prepare_evaluation(
+        renderer, test, description=description, **limits
+    )  # fails now, not after training
     start, init = initial_prompt(
-        loaded.model, loaded.tokenizer, config.num_virtual_tokens, method=config.init, description=description, seed=config.seed
+        loaded.model,
+        loaded.tokenizer,
+        config.num_virtual_tokens,
+        method=config.init,
+        description=description,
+        seed=config.seed,
     )  # (N, D)
     total_steps = config.total_steps(len(train_encoded))
     identity = {
@@ -93,21 +106,39 @@ def train_persona(
         check_resumable(resume_from, identity)
     pad_id = pad_token_id(loaded.tokenizer)
     result = train_loop(
-        loaded.model, start, train_encoded, validation_encoded, config,
-        pad_id=pad_id, total_steps=total_steps, identity=identity, checkpoint_file=checkpoint_file,
-        resume_from=resume_from, progress=progress, on_step=on_step, description=f"training {name}",
+        loaded.model,
+        start,
+        train_encoded,
+        validation_encoded,
+        config,
+        pad_id=pad_id,
+        total_steps=total_steps,
+        identity=identity,
+        checkpoint_file=checkpoint_file,
+        resume_from=resume_from,
+        progress=progress,
+        on_step=on_step,
+        description=f"training {name}",
     )
-    metrics = score(loaded.model, result.prompt, held_out, pad_id=pad_id, batch_size=config.batch_size)
+    metrics = score(
+        loaded.model, result.prompt, held_out, pad_id=pad_id, batch_size=config.batch_size
+    )
     prompt = SoftPrompt(
-        embeddings=result.prompt, name=name, description=description or "", fingerprint=loaded.fingerprint,
-        init=init, base_model=loaded.model_id,
+        embeddings=result.prompt,
+        name=name,
+        description=description or "",
+        fingerprint=loaded.fingerprint,
+        init=init,
+        base_model=loaded.model_id,
     )
     training = {
         "source": dialogue.source,
         "source_sha256": dialogue.sha256,
         "speaker": speaker_name,
         "steps": result.steps,
-        "seconds": round(time.perf_counter() - began + (resume_from.seconds if resume_from else 0.0), 1),
+        "seconds": round(
+            time.perf_counter() - began + (resume_from.seconds if resume_from else 0.0), 1
+        ),
         "tokens_per_second": round(result.tokens_per_second, 1),
         "train_examples": len(train),
         "validation_examples": len(validation),
@@ -115,4 +146,6 @@ def train_persona(
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "config": config.to_dict(),
     }
-    return TrainedPersona(prompt=prompt, metrics=metrics, training=training, checkpoint=checkpoint_file)
+    return TrainedPersona(
+        prompt=prompt, metrics=metrics, training=training, checkpoint=checkpoint_file
+    )

@@ -30,11 +30,15 @@ def heldout_scenes(spec: PersonaSpec) -> list[str]:
 
     config = spec.train_config()
     dialogue = read_source(spec.train, spec.format, base=spec.base)
-    examples = build_examples(dialogue, resolve_speaker(dialogue, spec.speaker), config.context_turns)
+    examples = build_examples(
+        dialogue, resolve_speaker(dialogue, spec.speaker), config.context_turns
+    )
     _, validation = split_by_conversation(examples, config.validation_fraction, config.seed)
     held = sorted({example.conversation for example in validation})
     total = len(dialogue.conversations)
-    return [f"{dialogue.conversations[index].title} (scene {index + 1} of {total})" for index in held]
+    return [
+        f"{dialogue.conversations[index].title} (scene {index + 1} of {total})" for index in held
+    ]
 
 
 def sidecar_record(spec: PersonaSpec, library_path: Path | None) -> dict[str, Any]:
@@ -47,7 +51,9 @@ def sidecar_record(spec: PersonaSpec, library_path: Path | None) -> dict[str, An
         library.close()
     version = next(v for v in info.versions if v.active)
     if not version.metrics:
-        raise ConfigError(f"persona {spec.name!r} version {version.version} has no evaluation to record")
+        raise ConfigError(
+            f"persona {spec.name!r} version {version.version} has no evaluation to record"
+        )
     record: dict[str, Any] = {"metrics": version.metrics, "training": version.training}
     if not spec.heldout:
         record["heldout_scenes"] = heldout_scenes(spec)
@@ -55,9 +61,15 @@ def sidecar_record(spec: PersonaSpec, library_path: Path | None) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m persona.train.sidecar", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m persona.train.sidecar", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("spec", type=Path, help="the persona spec, e.g. personas/hamlet.toml")
-    parser.add_argument("--library", type=Path, help="the library the persona was trained into (default: the data dir's)")
+    parser.add_argument(
+        "--library",
+        type=Path,
+        help="the library the persona was trained into (default: the data dir's)",
+    )
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
@@ -68,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     target = args.spec.with_suffix(".json")
     target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     nll = record["metrics"]["nll"]
-    print(f"wrote {target}: no prompt {nll['no_prompt']:.4f}, written {nll['hard_prompt']}, soft {nll['soft_prompt']:.4f}")
+    print(
+        f"wrote {target}: no prompt {nll['no_prompt']:.4f}, written {nll['hard_prompt']}, soft {nll['soft_prompt']:.4f}"
+    )
     return 0
 
 

@@ -29,7 +29,17 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` packa
 from persona.errors import ConfigError
 from persona.train.config import TrainConfig
 
-TOP_LEVEL_KEYS = {"name", "description", "speaker", "train", "heldout", "prompt_file", "format", "config", "tags"}
+TOP_LEVEL_KEYS = {
+    "name",
+    "description",
+    "speaker",
+    "train",
+    "heldout",
+    "prompt_file",
+    "format",
+    "config",
+    "tags",
+}
 
 
 @dataclass
@@ -70,7 +80,9 @@ def load_spec(path: str | Path) -> PersonaSpec:
         raise ConfigError(f"--spec {str(path)!r} is not valid TOML ({exc})") from None
     unknown = sorted(set(data) - TOP_LEVEL_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; spec keys are {', '.join(sorted(TOP_LEVEL_KEYS))}")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; spec keys are {', '.join(sorted(TOP_LEVEL_KEYS))}"
+        )
     for key in ("name", "speaker", "train"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise ConfigError(f"{path}: {key!r} must be a non-empty string, got {data.get(key)!r}")
@@ -80,7 +92,9 @@ def load_spec(path: str | Path) -> PersonaSpec:
     known = set(TrainConfig.__dataclass_fields__)
     bad = sorted(set(config) - known)
     if bad:
-        raise ConfigError(f"{path}: unknown [config] key {bad[0]!r}; known keys are {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{path}: unknown [config] key {bad[0]!r}; known keys are {', '.join(sorted(known))}"
+        )
     spec = PersonaSpec(
         name=data["name"],
         speaker=data["speaker"],

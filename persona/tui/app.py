@@ -21,7 +21,9 @@ from persona.tui.personas import PersonaSelector
 from persona.tui.screens.chat import ChatScreen
 from persona.tui.session import ChatSession, Library
 
-TUI_DEFAULTS = GenerationConfig(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1, max_new_tokens=256)
+TUI_DEFAULTS = GenerationConfig(
+    temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1, max_new_tokens=256
+)
 
 PALETTE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("New conversation", "start a new conversation (Ctrl+N)", "new"),
@@ -75,9 +77,15 @@ class PersonaChatApp(App[None]):
         yield from super().get_system_commands(screen)
         chat = self.chat
         for title, help_text, name in PALETTE_COMMANDS:
-            yield SystemCommand(title, help_text, lambda name=name: chat.post_message(CommandRequested(SlashCommand(name))))
+            yield SystemCommand(
+                title,
+                help_text,
+                lambda name=name: chat.post_message(CommandRequested(SlashCommand(name))),
+            )
         yield SystemCommand(
-            "Persona: (none)", "the model's own voice, no soft prompt", lambda: chat.post_message(PersonaRequested(None))
+            "Persona: (none)",
+            "the model's own voice, no soft prompt",
+            lambda: chat.post_message(PersonaRequested(None)),
         )
         try:
             personas = self.library.list_personas()

@@ -28,13 +28,31 @@ class CommandSpec:
 COMMANDS: dict[str, CommandSpec] = {
     spec.name: spec
     for spec in (
-        CommandSpec("persona", "/persona NAME", "switch persona for the next reply (`none`: the model's own voice)", 1, 1),
+        CommandSpec(
+            "persona",
+            "/persona NAME",
+            "switch persona for the next reply (`none`: the model's own voice)",
+            1,
+            1,
+        ),
         CommandSpec("personas", "/personas", "open the persona picker"),
         CommandSpec("new", "/new", "start a new conversation"),
         CommandSpec("retry", "/retry", "regenerate the last reply (with the current persona)"),
         CommandSpec("undo", "/undo", "drop the last exchange (your message and its reply)"),
-        CommandSpec("set", "/set temperature|top_p|top_k|max_tokens|seed VALUE", "change a generation setting", 2, 2),
-        CommandSpec("export", "/export PATH", "save this conversation as Markdown (.md) or JSON (.json)", 1, 1),
+        CommandSpec(
+            "set",
+            "/set temperature|top_p|top_k|max_tokens|seed VALUE",
+            "change a generation setting",
+            2,
+            2,
+        ),
+        CommandSpec(
+            "export",
+            "/export PATH",
+            "save this conversation as Markdown (.md) or JSON (.json)",
+            1,
+            1,
+        ),
         CommandSpec("conversations", "/conversations", "list saved conversations and open one"),
         CommandSpec("help", "/help", "show the keys and commands"),
         CommandSpec("quit", "/quit", "leave (the conversation is already saved)"),

@@ -6,7 +6,10 @@ from persona.tui.commands import help_rows
 
 KEYS: tuple[tuple[str, str], ...] = (
     ("Enter", "send the message"),
-    ("Ctrl+J", "new line in the message (Shift+Enter / Alt+Enter too, where the terminal reports them)"),
+    (
+        "Ctrl+J",
+        "new line in the message (Shift+Enter / Alt+Enter too, where the terminal reports them)",
+    ),
     ("Esc", "stop the reply being written (what came so far is kept, marked cut short)"),
     ("F2 / Ctrl+O", "persona picker: the next reply comes from the persona you pick"),
     ("F3", "saved conversations: open one to continue it"),

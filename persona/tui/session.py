@@ -21,8 +21,13 @@ class Library(Protocol):
 
     def create_conversation(self, title: str, model_fingerprint: str) -> int: ...
     def add_message(
-        self, conversation_id: int, role: str, content: str, persona: str | None,
-        token_count: int | None = None, cut_short: bool = False,
+        self,
+        conversation_id: int,
+        role: str,
+        content: str,
+        persona: str | None,
+        token_count: int | None = None,
+        cut_short: bool = False,
     ) -> int: ...
     def delete_message(self, message_id: int) -> None: ...
     def get_messages(self, conversation_id: int) -> list[Any]: ...
@@ -76,7 +81,9 @@ class ChatSession:
         if conversation_id is None:
             conversations = self.library.list_conversations()
             if not conversations:
-                raise NotFoundError("there is no saved conversation to resume; start one with `persona chat`")
+                raise NotFoundError(
+                    "there is no saved conversation to resume; start one with `persona chat`"
+                )
             conversation_id = max(conversations, key=lambda c: (c.updated, c.id)).id
         messages = self.library.get_messages(conversation_id)
         self.conversation_id = conversation_id
@@ -103,12 +110,18 @@ class ChatSession:
             return
         if self.conversation_id is None:
             first_user = next((t.content for t in self.turns if t.role == "user"), "")
-            self.conversation_id = self.library.create_conversation(make_title(first_user), self.model_fingerprint)
+            self.conversation_id = self.library.create_conversation(
+                make_title(first_user), self.model_fingerprint
+            )
         for turn in self.turns:
             if turn.message_id is None:
                 turn.message_id = self.library.add_message(
-                    self.conversation_id, turn.role, turn.content, turn.persona,
-                    token_count=turn.token_count, cut_short=turn.cut_short,
+                    self.conversation_id,
+                    turn.role,
+                    turn.content,
+                    turn.persona,
+                    token_count=turn.token_count,
+                    cut_short=turn.cut_short,
                 )
 
     def drop_last_reply(self) -> Turn | None:

@@ -14,9 +14,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     write = terminalreporter.write_line
     terminalreporter.section("fuzz cases per reader")
     for reader in sorted(CASES):
-        write(f"{reader:<28} {CASES[reader]:>6} cases, {REFUSED[reader]:>6} refused with a one-line PersonaError")
+        write(
+            f"{reader:<28} {CASES[reader]:>6} cases, {REFUSED[reader]:>6} refused with a one-line PersonaError"
+        )
     write(f"{'total':<28} {sum(CASES.values()):>6} cases")
     report = os.environ.get("PERSONA_FUZZ_REPORT")
     if report:
         with open(report, "w", encoding="utf-8") as handle:
-            json.dump({"cases": dict(CASES), "refused": dict(REFUSED)}, handle, indent=2, sort_keys=True)
+            json.dump(
+                {"cases": dict(CASES), "refused": dict(REFUSED)}, handle, indent=2, sort_keys=True
+            )

@@ -58,7 +58,9 @@ def check(reader: str, function: Callable[[], Any]) -> Any:
 def assert_one_line(message: str) -> None:
     assert message.strip(), "a PersonaError with an empty message"
     assert len(message.splitlines()) == 1, f"a multi-line error message: {message!r}"
-    assert not any(unicodedata.category(c) == "Cc" for c in message), f"control characters in an error message: {message!r}"
+    assert not any(unicodedata.category(c) == "Cc" for c in message), (
+        f"control characters in an error message: {message!r}"
+    )
     assert "Traceback" not in message, f"a traceback inside an error message: {message!r}"
 
 
@@ -70,10 +72,16 @@ def fuzz_settings(max_examples: int, deadline_s: float = 10.0) -> settings:
     """Derandomized by default, so CI is reproducible; PERSONA_FUZZ_RANDOM=1 explores new cases."""
     return settings(
         max_examples=max(1, int(max_examples * scale())),
-        deadline=timedelta(seconds=deadline_s),  # generous: the machine is shared; hangs are caught by `alarm`
+        deadline=timedelta(
+            seconds=deadline_s
+        ),  # generous: the machine is shared; hangs are caught by `alarm`
         derandomize=not os.environ.get("PERSONA_FUZZ_RANDOM"),
         database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
-                               HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+            HealthCheck.filter_too_much,
+        ],
         print_blob=True,
     )

@@ -45,7 +45,17 @@ def test_a_deeply_nested_jsonl_line_is_refused_naming_its_line(tmp_path: Path) -
 def test_content_parts_whose_text_is_not_a_string_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "parts.jsonl"
     parts = [{"type": "text", "text": 5}, {"type": "text", "text": "kept"}, {"type": "image"}]
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": "ok"}]}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": parts},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            }
+        )
+        + "\n"
+    )
     dialogue = read_dialogue(path)  # once a TypeError from str.join
     assert [turn.text for turn in dialogue.conversations[0].turns] == ["kept", "ok"]
 
@@ -61,7 +71,9 @@ def test_speaker_names_with_control_characters_are_escaped_in_messages(tmp_path:
     assert r"'¹\rALICE' (1)" in message and r"'B\x1b[2JOB' (1)" in message
 
 
-def kobold_zip(path: Path, tensor: bytes, meta: bytes = b"{}", compression: int = zipfile.ZIP_STORED) -> Path:
+def kobold_zip(
+    path: Path, tensor: bytes, meta: bytes = b"{}", compression: int = zipfile.ZIP_STORED
+) -> Path:
     with zipfile.ZipFile(path, "w", compression=compression) as archive:
         archive.writestr("tensor.npy", tensor)
         archive.writestr("meta.json", meta)
@@ -74,11 +86,17 @@ def npy(shape_text: str = "(2, 4)") -> bytes:
     return buffer.getvalue().replace(b"(2, 4)", shape_text.encode())
 
 
-def test_a_npy_header_claiming_a_huge_array_is_refused_before_numpy_allocates_it(tmp_path: Path) -> None:
+def test_a_npy_header_claiming_a_huge_array_is_refused_before_numpy_allocates_it(
+    tmp_path: Path,
+) -> None:
     tracemalloc.start()
     try:
-        with pytest.raises(PromptFormatError, match=r"claims shape \(100000, 100000\) but holds \d+ bytes") as exc:
-            read_prompt(kobold_zip(tmp_path / "big.zip", npy("(100000, 100000)")))  # once a MemoryError (37 GiB)
+        with pytest.raises(
+            PromptFormatError, match=r"claims shape \(100000, 100000\) but holds \d+ bytes"
+        ) as exc:
+            read_prompt(
+                kobold_zip(tmp_path / "big.zip", npy("(100000, 100000)"))
+            )  # once a MemoryError (37 GiB)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -87,7 +105,9 @@ def test_a_npy_header_claiming_a_huge_array_is_refused_before_numpy_allocates_it
 
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA, zipfile.ZIP_BZIP2])
-def test_a_zip_whose_compressed_data_is_corrupt_is_refused_in_one_line(tmp_path: Path, compression: int) -> None:
+def test_a_zip_whose_compressed_data_is_corrupt_is_refused_in_one_line(
+    tmp_path: Path, compression: int
+) -> None:
     path = kobold_zip(tmp_path / "bent.zip", npy() * 20, compression=compression)
     data = bytearray(path.read_bytes())
     start = data.find(b"tensor.npy") + len("tensor.npy")
@@ -102,7 +122,10 @@ def test_a_zip_whose_compressed_data_is_corrupt_is_refused_in_one_line(tmp_path:
 def test_a_zip_member_with_an_undecodable_utf8_name_is_refused(tmp_path: Path) -> None:
     path = kobold_zip(tmp_path / "names.zip", npy())
     data = bytearray(path.read_bytes())
-    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # set the UTF-8 flag on every entry, then break the name
+    for header in (
+        b"PK\x03\x04",
+        b"PK\x01\x02",
+    ):  # set the UTF-8 flag on every entry, then break the name
         at = data.find(header)
         while at != -1:
             flag_at = at + (6 if header == b"PK\x03\x04" else 8)
@@ -118,7 +141,10 @@ def test_a_zip_member_with_an_undecodable_utf8_name_is_refused(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "fingerprint",
-    ['{"architecture": "a", "hidden_size": 1e999, "vocab_size": 1, "embedding_sha256": "x"}', "[" * 100_000],
+    [
+        '{"architecture": "a", "hidden_size": 1e999, "vocab_size": 1, "embedding_sha256": "x"}',
+        "[" * 100_000,
+    ],
 )
 def test_a_fingerprint_with_an_infinite_width_or_deep_nesting_is_refused(fingerprint: str) -> None:
     data = st_save({"prompt_embeddings": torch.zeros(2, 4)}, metadata={"fingerprint": fingerprint})
@@ -148,7 +174,9 @@ def test_a_model_config_that_is_not_an_object_is_a_model_error(tmp_path: Path, c
     assert_one_line(str(exc.value))
 
 
-def test_an_id_or_version_beyond_64_bits_is_not_found_not_a_crash(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_an_id_or_version_beyond_64_bits_is_not_found_not_a_crash(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from persona.cli.main import main
 
     library = tmp_path / "library.db"
@@ -156,13 +184,21 @@ def test_an_id_or_version_beyond_64_bits_is_not_found_not_a_crash(capsys: pytest
     lib.add_version("hamlet", make_prompt())
     lib.close()
     huge = str(10**23)
-    for argv in (["history", huge], ["rollback", "hamlet", huge], ["export", "hamlet", str(tmp_path / "x"), "--version", huge]):
-        assert main([argv[0], "--library", str(library), *argv[1:]]) == 1  # once OverflowError from sqlite3
+    for argv in (
+        ["history", huge],
+        ["rollback", "hamlet", huge],
+        ["export", "hamlet", str(tmp_path / "x"), "--version", huge],
+    ):
+        assert (
+            main([argv[0], "--library", str(library), *argv[1:]]) == 1
+        )  # once OverflowError from sqlite3
         err = capsys.readouterr().err
         assert err.startswith("persona: error: no such id or version") and err.count("\n") == 1
 
 
-def test_control_characters_in_a_path_are_escaped_in_the_error_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_control_characters_in_a_path_are_escaped_in_the_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from persona.cli.main import main
 
     assert main(["import", str(tmp_path / "evil\x1b[2J\rname")]) == 1

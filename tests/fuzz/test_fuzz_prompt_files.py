@@ -28,18 +28,42 @@ from tests.fuzz.harness import check, fuzz_settings
 
 TEXT = st.text(max_size=40)
 JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | TEXT
-JSON = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=8)
+JSON = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=8,
+)
 DIMS = st.integers(-2, 6) | st.sampled_from([2**31, 2**63 - 1, 10**12])
-DTYPES = st.sampled_from(["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "C64", "X", ""])
+DTYPES = st.sampled_from(
+    ["F32", "F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "C64", "X", ""]
+)
 FINGERPRINT = st.one_of(
-    st.builds(lambda h, v, extra: json.dumps({"architecture": "Llama", "hidden_size": h, "vocab_size": v, "embedding_sha256": "ab", **extra}),
-              DIMS | st.floats() | TEXT, DIMS, st.dictionaries(TEXT, JSON, max_size=2)),
+    st.builds(
+        lambda h, v, extra: json.dumps(
+            {
+                "architecture": "Llama",
+                "hidden_size": h,
+                "vocab_size": v,
+                "embedding_sha256": "ab",
+                **extra,
+            }
+        ),
+        DIMS | st.floats() | TEXT,
+        DIMS,
+        st.dictionaries(TEXT, JSON, max_size=2),
+    ),
     JSON.map(lambda value: json.dumps(value)),
     st.builds(lambda depth: "[" * depth, st.integers(1, 50_000)),
     TEXT,
 )
-METADATA = st.dictionaries(st.sampled_from(["format", "name", "description", "init", "base_model", "fingerprint", "persona_format"]) | TEXT,
-                           TEXT | FINGERPRINT, max_size=5)
+METADATA = st.dictionaries(
+    st.sampled_from(
+        ["format", "name", "description", "init", "base_model", "fingerprint", "persona_format"]
+    )
+    | TEXT,
+    TEXT | FINGERPRINT,
+    max_size=5,
+)
 SHAPE = st.lists(st.integers(0, 6), min_size=0, max_size=3)
 
 
@@ -67,10 +91,22 @@ def safetensors_bytes(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         header["__metadata__"] = draw(METADATA | JSON)  # type: ignore[index]
     if draw(st.integers(0, 9)) == 0:
-        header = draw(JSON | st.builds(lambda depth: [[]] if depth < 2 else "[" * depth, st.integers(0, 50_000)))
-    text = header.encode() if isinstance(header, str) and header.startswith("[[") else json.dumps(header).encode()  # raw nesting
+        header = draw(
+            JSON
+            | st.builds(lambda depth: [[]] if depth < 2 else "[" * depth, st.integers(0, 50_000))
+        )
+    text = (
+        header.encode()
+        if isinstance(header, str) and header.startswith("[[")
+        else json.dumps(header).encode()
+    )  # raw nesting
     claimed = draw(st.sampled_from(["true", "true", "short", "long", "huge"]))
-    length = {"true": len(text), "short": max(0, len(text) - 3), "long": len(text) + 5, "huge": 2**63}[claimed]
+    length = {
+        "true": len(text),
+        "short": max(0, len(text) - 3),
+        "long": len(text) + 5,
+        "huge": 2**63,
+    }[claimed]
     return struct.pack("<Q", length) + text + draw(st.binary(max_size=200))
 
 
@@ -95,7 +131,10 @@ def test_fuzz_persona_files() -> None:
     """Our own file through import's front door: detection first, then the reader it picks."""
 
     @fuzz_settings(800)
-    @given(data=safetensors_bytes() | st.binary(max_size=64), prefix=st.sampled_from([b"", b"", b"PK\x03\x04", b"\x00" * 8 + b"{"]))
+    @given(
+        data=safetensors_bytes() | st.binary(max_size=64),
+        prefix=st.sampled_from([b"", b"", b"PK\x03\x04", b"\x00" * 8 + b"{"]),
+    )
     def case(data: bytes, prefix: bytes) -> None:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "voice.safetensors"
@@ -109,16 +148,25 @@ def test_fuzz_persona_files() -> None:
 
 GOOD_PEFT_CONFIG = st.fixed_dictionaries(
     {"peft_type": st.just("PROMPT_TUNING"), "task_type": st.just("CAUSAL_LM")},
-    optional={"num_virtual_tokens": st.none() | st.integers(1, 4), "token_dim": st.none() | st.integers(1, 8),
-              "base_model_name_or_path": TEXT},
+    optional={
+        "num_virtual_tokens": st.none() | st.integers(1, 4),
+        "token_dim": st.none() | st.integers(1, 8),
+        "base_model_name_or_path": TEXT,
+    },
 ).map(json.dumps)
 PEFT_CONFIG = st.one_of(
-    GOOD_PEFT_CONFIG, GOOD_PEFT_CONFIG, GOOD_PEFT_CONFIG,
+    GOOD_PEFT_CONFIG,
+    GOOD_PEFT_CONFIG,
+    GOOD_PEFT_CONFIG,
     st.fixed_dictionaries(
         {"peft_type": st.sampled_from(["PROMPT_TUNING", "prompt_tuning", "LORA"]) | JSON},
-        optional={"task_type": st.sampled_from(["CAUSAL_LM", "SEQ_2_SEQ_LM"]) | JSON, "num_virtual_tokens": DIMS | JSON,
-                  "token_dim": DIMS | JSON, "num_transformer_submodules": st.sampled_from([1, 2, None]) | JSON,
-                  "base_model_name_or_path": TEXT | JSON},
+        optional={
+            "task_type": st.sampled_from(["CAUSAL_LM", "SEQ_2_SEQ_LM"]) | JSON,
+            "num_virtual_tokens": DIMS | JSON,
+            "token_dim": DIMS | JSON,
+            "num_transformer_submodules": st.sampled_from([1, 2, None]) | JSON,
+            "base_model_name_or_path": TEXT | JSON,
+        },
     ).map(json.dumps),
     JSON.map(json.dumps),
     st.builds(lambda depth: "[" * depth, st.integers(1, 50_000)),
@@ -130,17 +178,25 @@ def test_fuzz_peft_adapter_directories() -> None:
     valid = st.builds(valid_file, st.integers(1, 4), st.integers(1, 8), METADATA)
 
     @fuzz_settings(800)
-    @given(config=PEFT_CONFIG, weights=st.one_of(valid, valid, st.none(), safetensors_bytes()), pickled=st.integers(0, 3).map(lambda n: n == 0),
-           as_file=st.booleans())
+    @given(
+        config=PEFT_CONFIG,
+        weights=st.one_of(valid, valid, st.none(), safetensors_bytes()),
+        pickled=st.integers(0, 3).map(lambda n: n == 0),
+        as_file=st.booleans(),
+    )
     def case(config: str, weights: bytes | None, pickled: bool, as_file: bool) -> None:
         with tempfile.TemporaryDirectory() as folder:
             adapter = Path(folder) / "adapter"
             adapter.mkdir()
-            (adapter / "adapter_config.json").write_text(config, encoding="utf-8", errors="surrogateescape")
+            (adapter / "adapter_config.json").write_text(
+                config, encoding="utf-8", errors="surrogateescape"
+            )
             if weights is not None:
                 (adapter / "adapter_model.safetensors").write_bytes(weights)
             if pickled:
-                (adapter / "adapter_model.bin").write_bytes(b"\x80\x04cos\nsystem\n.")  # never to be unpickled
+                (adapter / "adapter_model.bin").write_bytes(
+                    b"\x80\x04cos\nsystem\n."
+                )  # never to be unpickled
             target = adapter / "adapter_config.json" if as_file else adapter
             prompt = check("peft adapter dir", lambda: read_prompt(target))
             if prompt is not None:
@@ -158,7 +214,9 @@ def npy_bytes(draw: st.DrawFn) -> bytes:
     shape = tuple(draw(st.lists(st.integers(1, 6), min_size=2, max_size=2) | SHAPE))
     if dtype == "|O":
         buffer = io.BytesIO()
-        np.save(buffer, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)  # a pickle inside
+        np.save(
+            buffer, np.array([{"a": 1}, None], dtype=object), allow_pickle=True
+        )  # a pickle inside
         return buffer.getvalue()
     buffer = io.BytesIO()
     np.save(buffer, np.ones(shape, dtype=np.dtype(dtype)), allow_pickle=False)
@@ -171,35 +229,68 @@ def npy_bytes(draw: st.DrawFn) -> bytes:
     return data
 
 
-MEMBER_NAMES = st.sampled_from(["tensor.npy", "meta.json", "../tensor.npy", "/etc/tensor.npy", "C:\\tensor.npy", "dir/tensor.npy",
-                                "tensor.npy", "..\\..\\x", ""]) | TEXT
+MEMBER_NAMES = (
+    st.sampled_from(
+        [
+            "tensor.npy",
+            "meta.json",
+            "../tensor.npy",
+            "/etc/tensor.npy",
+            "C:\\tensor.npy",
+            "dir/tensor.npy",
+            "tensor.npy",
+            "..\\..\\x",
+            "",
+        ]
+    )
+    | TEXT
+)
 
 
 @st.composite
 def kobold_zip(draw: st.DrawFn) -> bytes:
     buffer = io.BytesIO()
-    compression = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
+    compression = draw(
+        st.sampled_from(
+            [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]
+        )
+    )
     with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
         members = [("tensor.npy", draw(npy_bytes()))] if draw(st.integers(0, 5)) else []
         if draw(st.booleans()):
-            meta = draw(st.fixed_dictionaries({}, optional={"name": TEXT | JSON, "description": TEXT | JSON, "supported": JSON,
-                                                            "persona_fingerprint": FINGERPRINT | JSON}))
+            meta = draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "name": TEXT | JSON,
+                        "description": TEXT | JSON,
+                        "supported": JSON,
+                        "persona_fingerprint": FINGERPRINT | JSON,
+                    },
+                )
+            )
             members.append(("meta.json", json.dumps(meta).encode()))
         if draw(st.booleans()):
             members += draw(st.lists(st.tuples(MEMBER_NAMES, st.binary(max_size=40)), max_size=3))
         for name, payload in members:
-            if name.split("\x00")[0].strip("/"):  # zipfile cuts a name at NUL and cannot write an empty one
+            if name.split("\x00")[0].strip(
+                "/"
+            ):  # zipfile cuts a name at NUL and cannot write an empty one
                 archive.writestr(name, payload)
     data = bytearray(buffer.getvalue())
     if draw(st.integers(0, 2)) == 0:
-        for position in draw(st.lists(st.integers(0, len(data) - 1), max_size=3)):  # corrupt a few bytes
+        for position in draw(
+            st.lists(st.integers(0, len(data) - 1), max_size=3)
+        ):  # corrupt a few bytes
             data[position] = draw(st.integers(0, 255))
     if draw(st.integers(0, 5)) == 0:
         data = data[: draw(st.integers(0, len(data)))]
     return bytes(data)
 
 
-MEMORY_BOUND = 96 * 1024 * 1024  # the readers' own limit is 64 MiB per member; a forged .npy header must not beat it
+MEMORY_BOUND = (
+    96 * 1024 * 1024
+)  # the readers' own limit is 64 MiB per member; a forged .npy header must not beat it
 
 
 def test_fuzz_kobold_zips() -> None:

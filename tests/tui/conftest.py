@@ -26,7 +26,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 def make_prompt(tiny: Any, name: str, description: str, seed: int) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(4, tiny.fingerprint.hidden_size, generator=generator) * 0.5  # (4, D)
-    return SoftPrompt(embeddings=embeddings, name=name, description=description, fingerprint=tiny.fingerprint)
+    return SoftPrompt(
+        embeddings=embeddings, name=name, description=description, fingerprint=tiny.fingerprint
+    )
 
 
 @pytest.fixture

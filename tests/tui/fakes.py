@@ -28,7 +28,15 @@ class ScriptedEngine:
         self.loaded = SimpleNamespace(model_id=self.model_id, fingerprint=self.fingerprint)
         self.last = GenerationStats()
 
-    def stream(self, messages: Sequence[Any], persona: Any = None, config: Any = None, *, cancel: threading.Event | None = None, **_: Any) -> Iterator[str]:
+    def stream(
+        self,
+        messages: Sequence[Any],
+        persona: Any = None,
+        config: Any = None,
+        *,
+        cancel: threading.Event | None = None,
+        **_: Any,
+    ) -> Iterator[str]:
         name = persona.name if persona is not None else None
         self.calls.append((list(messages), name))
         queue = self.replies.get(name) or ["(no scripted reply)"]
@@ -42,7 +50,10 @@ class ScriptedEngine:
                 return
             stats.new_tokens += 1
             yield word if index == 0 else " " + word
-        stats.seconds, stats.first_token_seconds = stats.new_tokens / self.tokens_per_second + 0.1, 0.1
+        stats.seconds, stats.first_token_seconds = (
+            stats.new_tokens / self.tokens_per_second + 0.1,
+            0.1,
+        )
         stats.new_tokens += 1
 
 
@@ -59,7 +70,15 @@ class PausingEngine:
     def last(self) -> GenerationStats:
         return self.engine.last
 
-    def stream(self, messages: Sequence[Any], persona: Any = None, config: Any = None, *, cancel: threading.Event | None = None, **kw: Any) -> Iterator[str]:
+    def stream(
+        self,
+        messages: Sequence[Any],
+        persona: Any = None,
+        config: Any = None,
+        *,
+        cancel: threading.Event | None = None,
+        **kw: Any,
+    ) -> Iterator[str]:
         config = replace(config, max_new_tokens=200) if config is not None else config
         text = ""
         for piece in self.engine.stream(messages, persona, config, cancel=cancel, **kw):
@@ -81,4 +100,7 @@ class FixedTimeLibrary:
         return getattr(self._library, name)
 
     def list_conversations(self) -> list[Any]:
-        return [replace(c, created=FIXED_TIME, updated=FIXED_TIME) for c in self._library.list_conversations()]
+        return [
+            replace(c, created=FIXED_TIME, updated=FIXED_TIME)
+            for c in self._library.list_conversations()
+        ]

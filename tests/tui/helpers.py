@@ -11,7 +11,14 @@ from persona.tui.widgets.chat_input import ChatInput
 from persona.tui.widgets.message_bubble import MessageBubble
 from persona.tui.widgets.status_bar import StatusBar
 
-KEY_NAMES = {" ": "space", "/": "slash", ".": "full_stop", "-": "minus", "_": "underscore", "?": "question_mark"}
+KEY_NAMES = {
+    " ": "space",
+    "/": "slash",
+    ".": "full_stop",
+    "-": "minus",
+    "_": "underscore",
+    "?": "question_mark",
+}
 
 
 async def ready(pilot: Pilot[Any], rounds: int = 200) -> None:

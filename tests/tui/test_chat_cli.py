@@ -21,7 +21,9 @@ def a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     assert main(argv) == 1
-    err = capsys.readouterr().err.replace("persona: loading the model…\n", "")  # progress, not an error
+    err = capsys.readouterr().err.replace(
+        "persona: loading the model…\n", ""
+    )  # progress, not an error
     assert err.startswith("persona: error: ") and err.count("\n") == 1 and "Traceback" not in err
     return err
 
@@ -39,11 +41,17 @@ def test_resume_with_nothing_saved(a_terminal: None, capsys: pytest.CaptureFixtu
     assert "no saved conversation to resume" in one_line_error(capsys, ["chat", "--resume"])
 
 
-def test_model_that_does_not_load(a_terminal: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert "does not exist" in one_line_error(capsys, ["chat", "--model", str(tmp_path / "missing")])
+def test_model_that_does_not_load(
+    a_terminal: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert "does not exist" in one_line_error(
+        capsys, ["chat", "--model", str(tmp_path / "missing")]
+    )
 
 
-def test_library_that_is_not_a_library(a_terminal: None, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_library_that_is_not_a_library(
+    a_terminal: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
     one_line_error(capsys, ["chat", "--library", str(junk)])
@@ -59,7 +67,9 @@ def test_no_terminal(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mon
     assert "needs an interactive terminal" in one_line_error(capsys, ["chat"])
 
 
-def test_terminal_too_small(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_terminal_too_small(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     monkeypatch.setattr(chat_cmd.shutil, "get_terminal_size", lambda: Size(30, 8))
@@ -78,7 +88,7 @@ def test_chat_command_module_is_light() -> None:
     import sys
 
     code = "import sys, persona.cli.main as m; m.build_parser(); print(sorted(k for k in ('torch', 'textual', 'transformers') if k in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    ).stdout
     assert out.strip() == "[]"
-
-

@@ -37,26 +37,38 @@ async def test_send_streams_a_reply_and_saves_both_messages(engine: Any, library
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello there")
         shown = bubbles(app)
-        assert [(label.split(' · ')[0], role) for label, role, _ in shown] == [("you", "user"), ("assistant", "assistant")]
+        assert [(label.split(" · ")[0], role) for label, role, _ in shown] == [
+            ("you", "user"),
+            ("assistant", "assistant"),
+        ]
         assert shown[0][2] == "hello there"
         expected = engine.reply([{"role": "user", "content": "hello there"}], None, GREEDY)
         assert shown[1][2] == expected and expected.strip()
-        assert shown[1][0] == "assistant · max tokens"  # 12 tokens were not enough: the label says why it stopped
+        assert (
+            shown[1][0] == "assistant · max tokens"
+        )  # 12 tokens were not enough: the label says why it stopped
         assert input_text(app) == ""
         assert "persona: (none)" in status_line(app)
         assert "tok/s" in status_line(app) and "– tok/s" not in status_line(app)
-    assert saved(library, app.session.conversation_id) == [("user", None, False), ("assistant", None, True)]
+    assert saved(library, app.session.conversation_id) == [
+        ("user", None, False),
+        ("assistant", None, True),
+    ]
     assert library.list_conversations()[0].title == "hello there"
 
 
-async def test_pieces_appear_while_the_reply_is_still_being_written(engine: Any, library: Any) -> None:
+async def test_pieces_appear_while_the_reply_is_still_being_written(
+    engine: Any, library: Any
+) -> None:
     pausing = PausingEngine(engine)
     app = PersonaChatApp(pausing, library, config=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello", wait=False)
         await wait_for(pilot, pausing.first_piece)
         label, role, partial = bubbles(app)[-1]
-        assert role == "assistant" and partial, "the first piece is not on screen while the reply is paused"
+        assert role == "assistant" and partial, (
+            "the first piece is not on screen while the reply is paused"
+        )
         assert "writing" in status_line(app)
         await type_text(pilot, "typing works")  # the UI is not blocked by the worker
         assert input_text(app) == "typing works"
@@ -65,7 +77,9 @@ async def test_pieces_appear_while_the_reply_is_still_being_written(engine: Any,
         assert len(bubbles(app)[-1][2]) > len(partial)
 
 
-async def test_switching_persona_mid_conversation_labels_each_reply(engine: Any, two_personas: Any) -> None:
+async def test_switching_persona_mid_conversation_labels_each_reply(
+    engine: Any, two_personas: Any
+) -> None:
     app = PersonaChatApp(engine, two_personas, persona="pirate", config=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "who are you")
@@ -76,7 +90,9 @@ async def test_switching_persona_mid_conversation_labels_each_reply(engine: Any,
         await send(pilot, "plain")
         labels = speakers(app)
         assert labels == ["you", "pirate", "you", "poet", "you", "assistant"]
-    personas = [p for role, p, _ in saved(two_personas, app.session.conversation_id) if role == "assistant"]
+    personas = [
+        p for role, p, _ in saved(two_personas, app.session.conversation_id) if role == "assistant"
+    ]
     assert personas == ["pirate", "poet", None]
 
 
@@ -112,7 +128,9 @@ async def test_picker_with_no_personas_offers_the_model_voice(engine: Any, libra
         assert "persona: (none)" in status_line(app)
 
 
-async def test_escape_stops_the_reply_and_keeps_it_marked_cut_short(engine: Any, library: Any) -> None:
+async def test_escape_stops_the_reply_and_keeps_it_marked_cut_short(
+    engine: Any, library: Any
+) -> None:
     pausing = PausingEngine(engine)
     app = PersonaChatApp(pausing, library, config=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
@@ -124,7 +142,10 @@ async def test_escape_stops_the_reply_and_keeps_it_marked_cut_short(engine: Any,
         assert role == "assistant" and label.endswith("cut short") and text
         assert "stopped" in status_line(app)
         assert engine.last.finish_reason == "cancelled"
-    assert saved(library, app.session.conversation_id) == [("user", None, False), ("assistant", None, True)]
+    assert saved(library, app.session.conversation_id) == [
+        ("user", None, False),
+        ("assistant", None, True),
+    ]
     assert library.get_messages(app.session.conversation_id)[-1].content == text
 
 
@@ -136,7 +157,10 @@ async def test_quitting_during_a_reply_saves_it_cut_short(engine: Any, library: 
         await wait_for(pilot, pausing.first_piece)
         await pilot.press("ctrl+q")
         await pilot.pause(0.2)
-    assert saved(library, app.session.conversation_id) == [("user", None, False), ("assistant", None, True)]
+    assert saved(library, app.session.conversation_id) == [
+        ("user", None, False),
+        ("assistant", None, True),
+    ]
 
 
 async def test_retry_replaces_the_last_reply(engine: Any, two_personas: Any) -> None:
@@ -146,7 +170,10 @@ async def test_retry_replaces_the_last_reply(engine: Any, two_personas: Any) -> 
         await send(pilot, "/persona poet")
         await send(pilot, "/retry")
         assert speakers(app) == ["you", "poet"]
-    assert saved(two_personas, app.session.conversation_id) == [("user", None, False), ("assistant", "poet", True)]
+    assert saved(two_personas, app.session.conversation_id) == [
+        ("user", None, False),
+        ("assistant", "poet", True),
+    ]
 
 
 async def test_undo_drops_the_last_exchange(engine: Any, library: Any) -> None:
@@ -163,7 +190,9 @@ async def test_undo_drops_the_last_exchange(engine: Any, library: Any) -> None:
     assert library.get_messages(app.session.conversation_id) == []
 
 
-async def test_resume_shows_the_saved_conversation_and_continues_it(engine: Any, two_personas: Any) -> None:
+async def test_resume_shows_the_saved_conversation_and_continues_it(
+    engine: Any, two_personas: Any
+) -> None:
     first = PersonaChatApp(engine, two_personas, persona="pirate", config=GREEDY)
     async with first.run_test(size=SIZE) as pilot:
         await send(pilot, "ahoy")
@@ -176,7 +205,10 @@ async def test_resume_shows_the_saved_conversation_and_continues_it(engine: Any,
         assert "persona: pirate" in status_line(resumed)
         await send(pilot, "again")
     assert resumed.session.conversation_id == conversation_id
-    assert [m.content for m in two_personas.get_messages(conversation_id) if m.role == "user"] == ["ahoy", "again"]
+    assert [m.content for m in two_personas.get_messages(conversation_id) if m.role == "user"] == [
+        "ahoy",
+        "again",
+    ]
 
 
 async def test_conversations_screen_opens_an_older_conversation(engine: Any, library: Any) -> None:
@@ -205,7 +237,9 @@ async def test_conversations_screen_opens_an_older_conversation(engine: Any, lib
         ("/export notes.txt", "end the path in .md or .json"),
     ],
 )
-async def test_a_bad_command_is_a_notification_not_a_crash(engine: Any, library: Any, command: str, message: str) -> None:
+async def test_a_bad_command_is_a_notification_not_a_crash(
+    engine: Any, library: Any, command: str, message: str
+) -> None:
     app = PersonaChatApp(engine, library, config=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, command)
@@ -226,7 +260,9 @@ async def test_set_changes_the_generation_settings(engine: Any, library: Any) ->
         assert engine.last.new_tokens <= 3
 
 
-async def test_export_writes_markdown_and_json(engine: Any, two_personas: Any, tmp_path: Any) -> None:
+async def test_export_writes_markdown_and_json(
+    engine: Any, two_personas: Any, tmp_path: Any
+) -> None:
     import json
 
     app = PersonaChatApp(engine, two_personas, persona="poet", config=GREEDY)
@@ -236,7 +272,10 @@ async def test_export_writes_markdown_and_json(engine: Any, two_personas: Any, t
         await send(pilot, f"/export {tmp_path}/chat.json")
     assert "**poet**" in (tmp_path / "chat.md").read_text()
     data = json.loads((tmp_path / "chat.json").read_text())
-    assert [(m["role"], m["persona"]) for m in data["messages"]] == [("user", None), ("assistant", "poet")]
+    assert [(m["role"], m["persona"]) for m in data["messages"]] == [
+        ("user", None),
+        ("assistant", "poet"),
+    ]
 
 
 def test_an_unknown_persona_is_refused_before_the_app_starts(engine: Any, library: Any) -> None:
@@ -251,7 +290,6 @@ def test_the_default_persona_setting_is_used(engine: Any, two_personas: Any) -> 
     assert PersonaChatApp(engine, two_personas).personas.name == "poet"
     two_personas.set_setting("default_persona", "deleted-long-ago")
     assert PersonaChatApp(engine, two_personas).personas.name is None
-
 
 
 async def test_command_palette_switches_persona_by_name(engine: Any, two_personas: Any) -> None:
@@ -293,7 +331,9 @@ async def test_a_too_small_terminal_says_so(engine: Any, library: Any) -> None:
         assert not notice.display
 
 
-async def test_a_slow_screen_gets_the_reply_in_fewer_larger_pieces_not_a_slower_reply(library: Any, monkeypatch: Any) -> None:
+async def test_a_slow_screen_gets_the_reply_in_fewer_larger_pieces_not_a_slower_reply(
+    library: Any, monkeypatch: Any
+) -> None:
     import asyncio
 
     from persona.tui.widgets.message_bubble import MessageBubble
@@ -315,4 +355,6 @@ async def test_a_slow_screen_gets_the_reply_in_fewer_larger_pieces_not_a_slower_
         await send(pilot, "talk to me")
         assert bubbles(app)[-1][2] == " ".join(words)  # nothing lost, nothing out of order
         assert "".join(writes) == " ".join(words)
-        assert 1 <= len(writes) < len(words) // 2  # pieces gathered while the screen was busy went in together
+        assert (
+            1 <= len(writes) < len(words) // 2
+        )  # pieces gathered while the screen was busy went in together

@@ -42,7 +42,9 @@ class Terminal:
         self._tmux("new-session", "-d", "-s", "chat", "-x", "120", "-y", "40", script)
 
     def _tmux(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -81,8 +83,16 @@ def home_with_personas(real_home: Path) -> Path:
     loaded = load_model(None)
     library = open_library()
     for name, description in PERSONAS.items():
-        embeddings, init = initial_prompt(loaded.model, loaded.tokenizer, 16, description=description)  # (16, 576)
-        prompt = SoftPrompt(embeddings, name=name, description=description, fingerprint=loaded.fingerprint, init=init)
+        embeddings, init = initial_prompt(
+            loaded.model, loaded.tokenizer, 16, description=description
+        )  # (16, 576)
+        prompt = SoftPrompt(
+            embeddings,
+            name=name,
+            description=description,
+            fingerprint=loaded.fingerprint,
+            init=init,
+        )
         library.add_version(name, prompt, model_id=loaded.model_id)
     library.close()
     return real_home
@@ -129,11 +139,15 @@ def ask(terminal: Terminal, home: Path, question: str, number: int) -> str:
         assert time.monotonic() < deadline, f"reply {number} never arrived:\n{terminal.screen()}"
         time.sleep(0.2)
     reply = replies(home)[number - 1]
-    terminal.wait_for(lambda s: all(w in flat(s) for w in words(reply.content)), f"reply {number} on screen", 30)
+    terminal.wait_for(
+        lambda s: all(w in flat(s) for w in words(reply.content)), f"reply {number} on screen", 30
+    )
     return reply.content
 
 
-def test_chat_switch_persona_and_find_both_replies_in_history(terminal: Terminal, home_with_personas: Path) -> None:
+def test_chat_switch_persona_and_find_both_replies_in_history(
+    terminal: Terminal, home_with_personas: Path
+) -> None:
     home = home_with_personas
     terminal.wait_for(lambda s: "Say something to pirate" in s, "the chat screen", 300)
 
@@ -155,7 +169,10 @@ def test_chat_switch_persona_and_find_both_replies_in_history(terminal: Terminal
 
     history = subprocess.run(
         [str(BIN), "history", conversation_id, "--json"],
-        env={**os.environ, "PERSONA_HOME": str(home)}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PERSONA_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert history.returncode == 0, history.stderr
     messages = json.loads(history.stdout)

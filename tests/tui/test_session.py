@@ -14,14 +14,20 @@ from persona.tui.session import ChatSession, Turn, make_title
 
 def rows(library: Any, session: ChatSession) -> list[tuple[str, str, str | None, bool]]:
     assert session.conversation_id is not None
-    return [(m.role, m.content, m.persona, m.cut_short) for m in library.get_messages(session.conversation_id)]
+    return [
+        (m.role, m.content, m.persona, m.cut_short)
+        for m in library.get_messages(session.conversation_id)
+    ]
 
 
 def test_messages_are_saved_as_they_are_added(library: Any) -> None:
     session = ChatSession(library, "fp")
     session.add(Turn("user", "Hello\nthere"))
     session.add(Turn("assistant", "Ahoy", "pirate", token_count=2, cut_short=True))
-    assert rows(library, session) == [("user", "Hello\nthere", None, False), ("assistant", "Ahoy", "pirate", True)]
+    assert rows(library, session) == [
+        ("user", "Hello\nthere", None, False),
+        ("assistant", "Ahoy", "pirate", True),
+    ]
     assert library.list_conversations()[0].title == "Hello"
 
 
@@ -34,7 +40,9 @@ def test_a_failed_write_is_kept_and_saved_with_the_next_message(library: Any) ->
 
         def add_message(self, *args: Any, **kwargs: Any) -> int:
             if self.fail:
-                raise LibraryError("the library is locked by another persona process; close it and try again")
+                raise LibraryError(
+                    "the library is locked by another persona process; close it and try again"
+                )
             return library.add_message(*args, **kwargs)
 
     flaky = Flaky()
@@ -50,7 +58,12 @@ def test_a_failed_write_is_kept_and_saved_with_the_next_message(library: Any) ->
 
 def test_undo_and_retry_remove_messages_from_the_library(library: Any) -> None:
     session = ChatSession(library, "fp")
-    for turn in (Turn("user", "a"), Turn("assistant", "b", "poet"), Turn("user", "c"), Turn("assistant", "d", "poet")):
+    for turn in (
+        Turn("user", "a"),
+        Turn("assistant", "b", "poet"),
+        Turn("user", "c"),
+        Turn("assistant", "d", "poet"),
+    ):
         session.add(turn)
     assert session.drop_last_reply() is not None
     assert [content for _, content, _, _ in rows(library, session)] == ["a", "b", "c"]
@@ -91,4 +104,9 @@ def test_export_markdown_and_json(tmp_path: Any) -> None:
     assert "**you**" in markdown and "**pirate** *(cut short)*" in markdown and "Arr" in markdown
     data = json.loads(export_conversation(tmp_path / "c.json", turns, 3).read_text())
     assert data["conversation_id"] == 3
-    assert data["messages"][1] == {"role": "assistant", "content": "Arr", "persona": "pirate", "cut_short": True}
+    assert data["messages"][1] == {
+        "role": "assistant",
+        "content": "Arr",
+        "persona": "pirate",
+        "cut_short": True,
+    }

@@ -27,7 +27,9 @@ POET_REPLY = "The sea, the sea, so wide and free,\nit sings its salt old song to
 
 @pytest.fixture
 def scripted(tiny: Any) -> ScriptedEngine:
-    return ScriptedEngine(fingerprint=tiny.fingerprint, replies={"pirate": [PIRATE_REPLY], "poet": [POET_REPLY]})
+    return ScriptedEngine(
+        fingerprint=tiny.fingerprint, replies={"pirate": [PIRATE_REPLY], "poet": [POET_REPLY]}
+    )
 
 
 async def _still(pilot: Pilot[Any]) -> None:
@@ -45,7 +47,9 @@ async def _switched_conversation(pilot: Pilot[Any]) -> None:
     await _still(pilot)
 
 
-def test_chat_screen_after_switching_persona(snap_compare: Any, scripted: ScriptedEngine, two_personas: Any) -> None:
+def test_chat_screen_after_switching_persona(
+    snap_compare: Any, scripted: ScriptedEngine, two_personas: Any
+) -> None:
     app = PersonaChatApp(scripted, FixedTimeLibrary(two_personas), persona="pirate")
     assert snap_compare(app, terminal_size=SIZE, run_before=_switched_conversation)
 
@@ -61,7 +65,9 @@ def test_persona_picker(snap_compare: Any, scripted: ScriptedEngine, two_persona
     assert snap_compare(app, terminal_size=SIZE, run_before=open_picker)
 
 
-def test_conversations_screen(snap_compare: Any, scripted: ScriptedEngine, two_personas: Any) -> None:
+def test_conversations_screen(
+    snap_compare: Any, scripted: ScriptedEngine, two_personas: Any
+) -> None:
     async def two_conversations(pilot: Pilot[Any]) -> None:
         await send(pilot, "What is the best thing about the sea?")
         await send(pilot, "/persona poet")

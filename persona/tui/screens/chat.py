@@ -99,7 +99,9 @@ class ChatScreen(Screen[None]):
                 yield MessageBubble(turn.role, turn.content, turn.persona, cut_short=turn.cut_short)
         yield ChatInput(id="input")
         yield StatusBar(id="status")
-        yield Static(f"The terminal is too small: make it at least {MIN_WIDTH}×{MIN_HEIGHT}.", id="too-small")
+        yield Static(
+            f"The terminal is too small: make it at least {MIN_WIDTH}×{MIN_HEIGHT}.", id="too-small"
+        )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -117,7 +119,9 @@ class ChatScreen(Screen[None]):
         status = self.query_one(StatusBar)
         status.persona = self.app.personas.name
         config = self.app.config
-        status.settings = f"temp {config.temperature:g} · top_p {config.top_p:g} · max {config.max_new_tokens}"
+        status.settings = (
+            f"temp {config.temperature:g} · top_p {config.top_p:g} · max {config.max_new_tokens}"
+        )
 
     def _refresh_empty(self) -> None:
         empty = self.query_one("#empty", Static)
@@ -143,7 +147,9 @@ class ChatScreen(Screen[None]):
             await self.run_command(command)
             return
         if self.generating:
-            self.notify("a reply is still being written; press Esc to stop it first", severity="warning")
+            self.notify(
+                "a reply is still being written; press Esc to stop it first", severity="warning"
+            )
             return
         event.chat_input.clear()
         if text.startswith("//"):
@@ -178,13 +184,17 @@ class ChatScreen(Screen[None]):
             await self.undo()
         elif name == "set":
             field, value = parse_setting(*command.args)
-            self.app.config = replace(self.app.config, **{field: value})  # ConfigError when out of range
+            self.app.config = replace(
+                self.app.config, **{field: value}
+            )  # ConfigError when out of range
             self._refresh_status()
             self.notify(f"{command.args[0]} = {value}")
         elif name == "export":
             from persona.tui.export import export_conversation
 
-            path = export_conversation(command.arg, self.app.session.turns, self.app.session.conversation_id)
+            path = export_conversation(
+                command.arg, self.app.session.turns, self.app.session.conversation_id
+            )
             self.notify(f"saved the conversation to {path}")
         elif name == "conversations":
             self.action_conversations()
@@ -238,7 +248,9 @@ class ChatScreen(Screen[None]):
             if conversation_id is not None:
                 await self.open_conversation(conversation_id)
 
-        self.app.push_screen(ConversationsScreen(conversations, self.app.session.conversation_id), chosen)
+        self.app.push_screen(
+            ConversationsScreen(conversations, self.app.session.conversation_id), chosen
+        )
 
     async def open_conversation(self, conversation_id: int) -> None:
         await self.stop_reply()
@@ -267,7 +279,10 @@ class ChatScreen(Screen[None]):
     async def _rebuild(self) -> None:
         messages = self.query_one("#messages", VerticalScroll)
         await messages.query(MessageBubble).remove()
-        bubbles = [MessageBubble(t.role, t.content, t.persona, cut_short=t.cut_short) for t in self.app.session.turns]
+        bubbles = [
+            MessageBubble(t.role, t.content, t.persona, cut_short=t.cut_short)
+            for t in self.app.session.turns
+        ]
         if bubbles:
             await messages.mount_all(bubbles)
         messages.scroll_end(animate=False)
@@ -282,7 +297,9 @@ class ChatScreen(Screen[None]):
 
     async def action_retry(self) -> None:
         if self.generating:
-            self.notify("a reply is still being written; press Esc to stop it first", severity="warning")
+            self.notify(
+                "a reply is still being written; press Esc to stop it first", severity="warning"
+            )
             return
         session = self.app.session
         if not session.turns:
@@ -299,14 +316,16 @@ class ChatScreen(Screen[None]):
 
     async def undo(self) -> None:
         if self.generating:
-            self.notify("a reply is still being written; press Esc to stop it first", severity="warning")
+            self.notify(
+                "a reply is still being written; press Esc to stop it first", severity="warning"
+            )
             return
         removed = self.app.session.undo()  # PersonaError reaches run_command
         if not removed:
             self.notify("nothing to undo", severity="warning")
             return
         bubbles = list(self.query(MessageBubble))
-        for bubble in bubbles[len(bubbles) - len(removed):]:
+        for bubble in bubbles[len(bubbles) - len(removed) :]:
             await bubble.remove()
         self._refresh_empty()
         self.notify(f"removed the last {'exchange' if len(removed) == 2 else 'message'}")
@@ -332,13 +351,24 @@ class ChatScreen(Screen[None]):
         self._cancel = threading.Event()
         self.query_one(StatusBar).state = "writing…"
         self._worker = self._generate(
-            self.app.session.history(), personas.prompt, personas.name, self.app.config, bubble, self._cancel
+            self.app.session.history(),
+            personas.prompt,
+            personas.name,
+            self.app.config,
+            bubble,
+            self._cancel,
         )
         self._refresh_empty()
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _generate(
-        self, history: list[Any], prompt: Any, persona: str | None, config: Any, bubble: MessageBubble, cancel: threading.Event
+        self,
+        history: list[Any],
+        prompt: Any,
+        persona: str | None,
+        config: Any,
+        bubble: MessageBubble,
+        cancel: threading.Event,
     ) -> None:
         engine = self.app.engine
         pieces: list[str] = []
@@ -353,9 +383,22 @@ class ChatScreen(Screen[None]):
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
             error = f"generation failed ({type(exc).__name__}: {first_line}); the conversation so far is saved"
         stats = engine.last
-        reason = "error" if error else ("cancelled" if cancel.is_set() and stats.finish_reason != "stop" else stats.finish_reason)
+        reason = (
+            "error"
+            if error
+            else (
+                "cancelled"
+                if cancel.is_set() and stats.finish_reason != "stop"
+                else stats.finish_reason
+            )
+        )
         outcome = ReplyOutcome(
-            "".join(pieces), persona, reason or "stop", stats.new_tokens, stats.tokens_per_second, error
+            "".join(pieces),
+            persona,
+            reason or "stop",
+            stats.new_tokens,
+            stats.tokens_per_second,
+            error,
         )
         try:
             self.app.call_from_thread(self._reply_done, bubble, outcome)
@@ -423,9 +466,18 @@ class ChatScreen(Screen[None]):
                 self.notify("stopped before the first word; nothing was kept", severity="warning")
             self._refresh_empty()
             return
-        await bubble.finish(cut_short=outcome.cut_short, note="max tokens" if outcome.finish_reason == "length" else "")
+        await bubble.finish(
+            cut_short=outcome.cut_short,
+            note="max tokens" if outcome.finish_reason == "length" else "",
+        )
         await self._save(
-            Turn("assistant", outcome.text, outcome.persona, outcome.new_tokens or None, outcome.cut_short)
+            Turn(
+                "assistant",
+                outcome.text,
+                outcome.persona,
+                outcome.new_tokens or None,
+                outcome.cut_short,
+            )
         )
 
     async def _save(self, turn: Turn) -> None:

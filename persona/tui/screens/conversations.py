@@ -39,7 +39,9 @@ class ConversationsScreen(ModalScreen[int | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             title = "Saved conversations (Enter opens, Esc closes)"
-            yield Label(title if self.conversations else "No saved conversations yet.", classes="title")
+            yield Label(
+                title if self.conversations else "No saved conversations yet.", classes="title"
+            )
             table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
             table.add_columns("#", "title", "personas", "messages", "updated")
             for conversation in self.conversations:

@@ -51,13 +51,20 @@ class PersonaPicker(ModalScreen[PersonaChoice | None]):
     def _options(self) -> list[Option]:
         width = max([len("(none)"), *(len(p.name) for p in self.personas)])
         rows = [(NONE_ID, "(none)", "the model's own voice, no soft prompt", self.current is None)]
-        rows += [(p.name, p.name, p.description or "", p.name == self.current) for p in self.personas]
-        return [Option(self._line(label.ljust(width), text, current), id=key) for key, label, text, current in rows]
+        rows += [
+            (p.name, p.name, p.description or "", p.name == self.current) for p in self.personas
+        ]
+        return [
+            Option(self._line(label.ljust(width), text, current), id=key)
+            for key, label, text, current in rows
+        ]
 
     @staticmethod
     def _line(name: str, description: str, current: bool) -> Content:
         """`● name   description`: the dot marks the persona speaking now."""
-        return Content.assemble(("● " if current else "  ", "bold"), (name, "bold"), "  ", (description, "dim"))
+        return Content.assemble(
+            ("● " if current else "  ", "bold"), (name, "bold"), "  ", (description, "dim")
+        )
 
     def on_mount(self) -> None:
         options = self.query_one(OptionList)

@@ -52,7 +52,9 @@ class MessageBubble(Vertical):
     MessageBubble > Markdown > MarkdownParagraph:last-child { margin-bottom: 0; }
     """
 
-    def __init__(self, role: str, content: str = "", persona: str | None = None, *, cut_short: bool = False) -> None:
+    def __init__(
+        self, role: str, content: str = "", persona: str | None = None, *, cut_short: bool = False
+    ) -> None:
         super().__init__(classes=role)
         self.role = role
         self.persona = persona
@@ -91,5 +93,7 @@ class MessageBubble(Vertical):
         self.note = (note or "cut short") if cut_short else ""
         self.set_class(cut_short, "cut-short")
         if not self.text:
-            await self.query_one(Markdown).update("*(no reply)*" if not cut_short else "*(stopped before the first word)*")
+            await self.query_one(Markdown).update(
+                "*(no reply)*" if not cut_short else "*(stopped before the first word)*"
+            )
         self.query_one(".speaker", Static).update(self._speaker_text())

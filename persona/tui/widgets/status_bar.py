@@ -29,5 +29,11 @@ class StatusBar(Static):
 
     def render(self) -> str:
         speed = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second else "– tok/s"
-        parts = [f"persona: {self.persona or NO_PERSONA}", self.model, self.settings, speed, self.state]
+        parts = [
+            f"persona: {self.persona or NO_PERSONA}",
+            self.model,
+            self.settings,
+            speed,
+            self.state,
+        ]
         return " │ ".join(part for part in parts if part)
