@@ -9,8 +9,7 @@ from pathlib import Path
 
 from persona.cli import startup
 from persona.errors import ConfigError
-
-MIN_COLUMNS, MIN_LINES = 40, 12  # the chat screen's own minimum (persona.tui.screens.chat)
+from persona.tui.terminal import MIN_HEIGHT, MIN_WIDTH
 
 
 def _resume_id(value: str) -> int | str:
@@ -77,9 +76,9 @@ def check_terminal() -> None:
             "persona chat needs an interactive terminal; for scripts use `persona reply MESSAGE`"
         )
     size = shutil.get_terminal_size()
-    if size.columns < MIN_COLUMNS or size.lines < MIN_LINES:
+    if size.columns < MIN_WIDTH or size.lines < MIN_HEIGHT:
         raise ConfigError(
-            f"the terminal is {size.columns}×{size.lines}; make it at least {MIN_COLUMNS}×{MIN_LINES} and run persona chat again"
+            f"the terminal is {size.columns}×{size.lines}; make it at least {MIN_WIDTH}×{MIN_HEIGHT} and run persona chat again"
         )
 
 

@@ -32,6 +32,7 @@ from persona.tui.commands import (
 )
 from persona.tui.messages import CommandRequested, PersonaChoice, PersonaRequested
 from persona.tui.session import Turn
+from persona.tui.terminal import MIN_HEIGHT, MIN_WIDTH
 from persona.tui.widgets.chat_input import ChatInput
 from persona.tui.widgets.message_bubble import MessageBubble, speaker_label
 from persona.tui.widgets.status_bar import StatusBar
@@ -39,7 +40,7 @@ from persona.tui.widgets.status_bar import StatusBar
 if TYPE_CHECKING:
     from persona.tui.app import PersonaChatApp
 
-MIN_WIDTH, MIN_HEIGHT = 40, 12  # below this the screen says so instead of drawing a squashed chat
+
 FLUSH_INTERVAL = 0.05  # seconds: the reply on screen is redrawn at most this often while it streams
 
 
