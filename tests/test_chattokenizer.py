@@ -91,9 +91,9 @@ def test_an_unreadable_chat_template_file_is_left_to_autotokenizer(tiny_model_di
 def test_chat_loads_the_light_tokenizer_and_the_engine_stops_on_the_same_tokens(
     tiny_model_dir, tiny
 ):
-    from persona.engine.chat import _stop_token_ids
+    from persona.engine.chat import stop_token_ids
     from persona.model.loader import load_chat_model
 
     loaded = load_chat_model(tiny_model_dir, precision="fp32")
     assert isinstance(loaded.tokenizer, chattokenizer.ChatTokenizer)
-    assert _stop_token_ids(loaded) == _stop_token_ids(tiny)
+    assert stop_token_ids(loaded) == stop_token_ids(tiny)

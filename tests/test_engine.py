@@ -35,7 +35,7 @@ def check_against_reference(engine, messages, persona, system=None):
     reply = engine.reply(messages, persona, GREEDY, system=system)
     ids = engine.renderer.render(messages, persona, system=system)
     expected = greedy_uncached(
-        engine.model,
+        engine.loaded.model,
         ids,
         persona.embeddings if persona else None,
         GREEDY.max_new_tokens,
@@ -162,6 +162,25 @@ def test_bad_generation_settings_name_the_field(field, value):
         GenerationConfig(**{field: value})
 
 
+class CountingBackend:
+    """The engine's real backend, recording how many ids each prefill call ran, and optionally
+    calling `on_prefill` after each call (as a user pressing Esc mid-encoding would)."""
+
+    def __init__(self, inner, on_prefill=None):
+        self.inner, self.on_prefill, self.widths = inner, on_prefill, []
+        self.max_rows = inner.max_rows
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def prefill(self, cache, ids, prompt=None):
+        self.widths.append(len(ids))
+        logits = self.inner.prefill(cache, ids, prompt)
+        if self.on_prefill is not None:
+            self.on_prefill()
+        return logits
+
+
 def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_prompt, monkeypatch):
     import persona.engine.chat as chat
 
@@ -169,20 +188,12 @@ def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_promp
     whole = ChatEngine(tiny)
     whole.reply(messages, tiny_prompt, GREEDY)
     monkeypatch.setattr(chat, "PREFILL_CHUNK", 7)
-    chunked = ChatEngine(tiny)
-    widths = []
-    original = chunked._step
-
-    def counted(ids, past):
-        widths.append(len(ids))
-        return original(ids, past)
-
-    monkeypatch.setattr(chunked, "_step", counted)
+    counting = CountingBackend(ChatEngine(tiny).backend)
+    chunked = ChatEngine(tiny, backend=counting)
     chunked.reply(messages, tiny_prompt, GREEDY)
     assert chunked.last.prompt_tokens > 3 * 7
-    assert (
-        max(widths) == 7 and widths.count(7) >= 2
-    )  # the history went in 7 at a time (_prefill took the first 7)
+    assert counting.widths[:-1] == [7] * (len(counting.widths) - 1)  # 7 at a time, the rest last
+    assert sum(counting.widths) == chunked.last.prompt_tokens
     assert chunked.last.token_ids == whole.last.token_ids
 
 
@@ -190,39 +201,19 @@ def test_cancel_during_a_chunked_prefill_stops_before_any_token(tiny, tiny_promp
     import persona.engine.chat as chat
 
     monkeypatch.setattr(chat, "PREFILL_CHUNK", 4)
-    engine = ChatEngine(tiny)
     cancel = threading.Event()
-    original = engine._step
-
-    calls = []
-
-    def step_then_cancel(ids, past):
-        calls.append(len(ids))
-        cancel.set()  # Esc arrives while the history is being encoded
-        return original(ids, past)
-
-    monkeypatch.setattr(engine, "_step", step_then_cancel)
-    pieces = list(
-        engine.stream(
-            [{"role": "user", "content": "Hello there, how are you today?"}],
-            tiny_prompt,
-            GREEDY,
-            cancel=cancel,
-        )
-    )
+    counting = CountingBackend(ChatEngine(tiny).backend, on_prefill=cancel.set)
+    engine = ChatEngine(tiny, backend=counting)
+    message = [{"role": "user", "content": "Hello there, how are you today?"}]
+    pieces = list(engine.stream(message, tiny_prompt, GREEDY, cancel=cancel))
     assert pieces == [] and engine.last.finish_reason == "cancelled" and engine.last.new_tokens == 0
-    assert engine.last.prompt_tokens > 3 * 4 and calls == [
-        4
-    ]  # stopped after one more chunk, not at the end
-    monkeypatch.setattr(engine, "_step", original)
+    # Esc pressed during the first chunk: the encoding stopped there, not at the end
+    assert engine.last.prompt_tokens > 3 * 4 and counting.widths == [4]
+    counting.on_prefill = None
     cancel.clear()
-    engine.reply(
-        [{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY
-    )
+    engine.reply(message, tiny_prompt, GREEDY)
     fresh = ChatEngine(tiny)
-    fresh.reply(
-        [{"role": "user", "content": "Hello there, how are you today?"}], tiny_prompt, GREEDY
-    )
+    fresh.reply(message, tiny_prompt, GREEDY)
     assert (
         engine.last.token_ids == fresh.last.token_ids
     )  # the half-encoded cache is reused correctly

@@ -12,17 +12,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from persona.engine.backend import Backend, Cache, backend_for
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
-from persona.engine.sampling import Sampler
+from persona.engine.rows import Row, advance
 from persona.errors import ConfigError
-from persona.model.llama import cache_argument_name, new_cache
 from persona.model.loader import LoadedModel
-from persona.prompt.inject import prepend_prompt
 from persona.prompt.render import Message, Renderer
 from persona.prompt.softprompt import SoftPrompt
 
@@ -50,25 +48,31 @@ class GenerationStats:
 
 @dataclass
 class _PrefixCache:
-    past: Any  # a KV cache of the kind the model takes (persona.model.llama.new_cache)
+    cache: Cache  # [soft prompt ; ids]
     ids: list[int] = field(default_factory=list)  # tokens held after the virtual tokens
 
 
 class ChatEngine:
+    """One conversation at a time through a backend (persona.engine.backend), caches kept per persona."""
+
     def __init__(
-        self, loaded: LoadedModel, *, cache_size: int = 4, max_context: int = DEFAULT_MAX_CONTEXT
+        self,
+        loaded: LoadedModel,
+        *,
+        cache_size: int = 4,
+        max_context: int = DEFAULT_MAX_CONTEXT,
+        backend: Backend | None = None,
     ) -> None:
         self.loaded = loaded
-        self.model = loaded.model
+        self.backend = backend if backend is not None else backend_for(loaded)
         self.tokenizer = loaded.tokenizer
         self.renderer = Renderer(loaded.tokenizer)
         self.cache_size = cache_size
         self.max_context = min(max_context, loaded.context_length)
-        self.stop_ids = _stop_token_ids(loaded)
+        self.stop_ids = stop_token_ids(loaded)
         self.last = GenerationStats()
         self._caches: OrderedDict[str, _PrefixCache] = OrderedDict()
         self._lock = threading.Lock()
-        self.cache_arg = cache_argument_name(self.model)
 
     # ---- public ---------------------------------------------------------------------------------
 
@@ -110,6 +114,33 @@ class ChatEngine:
         """The exact text that follows the soft prompt for this call (what --json reports)."""
         return self.renderer.text(messages, persona, system=system)
 
+    def fit_window(
+        self,
+        messages: Sequence[Message],
+        persona: SoftPrompt | None,
+        system: str | None,
+        max_new_tokens: int,
+    ) -> tuple[list[int], int]:
+        """(token ids after the soft prompt, turns dropped): the conversation rendered, dropping the
+        oldest turns (never the system message or the last one) until it fits the window."""
+        num_virtual = persona.num_virtual_tokens if persona is not None else 0
+        budget = self.max_context - num_virtual - max_new_tokens
+        system_messages = [m for m in messages if m["role"] == "system"][:1]
+        turns = [m for m in messages if m["role"] != "system"]
+        dropped = 0
+        while True:
+            ids = self.renderer.render([*system_messages, *turns], persona, system=system)
+            if len(ids) <= budget:
+                return ids, dropped
+            if len(turns) <= 1:
+                raise ConfigError(
+                    f"the message is {len(ids)} tokens with its prompt, more than the {budget} "
+                    f"that fit the model's window ({self.max_context} tokens, {max_new_tokens} "
+                    "kept for the reply); shorten it or lower max_tokens"
+                )
+            turns = turns[2:] if len(turns) > 2 and turns[0]["role"] == "user" else turns[1:]
+            dropped += 1
+
     def clear_cache(self) -> None:
         self._caches.clear()
 
@@ -127,128 +158,64 @@ class ChatEngine:
         stats = GenerationStats()
         self.last = stats
         num_virtual = persona.num_virtual_tokens if persona is not None else 0
-        ids, stats.dropped_messages = self._fit_window(
-            messages, persona, system, num_virtual, config.max_new_tokens
+        ids, stats.dropped_messages = self.fit_window(
+            messages, persona, system, config.max_new_tokens
         )
         stats.prompt_tokens = len(ids)
         entry = self._cache_for(persona)
         common = _common_prefix(entry.ids, ids)
-        if entry.past.get_seq_length() < num_virtual + common:
-            common = 0  # the cache lost what it held (a backend with one sequence served another persona)
+        if entry.cache.get_seq_length() < num_virtual + common:
+            common = 0  # the cache lost what it held (a backend with one sequence served another)
         common = min(common, len(ids) - 1)  # always run at least one token, to get logits
         stats.reused_tokens = common
-        sampler = Sampler(config)
-        decoder = StreamDecoder(self.tokenizer)
-        seen = torch.tensor([ids], dtype=torch.long)  # (1, T) for the repetition penalty
-        with torch.inference_mode():
-            if common == 0:
-                entry.past = new_cache(self.model)
-                done = min(len(ids), PREFILL_CHUNK)
-                logits = self._prefill(ids[:done], persona, entry.past)
-            else:
-                _crop_to(entry.past, num_virtual + common)
-                done = common
-            entry.ids = list(ids[:done])
-            while done < len(ids):  # in chunks, so that Esc is honoured during a long prefill too
-                if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "cancelled"
-                    stats.seconds = time.perf_counter() - start
-                    return
-                chunk = ids[done : done + PREFILL_CHUNK]
-                logits = self._step(chunk, entry.past)
-                done += len(chunk)
-                entry.ids.extend(chunk)
-            stats.finish_reason = "length"
-            for index in range(config.max_new_tokens):
-                if cancel is not None and cancel.is_set():
-                    stats.finish_reason = "cancelled"
-                    break
-                token = sampler.next_token(logits, seen)
-                if index == 0:
-                    stats.first_token_seconds = time.perf_counter() - start
-                if token in self.stop_ids:
-                    stats.finish_reason = "stop"
-                    break
-                stats.new_tokens += 1
-                stats.token_ids.append(token)
-                seen = torch.cat([seen, seen.new_tensor([[token]])], dim=1)  # (1, S+1)
-                piece = decoder.push(token)
-                if piece:
-                    stats.seconds = time.perf_counter() - start
-                    yield piece
-                if index + 1 < config.max_new_tokens:
-                    logits = self._step([token], entry.past)
-                    entry.ids.append(token)
-        stats.seconds = time.perf_counter() - start
-
-    def _prefill(self, ids: list[int], persona: SoftPrompt | None, past: Any) -> torch.Tensor:
-        """[P ; ids] into an empty cache: one pass over the concatenated embeddings for a PyTorch
-        model; a backend that takes embeddings and token ids in separate calls (llama.cpp) gets the
-        virtual tokens first, then the ids, which under causal attention computes the same."""
-        input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
-        if persona is None:
-            out = self.model(
-                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
-            )
-        elif hasattr(self.model, "get_input_embeddings"):  # embeds its own ids: one pass
-            embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
-            embeds, _, _ = prepend_prompt(persona.embeddings, embeds)  # (1, N+T, D)
-            out = self.model(
-                inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
-            )
+        prompt = persona.embeddings if persona is not None else None
+        if common == 0:
+            entry.cache = self.backend.new_cache()
+            entry.ids = []
         else:
-            self.model(
-                inputs_embeds=persona.embeddings.unsqueeze(0),
-                use_cache=True,
-                logits_to_keep=1,
-                **{self.cache_arg: past},
-            )
-            out = self.model(
-                input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
-            )
-        return out.logits[:, -1, :]  # (1, V)
-
-    def _step(self, ids: list[int], past: Any) -> torch.Tensor:
-        input_ids = torch.tensor([ids], dtype=torch.long)  # (1, t)
-        out = self.model(
-            input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: past}
-        )
-        return out.logits[:, -1, :]  # (1, V)
+            self.backend.crop(entry.cache, num_virtual + common)
+            entry.ids = ids[:common]
+        row = Row(entry.cache, entry.ids, config, self.stop_ids)
+        decoder = StreamDecoder(self.tokenizer)
+        while len(row.ids) < len(ids):  # in chunks, so that Esc is honoured during a long prefill
+            if cancel is not None and cancel.is_set() and row.logits is not None:
+                stats.finish_reason = "cancelled"
+                stats.seconds = time.perf_counter() - start
+                return
+            chunk = ids[len(row.ids) : len(row.ids) + PREFILL_CHUNK]
+            first = not row.ids
+            row.logits = self.backend.prefill(row.cache, chunk, prompt if first else None)
+            row.ids.extend(chunk)
+        row.seen = torch.tensor([ids], dtype=torch.long)  # (1, T) for the repetition penalty
+        while not row.finished:
+            if cancel is not None and cancel.is_set():
+                row.finish_reason = "cancelled"
+                break
+            token = row.choose()
+            if stats.new_tokens == 0:
+                stats.first_token_seconds = time.perf_counter() - start
+            if token is None:
+                break
+            stats.new_tokens += 1
+            piece = decoder.push(token)
+            if piece:
+                stats.seconds = time.perf_counter() - start
+                yield piece
+            if not row.finished:
+                advance(self.backend, [row], [token])
+        stats.token_ids = row.token_ids
+        stats.finish_reason = row.finish_reason
+        stats.seconds = time.perf_counter() - start
 
     def _cache_for(self, persona: SoftPrompt | None) -> _PrefixCache:
         key = persona.sha256 if persona is not None else ""
         if key in self._caches:
             self._caches.move_to_end(key)
         else:
-            self._caches[key] = _PrefixCache(past=new_cache(self.model))
+            self._caches[key] = _PrefixCache(cache=self.backend.new_cache())
             while len(self._caches) > self.cache_size:
                 self._caches.popitem(last=False)
         return self._caches[key]
-
-    def _fit_window(
-        self,
-        messages: list[Message],
-        persona: SoftPrompt | None,
-        system: str | None,
-        num_virtual: int,
-        max_new: int,
-    ) -> tuple[list[int], int]:
-        """Render, dropping the oldest turns (never the system message or the last one) until it fits."""
-        budget = self.max_context - num_virtual - max_new
-        system_messages = [m for m in messages if m["role"] == "system"][:1]
-        turns = [m for m in messages if m["role"] != "system"]
-        dropped = 0
-        while True:
-            ids = self.renderer.render([*system_messages, *turns], persona, system=system)
-            if len(ids) <= budget:
-                return ids, dropped
-            if len(turns) <= 1:
-                raise ConfigError(
-                    f"the message is {len(ids)} tokens with its prompt, more than the {budget} that fit the "
-                    f"model's window ({self.max_context} tokens, {max_new} kept for the reply); shorten it or lower max_tokens"
-                )
-            turns = turns[2:] if len(turns) > 2 and turns[0]["role"] == "user" else turns[1:]
-            dropped += 1
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -259,13 +226,8 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return index
 
 
-def _crop_to(past: Any, length: int) -> None:
-    surplus = past.get_seq_length() - length
-    if surplus > 0:
-        past.crop(-surplus)
-
-
-def _stop_token_ids(loaded: LoadedModel) -> set[int]:
+def stop_token_ids(loaded: LoadedModel) -> set[int]:
+    """The ids that end a reply: the model's end-of-sequence ids and its end-of-turn tokens."""
     ids: set[int] = set()
     eos = getattr(loaded.model.generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from persona.errors import ModelError
-from persona.model.llama import cache_argument_name
+from persona.model.calling import cache_argument_name
 from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
 
 
