@@ -38,3 +38,12 @@ class DialogueError(PersonaError):
 
 class ConfigError(PersonaError, ValueError):
     """A configuration value is out of range; the message names the field and quotes the value."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, at most `limit` characters; the
+    exception's type name where the message is empty (a bare `raise ValueError()`)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

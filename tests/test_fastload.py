@@ -123,7 +123,7 @@ def test_new_weights_get_a_new_cache(tiny_model_dir, tmp_path):
 
 
 def load_fastload_cache_path(directory):
-    from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
+    from persona.model.files import WEIGHTS_FILE, int8_cache_path
 
     return int8_cache_path(directory / WEIGHTS_FILE)
 

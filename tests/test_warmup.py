@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from persona.model import fastload, warmup
+from persona.model import warmup
 from persona.model.chattokenizer import ChatTokenizer
+from persona.model.files import WEIGHTS_FILE, int8_cache_path, read_entries
 from persona.model.loader import load_chat_model, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def logits(loaded):
 
 
 def cache_of(directory):
-    return fastload.int8_cache_path(directory / fastload.WEIGHTS_FILE)
+    return int8_cache_path(directory / WEIGHTS_FILE)
 
 
 def test_a_prepared_int8_cache_gives_the_same_model(tiny_model_dir, monkeypatch):
@@ -63,7 +64,7 @@ def test_a_prepared_int8_cache_gives_the_same_model(tiny_model_dir, monkeypatch)
     )
     text = "Hello there, how are you?"
     assert prepared.tokenizer.encode(text) == plain.tokenizer.encode(text)
-    assert warmup._prepared is None  # the loader is done with it: nothing is kept
+    assert warmup.held() is None  # the loader is done with it: nothing is kept
 
 
 def test_a_cache_file_changed_after_it_was_read_is_read_again(tiny_model_dir, monkeypatch):
@@ -71,8 +72,7 @@ def test_a_cache_file_changed_after_it_was_read_is_read_again(tiny_model_dir, mo
     cache = cache_of(tiny_model_dir)
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
-    warmup._finished()  # the thread has read the file
-    assert warmup._prepared.tensors is not None
+    assert warmup.held().tensors  # the thread has read the file
     stat = cache.stat()
     os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # then it changes
     loaded = load_chat_model(tiny_model_dir, precision="int8")
@@ -89,12 +89,12 @@ def test_what_was_prepared_for_another_model_or_precision_is_dropped_unused(
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     load_chat_model(other, precision="int8")  # another directory: its own cache and tokenizer
-    assert taken == [] and warmup._prepared is None
+    assert taken == [] and warmup.held() is None
     warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
     fp32 = load_chat_model(
         tiny_model_dir, precision="fp32"
     )  # float32 reads the weights file, not the cache
-    assert taken == ["tokenizer"] and warmup._prepared is None
+    assert taken == ["tokenizer"] and warmup.held() is None
     assert torch.equal(
         logits(fp32), logits(load_model(tiny_model_dir, precision="fp32", native=True))
     )
@@ -106,15 +106,15 @@ def test_nothing_is_prepared_for_a_directory_that_is_not_ready(tmp_path, model):
     warmup.begin(
         str(tmp_path / model), precision="int8", backend="torch"
     )  # the loader reports the problem, not this
-    assert warmup._prepared is None
+    assert warmup.held() is None
 
 
 @pytest.mark.parametrize("int8", [True, False], ids=["no-int8-cache-yet", "fp32"])
 def test_only_the_tokenizer_is_prepared_where_no_int8_cache_is_to_be_read(tiny_model_dir, int8):
     warmup.begin(str(tiny_model_dir), precision="int8" if int8 else "fp32", backend="torch")
-    prepared = warmup._finished()
-    assert prepared.cache is None and prepared.tensors is None
-    assert isinstance(prepared.tokenizer, ChatTokenizer)
+    held = warmup.held()
+    assert held.cache is None and not held.tensors and held.tokenizer
+    assert isinstance(warmup.tokenizer(tiny_model_dir), ChatTokenizer)
 
 
 def test_a_cut_cache_file_prepares_nothing_and_the_loader_mends_it(tiny_model_dir, monkeypatch):
@@ -124,8 +124,7 @@ def test_a_cut_cache_file_prepares_nothing_and_the_loader_mends_it(tiny_model_di
         handle.truncate(cache.stat().st_size - 100)
     taken = spy(monkeypatch)
     warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
-    warmup._finished()
-    assert warmup._prepared.tensors is None
+    assert not warmup.held().tensors
     loaded = load_chat_model(tiny_model_dir, precision="int8")
     assert taken == ["tokenizer"]
     assert torch.equal(logits(loaded), logits(plain))
@@ -136,8 +135,8 @@ def test_preparing_never_imports_torch(tiny_model_dir):
     code = (
         "import sys; from persona.model import warmup\n"
         f"warmup.begin({str(tiny_model_dir)!r}, precision='int8', backend='torch')\n"
-        "prepared = warmup._finished()\n"
-        "assert prepared is not None and prepared.tensors and prepared.tokenizer, 'nothing was prepared'\n"
+        "held = warmup.held()\n"
+        "assert held is not None and held.tensors and held.tokenizer, 'nothing was prepared'\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -147,10 +146,9 @@ def test_preparing_never_imports_torch(tiny_model_dir):
     assert result.returncode == 0, result.stderr
 
 
-def test_short_reads_are_continued_where_they_stopped(tmp_path, monkeypatch):
-    data = bytes(range(256)) * 40
-    path = tmp_path / "blob"
-    path.write_bytes(data)
+def test_short_reads_are_continued_where_they_stopped(tiny_model_dir, monkeypatch):
+    load_model(tiny_model_dir, precision="int8", native=True)
+    cache = cache_of(tiny_model_dir)
     real = os.preadv
 
     def at_most_777_bytes(fd, buffers, offset):  # a read may return less than asked
@@ -163,11 +161,12 @@ def test_short_reads_are_continued_where_they_stopped(tmp_path, monkeypatch):
         return real(fd, views, offset)
 
     monkeypatch.setattr(os, "preadv", at_most_777_bytes)
-    buffers = [bytearray(1000), bytearray(5), bytearray(3000), bytearray(len(data) - 4005 - 16)]
-    with path.open("rb") as handle:
-        warmup._preadv_fully(handle.fileno(), [memoryview(b) for b in buffers], 16)
-    assert b"".join(buffers) == data[16:]
-    with path.open("rb") as handle, pytest.raises(ValueError):
-        warmup._preadv_fully(
-            handle.fileno(), [memoryview(bytearray(len(data)))], 16
-        )  # past the end
+    warmup.begin(str(tiny_model_dir), precision="int8", backend="torch")
+    prepared = warmup.cache_tensors(cache)
+    assert prepared is not None
+    with cache.open("rb") as handle:
+        for (name, _, _, offset, size), (key, _, _, buffer) in zip(
+            read_entries(handle), prepared, strict=True
+        ):
+            handle.seek(offset)
+            assert key == name and bytes(buffer) == handle.read(size)

@@ -10,16 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from persona.errors import PromptFormatError
+from persona.formats.files import PICKLE_ADVICE
 
 if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
 
 FORMATS = ("persona", "peft", "kobold")
 ZIP_MAGIC = b"PK\x03\x04"
-PICKLE_ADVICE = (
-    "a Python pickle (torch.save, .pt or .bin), which persona never loads because it can run code; "
-    "save the (N, D) tensor as safetensors (safetensors.torch.save_file) and import that"
-)
 
 
 def detect_format(path: Path) -> str:
@@ -57,10 +54,8 @@ def detect_format(path: Path) -> str:
 
 def read_prompt(path: Path) -> SoftPrompt:
     """Read a soft prompt in any supported format (detected from the content)."""
-    from persona.library.records import check_consistent
-
     prompt = _read(Path(path))
-    check_consistent(prompt)
+    prompt.check_consistent()
     return prompt
 
 

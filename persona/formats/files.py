@@ -13,6 +13,10 @@ MAX_TENSOR_BYTES = (
     64 * 1024 * 1024
 )  # (N, D) float32: 100 x 8192 is 3 MiB; anything near this is not a prompt
 MAX_JSON_BYTES = 1024 * 1024
+PICKLE_ADVICE = (
+    "a Python pickle (torch.save, .pt or .bin), which persona never loads because it can run code; "
+    "save the (N, D) tensor as safetensors (safetensors.torch.save_file) and import that"
+)
 
 
 def read_bounded(path: Path, limit: int, what: str) -> bytes:

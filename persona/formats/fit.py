@@ -17,14 +17,12 @@ WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 
 def target_model_dir(model: str | os.PathLike[str] | None) -> Path | None:
     """The model a prompt will be used with: --model, else $PERSONA_MODEL, else the default if prepared."""
-    from persona.model.loader import COMPLETE_MARKER, DEFAULT_MODEL_ID
-    from persona.paths import models_dir
+    from persona.model.location import converted_default_dir
 
     chosen = model if model is not None else os.environ.get("PERSONA_MODEL") or None
     if chosen is not None:
         return Path(chosen).expanduser()
-    default = models_dir() / DEFAULT_MODEL_ID
-    return default if (default / COMPLETE_MARKER).exists() else None
+    return converted_default_dir()
 
 
 def model_width(model_dir: Path) -> int:

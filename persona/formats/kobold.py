@@ -18,9 +18,17 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import torch
 
-from persona.errors import PromptFormatError
-from persona.formats.files import MAX_JSON_BYTES, MAX_TENSOR_BYTES, refuse_existing, writing_to
-from persona.prompt.softprompt import SoftPrompt, write_private_atomic
+from persona.errors import PromptFormatError, first_line
+from persona.formats.files import (
+    MAX_JSON_BYTES,
+    MAX_TENSOR_BYTES,
+    PICKLE_ADVICE,
+    refuse_existing,
+    writing_to,
+)
+from persona.model.fingerprint import Fingerprint
+from persona.paths import write_private_atomic
+from persona.prompt.softprompt import SoftPrompt
 
 TENSOR_MEMBER = "tensor.npy"
 META_MEMBER = "meta.json"
@@ -38,8 +46,6 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
         with zipfile.ZipFile(path) as archive:
             members = _checked_members(path, archive)
             if TENSOR_MEMBER not in members and any(name.endswith("data.pkl") for name in members):
-                from persona.formats import PICKLE_ADVICE
-
                 raise PromptFormatError(f"{path}: {PICKLE_ADVICE}")
             if TENSOR_MEMBER not in members:
                 raise PromptFormatError(
@@ -63,7 +69,7 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
         RuntimeError,
     ) as exc:  # RuntimeError: an encrypted member
         raise PromptFormatError(
-            f"{path}: damaged or unsupported zip ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+            f"{path}: damaged or unsupported zip ({first_line(exc, 120)})"
         ) from None
     except OSError as exc:
         raise PromptFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -71,8 +77,6 @@ def read_kobold_zip(path: Path) -> SoftPrompt:
     meta = _load_meta(path, meta_bytes)
     fingerprint = None
     if meta.get("persona_fingerprint"):
-        from persona.model.fingerprint import Fingerprint
-
         fingerprint = Fingerprint.from_json(str(meta["persona_fingerprint"]))
     supported = meta.get("supported")
     return SoftPrompt(

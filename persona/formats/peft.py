@@ -20,7 +20,9 @@ from persona.formats.files import (
     refuse_existing,
     writing_to,
 )
-from persona.prompt.softprompt import FORMAT_NAME, TENSOR_KEY, SoftPrompt, write_private_atomic
+from persona.paths import write_private_atomic
+from persona.prompt.fileformat import FORMAT_NAME, TENSOR_KEY
+from persona.prompt.softprompt import SoftPrompt
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

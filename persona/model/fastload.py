@@ -13,8 +13,6 @@ tensor) returns None, and the caller falls back to `from_pretrained`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import struct
 import warnings
@@ -22,20 +20,32 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-WEIGHTS_FILE = "model.safetensors"
-INT8_CACHE_VERSION = "1"  # bump when Int8Linear's stored tensors change meaning
+from persona.model.files import WEIGHTS_FILE, int8_cache_path, read_entries
+from persona.paths import TEMP_SUFFIX, remove_stale
+
+# Tensors read in advance (persona.model.warmup): (name, dtype, shape, buffer holding the bytes)
+Prepared = list[tuple[str, str, list[int], Any]]
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 CACHE_SOURCE_KEY = (
     "persona_weights"  # int8 cache header metadata: the weights file it was made from
 )
 
 
-def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = False) -> Any | None:
+def load_streaming(
+    directory: Path,
+    config: Any,
+    *,
+    int8: bool,
+    native: bool = False,
+    prepared: Prepared | None = None,
+) -> Any | None:
     """The causal LM of `directory` in float32 (decoder Linears int8 if asked), frozen, eval mode; or None.
 
     native: build persona's own inference decoder (persona.model.llama) where it supports the config,
     instead of transformers' model class. int8 weights are cached in the data dir (keyed by the
     weights file's path, size and mtime), so later starts read them instead of quantizing again.
+    prepared: the int8 cache's tensors, already read (the caller vouches they are the cache's
+    current contents); used instead of reading the cache file.
     """
     path = directory / WEIGHTS_FILE
     if not path.is_file():
@@ -47,7 +57,7 @@ def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = F
         except OSError:  # a read-only data dir: quantize every time, but still chat
             cache = None
         if cache is not None and cache.is_file():
-            model = _fill(_skeleton(config, native), cache, int8=True)
+            model = _fill(_skeleton(config, native), cache, int8=True, prepared=prepared)
             if model is not None:
                 return model
         model = _fill(_skeleton(config, native), path, int8=True)
@@ -55,24 +65,6 @@ def load_streaming(directory: Path, config: Any, *, int8: bool, native: bool = F
             _save_cache(model, cache, path)
         return model
     return _fill(_skeleton(config, native), path, int8=False)
-
-
-def file_identity(weights: Path) -> str:
-    """A weights file's path, size and modification time: what the caches derived from it are keyed by
-    (a changed file gets a new key). Raises OSError where the file cannot be read."""
-    stat = weights.stat()
-    return f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def int8_cache_path(weights: Path) -> Path:
-    from persona.paths import models_dir
-
-    key = f"{file_identity(weights)}|{INT8_CACHE_VERSION}"
-    return (
-        models_dir()
-        / "int8-cache"
-        / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
-    )
 
 
 def _skeleton(config: Any, native: bool) -> Any | None:
@@ -95,7 +87,9 @@ def _skeleton(config: Any, native: bool) -> Any | None:
     return model if _rebuild_meta_buffers(model, config) else None
 
 
-def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
+def _fill(
+    model: Any | None, path: Path, *, int8: bool, prepared: Prepared | None = None
+) -> Any | None:
     """Put every tensor of `path` in place (quantizing decoder Linears if int8); None if one does not fit."""
     import torch
 
@@ -109,7 +103,7 @@ def _fill(model: Any | None, path: Path, *, int8: bool) -> Any | None:
         int8_linear = quantize.Int8Linear
     pending: dict[str, dict[str, Any]] = {}  # cached int8 layers: name -> the tensors read so far
     try:
-        with _tensors(path, mapped=not int8) as weights:
+        with _tensors(path, mapped=not int8, prepared=prepared) as weights:
             for key, tensor in weights:
                 module_name, _, attr = key.rpartition(".")
                 module = model.get_submodule(module_name)
@@ -180,10 +174,13 @@ def _save_cache(model: Any, cache: Path, weights: Path) -> None:
         for key, value in model.state_dict().items()
         if not (tied and key == f"{head_name}.weight")
     }
-    staging = cache.with_name(cache.name + ".tmp")
+    staging = cache.with_name(cache.name + TEMP_SUFFIX)
     source = str(weights.resolve())
     try:
         cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        remove_stale(
+            cache.parent, "*.safetensors" + TEMP_SUFFIX
+        )  # left by a start killed mid-write
         save_file(tensors, str(staging), metadata={CACHE_SOURCE_KEY: source})
         os.replace(staging, cache)
     except Exception:  # a full disk, a read-only data dir (safetensors raises its own error type)
@@ -233,37 +230,22 @@ DTYPES = {
 
 
 @contextlib.contextmanager
-def _tensors(path: Path, *, mapped: bool) -> Iterator[Iterator[tuple[str, Any]]]:
-    """(name, tensor) for every tensor of a safetensors file: views of a mapping, or read one at a time."""
+def _tensors(
+    path: Path, *, mapped: bool, prepared: Prepared | None = None
+) -> Iterator[Iterator[tuple[str, Any]]]:
+    """(name, tensor) for every tensor of a safetensors file: views of a mapping, views of the
+    buffers `prepared` holds (its tensors read in advance), or read one at a time."""
     if mapped:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as weights:
             yield ((key, weights.get_tensor(key)) for key in weights.keys())  # noqa: SIM118 (not a mapping)
         return
-    from persona.model import warmup
-
-    prepared = warmup.cache_tensors(
-        path
-    )  # read while torch was being imported, if this start did that
     if prepared is not None:
         yield (_from_buffer(key, dtype, shape, buffer) for key, dtype, shape, buffer in prepared)
         return
     with path.open("rb") as handle:
         yield _read_tensors(handle)
-
-
-def read_entries(handle: Any) -> Iterator[tuple[str, str, list[int], int, int]]:
-    """(name, dtype, shape, offset, size in bytes) of each tensor of an open safetensors file, in file order."""
-    (length,) = struct.unpack("<Q", handle.read(8))
-    header = json.loads(handle.read(length))
-    entries = sorted(
-        ((key, value) for key, value in header.items() if key != "__metadata__"),
-        key=lambda kv: kv[1]["data_offsets"][0],
-    )
-    for key, entry in entries:
-        begin, end = entry["data_offsets"]
-        yield key, entry["dtype"], list(entry["shape"]), 8 + length + begin, end - begin
 
 
 def _read_tensors(handle: Any) -> Iterator[tuple[str, Any]]:

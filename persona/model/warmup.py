@@ -19,8 +19,12 @@ import contextlib
 import mmap
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from persona.model.files import WEIGHTS_FILE, file_identity, int8_cache_path, read_entries
+from persona.model.location import ready_model_dir
 
 LARGE = (
     1 << 20
@@ -56,14 +60,11 @@ def begin(model: str | os.PathLike[str] | None, *, precision: str, backend: str)
     """Start preparing the tokenizer (and, for the int8 PyTorch path, the weight cache) of the model
     chat will load with these options.
 
-    Only for a model directory that is ready (see loader.ready_model_dir): converting the default,
+    Only for a model directory that is ready (see location.ready_model_dir): converting the default,
     and every error, is the loader's.
     """
     global _prepared
     with contextlib.suppress(Exception):
-        from persona.model.fastload import WEIGHTS_FILE, int8_cache_path
-        from persona.model.loader import ready_model_dir
-
         directory = ready_model_dir(model)
         if directory is None:
             return
@@ -94,8 +95,6 @@ def cache_tensors(path: Path) -> list[tuple[str, str, list[int], Any]] | None:
     None unless the file still has the identity (size, modification time) it had when it was read.
     Whatever was prepared is handed over or dropped by the first call, so it is never held longer.
     """
-    from persona.model.fastload import file_identity
-
     prepared = _finished()
     if prepared is None:
         return None
@@ -109,6 +108,30 @@ def cache_tensors(path: Path) -> list[tuple[str, str, list[int], Any]] | None:
     return found if unchanged else None
 
 
+@dataclass(frozen=True)
+class Held:
+    """What a start prepared and the loader has not taken yet."""
+
+    directory: Path  # the model directory it was prepared for
+    cache: Path | None  # the int8 cache file it read; None where there was none to read
+    tensors: bool  # the cache's tensors are read and held
+    tokenizer: bool  # the chat tokenizer is loaded and held
+
+
+def held() -> Held | None:
+    """What is prepared and not handed over, once the preparing thread is done; None where
+    nothing is held (no `begin`, a directory that was not ready, or `forget` since)."""
+    prepared = _finished()
+    if prepared is None:
+        return None
+    return Held(
+        directory=prepared.directory,
+        cache=prepared.cache,
+        tensors=prepared.tensors is not None,
+        tokenizer=prepared.tokenizer is not None,
+    )
+
+
 def _finished() -> _Prepared | None:
     prepared = _prepared
     if prepared is not None and prepared.thread.is_alive():
@@ -119,8 +142,6 @@ def _finished() -> _Prepared | None:
 def _read_cache(path: Path) -> tuple[str, list[tuple[str, str, list[int], Any]]]:
     """(identity, tensors) of a safetensors file: each tensor's bytes in a buffer of its own (each is
     freed on its own once unused), all filled by one `preadv` (the GIL released once)."""
-    from persona.model.fastload import file_identity, read_entries
-
     identity = file_identity(path)
     with path.open("rb") as handle:
         entries = list(read_entries(handle))

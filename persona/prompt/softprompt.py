@@ -1,14 +1,12 @@
 """A soft prompt: an (N, D) float32 matrix of learned virtual-token embeddings plus its metadata.
 
-Our own file format is a single safetensors file: the tensor under the key `prompt_embeddings`
-(the key PEFT uses) and the metadata as strings in the safetensors header.
+Our own file format is a single safetensors file (see fileformat.py): the tensor under the key
+`prompt_embeddings` (the key PEFT uses) and the metadata as strings in the safetensors header.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +15,26 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from persona.errors import PromptFormatError, PromptMismatchError
+from persona.errors import PromptFormatError, PromptMismatchError, first_line
+from persona.model.files import HEADER_LENGTH_BYTES, header_length, header_metadata, parse_header
 from persona.model.fingerprint import Fingerprint
+from persona.paths import write_private_atomic
+from persona.prompt.fileformat import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAX_FILE_BYTES,
+    TENSOR_KEY,
+    values_sha256,
+)
 
-TENSOR_KEY = "prompt_embeddings"
-FORMAT_NAME = "persona.softprompt"
-FORMAT_VERSION = "1"
-MAX_FILE_BYTES = 256 * 1024 * 1024  # a soft prompt is KBs to a few MBs; refuse anything absurd
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MAX_FILE_BYTES",
+    "TENSOR_KEY",
+    "SoftPrompt",
+]
+MAX_HEADER_BYTES = 100 * 1024 * 1024
 INIT_METHODS = ("text", "vocab", "random", "imported")
 
 
@@ -66,7 +77,17 @@ class SoftPrompt:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.embeddings.numpy().tobytes()).hexdigest()
+        return values_sha256(self.embeddings.numpy().tobytes())
+
+    def check_consistent(self) -> None:
+        """Refuse a prompt whose recorded model has another width than its tensor: the file was
+        damaged or mislabelled."""
+        fingerprint = self.fingerprint
+        if fingerprint is not None and fingerprint.hidden_size != self.hidden_size:
+            raise PromptMismatchError(
+                f"soft prompt {self.name!r} has width {self.hidden_size} but records a model of hidden size "
+                f"{fingerprint.hidden_size} ({fingerprint}); the file is mislabelled, re-export it from where it was trained"
+            )
 
     def check_fits(self, fingerprint: Fingerprint) -> None:
         """Refuse, in one line naming both, a model this prompt was not trained for."""
@@ -158,21 +179,15 @@ class SoftPrompt:
 
 def _read_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Parse safetensors bytes (no pickle anywhere); any malformation becomes a PromptFormatError."""
-    import json
-    import struct
-
-    if len(data) < 8:
+    if len(data) < HEADER_LENGTH_BYTES:
         raise PromptFormatError(f"{source}: not a safetensors file (too short)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(len(data) - 8, 100 * 1024 * 1024):
+    length = header_length(data)
+    if length > min(len(data) - HEADER_LENGTH_BYTES, MAX_HEADER_BYTES):
         raise PromptFormatError(
-            f"{source}: not a safetensors file (header length {header_len} is out of bounds)"
+            f"{source}: not a safetensors file (header length {length} is out of bounds)"
         )
     try:
-        header = json.loads(data[8 : 8 + header_len])
-        meta = header.get("__metadata__") or {} if isinstance(header, dict) else None
-        if not isinstance(meta, dict):
-            raise ValueError("metadata is not a mapping")
+        meta = header_metadata(parse_header(data)[0])
         tensors = st_load(data)
     except (
         SafetensorError,
@@ -183,23 +198,6 @@ def _read_safetensors(data: bytes, source: str) -> tuple[dict[str, torch.Tensor]
         RecursionError,
     ) as exc:
         raise PromptFormatError(
-            f"{source}: broken safetensors file ({str(exc).splitlines()[0][:120]})"
+            f"{source}: broken safetensors file ({first_line(exc, 120)})"
         ) from None
-    return tensors, {str(k): str(v) for k, v in meta.items()}
-
-
-def write_private_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` with mode 0600, atomically: a failed write leaves any old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return tensors, meta

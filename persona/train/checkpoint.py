@@ -22,8 +22,8 @@ from safetensors.torch import save as st_save
 
 from persona.errors import ConfigError, PromptFormatError
 from persona.formats.files import writing_to
-from persona.paths import data_dir
-from persona.prompt.softprompt import write_private_atomic
+from persona.model.files import header_metadata, parse_header
+from persona.paths import data_dir, write_private_atomic
 
 FORMAT_NAME = "persona.train.checkpoint"
 FORMAT_VERSION = "1"
@@ -91,8 +91,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         data = path.read_bytes()
         tensors = st_load(data)
-        (header_len,) = __import__("struct").unpack("<Q", data[:8])
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        meta = header_metadata(parse_header(data)[0])
         if meta.get("format") != FORMAT_NAME:
             raise ValueError(f"format {meta.get('format')!r}")
         state = json.loads(meta["state"])
