@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import persona
 from persona.errors import LibraryError
@@ -108,9 +110,15 @@ def alembic_config(connection=None):  # noqa: ANN001 - an optional SQLAlchemy Co
     return config
 
 
-def upgrade(path: Path, timeout: float, target: str = "head") -> None:
-    """Run the migrations up to `target` as one transaction (foreign keys off while tables are rebuilt)."""
-    _run("upgrade", path, timeout, target)
+def upgrade(
+    path: Path, timeout: float, target: str = "head", then: Callable[[Any], object] | None = None
+) -> None:
+    """Run the migrations up to `target` as one transaction (foreign keys off while tables are rebuilt).
+
+    then: called with the transaction's connection after the migrations, before the commit: what
+    it writes goes in with the schema or not at all.
+    """
+    _run("upgrade", path, timeout, target, then)
 
 
 def downgrade(path: Path, timeout: float, target: str) -> None:
@@ -118,7 +126,13 @@ def downgrade(path: Path, timeout: float, target: str) -> None:
     _run("downgrade", path, timeout, target)
 
 
-def _run(direction: str, path: Path, timeout: float, target: str) -> None:
+def _run(
+    direction: str,
+    path: Path,
+    timeout: float,
+    target: str,
+    then: Callable[[Any], object] | None = None,
+) -> None:
     from alembic import command
 
     from persona.library.engine import make_engine, writer
@@ -127,5 +141,7 @@ def _run(direction: str, path: Path, timeout: float, target: str) -> None:
     try:
         with writer(engine).begin() as connection:
             getattr(command, direction)(alembic_config(connection), target)
+            if then is not None:
+                then(connection)
     finally:
         engine.dispose()
