@@ -137,7 +137,7 @@ READ_ONLY = """
 import sys, time
 import torch
 wall, cpu = time.perf_counter(), time.process_time()
-from persona.library.reader import open_for_reading  # what a command that only reads pays
+from persona.library.open import open_for_reading  # what a command that only reads pays
 prompt = open_for_reading(sys.argv[1]).get_prompt(sys.argv[2])
 print(time.perf_counter() - wall, time.process_time() - cpu)
 assert prompt.embeddings.shape == (int(sys.argv[3]), int(sys.argv[4]))

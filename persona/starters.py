@@ -3,30 +3,29 @@
 Each spec `personas/NAME.toml` whose `prompt_file` exists is a starter. Its sidecar
 `personas/NAME.json` (written by `python -m persona.train.sidecar`) carries the held-out
 evaluation and the training record, so `persona show NAME` has the same numbers as the run that
-made it. Installing reads the safetensors bytes directly, without torch: creating a library (and
-so the first `persona list`) stays fast. Every starter goes in with one transaction.
+made it. The prompt files are read here without torch, so creating a library (and so the first
+`persona list`) stays fast; PersonaLibrary.install_starters writes them, in the transaction that
+creates the library.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import persona
 from persona.errors import ConfigError, PromptFormatError
+from persona.model.files import header_metadata, parse_header
 from persona.model.fingerprint import Fingerprint
+from persona.prompt.fileformat import TENSOR_KEY, values_sha256
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package
     import tomli as tomllib  # type: ignore[no-redef]
-
-if TYPE_CHECKING:
-    from persona.library.library import PersonaLibrary
 
 _PACKAGE = Path(persona.__file__).resolve().parent
 # persona/_starters in a wheel (a link to personas/ in the source tree), else personas/ beside the package
@@ -35,7 +34,6 @@ STARTERS_DIR = next(
     _PACKAGE.parent / "personas",
 )
 PREFERRED_DEFAULTS = ("falstaff", "hamlet")  # the chat opens with the first of these installed
-TENSOR_KEY = "prompt_embeddings"  # as in persona.prompt.softprompt (not imported: it needs torch)
 
 
 @dataclass
@@ -58,6 +56,14 @@ class Starter:
     tags: list[str] = field(default_factory=list)
     metrics: dict[str, Any] | None = None  # {"nll": {...}, "tokens": n, "examples": m}
     training: dict[str, Any] | None = None
+
+
+@dataclass
+class StarterPrompt:
+    """A starter and its prompt file, read: what a library stores for it."""
+
+    starter: Starter
+    prompt: PromptFile
 
 
 def find_starters(folder: Path = STARTERS_DIR) -> list[Starter]:
@@ -92,12 +98,11 @@ def read_prompt_file(path: Path) -> PromptFile:
     """Parse our single-file format (a `prompt_embeddings` F32 (N, D) tensor + string metadata)."""
     data = path.read_bytes()
     try:
-        (header_len,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + header_len])
+        header, data_start = parse_header(data)
         entry = header[TENSOR_KEY]
         rows, width = (int(n) for n in entry["shape"])
-        begin, end = (8 + header_len + int(offset) for offset in entry["data_offsets"])
-        metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+        begin, end = (data_start + int(offset) for offset in entry["data_offsets"])
+        metadata = header_metadata(header)
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise PromptFormatError(f"{path}: not a persona soft-prompt file ({exc})") from None
     values = data[begin:end]
@@ -112,65 +117,17 @@ def read_prompt_file(path: Path) -> PromptFile:
         raise PromptFormatError(
             f"{path}: tensor width {width} disagrees with its model {fingerprint}"
         )
-    return PromptFile(data, rows, width, hashlib.sha256(values).hexdigest(), metadata, fingerprint)
+    return PromptFile(data, rows, width, values_sha256(values), metadata, fingerprint)
 
 
-def install_starters(library: PersonaLibrary, folder: Path = STARTERS_DIR) -> list[str]:
-    """Add every starter the library lacks, and a default persona if none is set; return the names added."""
-    from sqlalchemy import select
-
-    from persona.library.library import DEFAULT_PERSONA_KEY
-    from persona.library.models import (
-        Persona,
-        PersonaTag,
-        PromptTensor,
-        PromptVersion,
-        Setting,
-        utcnow,
-    )
-    from persona.library.records import check_name, check_tags, dump_record
-
-    starters = [
-        (starter, read_prompt_file(starter.prompt_path)) for starter in find_starters(folder)
+def load_starters(folder: Path = STARTERS_DIR) -> list[StarterPrompt]:
+    """Every starter of `folder` with its prompt file read (PersonaLibrary.install_starters takes these)."""
+    return [
+        StarterPrompt(starter, read_prompt_file(starter.prompt_path))
+        for starter in find_starters(folder)
     ]
-    added: list[str] = []
-    with library.writing() as session:
-        have = {name.lower() for name in session.scalars(select(Persona.name))}
-        for starter, prompt in starters:
-            if starter.name.lower() in have:
-                continue
-            now = utcnow()
-            row = Persona(
-                name=check_name(starter.name),
-                description=starter.description,
-                active_version=1,
-                created=now,
-                updated=now,
-            )
-            row.versions.append(
-                PromptVersion(
-                    version=1,
-                    num_virtual_tokens=prompt.num_virtual_tokens,
-                    hidden_size=prompt.hidden_size,
-                    dtype="float32",
-                    sha256=prompt.sha256,
-                    model_id=prompt.metadata.get("base_model", ""),
-                    fingerprint=str(prompt.fingerprint) if prompt.fingerprint else "",
-                    fingerprint_json=prompt.fingerprint.to_json() if prompt.fingerprint else "",
-                    init=prompt.metadata.get("init", "text"),
-                    training_json=dump_record(starter.training, "training"),
-                    metrics_json=dump_record(starter.metrics, "metrics"),
-                    created=now,
-                    tensor=PromptTensor(data=prompt.data),
-                )
-            )
-            row.tags = [PersonaTag(tag=tag) for tag in check_tags(starter.tags)]
-            session.add(row)
-            added.append(starter.name)
-        names = [starter.name for starter, _ in starters]
-        default = next(
-            (name for name in PREFERRED_DEFAULTS if name in names), names[0] if names else None
-        )
-        if default is not None and session.get(Setting, DEFAULT_PERSONA_KEY) is None:
-            session.add(Setting(key=DEFAULT_PERSONA_KEY, value=default))
-    return added
+
+
+def default_starter(names: list[str]) -> str | None:
+    """The persona a library with these starters opens with: the first preferred one, else the first."""
+    return next((name for name in PREFERRED_DEFAULTS if name in names), names[0] if names else None)

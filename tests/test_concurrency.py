@@ -61,7 +61,7 @@ def writer(library: Path, who: str, until: float, report: Path) -> None:
 
 def reader(library: Path, until: float, report: Path) -> None:
     from persona.errors import PersonaError
-    from persona.library.reader import open_for_reading
+    from persona.library.open import open_for_reading
 
     reads, errors = 0, []
     while time.time() < until:

@@ -10,7 +10,8 @@ import torch
 
 from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
 from persona.library import open_library
-from persona.library.reader import LibraryReader, open_for_reading
+from persona.library.open import open_for_reading
+from persona.library.reader import LibraryReader
 from persona.paths import library_path
 from tests.library_helpers import FINGERPRINT, METRICS, TRAINING, make_prompt
 

@@ -10,7 +10,7 @@ from sqlalchemy import event
 
 from persona.errors import LibraryError
 from persona.library import open_library
-from persona.library.reader import open_for_reading
+from persona.library.open import open_for_reading
 from tests.library_helpers import make_prompt
 
 

@@ -15,7 +15,7 @@ from persona.errors import PromptMismatchError
 from persona.library import open_library
 from persona.model.fingerprint import Fingerprint
 from persona.prompt.softprompt import SoftPrompt
-from persona.starters import STARTERS_DIR, find_starters, install_starters
+from persona.starters import STARTERS_DIR, find_starters, load_starters
 from persona.train.spec import load_spec
 from tests.library_helpers import FINGERPRINT, METRICS, TRAINING
 
@@ -110,7 +110,9 @@ def test_reopening_does_not_duplicate_them(tmp_path: Path, with_starters: None) 
     open_library(path).close()
     library = open_library(path)
     try:
-        assert install_starters(library) == []  # even asked again, nothing is added twice
+        assert (
+            library.install_starters(load_starters()) == []
+        )  # even asked again, nothing is added twice
         names = [info.name for info in library.list_personas()]
         assert len(names) == len(set(names))
         assert all(len(library.get_persona(name).versions) == 1 for name in SHIPPED)
@@ -213,7 +215,7 @@ def test_install_reads_prompts_exactly_and_skips_untrained_and_existing(tmp_path
     library = open_library(tmp_path / "library.db")
     try:
         library.add_version("bo", ada, description="mine")  # the user's own "bo" is left alone
-        assert install_starters(library, folder) == ["ada"]
+        assert library.install_starters(load_starters(folder)) == ["ada"]
         assert torch.equal(library.get_prompt("ada").embeddings, ada.embeddings)
         ada_info = library.get_persona("ada")
         assert ada_info.versions[0].metrics == METRICS and ada_info.versions[0].training == TRAINING

@@ -115,7 +115,7 @@ def _open(args: argparse.Namespace):
 
 def _open_for_reading(args: argparse.Namespace):
     """list, show and history: sqlite3 alone when the library is at head (no SQLAlchemy import)."""
-    from persona.library.reader import open_for_reading
+    from persona.library.open import open_for_reading
 
     return open_for_reading(args.library)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from persona.library.settings import DEFAULT_PERSONA_KEY
 from persona.prompt.softprompt import SoftPrompt
-
-DEFAULT_PERSONA_SETTING = "default_persona"
 
 
 def resolve_persona(name: str | None, library: Path | None = None) -> SoftPrompt | None:
@@ -18,7 +17,7 @@ def resolve_persona(name: str | None, library: Path | None = None) -> SoftPrompt
     lib = open_library(library)
     try:
         if name is None:
-            name = lib.get_setting(DEFAULT_PERSONA_SETTING)
+            name = lib.get_setting(DEFAULT_PERSONA_KEY)
             if not name or not lib.has_persona(name):
                 return None
         return lib.get_prompt(name)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from persona.errors import LibraryError, NotFoundError
+from persona.errors import LibraryError, NotFoundError, first_line
 
 FULL_BELOW_BYTES = (
     4 * 1024 * 1024
@@ -19,8 +19,7 @@ FULL_BELOW_BYTES = (
 
 def describe(exc: BaseException, path: Path, timeout: float) -> str:
     """One line for a sqlite3 / OS error met while using the library at `path`."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
+    first = first_line(getattr(exc, "orig", None) or exc)
     low = first.lower()
     if "locked" in low or "busy" in low:
         return (

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.orm import Session
 
 from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
@@ -13,18 +14,17 @@ from persona.library.conversations import ConversationStore
 from persona.library.info import PersonaInfo, VersionInfo
 from persona.library.models import Persona, PersonaTag, PromptTensor, PromptVersion, Setting, utcnow
 from persona.library.records import (
-    check_consistent,
     check_name,
     check_tags,
     dump_record,
     not_found,
     version_info,
 )
+from persona.library.settings import DEFAULT_PERSONA_KEY
+from persona.starters import StarterPrompt, default_starter
 
 if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
-
-DEFAULT_PERSONA_KEY = "default_persona"
 
 
 class PersonaLibrary(ConversationStore):
@@ -45,7 +45,7 @@ class PersonaLibrary(ConversationStore):
     ) -> VersionInfo:
         """Store `prompt` as the next version of `name` (created if new) and make it active."""
         check_name(name)
-        check_consistent(prompt)
+        prompt.check_consistent()
         data = prompt.to_bytes()  # safetensors: the (N, D) float32 tensor + metadata header
         training_json = dump_record(training, "training")
         metrics_json = dump_record(metrics, "metrics")
@@ -165,6 +165,22 @@ class PersonaLibrary(ConversationStore):
             persona.active_version, persona.updated = version, utcnow()
             return version_info(row, version)
 
+    def install_starters(
+        self, starters: Sequence[StarterPrompt], *, within: Connection | None = None
+    ) -> list[str]:
+        """Add every starter the library lacks, and a default persona if none is set; the names added.
+
+        within: the connection of an open transaction to join (the one that creates the library, so
+        that a library never exists without its starters) instead of a transaction of its own.
+        """
+        if within is None:
+            with self.writing() as session:
+                return _add_starters(session, starters)
+        with Session(bind=within, expire_on_commit=False) as session:
+            added = _add_starters(session, starters)
+            session.flush()  # the rows go in with `within`'s transaction, committed by its owner
+            return added
+
     # ---- settings -----------------------------------------------------------------------------
 
     def get_setting(self, key: str, default: str | None = None) -> str | None:
@@ -194,3 +210,43 @@ class PersonaLibrary(ConversationStore):
 
     def _no_version(self, session: Session, persona: Persona, version: int) -> NotFoundError:
         return reader.no_version(self.sqlite(session), persona.id, persona.name, version)
+
+
+def _add_starters(session: Session, starters: Sequence[StarterPrompt]) -> list[str]:
+    have = {name.lower() for name in session.scalars(select(Persona.name))}
+    added: list[str] = []
+    for starter, prompt in ((item.starter, item.prompt) for item in starters):
+        if starter.name.lower() in have:
+            continue
+        now = utcnow()
+        row = Persona(
+            name=check_name(starter.name),
+            description=starter.description,
+            active_version=1,
+            created=now,
+            updated=now,
+        )
+        row.versions.append(
+            PromptVersion(
+                version=1,
+                num_virtual_tokens=prompt.num_virtual_tokens,
+                hidden_size=prompt.hidden_size,
+                dtype="float32",
+                sha256=prompt.sha256,
+                model_id=prompt.metadata.get("base_model", ""),
+                fingerprint=str(prompt.fingerprint) if prompt.fingerprint else "",
+                fingerprint_json=prompt.fingerprint.to_json() if prompt.fingerprint else "",
+                init=prompt.metadata.get("init", "text"),
+                training_json=dump_record(starter.training, "training"),
+                metrics_json=dump_record(starter.metrics, "metrics"),
+                created=now,
+                tensor=PromptTensor(data=prompt.data),
+            )
+        )
+        row.tags = [PersonaTag(tag=tag) for tag in check_tags(starter.tags)]
+        session.add(row)
+        added.append(starter.name)
+    default = default_starter([item.starter.name for item in starters])
+    if default is not None and session.get(Setting, DEFAULT_PERSONA_KEY) is None:
+        session.add(Setting(key=DEFAULT_PERSONA_KEY, value=default))
+    return added

@@ -2,20 +2,19 @@
 
 Why not the ORM here: importing SQLAlchemy alone takes 0.3-0.5 s, the whole startup budget of
 `persona list`. These functions take any sqlite3 connection: PersonaLibrary passes the one inside
-its SQLAlchemy transaction, and `open_for_reading()` a bare one when the file is already at head,
+its SQLAlchemy transaction, and `open.open_for_reading()` a bare one when the file is already at head,
 so read-only commands (and a chat opening its persona) never import SQLAlchemy. One implementation serves both.
 Column names are those of models.py (the head revision); the tests run both paths.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from persona.errors import NotFoundError
+from persona.errors import LibraryError, NotFoundError, first_line
 from persona.library.info import ConversationInfo, MessageInfo, PersonaInfo
 from persona.library.records import aware, load_record, message_info, not_found, version_info
 
@@ -128,7 +127,6 @@ def get_persona(connection: sqlite3.Connection, name: str) -> PersonaInfo:
 
 def get_prompt(connection: sqlite3.Connection, name: str, version: int | None = None) -> SoftPrompt:
     """The soft prompt of `name` (its active version unless `version` is given), checksum-verified."""
-    from persona.errors import LibraryError
     from persona.model.fingerprint import Fingerprint
     from persona.prompt.softprompt import SoftPrompt
 
@@ -148,7 +146,7 @@ def get_prompt(connection: sqlite3.Connection, name: str, version: int | None = 
         prompt = SoftPrompt.from_bytes(data, source=f"persona {canonical!r} version {wanted}")
     except Exception as exc:  # noqa: BLE001 - any unreadable blob is damage, reported in one line
         raise LibraryError(
-            f"{damaged} ({str(exc).splitlines()[0][:120]}); roll back with `persona rollback {canonical}`"
+            f"{damaged} ({first_line(exc, 120)}); roll back with `persona rollback {canonical}`"
         ) from None
     if prompt.sha256 != sha256:
         raise LibraryError(
@@ -245,18 +243,3 @@ class LibraryReader:
 
     def close(self) -> None:
         self._connection.close()
-
-
-def open_for_reading(
-    path: str | os.PathLike[str] | None = None, *, timeout: float | None = None
-) -> LibraryView:
-    """A fast read-only view when the library is at head; otherwise the full `open_library()`."""
-    from persona.library import migrate
-    from persona.library.open import DEFAULT_TIMEOUT_S, open_library
-    from persona.paths import library_path
-
-    timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
-    target = Path(path).expanduser() if path is not None else library_path()
-    if target.is_file() and migrate.current_revision(target, timeout) == migrate.HEAD_REVISION:
-        return LibraryReader(target, timeout)
-    return open_library(target, timeout=timeout)

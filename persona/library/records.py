@@ -8,7 +8,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from persona.errors import LibraryError, NotFoundError, PromptMismatchError
+from persona.errors import LibraryError, NotFoundError
 from persona.library.info import MessageInfo, VersionInfo
 
 MAX_NAME_CHARS = 100
@@ -45,16 +45,6 @@ def check_name(name: str) -> str:
             f"persona name {name!r} is not usable; use up to {MAX_NAME_CHARS} printable characters without surrounding spaces"
         )
     return name
-
-
-def check_consistent(prompt: Any) -> None:
-    """A prompt whose recorded model has another width than its tensor was damaged or mislabelled."""
-    fingerprint = prompt.fingerprint
-    if fingerprint is not None and fingerprint.hidden_size != prompt.hidden_size:
-        raise PromptMismatchError(
-            f"soft prompt {prompt.name!r} has width {prompt.hidden_size} but records a model of hidden size "
-            f"{fingerprint.hidden_size} ({fingerprint}); the file is mislabelled, re-export it from where it was trained"
-        )
 
 
 def check_tags(tags: list[str]) -> list[str]:

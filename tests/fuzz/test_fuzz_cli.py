@@ -21,7 +21,7 @@ import persona.model.loader
 from persona.cli.main import main
 from persona.formats import write_prompt
 from persona.library import open_library
-from persona.library.reader import open_for_reading
+from persona.library.open import open_for_reading
 from tests.fuzz.harness import CASES, REFUSED, alarm, assert_one_line, fuzz_settings
 from tests.library_helpers import make_prompt
 
