@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -225,5 +226,39 @@ def test_install_reads_prompts_exactly_and_skips_untrained_and_existing(tmp_path
         assert (
             library.get_setting("default_persona") == "ada"
         )  # no preferred starter here: the first by name
+    finally:
+        library.close()
+
+
+def test_a_start_killed_while_creating_the_library_leaves_it_to_be_created_again(
+    tmp_path: Path, with_starters: None
+) -> None:
+    """SIGKILL after the starters are written but before the creating transaction commits: the next
+    open finds an empty file and creates the library again, starters and default included."""
+    path = tmp_path / "library.db"
+    code = (
+        "import os, signal, sys\n"
+        "from persona.library.library import PersonaLibrary\n"
+        "install = PersonaLibrary.install_starters\n"
+        "def install_then_die(self, starters, within=None):\n"
+        "    install(self, starters, within=within)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "PersonaLibrary.install_starters = install_then_die\n"
+        "from persona.library import open_library\n"
+        "open_library(sys.argv[1])\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "PERSONA_NO_STARTERS"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=repo,
+        env={**env, "PYTHONPATH": str(repo)},
+        timeout=120,
+    )
+    assert result.returncode == -9 and path.exists()
+    library = open_library(path)
+    try:
+        assert {info.name for info in library.list_personas()} >= SHIPPED
+        assert library.get_setting("default_persona") in SHIPPED
     finally:
         library.close()

@@ -1,0 +1,187 @@
+"""Layers import downward only: no two persona modules may import each other, even through a chain.
+
+Every import counts, at module level or inside a function (an import placed in a function to dodge
+a cycle is still a cycle); only imports under `if TYPE_CHECKING:` are left out, since they never
+run. A package's `__init__` that re-exports its submodules is no cycle by itself: importing
+`persona.x.y` is an edge to `persona.x.y`, not to the package `persona.x`, unless a name is taken
+from the package itself.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "persona"
+
+# Edges in modules that are being rewritten by their owners (the engine, the server, the TUI);
+# each one closes a cycle. Remove an entry as soon as its import is gone: the test then keeps it gone.
+ALLOWED_EDGES: set[tuple[str, str]] = {
+    # the private socket server is being replaced: `persona reply` asks it for a reply
+    # (persona/cli/reply.py) while it formats its answer with reply_record (persona/server.py)
+    ("persona.server", "persona.cli.reply"),
+}
+
+
+def module_files() -> dict[str, Path]:
+    """Every module under persona/, by dotted name (a package by its own name, for its __init__)."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement in the tree, at any depth, except those under `if TYPE_CHECKING:`."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _owning_module(name: str, modules: dict[str, Path]) -> str | None:
+    """`name` if it is a persona module, else the longest persona module it lies in (or None)."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the persona modules it imports."""
+    modules = module_files()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    anchor = name.split(".")
+                    if not is_package:
+                        anchor = anchor[:-1]
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    submodule = f"{base}.{alias.name}"
+                    targets.append(submodule if submodule in modules else base)
+            for target in targets:
+                owner = _owning_module(target, modules)
+                if owner is not None and owner != name and (name, owner) not in ALLOWED_EDGES:
+                    graph[name].add(owner)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iteratively: the components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        components.append(sorted(component))
+    return components
+
+
+def a_cycle(component: list[str], graph: dict[str, set[str]]) -> list[str]:
+    """One cycle through the component's first module, as a path that returns to it."""
+    members = set(component)
+    start = component[0]
+    paths = {start: [start]}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for child in sorted(graph[node] & members):
+            if child == start:
+                return [*paths[node], start]
+            if child not in paths:
+                paths[child] = [*paths[node], child]
+                queue.append(child)
+    return component
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    cycles = [" -> ".join(a_cycle(c, graph)) for c in strongly_connected(graph)]
+    assert not cycles, "import cycles among persona modules:\n" + "\n".join(cycles)
+
+
+def test_the_graph_sees_imports_inside_functions_and_relative_ones() -> None:
+    """The checker itself: an import inside a function and a `from . import x` are edges."""
+    graph = import_graph()
+    assert graph, "no modules found under persona/"
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import hidden\n"
+        "def f():\n    import inner\n    from . import sibling\n"
+    )
+    names = [
+        alias.name if isinstance(node, ast.Import) else f"{node.level}:{alias.name}"
+        for node in _imports(tree)
+        for alias in node.names
+    ]
+    assert names == ["0:TYPE_CHECKING", "inner", "1:sibling"]
+
+
+def test_strongly_connected_finds_a_cycle_of_three() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    (component,) = strongly_connected(graph)
+    assert component == ["a", "b", "c"]
+    assert a_cycle(component, graph) == ["a", "b", "c", "a"]
