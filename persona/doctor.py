@@ -286,45 +286,34 @@ def _fix_active(connection: sqlite3.Connection, name: str) -> str:
 
 
 def _rebuild(path: Path) -> str:
-    """Copy every row that still reads into a fresh library at head, then put it in place of the damaged file."""
-    from persona.library.open import open_library
+    """Copy every row that still reads into a fresh library of the same schema revision, then put it
+    in place of the damaged file (the caller then migrates it to head, as any older library).
 
+    The fresh file has the damaged one's revision, not head's, so that rows of an older schema keep
+    every column (a table head moved or split would otherwise be read with columns it lacks and its
+    rows dropped).
+    """
     fresh = path.with_name(f".{path.name}.rebuilding")
     for leftover in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
         leftover.unlink(missing_ok=True)
-    previous = os.environ.get("PERSONA_NO_STARTERS")
-    os.environ["PERSONA_NO_STARTERS"] = (
-        "1"  # the rebuilt library holds exactly what the old one did
-    )
-    try:
-        open_library(fresh).close()
-    finally:
-        if previous is None:
-            os.environ.pop("PERSONA_NO_STARTERS", None)
-        else:
-            os.environ["PERSONA_NO_STARTERS"] = previous
     source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    target = sqlite3.connect(fresh, isolation_level=None)
-    saved = lost = 0
     try:
-        target.execute("PRAGMA foreign_keys = OFF")
-        target.execute("BEGIN")
-        for table in (
-            "personas",
-            "prompt_versions",
-            "prompt_tensors",
-            "persona_tags",
-            "conversations",
-            "messages",
-            "settings",
-        ):
-            columns = [row[1] for row in target.execute(f"PRAGMA table_info({table})")]
-            rows_saved, rows_lost = _copy_rows(source, target, table, columns)
-            saved, lost = saved + rows_saved, lost + rows_lost
-        target.execute("COMMIT")
+        revision = _revision(source)
+        migrate.ensure_file(fresh)
+        migrate.upgrade(fresh, 10.0, revision)  # the tables only: the rows are the damaged file's
+        target = sqlite3.connect(fresh, isolation_level=None)
+        saved = lost = 0
+        try:
+            target.execute("PRAGMA foreign_keys = OFF")
+            target.execute("BEGIN")
+            for table in _tables(target):
+                rows_saved, rows_lost = _copy_rows(source, target, table)
+                saved, lost = saved + rows_saved, lost + rows_lost
+            target.execute("COMMIT")
+        finally:
+            target.close()
     finally:
         source.close()
-        target.close()
     os.chmod(fresh, 0o600)
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -334,20 +323,51 @@ def _rebuild(path: Path) -> str:
     )
 
 
-def _copy_rows(
-    source: sqlite3.Connection, target: sqlite3.Connection, table: str, columns: list[str]
-) -> tuple[int, int]:
-    names = ", ".join(columns)
-    marks = ", ".join("?" for _ in columns)
+def _revision(connection: sqlite3.Connection) -> str:
+    """The schema revision a damaged file records; head where it cannot be read."""
     try:
-        rowids = [row[0] for row in source.execute(f"SELECT rowid FROM {table}")]
+        rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.DatabaseError:
+        return migrate.HEAD_REVISION
+    if len(rows) == 1 and rows[0][0] in migrate.KNOWN_REVISIONS:
+        return str(rows[0][0])
+    return migrate.HEAD_REVISION
+
+
+def _tables(connection: sqlite3.Connection) -> list[str]:
+    """The library's own tables (not Alembic's record, not SQLite's)."""
+    return [
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rootpage"
+        )
+        if row[0] != "alembic_version" and not row[0].startswith("sqlite_")
+    ]
+
+
+def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+
+
+def _copy_rows(
+    source: sqlite3.Connection, target: sqlite3.Connection, table: str
+) -> tuple[int, int]:
+    """Copy the rows of `table` that read, one at a time; (rows saved, rows lost)."""
+    try:
+        columns = _columns(target, table)
+        have = set(_columns(source, table))
+        columns = [column for column in columns if column in have] or columns
+        # NOT INDEXED: walk the table itself; a damaged index must not hide rows that still read
+        rowids = [row[0] for row in source.execute(f"SELECT rowid FROM {table} NOT INDEXED")]
     except sqlite3.DatabaseError:
         return 0, 1
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
     saved = lost = 0
     for rowid in rowids:
         try:
             row = source.execute(
-                f"SELECT {names} FROM {table} WHERE rowid = ?", (rowid,)
+                f"SELECT {names} FROM {table} NOT INDEXED WHERE rowid = ?", (rowid,)
             ).fetchone()
             target.execute(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({marks})", row)
             saved += 1

@@ -139,6 +139,42 @@ def test_an_older_schema_is_reported_and_migrated_by_repair(capsys, library: Pat
     assert code == 0 and check_library(library) == []
 
 
+def test_a_damaged_file_of_an_older_schema_is_rebuilt_without_losing_rows(
+    capsys, library: Path
+) -> None:
+    """0002 keeps tensors in prompt_versions (head moved them to prompt_tensors): a rebuild at head's
+    schema would read none of them and then drop every persona as having no usable version."""
+    from persona.library import migrate
+
+    migrate.downgrade(library, 5.0, "0002_tags_and_cut_short")
+    with sqlite3.connect(library) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (index_page,) = connection.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'ix_messages_persona_id'"
+        ).fetchone()
+    data = bytearray(library.read_bytes())
+    data[(index_page - 1) * 4096 : index_page * 4096] = b"\xa5" * 4096  # wreck an index, not a row
+    library.write_bytes(bytes(data))
+    code, out = doctor(capsys, library)
+    assert code == 1 and "problem: the database file is damaged" in out
+    code, out = doctor(capsys, library, "--repair")
+    assert code == 0 and "could not be read" not in out and "removed" not in out
+    lib = open_library(library)
+    try:
+        assert [info.name for info in lib.list_personas()] == ["hamlet", "ophelia"]
+        assert len(lib.get_persona("hamlet").versions) == 2
+        assert lib.get_persona("hamlet").tags == ["dane"]
+        for name in ("hamlet", "ophelia"):
+            lib.get_prompt(name)  # checksum-verified
+        assert [(m.content, m.persona) for m in lib.get_messages(1)] == [
+            ("hello", None),
+            ("well met", "hamlet"),
+        ]
+    finally:
+        lib.close()
+    assert check_library(library) == []
+
+
 def test_what_persona_cannot_repair_is_said_in_one_line(capsys, tmp_path: Path) -> None:
     notes = tmp_path / "notes.db"
     notes.write_text("not a database")
