@@ -18,7 +18,7 @@ import torch
 from persona.engine.backend import Backend, Cache, backend_for
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
-from persona.engine.rows import Row, advance
+from persona.engine.rows import Row, advance, common_prefix
 from persona.errors import ConfigError
 from persona.model.loader import LoadedModel
 from persona.prompt.render import Message, Renderer
@@ -163,7 +163,7 @@ class ChatEngine:
         )
         stats.prompt_tokens = len(ids)
         entry = self._cache_for(persona)
-        common = _common_prefix(entry.ids, ids)
+        common = common_prefix(entry.ids, ids)
         if entry.cache.get_seq_length() < num_virtual + common:
             common = 0  # the cache lost what it held (a backend with one sequence served another)
         common = min(common, len(ids) - 1)  # always run at least one token, to get logits
@@ -216,14 +216,6 @@ class ChatEngine:
             while len(self._caches) > self.cache_size:
                 self._caches.popitem(last=False)
         return self._caches[key]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    limit = min(len(a), len(b))
-    index = 0
-    while index < limit and a[index] == b[index]:
-        index += 1
-    return index
 
 
 def stop_token_ids(loaded: LoadedModel) -> set[int]:

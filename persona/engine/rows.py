@@ -64,3 +64,12 @@ def advance(backend: Backend, rows: Sequence[Row], tokens: Sequence[int]) -> Non
         for index, row in enumerate(chunk):  # logits (B, V)
             row.logits = logits[index]
             row.ids.append(tokens[begin + index])
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids a and b share."""
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index

@@ -1,0 +1,345 @@
+"""Continuous batching of mixed personas: many conversations decode together, joining and leaving
+between steps.
+
+One thread owns the model. Each turn of its loop:
+1. drops the rows whose client went away (`Ticket.cancel`), and admits waiting requests while there
+   is room (`max_rows`), each as a row (persona.engine.rows) whose cache starts from the longest
+   cached prefix of the same persona (the prefix cache below), so a follow-up turn of a conversation
+   only encodes what is new;
+2. runs one prefill chunk of at most `prefill_chunk` tokens for the oldest row still encoding its
+   prompt: a long prompt joins over several turns, and the rows already decoding wait at most one
+   chunk for their next token;
+3. chooses every decoding row's next token (each with its own sampling settings), hands the text to
+   the row's sink, and runs one decode step for all rows that go on (one batched forward).
+
+A finished row's cache goes to the prefix cache, an LRU keyed by persona and token ids, bounded in
+bytes. Each row computes what it would alone: its own persona, cache, positions and sampler.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from persona.engine.backend import Backend, Cache
+from persona.engine.chat import ChatEngine
+from persona.engine.config import GenerationConfig
+from persona.engine.detok import StreamDecoder
+from persona.engine.rows import Row, advance, common_prefix
+from persona.errors import PersonaError
+from persona.prompt.render import Message
+from persona.prompt.softprompt import SoftPrompt
+
+DEFAULT_PREFILL_CHUNK = 64  # tokens: how long a joining prompt may hold up the decoding rows
+DEFAULT_PREFIX_CACHE_BYTES = 512 * 1024 * 1024
+
+
+class QueueFull(PersonaError):
+    """More requests wait than the scheduler takes; the client should retry later."""
+
+
+class Sink(Protocol):
+    """Where a request's reply goes, called from the scheduler's thread."""
+
+    def piece(self, text: str) -> None: ...
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """The reply ended: stop | length | cancelled | error (then `error` says why)."""
+        ...
+
+    def error(self, message: str) -> None: ...
+
+
+@dataclass
+class Request:
+    messages: Sequence[Message]
+    persona: SoftPrompt | None
+    config: GenerationConfig
+    system: str | None = None
+    ids: list[int] | None = None  # already rendered token ids (raw completions), else rendered here
+
+
+@dataclass
+class Ticket:
+    """A submitted request; `cancel()` frees its row at the next step (a client that went away)."""
+
+    request: Request
+    sink: Sink
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class _Active:
+    ticket: Ticket
+    row: Row
+    prompt: list[int]  # the whole rendered prompt (after the soft prompt)
+    key: str  # persona sha256, "" for none
+    decoder: StreamDecoder
+
+
+@dataclass
+class _Cached:
+    key: str
+    ids: list[int]
+    cache: Cache
+    nbytes: int
+
+
+class PrefixCache:
+    """KV caches of finished rows, by persona and token ids; least recently used leaves first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0
+        self._entries: OrderedDict[int, _Cached] = OrderedDict()
+        self._next = 0
+
+    def take(self, key: str, ids: Sequence[int]) -> tuple[Cache, int] | None:
+        """The cached entry of persona `key` sharing the longest prefix with `ids`, removed from the
+        cache, and the length of that prefix; None where none shares a token."""
+        best, best_common = None, 0
+        for handle, entry in self._entries.items():
+            if entry.key != key:
+                continue
+            common = common_prefix(entry.ids, ids)
+            if common > best_common:
+                best, best_common = handle, common
+        if best is None:
+            return None
+        entry = self._entries.pop(best)
+        self.nbytes -= entry.nbytes
+        self.hits += 1
+        return entry.cache, best_common
+
+    def put(self, key: str, ids: list[int], cache: Cache, nbytes: int) -> None:
+        if nbytes > self.max_bytes:
+            return
+        self._entries[self._next] = _Cached(key, ids, cache, nbytes)
+        self._next += 1
+        self.nbytes += nbytes
+        while self.nbytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Scheduler:
+    """Continuous batching over `engine`'s backend; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: ChatEngine,
+        *,
+        max_rows: int = 32,
+        max_queue: int = 64,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+    ) -> None:
+        self.engine = engine
+        self.backend: Backend = engine.backend
+        self.max_rows = max(1, min(max_rows, self.backend.max_rows))  # llama.cpp: one at a time
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.tokens_total = 0
+        self.requests_total = 0
+        self._bytes_per_position = _bytes_per_position(engine)
+        self._waiting: deque[Ticket] = deque()
+        self._encoding: list[_Active] = []  # admitted, prompt not fully in the cache yet
+        self._decoding: list[_Active] = []
+        self._wake = threading.Condition()
+        self._closed = False
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps
+        self._thread = threading.Thread(target=self._run, name="persona-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- public ---------------------------------------------------------------------------------
+
+    def submit(self, request: Request, sink: Sink) -> Ticket:
+        """Queue a request; its text goes to `sink` from the scheduler's thread. Raises QueueFull."""
+        if request.persona is not None:
+            request.persona.check_fits(self.engine.loaded.fingerprint)
+        ticket = Ticket(request, sink)
+        with self._wake:
+            if self._closed:
+                raise QueueFull("the server is shutting down; retry on another")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(
+                    f"{len(self._waiting)} requests are waiting already (the queue holds "
+                    f"{self.max_queue}); retry in a moment"
+                )
+            self._waiting.append(ticket)
+            self.requests_total += 1
+            self._wake.notify()
+        return ticket
+
+    def metrics(self) -> dict[str, float]:
+        with self._wake:
+            now = time.monotonic()
+            recent = [(t, n) for t, n in self._recent if now - t <= 10.0]
+            span = now - recent[0][0] if recent else 0.0
+            return {
+                "queue_depth": float(len(self._waiting)),
+                "active_rows": float(len(self._encoding) + len(self._decoding)),
+                "tokens_total": float(self.tokens_total),
+                "requests_total": float(self.requests_total),
+                "tokens_per_second": sum(n for _, n in recent) / span if span > 0 else 0.0,
+                "prefix_cache_bytes": float(self.prefix_cache.nbytes),
+                "prefix_cache_hits": float(self.prefix_cache.hits),
+            }
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not (self._waiting or self._encoding or self._decoding):
+                    self._wake.wait()
+                if self._closed:
+                    tickets = [*self._waiting, *(a.ticket for a in self._encoding + self._decoding)]
+                    self._waiting.clear()
+                    break
+                self._drop_cancelled()
+                admitted = self._admit()
+            for ticket in admitted:
+                self._start(ticket)
+            try:
+                self._prefill_one()
+                self._decode_step()
+            except Exception as exc:  # noqa: BLE001 - one bad step must not stop the server
+                self._fail_all(f"generation failed: {_first_line(exc)}")
+        for ticket in tickets:
+            ticket.sink.finish("cancelled", 0, 0)
+
+    def _drop_cancelled(self) -> None:
+        for group in (self._encoding, self._decoding):
+            for active in [a for a in group if a.ticket.cancelled.is_set()]:
+                group.remove(active)
+                active.row.finish_reason = "cancelled"
+                self._finish(active)
+        for ticket in [t for t in self._waiting if t.cancelled.is_set()]:
+            self._waiting.remove(ticket)
+            ticket.sink.finish("cancelled", 0, 0)
+
+    def _admit(self) -> list[Ticket]:
+        room = self.max_rows - len(self._encoding) - len(self._decoding)
+        taken = []
+        while room > 0 and self._waiting:
+            taken.append(self._waiting.popleft())
+            room -= 1
+        return taken
+
+    def _start(self, ticket: Ticket) -> None:
+        request = ticket.request
+        try:
+            if request.ids is not None:
+                ids = list(request.ids)
+            else:
+                ids, _ = self.engine.fit_window(
+                    request.messages, request.persona, request.system, request.config.max_new_tokens
+                )
+        except PersonaError as exc:
+            ticket.sink.error(str(exc))
+            return
+        key = request.persona.sha256 if request.persona is not None else ""
+        num_virtual = request.persona.num_virtual_tokens if request.persona is not None else 0
+        found = self.prefix_cache.take(key, ids)
+        if found is not None:
+            cache, common = found
+            common = min(common, len(ids) - 1)  # at least one token runs, to give logits
+            self.backend.crop(cache, num_virtual + common)
+            held = ids[:common]
+        else:
+            cache, held = self.backend.new_cache(), []
+        row = Row(cache, held, request.config, self.engine.stop_ids)
+        active = _Active(ticket, row, ids, key, StreamDecoder(self.engine.tokenizer))
+        with self._wake:
+            self._encoding.append(active)
+
+    def _prefill_one(self) -> None:
+        if not self._encoding:
+            return
+        active = self._encoding[0]
+        row, prompt = active.row, active.prompt
+        chunk = prompt[len(row.ids) : len(row.ids) + self.prefill_chunk]
+        persona = active.ticket.request.persona
+        embeddings = persona.embeddings if persona is not None and not row.ids else None
+        row.logits = self.backend.prefill(row.cache, chunk, embeddings)
+        row.ids.extend(chunk)
+        if len(row.ids) == len(prompt):
+            row.seen = row.seen.new_tensor([prompt])  # (1, T) for the repetition penalty
+            with self._wake:
+                self._encoding.remove(active)
+                self._decoding.append(active)
+
+    def _decode_step(self) -> None:
+        if not self._decoding:
+            return
+        going: list[tuple[_Active, int]] = []
+        produced = 0
+        for active in list(self._decoding):
+            token = active.row.choose()
+            if token is not None:
+                produced += 1
+                piece = active.decoder.push(token)
+                if piece:
+                    active.ticket.sink.piece(piece)
+            if active.row.finished:
+                with self._wake:
+                    self._decoding.remove(active)
+                self._finish(active)
+            else:
+                going.append((active, token))  # type: ignore[arg-type]
+        if going:
+            advance(self.backend, [a.row for a, _ in going], [t for _, t in going])
+        with self._wake:
+            self.tokens_total += produced
+            self._recent.append((time.monotonic(), produced))
+            while len(self._recent) > 256:
+                self._recent.popleft()
+
+    def _finish(self, active: _Active) -> None:
+        row = active.row
+        if len(row.ids) >= len(active.prompt):  # the cache holds the whole prompt: keep it
+            nbytes = self._bytes_per_position * (row.cache.get_seq_length() or 1)
+            self.prefix_cache.put(active.key, list(row.ids), row.cache, nbytes)
+        active.ticket.sink.finish(row.finish_reason, len(active.prompt), len(row.token_ids))
+
+    def _fail_all(self, message: str) -> None:
+        with self._wake:
+            failed = self._encoding + self._decoding
+            self._encoding, self._decoding = [], []
+        for active in failed:
+            active.ticket.sink.error(message)
+
+
+def _bytes_per_position(engine: ChatEngine) -> int:
+    """Keys and values of one position over all layers (an estimate of a cache's size)."""
+    config = getattr(engine.loaded.model, "config", None)
+    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+    heads = int(getattr(config, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    hidden = int(getattr(config, "hidden_size", 1) or 1)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    return layers * 2 * kv_heads * head_dim * 4
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

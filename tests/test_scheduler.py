@@ -1,0 +1,170 @@
+"""Continuous batching: concurrent mixed-persona requests each get exactly their solo reply; rows
+join and leave between steps; a cancelled request frees its row; follow-up turns reuse the cache."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from persona.engine.chat import ChatEngine
+from persona.engine.config import GenerationConfig
+from persona.engine.scheduler import QueueFull, Request, Scheduler
+from persona.prompt.softprompt import SoftPrompt
+
+GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
+QUESTIONS = ["Hello there!", "What is the capital of France?", "To be?", "Tell me a story."]
+
+
+@pytest.fixture(params=["transformers", "native"])
+def tiny(request):
+    return request.getfixturevalue(
+        "tiny_native" if request.param == "native" else "tiny_transformers"
+    )
+
+
+class RecordingBackend:
+    """The real backend, recording how many rows each decode call ran."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.max_rows, self.widths = inner, inner.max_rows, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decode(self, tokens, caches):
+        self.widths.append(len(caches))
+        return self.inner.decode(tokens, caches)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.reason = ""
+        self.usage = (0, 0)
+        self.done = threading.Event()
+
+    def piece(self, text: str) -> None:
+        self.pieces.append(text)
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.reason, self.usage = reason, (prompt_tokens, completion_tokens)
+        self.done.set()
+
+    def error(self, message: str) -> None:
+        self.reason = "error: " + message
+        self.done.set()
+
+    @property
+    def text(self) -> str:
+        assert self.done.wait(120), "the scheduler never finished this request"
+        return "".join(self.pieces)
+
+
+def personas(tiny, count: int) -> list[SoftPrompt | None]:
+    found: list[SoftPrompt | None] = [None]
+    for seed in range(1, count):
+        generator = torch.Generator().manual_seed(seed)
+        embeddings = torch.randn(3 + seed % 5, tiny.fingerprint.hidden_size, generator=generator)
+        found.append(SoftPrompt(embeddings, name=f"p{seed}", fingerprint=tiny.fingerprint))
+    return found
+
+
+def test_sixteen_concurrent_mixed_personas_equal_their_solo_replies(tiny):
+    engine = ChatEngine(tiny)
+    jobs = [
+        (persona, [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
+        for index, persona in enumerate(personas(tiny, 16))
+    ]
+    alone = [engine.reply(messages, persona, GREEDY) for persona, messages in jobs]
+    assert len(set(alone)) > 8, "replies this alike would make the comparison meaningless"
+    # a prefill chunk of 5 makes prompts join over several steps while other rows decode
+    recording = RecordingBackend(engine.backend)
+    scheduler = Scheduler(ChatEngine(tiny, backend=recording), max_rows=16, prefill_chunk=5)
+    try:
+        sinks = [Collect() for _ in jobs]
+        for (persona, messages), sink in zip(jobs, sinks, strict=True):
+            scheduler.submit(Request(messages, persona, GREEDY), sink)
+        assert [sink.text for sink in sinks] == alone
+        assert all(sink.reason in ("stop", "length") for sink in sinks)
+        assert max(recording.widths) >= 12  # one forward advanced most rows at once
+        assert scheduler.metrics()["active_rows"] == 0
+        assert scheduler.metrics()["tokens_total"] == sum(sink.usage[1] for sink in sinks)
+    finally:
+        scheduler.close()
+
+
+def test_requests_joining_while_others_decode_still_get_their_solo_reply(tiny):
+    engine = ChatEngine(tiny)
+    few = personas(tiny, 4)
+    long_config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
+    first = [{"role": "user", "content": "Tell me a story."}]
+    expected_first = engine.reply(first, few[1], long_config)
+    scheduler = Scheduler(ChatEngine(tiny), max_rows=4, prefill_chunk=3)
+    try:
+        early = Collect()
+        scheduler.submit(Request(first, few[1], long_config), early)
+        late = []
+        for persona, question in zip(few[2:], QUESTIONS, strict=False):
+            messages = [{"role": "user", "content": question}]
+            sink = Collect()
+            scheduler.submit(Request(messages, persona, GREEDY), sink)
+            late.append((sink, engine.reply(messages, persona, GREEDY)))
+        assert early.text == expected_first
+        assert [sink.text for sink, _ in late] == [expected for _, expected in late]
+    finally:
+        scheduler.close()
+
+
+def test_a_cancelled_request_frees_its_row_and_the_others_go_on(tiny):
+    engine, endless_engine = ChatEngine(tiny), ChatEngine(tiny)
+    engine.stop_ids = endless_engine.stop_ids = set()  # replies end by length or cancel only
+    few = personas(tiny, 3)
+    endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=200, seed=1)
+    scheduler = Scheduler(endless_engine, max_rows=4)
+    try:
+        leaving = Collect()
+        ticket = scheduler.submit(
+            Request([{"role": "user", "content": "Go on forever."}], few[1], endless), leaving
+        )
+        staying = Collect()
+        messages = [{"role": "user", "content": "Hello there!"}]
+        scheduler.submit(Request(messages, few[2], GREEDY), staying)
+        assert staying.text == engine.reply(messages, few[2], GREEDY)
+        assert scheduler.metrics()["active_rows"] == 1, leaving.reason  # the endless one runs on
+        ticket.cancel()
+        assert leaving.done.wait(60) and leaving.reason == "cancelled"
+        assert scheduler.metrics()["active_rows"] == 0
+    finally:
+        scheduler.close()
+
+
+def test_a_follow_up_turn_reuses_the_cached_prefix_and_gives_the_fresh_reply(tiny):
+    persona = personas(tiny, 2)[1]
+    scheduler = Scheduler(ChatEngine(tiny), max_rows=4)
+    try:
+        turn1 = [{"role": "user", "content": "Hello there!"}]
+        first = Collect()
+        scheduler.submit(Request(turn1, persona, GREEDY), first)
+        turn2 = [*turn1, {"role": "assistant", "content": first.text}]
+        turn2.append({"role": "user", "content": "And then?"})
+        second = Collect()
+        scheduler.submit(Request(turn2, persona, GREEDY), second)
+        assert second.text == ChatEngine(tiny).reply(turn2, persona, GREEDY)
+        assert scheduler.metrics()["prefix_cache_hits"] == 1
+        other = Collect()  # another persona never takes this persona's cache
+        scheduler.submit(Request(turn2, None, GREEDY), other)
+        assert other.text == ChatEngine(tiny).reply(turn2, None, GREEDY)
+        assert scheduler.metrics()["prefix_cache_hits"] == 1
+    finally:
+        scheduler.close()
+
+
+def test_a_full_queue_refuses_with_a_reason(tiny):
+    scheduler = Scheduler(ChatEngine(tiny), max_rows=1, max_queue=0)
+    try:
+        with pytest.raises(QueueFull, match="retry"):
+            scheduler.submit(Request([{"role": "user", "content": "hi"}], None, GREEDY), Collect())
+    finally:
+        scheduler.close()
