@@ -1,8 +1,11 @@
-"""`persona serve`: keep the model loaded for `persona reply` (see persona.server)."""
+"""`persona serve`: the personas as models behind OpenAI's HTTP API (see persona.serve)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+DEFAULT_PORT = 8400
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -10,10 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "serve",
-        help="keep the model loaded so that `persona reply` answers at once",
-        description="Load the model once and answer `persona reply` through a socket in the data dir "
-        "(owner-only) until Ctrl-C. Replies asking for another model, precision or backend "
-        "run on their own as usual.",
+        help="serve the personas over OpenAI's HTTP API (and to `persona reply`)",
+        description="Load the model once and answer OpenAI-compatible requests "
+        "(/v1/chat/completions, /v1/models; each persona is a model) on --host:--port, and "
+        "`persona reply` through an owner-only socket in the data dir, until Ctrl-C. "
+        "See docs/serving.md.",
     )
     parser.add_argument(
         "--model",
@@ -21,6 +25,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a local Hugging Face model directory (default: the embedded model, or $PERSONA_MODEL)",
     )
     add_precision_argument(parser)
+    parser.add_argument(
+        "--library",
+        metavar="PATH",
+        type=Path,
+        help="the persona library file (default: in the data dir)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1; any other needs an API key)",
+    )
+    parser.add_argument(
+        "--port", type=_count(0, 65535), default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}"
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require `Authorization: Bearer KEY` over TCP (default: $PERSONA_API_KEY, if set)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=("serial", "batch"),
+        help="batch: replies decoded together (default where installed); serial: one at a time",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=_count(0),
+        default=16,
+        metavar="N",
+        help="requests that may wait for a free row; more are refused with 429 (default: 16)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=_count(1),
+        default=1024,
+        metavar="N",
+        help="the longest reply a request may ask for, and the length of one that names none "
+        "(default: 1024)",
+    )
+    parser.add_argument(
+        "--max-messages",
+        type=_count(1),
+        default=256,
+        metavar="N",
+        help="the most messages in one request (default: 256)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=_count(1),
+        default=1 << 20,
+        metavar="N",
+        help="the largest request body; larger ones are refused with 413 (default: 1 MiB)",
+    )
+    parser.add_argument(
+        "--save-conversations",
+        action="store_true",
+        help="save every conversation served in the library, as `persona chat` does "
+        "(default: the server never writes to the library)",
+    )
     parser.add_argument(
         "--idle-exit",
         type=_minutes,
@@ -40,7 +103,21 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _count(low: int, high: int | None = None):  # noqa: ANN202 - an argparse type
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be a whole number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
 def run(args: argparse.Namespace) -> int:
-    from persona.server import serve
+    from persona.serve.run import serve
 
     return serve(args)

@@ -1,0 +1,264 @@
+"""The HTTP API: OpenAI's routes on FastAPI, speaking to a scheduler (persona.serve.scheduler).
+
+A request is validated (schemas.py), its persona resolved (catalog.py), then submitted as a Job.
+The response starts only once the first piece of the reply (or its end, or its error) is there,
+so that a request the engine refuses still gets its own status instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from persona.errors import ConfigError, PersonaError, first_line
+from persona.prompt.render import Message
+from persona.prompt.softprompt import SoftPrompt
+from persona.serve.archive import ConversationArchive
+from persona.serve.catalog import Catalog
+from persona.serve.errors import APIError, error_body, install_handlers
+from persona.serve.guard import Activity, ApiKey, BodyLimit, Observe
+from persona.serve.metrics import RequestCounter, prometheus_text
+from persona.serve.responses import DONE_EVENT, Reply, sse, usage
+from persona.serve.scheduler import Generation, Job, QueueFull, Scheduler
+from persona.serve.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    Limits,
+    chat_messages,
+    completion_prompt,
+    generation_config,
+    refuse_unsupported,
+    stop_strings,
+)
+
+IDENTITY_HEADER = "x-persona-identity"  # `persona reply`: the model, precision, backend it needs
+DISCONNECT_POLL_S = 0.5  # how often a request waiting for its first piece checks its client
+
+
+@dataclass
+class ServeState:
+    scheduler: Scheduler
+    catalog: Catalog
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    identity: dict[str, Any] = field(default_factory=dict)  # see persona.serve.identity
+    record: dict[str, Any] = field(default_factory=dict)  # model, model_id, precision
+    prompt_text: Callable[..., str] | None = None  # engine.prompt_text, for the local client
+    archive: ConversationArchive | None = None
+    requests: RequestCounter = field(default_factory=RequestCounter)
+    activity: Activity = field(default_factory=Activity)
+
+
+def create_app(state: ServeState) -> Any:
+    """The ASGI app: FastAPI's routes inside the guard middleware."""
+    app = FastAPI(title="persona", docs_url=None, redoc_url=None, openapi_url=None, lifespan=None)
+    app.state.serve = state
+    install_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        text = prometheus_text(state.scheduler.metrics(), state.requests)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": await run_in_threadpool(state.catalog.models)}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> dict[str, Any]:
+        for entry in await run_in_threadpool(state.catalog.models):
+            if entry["id"] == model:
+                return entry
+        await run_in_threadpool(state.catalog.resolve, model)  # a 404 naming the near misses
+        raise APIError(404, f"{model!r} is not served here", param="model", code="model_not_found")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        local = _check_identity(request, state)
+        refuse_unsupported(body)
+        config = generation_config(body, state.limits)
+        stops = stop_strings(body)
+        messages, system = chat_messages(body, state.limits)
+        persona = await run_in_threadpool(state.catalog.resolve, body.model)
+        job = Job(messages, persona, system, config, stops)
+        reply = Reply(body.model, chat=True, system_fingerprint=state.record.get("model", ""))
+        return await _respond(state, request, job, body, reply, local)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        _check_identity(request, state)
+        refuse_unsupported(body)
+        config = generation_config(body, state.limits)
+        stops = stop_strings(body)
+        prompt = completion_prompt(body)
+        persona = await run_in_threadpool(state.catalog.resolve, body.model)
+        job = Job([], persona, None, config, stops, raw_prompt=prompt)
+        reply = Reply(body.model, chat=False, system_fingerprint=state.record.get("model", ""))
+        return await _respond(state, request, job, body, reply, False)
+
+    app = Observe(
+        ApiKey(BodyLimit(app, state.max_body_bytes), state.api_key), state.requests, state.activity
+    )
+    return app
+
+
+def _check_identity(request: Request, state: ServeState) -> bool:
+    """True for `persona reply` (it names what it needs); a 409 when this server serves another
+    model, precision or backend, so that it answers locally instead."""
+    header = request.headers.get(IDENTITY_HEADER)
+    if header is None:
+        return False
+    try:
+        wanted = json.loads(header)
+    except ValueError:
+        wanted = None
+    if wanted != state.identity:
+        raise APIError(
+            409,
+            "this server runs another model, precision, backend or library",
+            code="identity_mismatch",
+        )
+    return True
+
+
+async def _respond(
+    state: ServeState, request: Request, job: Job, body: Any, reply: Reply, local: bool
+) -> Any:
+    try:
+        generation = state.scheduler.submit(job)
+    except QueueFull as exc:
+        raise APIError(
+            429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}
+        ) from None
+    pieces = generation.pieces().__aiter__()
+    first = await _next_piece(pieces, generation, request)  # errors come here with their status
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _events(
+            state, request, job, generation, pieces, first, reply, include_usage, local
+        )
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+    text = [] if first is None else [first]
+    while first is not None:
+        first = await _next_piece(pieces, generation, request)
+        if first is not None:
+            text.append(first)
+    whole = "".join(text)
+    await _archive(state, job, whole, generation)
+    counts = usage(generation.prompt_tokens, generation.completion_tokens)
+    return JSONResponse(reply.whole(whole, _finish_reason(generation), counts))
+
+
+async def _next_piece(
+    pieces: AsyncIterator[str], generation: Generation, request: Request
+) -> str | None:
+    """The next piece (None at the end), cancelling the generation if the client leaves while
+    it waits; the generation's error as an APIError with its status."""
+    waiting = asyncio.ensure_future(pieces.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                generation.cancel()
+                raise APIError(499, "the client closed the connection", code="client_closed")
+    except StopAsyncIteration:
+        return None
+    except APIError:
+        raise
+    except ConfigError as exc:
+        raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+    except QueueFull as exc:
+        raise APIError(503, str(exc), code="shutting_down") from None
+    except PersonaError as exc:
+        raise APIError(500, str(exc), code="generation_failed") from None
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+
+
+async def _events(
+    state: ServeState,
+    request: Request,
+    job: Job,
+    generation: Generation,
+    pieces: AsyncIterator[str],
+    first: str | None,
+    reply: Reply,
+    include_usage: bool,
+    local: bool,
+) -> AsyncIterator[str]:
+    text: list[str] = []
+    try:
+        yield reply.chunk(first=True, with_usage=include_usage)
+        piece = first
+        while piece is not None:
+            text.append(piece)
+            yield reply.chunk(piece, with_usage=include_usage)
+            piece = await anext(pieces, None)
+    except Exception as exc:  # the response has started: the error goes in the stream
+        yield sse(
+            error_body(500, f"generation failed: {first_line(exc)}", code="generation_failed")
+        )
+        return
+    finally:
+        if not generation.done:
+            generation.cancel()  # the client left mid-reply: free the row
+    yield reply.chunk(finish_reason=_finish_reason(generation), with_usage=include_usage)
+    if include_usage:
+        extra = {"x_persona": _record(state, job, generation)} if local else None
+        yield reply.usage_chunk(
+            usage(generation.prompt_tokens, generation.completion_tokens), extra
+        )
+    yield DONE_EVENT
+    await _archive(state, job, "".join(text), generation)
+
+
+def _finish_reason(generation: Generation) -> str:
+    return "length" if generation.finish_reason == "length" else "stop"
+
+
+def _record(state: ServeState, job: Job, generation: Generation) -> dict[str, Any]:
+    """What `persona reply --json` prints besides the reply, for the local client."""
+    prompt = (
+        state.prompt_text(job.messages, job.persona, system=job.system)
+        if state.prompt_text is not None
+        else None
+    )
+    return {
+        **state.record,
+        "persona": job.persona.name if job.persona is not None else None,
+        "prompt": prompt,
+        "finish_reason": generation.finish_reason,
+    }
+
+
+async def _archive(state: ServeState, job: Job, text: str, generation: Generation) -> None:
+    if state.archive is None or job.raw_prompt is not None:
+        return
+    persona: SoftPrompt | None = job.persona
+    messages: list[Message] = job.messages
+    await run_in_threadpool(
+        state.archive.save,
+        messages,
+        job.system,
+        text,
+        persona.name if persona is not None else None,
+        token_count=generation.completion_tokens,
+        cut_short=generation.finish_reason != "stop",
+    )

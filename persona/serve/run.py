@@ -1,0 +1,228 @@
+"""Start `persona serve`: check the flags, load the model, bind the sockets, run uvicorn.
+
+One uvicorn server listens on two sockets, TCP (`--host`, `--port`) and the owner-only Unix
+socket in the data dir, for one app: a single event loop, scheduler and shutdown, where two
+servers would need two loops, or two lifespans over one, and twice the shutdown handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from persona.cli import startup
+from persona.engine.chat import ChatEngine
+from persona.errors import ConfigError
+from persona.library import open_library
+from persona.model.loader import load_chat_model
+from persona.serve.app import ServeState, create_app
+from persona.serve.archive import ConversationArchive
+from persona.serve.catalog import Catalog
+from persona.serve.identity import identity, socket_path
+from persona.serve.scheduler_serial import SerialScheduler
+from persona.serve.schemas import Limits
+
+API_KEY_ENV = "PERSONA_API_KEY"
+BATCH_MODULE = "persona.serve.scheduler_batch"
+GRACEFUL_SHUTDOWN_S = 5
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or `kill` (or, with --idle-exit, until no request came for that long)."""
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not is_loopback(args.host) and not api_key:
+        raise ConfigError(
+            f"--host {args.host} is reachable from other machines; give an API key with "
+            f"--api-key or ${API_KEY_ENV} (or keep the default --host 127.0.0.1)"
+        )
+    path = socket_path()
+    refuse_second_server(path)
+    tcp = bind_tcp(args.host, args.port)  # not listening yet: a taken port fails before the load
+    try:
+        return _serve(args, api_key, tcp, path)
+    finally:
+        tcp.close()
+
+
+def _serve(args: argparse.Namespace, api_key: str | None, tcp: socket.socket, path: Path) -> int:
+    library = open_library(args.library)
+    try:
+        loaded = load_chat_model(
+            args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
+        )
+        engine = ChatEngine(loaded)
+        scheduler = make_scheduler(args.scheduler, engine, args.max_queue)
+        startup.ready()
+        state = ServeState(
+            scheduler=scheduler,
+            catalog=Catalog(library, loaded.fingerprint, loaded.model_id),
+            limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
+            api_key=api_key,
+            max_body_bytes=args.max_body_bytes,
+            identity=identity(args),
+            record={
+                "model": str(loaded.fingerprint),
+                "model_id": loaded.model_id,
+                "precision": loaded.precision,
+            },
+            prompt_text=engine.prompt_text,
+            archive=(
+                ConversationArchive(library, str(loaded.fingerprint))
+                if args.save_conversations
+                else None
+            ),
+        )
+        config = uvicorn.Config(
+            create_app(state),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+        server = Server(config, state.activity, (args.idle_exit or 0) * 60)
+        local = bind_unix(path)
+        try:
+            host, port = tcp.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(
+                f"persona: serving {loaded.model_id} ({loaded.precision}, {scheduler_name(scheduler)}) "
+                f"at http://{shown}:{port}/v1 and on {path}; Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+            server.run(sockets=[tcp, local])
+        finally:
+            scheduler.close()
+            local.close()
+            path.unlink(missing_ok=True)
+    finally:
+        library.close()
+    if server.idle:
+        print(
+            f"persona: no request for {args.idle_exit:g} minutes; server stopped", file=sys.stderr
+        )
+    else:
+        print("persona: server stopped", file=sys.stderr)
+    return 0
+
+
+def make_scheduler(name: str | None, engine: Any, max_queue: int) -> Any:
+    """`batch` (continuous batching) where that module is installed, else `serial`."""
+    if name is None:
+        name = "batch" if importlib.util.find_spec(BATCH_MODULE) is not None else "serial"
+    if name == "batch":
+        try:
+            module = importlib.import_module(BATCH_MODULE)
+        except ImportError as exc:
+            raise ConfigError(f"--scheduler batch is not available here ({exc})") from None
+        return module.BatchScheduler(engine, max_queue=max_queue)
+    return SerialScheduler(engine, max_queue=max_queue)
+
+
+def scheduler_name(scheduler: Any) -> str:
+    return "serial" if isinstance(scheduler, SerialScheduler) else "batch"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def refuse_second_server(path: Path) -> None:
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # left by a server that did not shut down
+    else:
+        raise ConfigError(
+            f"a persona server is already running on {path}; stop it first (Ctrl-C in its terminal)"
+        )
+    finally:
+        probe.close()
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port"
+        ) from None
+    return sock
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """The local socket, owner-only from the moment it exists."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {path}: {exc.strerror or exc}; set PERSONA_HOME to a shorter local path"
+        ) from None
+    finally:
+        os.umask(previous)
+    os.chmod(path, 0o600)
+    return sock
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, stopping cleanly on SIGINT and SIGTERM (exit 0, where uvicorn raises the
+    signal again once it has shut down) and by itself after `idle_s` seconds without a request."""
+
+    def __init__(self, config: Any, activity: Any, idle_s: float) -> None:
+        super().__init__(config)
+        self.activity, self.idle_s, self.idle = activity, idle_s, False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.force_exit = self.should_exit  # a second Ctrl-C: stop without waiting
+        self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.idle_s and self.activity.idle_for() > self.idle_s:
+            self.idle = True
+            return True
+        return await super().on_tick(counter)
