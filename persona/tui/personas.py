@@ -36,6 +36,13 @@ class PersonaSelector:
             self._prompts[name] = prompt
         self.name, self.prompt = name, prompt
 
+    def switch(self, name: str | None, *, replying: bool = False) -> str:
+        """`select`, and say what changed: the next replies come from `name` (after the one being
+        written, when `replying`)."""
+        self.select(name)
+        who = name or "the model's own voice (no persona)"
+        return f"next replies{' (after this reply)' if replying else ''}: {who}"
+
     def select_default(self) -> None:
         """The library's `default_persona` when it is set and usable, else no persona."""
         try:

@@ -2,7 +2,8 @@
 
 Every finished message is written at once; a message the library could not take (locked, disk
 full) stays in memory marked unsaved and is written with the next one, so nothing typed or
-generated is lost while the app runs.
+generated is lost while the app runs. The session also knows whether a reply is being written,
+and refuses what must wait for it (sending, retry, undo) with a message the screen shows.
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from persona.errors import NotFoundError
+from persona.errors import NotFoundError, PersonaError
 from persona.prompt.render import Message
+from persona.tui.reply import ReplyOutcome
 
 TITLE_LENGTH = 60
+BUSY = "a reply is still being written; press Esc to stop it first"
+
+
+class Refused(PersonaError):
+    """A request the chat declines as things stand (a reply is being written, nothing to undo);
+    the screen shows it as a warning, not an error."""
 
 
 class Library(Protocol):
@@ -59,6 +67,7 @@ class ChatSession:
         self.model_fingerprint = model_fingerprint
         self.conversation_id: int | None = None
         self.turns: list[Turn] = []
+        self.replying = False  # a reply is being written (between begin_reply and end_reply)
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -141,6 +150,60 @@ class ChatSession:
             self._forget(self.turns[-1])
             removed.append(self.turns.pop())
         return removed
+
+    # ---- what the chat asks for --------------------------------------------------------------
+
+    def user_turn(self, text: str) -> Turn:
+        """The user's message as typed (`//` sends a literal `/`); Refused while a reply is written.
+
+        Not added yet: the screen shows it first, then `add`s it."""
+        self._check_idle()
+        text = text.strip()
+        return Turn("user", text[1:] if text.startswith("//") else text)
+
+    def begin_reply(self) -> list[Message]:
+        """A reply starts: what the engine sees."""
+        self._check_idle()
+        self.replying = True
+        return self.history()
+
+    def end_reply(self, outcome: ReplyOutcome) -> Turn | None:
+        """The reply ended: its turn, to be `add`ed, or None when it holds no text to keep."""
+        self.replying = False
+        if not outcome.text.strip():
+            return None
+        return Turn(
+            "assistant",
+            outcome.text,
+            outcome.persona,
+            outcome.new_tokens or None,
+            outcome.cut_short,
+        )
+
+    def drop_for_retry(self) -> Turn | None:
+        """Drop the latest reply so that it can be written again (None: there was none)."""
+        self._check_idle()
+        if not self.turns:
+            raise Refused("nothing to retry yet: send a message first")
+        return self.drop_last_reply()
+
+    def undo_exchange(self) -> list[Turn]:
+        """`undo`, refused while a reply is written or when there is nothing to undo."""
+        self._check_idle()
+        removed = self.undo()
+        if not removed:
+            raise Refused("nothing to undo")
+        return removed
+
+    def open(self, conversation_id: int) -> None:
+        """Save what is not saved yet, then continue conversation `conversation_id`."""
+        self._check_idle()
+        self.save()
+        self.resume(conversation_id)
+
+    def _check_idle(self) -> None:
+        if self.replying:
+            raise Refused(BUSY)
 
     def _forget(self, turn: Turn) -> None:
         if turn.message_id is not None:

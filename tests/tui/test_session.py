@@ -9,7 +9,9 @@ import pytest
 
 from persona.errors import LibraryError, NotFoundError
 from persona.tui.export import export_conversation
-from persona.tui.session import ChatSession, Turn, make_title
+from persona.tui.personas import PersonaSelector
+from persona.tui.reply import ReplyOutcome
+from persona.tui.session import ChatSession, Refused, Turn, make_title
 
 
 def rows(library: Any, session: ChatSession) -> list[tuple[str, str, str | None, bool]]:
@@ -110,3 +112,71 @@ def test_export_markdown_and_json(tmp_path: Any) -> None:
         "persona": "pirate",
         "cut_short": True,
     }
+
+
+def test_a_message_sent_with_a_double_slash_keeps_one() -> None:
+    session = ChatSession(None, "fp")  # type: ignore[arg-type]  # nothing is saved here
+    assert session.user_turn("  //etc/hosts is a path ") == Turn("user", "/etc/hosts is a path")
+    assert session.user_turn("hello") == Turn("user", "hello")
+
+
+def test_while_a_reply_is_written_sending_retry_undo_and_opening_wait(library: Any) -> None:
+    session = ChatSession(library, "fp")
+    session.add(Turn("user", "hi"))
+    assert session.begin_reply() == [{"role": "user", "content": "hi"}]
+    for attempt in (
+        lambda: session.user_turn("again"),
+        session.begin_reply,
+        session.drop_for_retry,
+        session.undo_exchange,
+        lambda: session.open(1),
+    ):
+        with pytest.raises(Refused, match="a reply is still being written; press Esc"):
+            attempt()
+    assert [t.content for t in session.turns] == ["hi"]  # nothing changed
+    session.end_reply(ReplyOutcome("", None, "cancelled"))
+    assert not session.replying and session.user_turn("again").content == "again"
+
+
+def test_a_finished_reply_becomes_a_turn_and_an_empty_one_is_dropped() -> None:
+    session = ChatSession(None, "fp")  # type: ignore[arg-type]
+    session.begin_reply()
+    turn = session.end_reply(ReplyOutcome("Arr", "pirate", "length", new_tokens=3))
+    assert turn == Turn("assistant", "Arr", "pirate", 3, cut_short=True)
+    assert session.turns == []  # the screen adds it once it is shown
+    session.begin_reply()
+    assert session.end_reply(ReplyOutcome("  \n", "pirate", "cancelled")) is None
+
+
+def test_retry_and_undo_say_when_there_is_nothing_to_do(library: Any) -> None:
+    session = ChatSession(library, "fp")
+    with pytest.raises(Refused, match="nothing to retry yet: send a message first"):
+        session.drop_for_retry()
+    with pytest.raises(Refused, match="nothing to undo"):
+        session.undo_exchange()
+    session.add(Turn("user", "a"))
+    assert session.drop_for_retry() is None  # no reply yet: the message stays, a reply follows
+    session.add(Turn("assistant", "b", "poet"))
+    assert session.drop_for_retry() == Turn("assistant", "b", "poet")
+    assert [t.content for t in session.undo_exchange()] == ["a"]
+
+
+def test_opening_another_conversation_saves_this_one_first(library: Any) -> None:
+    older = ChatSession(library, "fp")
+    older.add(Turn("user", "older"))
+    session = ChatSession(library, "fp")
+    session.turns.append(Turn("user", "not saved yet"))
+    session.open(older.conversation_id)  # type: ignore[arg-type]
+    assert [t.content for t in session.turns] == ["older"]
+    assert len(library.list_conversations()) == 2
+
+
+def test_switching_persona_says_who_speaks_next(two_personas: Any, tiny: Any) -> None:
+    personas = PersonaSelector(two_personas, tiny.fingerprint)
+    assert personas.switch("poet") == "next replies: poet" and personas.name == "poet"
+    assert personas.switch(None) == "next replies: the model's own voice (no persona)"
+    assert personas.switch(None, replying=True) == (
+        "next replies (after this reply): the model's own voice (no persona)"
+    )
+    with pytest.raises(NotFoundError, match="no persona named 'ghost'"):
+        personas.switch("ghost")
