@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from persona import __version__
 from persona.cli import startup
@@ -25,13 +26,24 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class PersonaArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one terminal line: arguments it quotes back (unrecognized
+    ones, a bad option) may hold escape sequences, which are shown escaped, never run."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = PersonaArgumentParser(
         prog="persona",
         description="Chat with trained soft-prompt personas on a frozen language model.",
     )
     parser.add_argument("--version", action="version", version=f"persona {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=PersonaArgumentParser
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
