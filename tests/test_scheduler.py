@@ -168,3 +168,16 @@ def test_a_full_queue_refuses_with_a_reason(tiny):
             scheduler.submit(Request([{"role": "user", "content": "hi"}], None, GREEDY), Collect())
     finally:
         scheduler.close()
+
+
+def test_a_conversation_too_long_for_the_window_is_refused_on_submit(tiny):
+    from persona.errors import ConfigError
+
+    scheduler = Scheduler(ChatEngine(tiny))
+    try:
+        words = " ".join(["word"] * 2000)
+        with pytest.raises(ConfigError, match="window"):
+            scheduler.submit(Request([{"role": "user", "content": words}], None, GREEDY), Collect())
+        assert scheduler.metrics()["queue_depth"] == 0
+    finally:
+        scheduler.close()

@@ -29,7 +29,7 @@ from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
 from persona.engine.rows import Row, advance, common_prefix
-from persona.errors import PersonaError
+from persona.errors import PersonaError, first_line
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
 
@@ -47,10 +47,12 @@ class Sink(Protocol):
     def piece(self, text: str) -> None: ...
 
     def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """The reply ended: stop | length | cancelled | error (then `error` says why)."""
+        """The reply ended: stop | length | cancelled."""
         ...
 
-    def error(self, message: str) -> None: ...
+    def error(self, message: str) -> None:
+        """The reply failed (a fault in the model's computation); no finish follows."""
+        ...
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Request:
     persona: SoftPrompt | None
     config: GenerationConfig
     system: str | None = None
-    ids: list[int] | None = None  # already rendered token ids (raw completions), else rendered here
+    ids: list[int] | None = None  # the token ids after the soft prompt; rendered on submit if None
 
 
 @dataclass
@@ -164,11 +166,19 @@ class Scheduler:
 
     # ---- public ---------------------------------------------------------------------------------
 
-    def submit(self, request: Request, sink: Sink) -> Ticket:
-        """Queue a request; its text goes to `sink` from the scheduler's thread. Raises QueueFull."""
+    def submit(
+        self, request: Request, sink: Sink, cancelled: threading.Event | None = None
+    ) -> Ticket:
+        """Queue a request; its text goes to `sink` from the scheduler's thread. Raises QueueFull.
+
+        `cancelled`: an event of the caller's that, once set, ends the request (as Ticket.cancel)."""
         if request.persona is not None:
             request.persona.check_fits(self.engine.loaded.fingerprint)
-        ticket = Ticket(request, sink)
+        if request.ids is None:  # here, so that a conversation too long is refused at once
+            request.ids, _ = self.engine.fit_window(
+                request.messages, request.persona, request.system, request.config.max_new_tokens
+            )
+        ticket = Ticket(request, sink, cancelled if cancelled is not None else threading.Event())
         with self._wake:
             if self._closed:
                 raise QueueFull("the server is shutting down; retry on another")
@@ -222,7 +232,7 @@ class Scheduler:
                 self._prefill_some()
                 self._decode_step()
             except Exception as exc:  # noqa: BLE001 - one bad step must not stop the server
-                self._fail_all(f"generation failed: {_first_line(exc)}")
+                self._fail_all(f"generation failed: {first_line(exc)}")
         for ticket in tickets:
             ticket.sink.finish("cancelled", 0, 0)
 
@@ -246,16 +256,7 @@ class Scheduler:
 
     def _start(self, ticket: Ticket) -> None:
         request = ticket.request
-        try:
-            if request.ids is not None:
-                ids = list(request.ids)
-            else:
-                ids, _ = self.engine.fit_window(
-                    request.messages, request.persona, request.system, request.config.max_new_tokens
-                )
-        except PersonaError as exc:
-            ticket.sink.error(str(exc))
-            return
+        ids = list(request.ids or [])
         key = request.persona.sha256 if request.persona is not None else ""
         num_virtual = request.persona.num_virtual_tokens if request.persona is not None else 0
         found = self.prefix_cache.take(key, ids)
@@ -338,8 +339,3 @@ def _bytes_per_position(engine: ChatEngine) -> int:
     hidden = int(getattr(config, "hidden_size", 1) or 1)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
     return layers * 2 * kv_heads * head_dim * 4
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
