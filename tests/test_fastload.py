@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from persona.model import quantize
 from persona.model.fastload import load_streaming
+from persona.model.loader import load_model
+from persona.paths import STALE_AFTER_S
 
 
 def reference(directory):
@@ -183,3 +187,16 @@ def test_a_new_cache_replaces_the_stale_ones_and_keeps_other_models(tiny_model_d
     assert not stale.exists() and not legacy.exists()
     assert other_model.is_file()
     assert sorted(fresh.parent.glob("*.safetensors")) == sorted([fresh, other_model])
+
+
+def test_a_stale_staging_file_of_a_killed_start_is_removed_when_a_cache_is_written(
+    tiny_model_dir,
+):
+    cache = load_fastload_cache_path(tiny_model_dir)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stale = cache.parent / "0123456789abcdef01234567.safetensors.tmp"  # a start killed mid-write
+    stale.write_bytes(b"\0" * 1000)
+    then = time.time() - STALE_AFTER_S - 60
+    os.utime(stale, (then, then))
+    load_model(tiny_model_dir, precision="int8", native=True)  # writes the cache
+    assert cache.is_file() and not stale.exists()
