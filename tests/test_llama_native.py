@@ -171,25 +171,26 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
 def test_the_single_token_step_computes_what_the_general_path_does_and_follows_replaced_layers(
     tiny_model_dir, monkeypatch
 ):
-    """A decode step of one sequence takes LlamaDecoder._step (fewer operations, per-layer plans); an
-    all-ones attention mask takes forward's general path. They agree bit for bit, and whatever
-    changes after a step (a layer replaced, a weight reassigned, quantized, fused) is what the next
-    step uses."""
+    """A decode step of one sequence runs from the decode plan the loader prepared (fewer
+    operations, no layer's forward called); an all-ones attention mask takes forward's general
+    path. They agree bit for bit, and whatever changes after a step (a layer replaced, a weight
+    reassigned, weights loaded, quantized, fused) is what the next step uses once the change is
+    planned again."""
     import copy
 
     from persona.model.quantize import quantize_int8
 
     model = load_model(tiny_model_dir, native=True).model
-    stepped = []
-    original = llama.LlamaDecoder._step
+    assert model.prepared_for_decode  # the loader planned it
+    layer_calls = []
+    layer_forward = llama.DecoderLayer.forward
 
-    def recording(self, *args):
-        result = original(self, *args)
-        stepped.append(result is not None)
-        return result
+    def counting(self, *args):
+        layer_calls.append(1)
+        return layer_forward(self, *args)
 
-    monkeypatch.setattr(llama.LlamaDecoder, "_step", recording)
-    ids = list(range(3, 27))
+    monkeypatch.setattr(llama.DecoderLayer, "forward", counting)
+    ids = list(range(3, 30))
 
     def compare(cache, token, *, step_path=True, on=None):
         decoder = on if on is not None else model
@@ -198,18 +199,16 @@ def test_the_single_token_step_computes_what_the_general_path_does_and_follows_r
             input_ids=torch.tensor([[token]]), attention_mask=ones, cache=cache
         ).logits
         cache.crop(-1)
-        del stepped[:]
+        del layer_calls[:]
         step = decoder(input_ids=torch.tensor([[token]]), cache=cache).logits
-        assert stepped == [
-            step_path
-        ]  # the step ran (or declined, falling back to the general path)
+        # the step calls no layer's forward; where it declines, the general path calls them all
+        assert len(layer_calls) == (0 if step_path else len(decoder.model.layers))
         assert torch.equal(step, general)
         return step
 
     with torch.no_grad():
         cache = llama.KVCache()
         model(input_ids=torch.tensor([ids[:10]]), cache=cache)
-        assert not stepped  # a prefill is not a step
         for token in ids[10:14]:
             compare(cache, token)
         old = compare(cache, ids[14])
@@ -219,36 +218,53 @@ def test_the_single_token_step_computes_what_the_general_path_does_and_follows_r
             attention.o_proj.in_features, attention.o_proj.out_features, bias=False
         )
         torch.nn.init.normal_(replacement.weight, std=0.5)
-        attention.o_proj = replacement  # a plan made before this must not keep the old projection
+        attention.o_proj = replacement
+        assert model.prepare_for_decode()  # a plan made before this holds the old projection
         new = compare(cache, ids[14])
         assert not torch.allclose(new, old, atol=1e-3)
         cache.crop(-1)
-        attention.o_proj.weight = torch.nn.Parameter(
-            torch.randn_like(attention.o_proj.weight)
-        )  # nor the old weight
-        assert not torch.allclose(compare(cache, ids[14]), new, atol=1e-3)
+        attention.o_proj.weight = torch.nn.Parameter(torch.randn_like(attention.o_proj.weight))
+        model.prepare_for_decode()  # nor the old weight
+        newer = compare(cache, ids[14])
+        assert not torch.allclose(newer, new, atol=1e-3)
+        cache.crop(-1)
+        torch.nn.init.normal_(attention.o_proj.weight, std=0.5)  # in place: nothing to plan again
+        assert not torch.allclose(compare(cache, ids[14]), newer, atol=1e-3)
         seen = []
         handle = model.model.layers[0].mlp.down_proj.register_forward_hook(
             lambda *args: seen.append(1)
         )
-        compare(
-            cache, ids[15], step_path=False
-        )  # a hook on a module the step would skip: the general path
+        compare(cache, ids[15], step_path=False)  # a hook on a module the step skips: general path
         assert seen
         handle.remove()
         compare(cache, ids[16])
-        twin = copy.deepcopy(model)  # made after steps: it must make plans of its own weights
+        model.drop_decode_plan()
+        compare(cache, ids[17], step_path=False)  # no plan: the general path, the same numbers
+        model.prepare_for_decode()
+        cache.crop(-1)
+        twin = copy.deepcopy(model)  # a copy plans its own modules, not the original's
+        assert twin.prepared_for_decode
         torch.nn.init.normal_(
             twin.model.layers[-1].self_attn.q_proj.weight, std=0.5
         )  # in place, in the copy only
         twin_cache = llama.KVCache()
         twin(input_ids=torch.tensor([ids[:17]]), cache=twin_cache)
-        compare(twin_cache, ids[17], on=twin)
-        compare(cache, ids[17])
-        compare(cache, ids[18])
-        quantize_int8(model)  # every projection replaced, then fused
+        twin_step = compare(twin_cache, ids[17], on=twin)
+        assert not torch.allclose(twin_step, compare(cache, ids[17]), atol=1e-3)
+        state = {
+            name: torch.randn_like(tensor) * 0.1 for name, tensor in model.state_dict().items()
+        }
+        before = compare(cache, ids[18])
+        cache.crop(-1)
+        model.load_state_dict(state, assign=True)  # new parameters: planned again by the call
+        assert not torch.allclose(compare(cache, ids[18]), before, atol=1e-3)
+        model.load_state_dict(twin.state_dict())
+        compare(cache, ids[19])
+        model.to(torch.float32)  # a move or cast plans again too
+        compare(cache, ids[20])
+        quantize_int8(model)  # every projection replaced, then fused and planned again
         model.fuse_int8_projections()
-        for token in ids[19:]:
+        for token in ids[21:]:
             compare(cache, token)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
@@ -123,6 +121,11 @@ def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
     assert load_model(tiny_model_dir, precision="auto").precision == "int8"
 
 
+def unpacked_copy(layer: quantize.Int8Linear) -> quantize.Int8Linear:
+    """The same weights in a layer of their own, not packed yet."""
+    return quantize.Int8Linear(layer.weight_int8, layer.scale, layer.bias)
+
+
 def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_use_gives(
     tiny_model_dir, monkeypatch
 ):
@@ -132,28 +135,27 @@ def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_u
     )  # the loader leaves the layers unpacked
     model = load_model(tiny_model_dir, precision="int8", native=True).model
     layers = [m for m in model.modules() if type(m) is quantize.Int8Linear]
-    assert layers and all(layer._packed is None for layer in layers)
+    assert layers and not any(layer.is_packed for layer in layers)
     pack_all(model).join()
+    assert quantize.packing_done()
     for layer in layers:
-        assert layer._packed is not None
+        assert layer.is_packed
         x = torch.randn(1, layer.in_features)  # one row: the packed kernel's path
-        threaded = layer(x)
-        layer._packed = None
-        assert torch.equal(layer(x), threaded)  # packed again, on this thread alone
+        alone = unpacked_copy(layer)
+        assert torch.equal(alone(x), layer(x))  # packed at first use, on this thread
+        assert alone.is_packed
 
 
-def test_the_row_kernel_is_fbgemms_operator_called_without_the_torch_function_check():
+def test_the_row_kernel_computes_what_fbgemms_operator_computes():
     """The int8 kernel is called boxed through the dispatcher (no per-call __torch_function__
     lookup on the packed weight); it must compute exactly what `torch.ops` computes, bias included."""
     torch.manual_seed(0)
     layer = quantize.Int8Linear.from_linear(torch.nn.Linear(40, 24))
     packed = layer.prepack()
-    kernel = quantize._row_kernel()
-    assert isinstance(kernel, functools.partial)  # this torch has the dispatcher entry points
     for rows in (torch.randn(1, 40), torch.randn(1, 40) * 300.0):
         with torch.no_grad():
             expected = torch.ops.quantized.linear_dynamic(rows, packed, False)
-            assert torch.equal(kernel(rows, packed, False), expected)
+            assert torch.equal(layer.row(rows), expected)
             assert torch.equal(layer(rows), expected)
 
 
@@ -173,12 +175,11 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     rows = [torch.randn(1, layer.in_features) for layer in layers]
     with torch.no_grad():
         expected = [
-            layer(x) for layer, x in zip(layers, rows, strict=True)
+            unpacked_copy(layer)(x) for layer, x in zip(layers, rows, strict=True)
         ]  # packed here, one at a time
-    for layer in layers:
-        layer._packed = None
+    assert not any(layer.is_packed for layer in layers)
 
-    real_pack = quantize.Int8Linear._pack
+    real_pack = quantize.Int8Linear.pack_weight
     packed_by: dict[int, list[str]] = {}
     packer_started = threading.Event()
 
@@ -187,9 +188,9 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
         if threading.current_thread() is not threading.main_thread():
             packer_started.set()
         time.sleep(0.02)  # long enough for the two threads to overlap
-        real_pack(layer)
+        return real_pack(layer)
 
-    monkeypatch.setattr(quantize.Int8Linear, "_pack", slow_pack)
+    monkeypatch.setattr(quantize.Int8Linear, "pack_weight", slow_pack)
     thread = pack_all(model)
     assert thread is not None and packer_started.wait(30)
     with torch.no_grad():

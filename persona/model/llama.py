@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from persona.model.quantize import Int8Linear
 
 ARCHITECTURE = "LlamaForCausalLM"
 
@@ -173,42 +176,7 @@ class CausalOutput:
     logits: torch.Tensor  # (B, kept, V)
 
 
-# The single-token step (LlamaDecoder._step) reads each layer's weights and projections from a plan
-# made once (DecoderLayer.plan), rather than through nn.Module's attribute lookups at every token.
-# A plan is used only while nothing it was made from can have changed: _CHANGES counts every module,
-# parameter or buffer registered anywhere (torch's global registration hooks: assignment, add_module,
-# register_*, load_state_dict(assign=True)) and every attribute set or deleted on the modules below
-# (a projection fused away or set to None). Writing a module's _parameters or _modules dict directly
-# is not seen; the loader does that only before any step.
-_CHANGES = [0]
-
-
-def _changed(*_: Any) -> None:
-    _CHANGES[0] += 1
-
-
-_registration = torch.nn.modules.module
-for _register in (
-    "register_module_parameter_registration_hook",
-    "register_module_buffer_registration_hook",
-    "register_module_module_registration_hook",
-):
-    getattr(_registration, _register)(_changed)
-
-
-class _Watched(nn.Module):
-    """A module whose attribute changes make decode plans stale (see _CHANGES)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        _changed()
-
-    def __delattr__(self, name: str) -> None:
-        super().__delattr__(name)
-        _changed()
-
-
-class RMSNorm(_Watched):
+class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float, device: Any = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size, device=device))
@@ -223,7 +191,7 @@ class RMSNorm(_Watched):
         return self.weight * x.to(dtype)
 
 
-class Attention(_Watched):
+class Attention(nn.Module):
     def __init__(self, config: Any, layer: int, device: Any = None) -> None:
         super().__init__()
         self.layer = layer
@@ -284,7 +252,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
-class MLP(_Watched):
+class MLP(nn.Module):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         hidden, inner = int(config.hidden_size), int(config.intermediate_size)
@@ -307,7 +275,7 @@ class MLP(_Watched):
         return self.down_proj(F.silu(gate) * up)
 
 
-class DecoderLayer(_Watched):
+class DecoderLayer(nn.Module):
     def __init__(self, config: Any, layer: int, device: Any = None) -> None:
         super().__init__()
         self.self_attn = Attention(config, layer, device)
@@ -327,95 +295,75 @@ class DecoderLayer(_Watched):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def plan(self) -> LayerPlan | None:
-        """What a single-token step of this layer reads (see LlamaDecoder._step), made again after any
-        change (see _CHANGES); None where the step does not apply (norms not plain float32 RMSNorm)."""
-        version = _CHANGES[0]
-        cached = self.__dict__.get("_plan")
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        attention, mlp = self.self_attn, self.mlp
-        norms = (self.input_layernorm, self.post_attention_layernorm)
-        plan = None
-        if all(type(norm) is RMSNorm and norm.weight.dtype == torch.float32 for norm in norms):
-            qkv = (
-                (attention.qkv_proj,)
-                if attention.qkv_proj is not None
-                else (attention.q_proj, attention.k_proj, attention.v_proj)
-            )
-            gate_up = (
-                (mlp.gate_up_proj,)
-                if mlp.gate_up_proj is not None
-                else (mlp.gate_proj, mlp.up_proj)
-            )
-            bypassed = (
-                self,
-                attention,
-                mlp,
-                *norms,
-                *qkv,
-                attention.o_proj,
-                *gate_up,
-                mlp.down_proj,
-            )
-            plan = LayerPlan(
-                norms[0].weight,
-                norms[0].eps,
-                _rows(qkv),
-                _rows((attention.o_proj,)),
-                norms[1].weight,
-                norms[1].eps,
-                _rows(gate_up),
-                _rows((mlp.down_proj,)),
-                attention.layer,
-                attention.heads,
-                attention.kv_heads,
-                attention.head_dim,
-                # the very dicts a hook registered later lands in: the step checks them each time
-                tuple(
-                    hooks
-                    for module in bypassed
-                    for hooks in (module._forward_pre_hooks, module._forward_hooks)
-                ),
-            )
-        self.__dict__["_plan"] = (
-            version,
-            plan,
-        )  # not through __setattr__: that would count as a change
-        return plan
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        return {
-            key: value for key, value in state.items() if key != "_plan"
-        }  # closures: not for pickle or deepcopy
-
-
-class LayerPlan(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class LayerPlan:
     """One decoder layer as the single-token step runs it: weights, projections as functions of a row, shapes."""
 
-    input_norm: torch.Tensor
+    input_norm: torch.Tensor  # (D,) float32
     input_eps: float
-    qkv: Any  # (1, D) -> (1, (H + 2 H_kv) d)
-    o: Any
-    post_norm: torch.Tensor
+    qkv: Callable[[torch.Tensor], torch.Tensor]  # (1, D) -> (1, (H + 2 H_kv) d)
+    o: Callable[[torch.Tensor], torch.Tensor]  # (1, H d) -> (1, D)
+    post_norm: torch.Tensor  # (D,) float32
     post_eps: float
-    gate_up: Any  # (1, D) -> (1, 2 I)
-    down: Any
+    gate_up: Callable[[torch.Tensor], torch.Tensor]  # (1, D) -> (1, 2 I)
+    down: Callable[[torch.Tensor], torch.Tensor]  # (1, I) -> (1, D)
     index: int
     heads: int
     kv_heads: int
     head_dim: int
-    hooks: tuple[dict[Any, Any], ...]  # forward (pre-)hooks of every module the step does not call
 
 
-def _rows(linears: tuple[nn.Module, ...]) -> Any:
+@dataclass(frozen=True, slots=True)
+class DecodePlan:
+    """What LlamaDecoder._step reads, made by LlamaDecoder.prepare_for_decode."""
+
+    layers: tuple[LayerPlan, ...]
+    # the forward (pre-)hook dicts of every module the step does not call: the very dicts a hook
+    # registered later lands in, so the step sees it and declines
+    skipped_hooks: tuple[dict[Any, Any], ...]
+
+
+def _plan_layer(layer: DecoderLayer) -> tuple[LayerPlan, tuple[nn.Module, ...]] | None:
+    """`layer` as a plan, and the modules the step calls none of; None where the step does not
+    apply (norms not plain float32 RMSNorm)."""
+    attention, mlp = layer.self_attn, layer.mlp
+    norms = (layer.input_layernorm, layer.post_attention_layernorm)
+    if not all(type(norm) is RMSNorm and norm.weight.dtype == torch.float32 for norm in norms):
+        return None
+    qkv = (
+        (attention.qkv_proj,)
+        if attention.qkv_proj is not None
+        else (attention.q_proj, attention.k_proj, attention.v_proj)
+    )
+    gate_up = (mlp.gate_up_proj,) if mlp.gate_up_proj is not None else (mlp.gate_proj, mlp.up_proj)
+    plan = LayerPlan(
+        input_norm=norms[0].weight,
+        input_eps=norms[0].eps,
+        qkv=_rows(qkv),
+        o=_rows((attention.o_proj,)),
+        post_norm=norms[1].weight,
+        post_eps=norms[1].eps,
+        gate_up=_rows(gate_up),
+        down=_rows((mlp.down_proj,)),
+        index=attention.layer,
+        heads=attention.heads,
+        kv_heads=attention.kv_heads,
+        head_dim=attention.head_dim,
+    )
+    skipped = (layer, attention, mlp, *norms, *qkv, attention.o_proj, *gate_up, mlp.down_proj)
+    return plan, skipped
+
+
+def _rows(linears: tuple[nn.Module, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of one row x (1, in) giving the outputs of `linears` side by side (1, sum of out):
     the int8 kernel called directly, a float Linear without its module call."""
     calls = [
         functools.partial(F.linear, weight=linear.weight, bias=linear.bias)
         if type(linear) is nn.Linear
-        else getattr(linear, "row", linear)
+        else linear.row
+        if type(linear) is Int8Linear
+        else linear
         for linear in linears
     ]
     if len(calls) == 1:
@@ -423,7 +371,7 @@ def _rows(linears: tuple[nn.Module, ...]) -> Any:
     return lambda x: torch.cat([call(x) for call in calls], dim=1)
 
 
-class Body(_Watched):
+class Body(nn.Module):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         # an explicit weight: initialising one on the meta device would import torch._dynamo (seconds)
@@ -438,7 +386,7 @@ class Body(_Watched):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, device)
 
 
-class LlamaDecoder(_Watched):
+class LlamaDecoder(nn.Module):
     """Inference-only LlamaForCausalLM: parameter names match transformers' (model.*, lm_head).
 
     device="meta" builds it without memory, for a loader that fills in the weights.
@@ -465,24 +413,98 @@ class LlamaDecoder(_Watched):
         )
         # x @ half_turn = x.roll(d/2): rotate_half as a product, for the single-token step (see _step)
         self.half_turn = torch.eye(head_dim, device="cpu").roll(head_dim // 2, dims=1)
+        self._decode_plan: DecodePlan | None = None  # see prepare_for_decode
+
+    def prepare_for_decode(self) -> bool:
+        """Plan the single-token step (see _step) over the layers as they are now; True if it applies.
+
+        The plan holds each layer's projections, weights and shapes, so that a decode step reads
+        them without nn.Module's attribute lookups; until it is made, every call takes forward's
+        general path (the same numbers, more operations). The loader calls this once the model is
+        loaded, quantized and fused. The plan keeps the very modules and parameters it was made
+        from: whoever replaces one afterwards (assigns a layer, a projection or a Parameter, or
+        runs quantize_int8) calls this again. This class's own changes do it themselves:
+        fuse_int8_projections, load_state_dict and moves (to(), float(), ...). Weights changed in
+        place need nothing.
+        """
+        layers, skipped = [], []
+        for layer in self.model.layers:
+            planned = _plan_layer(layer)
+            if planned is None:
+                self._decode_plan = None
+                return False
+            layers.append(planned[0])
+            skipped.extend(planned[1])
+        self._decode_plan = DecodePlan(
+            layers=tuple(layers),
+            skipped_hooks=tuple(
+                hooks
+                for module in skipped
+                for hooks in (module._forward_pre_hooks, module._forward_hooks)
+            ),
+        )
+        return True
+
+    def drop_decode_plan(self) -> None:
+        """Back to forward's general path for every call, until prepare_for_decode runs again."""
+        self._decode_plan = None
+
+    @property
+    def prepared_for_decode(self) -> bool:
+        return self._decode_plan is not None
 
     def fuse_int8_projections(self) -> None:
         """Fuse each layer's int8 q/k/v and gate/up projections into one kernel call each (decode
-        makes 120 int8 calls per token instead of 210; the numbers are the same). A no-op unless
-        they are all Int8Linear (float32 keeps its memory-mapped weights)."""
-        from persona.model import quantize
-
-        int8 = quantize.Int8Linear
+        makes 120 int8 calls per token instead of 210; the numbers are the same), then prepare the
+        decode step over the layers as they now are. Fuses nothing unless the projections are all
+        Int8Linear (float32 keeps its memory-mapped weights)."""
+        self.drop_decode_plan()
         for layer in self.model.layers:
             attention, mlp = layer.self_attn, layer.mlp
             if attention.qkv_proj is None and all(
-                type(getattr(attention, name)) is int8 for name in ("q_proj", "k_proj", "v_proj")
+                type(getattr(attention, name)) is Int8Linear
+                for name in ("q_proj", "k_proj", "v_proj")
             ):
-                attention.fuse(int8.concatenate)
+                attention.fuse(Int8Linear.concatenate)
             if mlp.gate_up_proj is None and all(
-                type(getattr(mlp, name)) is int8 for name in ("gate_proj", "up_proj")
+                type(getattr(mlp, name)) is Int8Linear for name in ("gate_proj", "up_proj")
             ):
-                mlp.fuse(int8.concatenate)
+                mlp.fuse(Int8Linear.concatenate)
+        self.prepare_for_decode()
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """nn.Module.load_state_dict; the decode plan is made again where there was one (assign=True
+        puts new parameters in place of those it holds)."""
+        prepared = self._decode_plan is not None
+        self.drop_decode_plan()
+        result = super().load_state_dict(*args, **kwargs)
+        if prepared:
+            self.prepare_for_decode()
+        return result
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LlamaDecoder:
+        # every move or cast (to(), float(), half(), cuda(), ...) goes through here; it may put new
+        # parameters in place of those the decode plan holds, or make the norms other than float32
+        prepared = self._decode_plan is not None
+        self.drop_decode_plan()
+        result = super()._apply(fn, recurse)
+        if prepared:
+            self.prepare_for_decode()
+        return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy or a pickle holds no plan (its functions close over this model's modules); the
+        # copy plans its own modules when it is restored
+        state = super().__getstate__()
+        state["_decode_plan"] = None
+        state["_prepare_on_restore"] = self._decode_plan is not None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        prepare = state.pop("_prepare_on_restore", False)
+        super().__setstate__(state)
+        if prepare:
+            self.prepare_for_decode()
 
     def new_cache(self) -> KVCache:
         return KVCache()
@@ -513,14 +535,16 @@ class LlamaDecoder(_Watched):
         cache = cache if cache is not None else past_key_values
         if cache is None and use_cache:
             cache = KVCache()
+        plan = self._decode_plan
         if (
-            input_ids is not None
+            plan is not None
+            and input_ids is not None
             and attention_mask is None
             and position_ids is None
             and type(cache) is KVCache
             and input_ids.shape == (1, 1)
         ):
-            logits = self._step(input_ids, cache)
+            logits = self._step(plan, input_ids, cache)
             if logits is not None:
                 return CausalOutput(logits=logits)
         x = (
@@ -549,20 +573,21 @@ class LlamaDecoder(_Watched):
         sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype).unsqueeze(2)
         return cos, sin
 
-    def _step(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-        """forward() for one token of one sequence (a chat decode step): logits (1, 1, V), or None where
-        a layer has no plan or a skipped module has forward hooks (the caller then takes forward's
-        general path).
+    def _step(
+        self, plan: DecodePlan, input_ids: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor | None:
+        """forward() for one token of one sequence (a chat decode step) from the decode plan (see
+        prepare_for_decode): logits (1, 1, V), or None where a module the step skips has forward
+        hooks (the caller then takes forward's general path, which calls every module).
 
         The same arithmetic in fewer operations, which is what a step of a small model costs on CPU
         (the int8 products are a third of it): rows (1, D) instead of (B, T, D) with their views and
-        transposes; each layer's weights and projections from its plan (DecoderLayer.plan) instead
-        of nn.Module's attribute lookups; the rotary embedding as one product, rotate_half(x) sin =
+        transposes; each layer's weights and projections from the plan instead of nn.Module's
+        attribute lookups; the rotary embedding as one product, rotate_half(x) sin =
         x @ (half_turn * sin), a matrix with one nonzero per column, so each entry is the same single
         product as x.roll() * sin.
         """
-        plans = [layer.plan() for layer in self.model.layers]
-        if any(plan is None or any(plan.hooks) for plan in plans) or _global_hooks():
+        if any(plan.skipped_hooks) or _global_forward_hooks():
             return None  # hooks expect their module to be called: the general path calls every one
         position = cache.get_seq_length()
         x = self.model.embed_tokens(input_ids).view(1, -1)  # (1, D)
@@ -572,45 +597,37 @@ class LlamaDecoder(_Watched):
         cos = cos.view(1, -1)  # (1, d)
         rotation = self.half_turn * sin.view(1, -1)  # (d, d): column j scaled by sin_j
         width = (x.shape[1],)
-        for (
-            norm1,
-            eps1,
-            qkv_rows,
-            o_rows,
-            norm2,
-            eps2,
-            gate_up_rows,
-            down_rows,
-            index,
-            heads,
-            kv_heads,
-            d,
-            _,
-        ) in plans:
-            qkv = qkv_rows(F.rms_norm(x, width, norm1, eps1)).view(heads + 2 * kv_heads, d)
-            qk = qkv.narrow(0, 0, heads + kv_heads)
+        for layer in plan.layers:
+            heads, kv_heads, d = layer.heads, layer.kv_heads, layer.head_dim
+            qkv = layer.qkv(F.rms_norm(x, width, layer.input_norm, layer.input_eps)).view(
+                heads + 2 * kv_heads, d
+            )  # (H + 2 H_kv, d)
+            qk = qkv.narrow(0, 0, heads + kv_heads)  # (H + H_kv, d)
             # = _rope(qk) = x cos + rotate_half(x) sin, bit for bit: each entry of the product is one
             # exact multiple of an entry plus zeros, then one addition, on any BLAS
             turned = torch.mm(qk, rotation).add_(qk * cos)
             q, k = turned.split((heads, kv_heads))
             keys, values = cache.update(
-                index,
+                layer.index,
                 k.view(1, kv_heads, 1, d),
                 qkv.narrow(0, heads + kv_heads, kv_heads).view(1, kv_heads, 1, d),
                 position,
-            )
+            )  # (1, H_kv, S, d)
             out = F.scaled_dot_product_attention(
                 q.view(1, heads, 1, d), keys, values, enable_gqa=kv_heads != heads
-            )
-            x = x + o_rows(out.view(1, heads * d))
-            gate, up = gate_up_rows(F.rms_norm(x, width, norm2, eps2)).chunk(2, dim=1)
-            x = x + down_rows(F.silu(gate) * up)
-        return self.lm_head(self.model.norm(x)).view(1, 1, -1)
+            )  # (1, H, 1, d)
+            x = x + layer.o(out.view(1, heads * d))  # (1, D)
+            gate, up = layer.gate_up(F.rms_norm(x, width, layer.post_norm, layer.post_eps)).chunk(
+                2, dim=1
+            )  # (1, I) each
+            x = x + layer.down(F.silu(gate) * up)
+        return self.lm_head(self.model.norm(x)).view(1, 1, -1)  # (1, 1, V)
 
 
-def _global_hooks() -> bool:
+def _global_forward_hooks() -> bool:
     """Whether forward hooks are registered for every module (torch.nn.modules.module.register_module_forward_hook)."""
-    return bool(_registration._global_forward_hooks or _registration._global_forward_pre_hooks)
+    module = torch.nn.modules.module
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 def _attention_mask(

@@ -28,7 +28,11 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
+
+import torch
+import torch.nn.functional as F
 
 from persona.errors import ConfigError
 
@@ -41,8 +45,6 @@ WEIGHT_LEVELS = 63
 QUANTIZED_TENSOR_WARNING = (
     r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor"
 )
-_ROW_KERNEL: Any = None  # fbgemm's dynamic int8 linear, set when Int8Linear is built
-_SCRATCH = threading.local()  # per thread: one float32 buffer the many-rows path dequantises into
 
 
 def check_precision(precision: str) -> str:
@@ -52,8 +54,6 @@ def check_precision(precision: str) -> str:
 
 
 def int8_supported() -> bool:
-    import torch
-
     engines = torch.backends.quantized.supported_engines
     return "fbgemm" in engines or "x86" in engines
 
@@ -71,11 +71,10 @@ def quantize_int8(model: Any) -> Any:
     The input embedding becomes a Float16Embedding: one float16 matrix, shared with the output
     projection where the model ties them (SmolLM2 does), so the model holds no float32 copy of its
     largest matrix. Compute the fingerprint (of the float32 embedding) before calling this.
+    persona's own decoder plans its decode step over its modules: call its
+    fuse_int8_projections() afterwards (the loader does), which plans them again.
     """
-    import torch
-
     require_int8()
-    int8_linear, float16_linear = _int8_linear_class(), _float16_linear_class()
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     tied = (
         head is not None
@@ -89,161 +88,29 @@ def quantize_int8(model: Any) -> Any:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         replacement = (
-            float16_linear.from_linear(module)
-            if module is head
-            else int8_linear.from_linear(module)
+            Float16Linear.from_linear(module) if module is head else Int8Linear.from_linear(module)
         )
         setattr(parent, child, replacement)
     if type(embedding) is torch.nn.Embedding:
         new_head = model.get_output_embeddings()
         shared = new_head.weight_fp16 if tied and new_head.bias is None else None
-        model.set_input_embeddings(_float16_embedding_class()(embedding.weight.detach(), shared))
+        model.set_input_embeddings(Float16Embedding(embedding.weight.detach(), shared))
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False  # so nothing re-ties the head to the embedding module
     return model
 
 
-@functools.cache
-def _int8_linear_class() -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    global _ROW_KERNEL
-    _ROW_KERNEL = _row_kernel()
-    # packing makes a quantized tensor, which torch warns is deprecated; that one message only, set
-    # here once (catch_warnings in the packing threads would race on the process-wide filter list)
-    warnings.filterwarnings("ignore", message=QUANTIZED_TENSOR_WARNING, category=UserWarning)
-
-    class Int8Linear(torch.nn.Module):
-        """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
-
-        def __init__(
-            self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
-        ) -> None:
-            super().__init__()
-            self.in_features = int(weight_int8.shape[1])
-            self.out_features = int(weight_int8.shape[0])
-            self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
-            self.register_buffer("scale", scale)  # (out,) float32
-            self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
-            self._packed: Any = (
-                None  # fbgemm's packed weight, made by prepack() (on first use at the latest)
-            )
-            self._pack_lock = (
-                threading.Lock()
-            )  # a decode step and the background packer never pack it twice
-
-        def prepack(self) -> Any:
-            """Pack the weight for fbgemm's kernel (once, whichever thread asks first); see prepack_all."""
-            if self._packed is None:
-                with self._pack_lock:
-                    if self._packed is None:
-                        self._pack()
-            return self._packed
-
-        def _pack(self) -> None:
-            qweight = torch._make_per_channel_quantized_tensor(
-                self.weight_int8,
-                self.scale.double(),
-                torch.zeros_like(self.scale, dtype=torch.long),
-                0,
-            )
-            self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-
-        @classmethod
-        def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
-            weight = linear.weight.detach().to(torch.float32)
-            scale = (weight.abs().amax(dim=1) / WEIGHT_LEVELS).clamp_min(1e-12)  # (out,)
-            quantized = (
-                torch.round(weight / scale[:, None])
-                .clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS)
-                .to(torch.int8)
-            )
-            bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
-            return cls(quantized, scale, bias)
-
-        @classmethod
-        def concatenate(cls, layers: list[Int8Linear]) -> Int8Linear:
-            """One layer computing `layers` side by side (outputs concatenated): one kernel call instead of several.
-
-            Exactly the same numbers: each output channel keeps its scale, and each row of activations is
-            quantized once, as each layer alone would have done.
-            """
-            if (
-                len({layer.in_features for layer in layers}) != 1
-                or len({layer.bias is None for layer in layers}) != 1
-            ):
-                raise ValueError(
-                    "only layers with the same input and all with (or all without) a bias concatenate"
-                )
-            bias = (
-                None
-                if layers[0].bias is None
-                else torch.cat([layer.bias.detach() for layer in layers])
-            )
-            return cls(
-                torch.cat([layer.weight_int8 for layer in layers]),
-                torch.cat([layer.scale for layer in layers]),
-                bias,
-            )
-
-        @property
-        def weight(self) -> torch.Tensor:
-            """The dequantised weight (float32), for code that reads `.weight`."""
-            return self.weight_int8.to(torch.float32) * self.scale[:, None]
-
-        def _dequantised_into_scratch(self) -> torch.Tensor:
-            """The float32 weight, written into this thread's scratch buffer (valid until the next call).
-
-            Equal to `.weight`, about five times faster: no allocation (a fresh 1 MB+ block is a
-            fresh mapping, faulted in page by page) and in-place steps instead of a mixed-dtype product.
-            """
-            size = self.out_features * self.in_features
-            scratch = getattr(_SCRATCH, "buffer", None)
-            if scratch is None or scratch.numel() < size:
-                with torch.inference_mode(
-                    False
-                ):  # a normal tensor: writable in and out of inference mode
-                    scratch = _SCRATCH.buffer = torch.empty(size, dtype=torch.float32)
-            weight = scratch[:size].view(self.out_features, self.in_features)
-            return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
-
-        def row(self, x: torch.Tensor) -> torch.Tensor:
-            """forward() of one row x (1, in) -> (1, out): a decode step's call, straight to the kernel."""
-            return _ROW_KERNEL(
-                x, self._packed if self._packed is not None else self.prepack(), False
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            rows = x.reshape(-1, self.in_features)  # (R, in)
-            if rows.shape[0] == 1:
-                y = self.row(rows)
-            elif rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
-                y = torch.cat([self.row(rows[index : index + 1]) for index in range(rows.shape[0])])
-            else:
-                y = F.linear(rows, self._dequantised_into_scratch(), self.bias)
-            return y.reshape(*x.shape[:-1], self.out_features)
-
-        def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
-
-    return Int8Linear
-
-
-def _row_kernel() -> Any:
+def _row_kernel() -> Callable[..., torch.Tensor] | None:
     """fbgemm's dynamic int8 linear as the cheapest call this torch offers: `kernel(x, packed, False)`.
 
     Called through `torch.ops`, every call first asks each argument for `__torch_function__`, and
     asking the packed weight (a TorchScript object) raises and catches a C++ exception inside
-    torch: about 30 us per call here, 120 calls per decode step, several milliseconds per token.
-    Calling the operator boxed through the dispatcher skips that check (nothing here overrides
-    torch functions) and computes the same: 8-10 us per call. Falls back to the operator object
-    where this torch lacks the dispatcher's Python entry points.
+    torch; a decode step makes 120 such calls. Calling the operator boxed through the dispatcher
+    skips that check (nothing here overrides torch functions) and computes the same
+    (`benchmarks/int8_calls.py` measures both). Falls back to the operator object where this
+    torch lacks the dispatcher's Python entry points; None where it has no such operator.
     """
-    import torch
-
-    overload = torch.ops.quantized.linear_dynamic.default
     find = getattr(torch._C, "_dispatch_find_schema_or_throw", None)
     call = getattr(torch._C, "_dispatch_call_boxed", None)
     if find is not None and call is not None:
@@ -253,71 +120,191 @@ def _row_kernel() -> Any:
             pass
         else:
             return functools.partial(call, handle)
+    try:
+        overload = torch.ops.quantized.linear_dynamic.default
+    except (AttributeError, RuntimeError):
+        return None  # no int8 kernel in this build: require_int8() says so before any Int8Linear
     return getattr(overload, "_op", overload)
 
 
-@functools.cache
-def _float16_linear_class() -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    class Float16Linear(torch.nn.Module):
-        """y = x W^T + b computed in float16 (float32 in and out); for the output projection."""
-
-        def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-            super().__init__()
-            self.out_features, self.in_features = (int(size) for size in weight.shape)
-            self.register_buffer("weight_fp16", weight.to(torch.float16).contiguous())  # (out, in)
-            self.bias = (
-                None
-                if bias is None
-                else torch.nn.Parameter(bias.to(torch.float16), requires_grad=False)
-            )
-
-        @classmethod
-        def from_linear(cls, linear: torch.nn.Linear) -> Float16Linear:
-            return cls(
-                linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
-            )
-
-        @property
-        def weight(self) -> torch.Tensor:
-            return self.weight_fp16.to(torch.float32)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return F.linear(x.to(torch.float16), self.weight_fp16, self.bias).to(torch.float32)
-
-        def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, float16"
-
-    return Float16Linear
+# Looked up once rather than per call: a module global is the cheapest thing a decode step can read.
+_ROW_KERNEL = _row_kernel()
 
 
 @functools.cache
-def _float16_embedding_class() -> Any:
-    import torch
-    import torch.nn.functional as F
+def _quiet_packing_warning() -> None:
+    """Packing makes a quantized tensor, which torch warns is deprecated: that one message is
+    ignored, set once by the first Int8Linear made (catch_warnings in the packing threads would
+    race on the process-wide filter list), not at import."""
+    warnings.filterwarnings("ignore", message=QUANTIZED_TENSOR_WARNING, category=UserWarning)
 
-    class Float16Embedding(torch.nn.Module):
-        """An embedding table held in float16 (possibly the output projection's own), looked up as float32."""
 
-        def __init__(self, weight: torch.Tensor, shared: torch.Tensor | None = None) -> None:
-            super().__init__()
-            self.num_embeddings, self.embedding_dim = (int(size) for size in weight.shape)
-            table = shared if shared is not None else weight.to(torch.float16).contiguous()
-            self.register_buffer("weight_fp16", table, persistent=False)  # (V, D)
+# Per thread: one float32 buffer the many-rows path dequantises into. It pays on every prefill:
+# dequantising into it is several times faster than making `.weight` afresh (a fresh block of a
+# megabyte or more is a fresh mapping, faulted in page by page; benchmarks/int8_calls.py measures it).
+_SCRATCH = threading.local()
 
-        @property
-        def weight(self) -> torch.Tensor:
-            return self.weight_fp16.to(torch.float32)
 
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            return F.embedding(ids, self.weight_fp16).to(torch.float32)  # (..., D)
+class Int8Linear(torch.nn.Module):
+    """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
 
-        def extra_repr(self) -> str:
-            return f"{self.num_embeddings}, {self.embedding_dim}, float16"
+    def __init__(
+        self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        _quiet_packing_warning()
+        self.in_features = int(weight_int8.shape[1])
+        self.out_features = int(weight_int8.shape[0])
+        self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
+        self.register_buffer("scale", scale)  # (out,) float32
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        # fbgemm's packed weight, made by prepack() (at first use at the latest), under a lock: a
+        # decode step and the background packer never pack it twice
+        self._packed: Any = None
+        self._pack_lock = threading.Lock()
 
-    return Float16Embedding
+    @property
+    def is_packed(self) -> bool:
+        """Whether the weight is packed for fbgemm's kernel already (see prepack)."""
+        return self._packed is not None
+
+    def prepack(self) -> Any:
+        """Pack the weight for fbgemm's kernel (once, whichever thread asks first); see prepack_all."""
+        if self._packed is None:
+            with self._pack_lock:
+                if self._packed is None:
+                    self._packed = self.pack_weight()
+        return self._packed
+
+    def pack_weight(self) -> Any:
+        """fbgemm's packed form of this weight, made anew (prepack keeps the first one made)."""
+        qweight = torch._make_per_channel_quantized_tensor(
+            self.weight_int8,
+            self.scale.double(),
+            torch.zeros_like(self.scale, dtype=torch.long),
+            0,
+        )
+        return torch.ops.quantized.linear_prepack(qweight, self.bias)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
+        weight = linear.weight.detach().to(torch.float32)
+        scale = (weight.abs().amax(dim=1) / WEIGHT_LEVELS).clamp_min(1e-12)  # (out,)
+        quantized = (
+            torch.round(weight / scale[:, None])
+            .clamp_(-WEIGHT_LEVELS, WEIGHT_LEVELS)
+            .to(torch.int8)
+        )  # (out, in)
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
+        return cls(quantized, scale, bias)
+
+    @classmethod
+    def concatenate(cls, layers: list[Int8Linear]) -> Int8Linear:
+        """One layer computing `layers` side by side (outputs concatenated): one kernel call instead of several.
+
+        Exactly the same numbers: each output channel keeps its scale, and each row of activations is
+        quantized once, as each layer alone would have done.
+        """
+        if (
+            len({layer.in_features for layer in layers}) != 1
+            or len({layer.bias is None for layer in layers}) != 1
+        ):
+            raise ValueError(
+                "only layers with the same input and all with (or all without) a bias concatenate"
+            )
+        bias = (
+            None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+        )
+        return cls(
+            torch.cat([layer.weight_int8 for layer in layers]),
+            torch.cat([layer.scale for layer in layers]),
+            bias,
+        )
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised weight (float32), for code that reads `.weight`."""
+        return self.weight_int8.to(torch.float32) * self.scale[:, None]
+
+    def _dequantised_into_scratch(self) -> torch.Tensor:
+        """The float32 weight, written into this thread's scratch buffer (valid until the next call).
+
+        Equal to `.weight`, without an allocation and with in-place steps instead of a mixed-dtype
+        product (see _SCRATCH).
+        """
+        size = self.out_features * self.in_features
+        scratch = getattr(_SCRATCH, "buffer", None)
+        if scratch is None or scratch.numel() < size:
+            # a normal tensor: writable in and out of inference mode
+            with torch.inference_mode(False):
+                scratch = _SCRATCH.buffer = torch.empty(size, dtype=torch.float32)
+        weight = scratch[:size].view(self.out_features, self.in_features)  # (out, in)
+        return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
+
+    def row(self, x: torch.Tensor) -> torch.Tensor:
+        """forward() of one row x (1, in) -> (1, out): a decode step's call, straight to the kernel."""
+        return _ROW_KERNEL(x, self._packed if self._packed is not None else self.prepack(), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)  # (R, in)
+        if rows.shape[0] == 1:
+            y = self.row(rows)
+        elif rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
+            y = torch.cat([self.row(rows[index : index + 1]) for index in range(rows.shape[0])])
+        else:
+            y = F.linear(rows, self._dequantised_into_scratch(), self.bias)  # (R, out)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class Float16Linear(torch.nn.Module):
+    """y = x W^T + b computed in float16 (float32 in and out); for the output projection."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(size) for size in weight.shape)
+        self.register_buffer("weight_fp16", weight.to(torch.float16).contiguous())  # (out, in)
+        self.bias = (
+            None
+            if bias is None
+            else torch.nn.Parameter(bias.to(torch.float16), requires_grad=False)
+        )
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> Float16Linear:
+        return cls(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_fp16.to(torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.float16), self.weight_fp16, self.bias).to(torch.float32)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, float16"
+
+
+class Float16Embedding(torch.nn.Module):
+    """An embedding table held in float16 (possibly the output projection's own), looked up as float32."""
+
+    def __init__(self, weight: torch.Tensor, shared: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = (int(size) for size in weight.shape)
+        table = shared if shared is not None else weight.to(torch.float16).contiguous()
+        self.register_buffer("weight_fp16", table, persistent=False)  # (V, D)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_fp16.to(torch.float32)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight_fp16).to(torch.float32)  # (..., D)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, float16"
 
 
 def prepack_all(model: Any) -> threading.Thread:
@@ -327,29 +314,33 @@ def prepack_all(model: Any) -> threading.Thread:
     (about a second of one core for the default model's 120 layers here); a decode step that
     reaches a layer first packs it itself, so the numbers never depend on timing.
     """
-    layers = [m for m in model.modules() if type(m) is _int8_linear_class() and m._packed is None]
+    layers = [m for m in model.modules() if type(m) is Int8Linear and not m.is_packed]
     thread = threading.Thread(
         target=_pack_in_order, args=(layers,), name="persona-int8-packing", daemon=True
     )
+    _stop_packing_at_exit()
     with _PACKERS_LOCK:
-        if not _PACKERS:
-            atexit.register(
-                _stop_packing
-            )  # once: a process that ends first must not be torn down mid-pack
         _PACKERS.add(thread)
     thread.start()
     return thread
 
 
-_PACKERS: set[threading.Thread] = set()  # packing threads not yet finished
+def packing_done() -> bool:
+    """Whether no packing thread (see prepack_all) is still running."""
+    with _PACKERS_LOCK:
+        return not _PACKERS
+
+
+# The packing threads still running, for the exit handler: a process that ends while one is inside
+# fbgemm's packing call is torn down under it and aborts; the handler lets it finish first.
+_PACKERS: set[threading.Thread] = set()
 _PACKERS_LOCK = threading.Lock()
 _STOP_PACKING = threading.Event()  # set at exit
 
 
-def _pack_in_order(layers: list[Any]) -> None:
-    if sys.platform.startswith(
-        "linux"
-    ):  # a lower priority: work on the prompt comes first (Linux: per thread)
+def _pack_in_order(layers: list[Int8Linear]) -> None:
+    if sys.platform.startswith("linux"):
+        # a lower priority: work on the prompt comes first (Linux: per thread)
         with contextlib.suppress(AttributeError, OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     try:
@@ -365,6 +356,12 @@ def _pack_in_order(layers: list[Any]) -> None:
             _PACKERS.discard(threading.current_thread())
 
 
+@functools.cache
+def _stop_packing_at_exit() -> None:
+    """Registers _stop_packing once, with the first packing thread (not at import)."""
+    atexit.register(_stop_packing)
+
+
 def _stop_packing() -> None:
     """At exit: let the layers being packed finish (milliseconds), pack no more, wait for the threads."""
     _STOP_PACKING.set()
@@ -372,15 +369,3 @@ def _stop_packing() -> None:
         running = list(_PACKERS)
     for thread in running:
         thread.join()
-
-
-def __getattr__(
-    name: str,
-) -> Any:  # Int8Linear is built on first use: importing this module must not import torch
-    if name == "Int8Linear":
-        return _int8_linear_class()
-    if name == "Float16Linear":
-        return _float16_linear_class()
-    if name == "Float16Embedding":
-        return _float16_embedding_class()
-    raise AttributeError(name)
