@@ -92,6 +92,8 @@ def load_model(
         # packed from now on, after the float32 embedding is gone (a lower peak), on a thread of its own:
         # the first prompt (which uses the unpacked weights) does not wait for it
         prepack_all(model)
+    if model_is_native:
+        model.prepare_for_decode()  # plans the single-token step over the weights as loaded
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     return LoadedModel(
         model=model,
