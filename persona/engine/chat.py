@@ -206,6 +206,9 @@ class ChatEngine:
         stats.token_ids = row.token_ids
         stats.finish_reason = row.finish_reason
         stats.seconds = time.perf_counter() - start
+        tail = decoder.finish()  # characters held back while they could still change
+        if tail:
+            yield tail
 
     def _cache_for(self, persona: SoftPrompt | None) -> _PrefixCache:
         key = persona.sha256 if persona is not None else ""

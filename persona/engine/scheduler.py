@@ -320,6 +320,9 @@ class Scheduler:
         if len(row.ids) >= len(active.prompt):  # the cache holds the whole prompt: keep it
             nbytes = self._bytes_per_position * (row.cache.get_seq_length() or 1)
             self.prefix_cache.put(active.key, list(row.ids), row.cache, nbytes)
+        tail = active.decoder.finish()  # characters held back while they could still change
+        if tail:
+            active.ticket.sink.piece(tail)
         active.ticket.sink.finish(row.finish_reason, len(active.prompt), len(row.token_ids))
 
     def _fail_all(self, message: str) -> None:
