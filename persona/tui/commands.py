@@ -1,13 +1,16 @@
 """Slash commands: `/persona NAME`, `/set temperature 0.3`, ... parsed into plain records.
 
-Parsing is separate from doing, so the grammar is tested without a terminal; the chat screen
-runs the parsed command.
+Parsing is separate from doing, so the grammar is tested without a terminal. Each command's spec
+names the handler that runs it against `ChatActions` (the chat screen, or a fake in tests); the
+chat screen's keys and the command palette run commands too, so each action has one path.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from persona.errors import ConfigError
 
@@ -16,11 +19,36 @@ class CommandError(ConfigError):
     """A slash command that does not exist or has a bad argument."""
 
 
+class ChatActions(Protocol):
+    """What slash commands do; the chat screen implements it."""
+
+    async def switch_persona(self, name: str | None) -> None: ...
+    async def pick_persona(self) -> None: ...
+    async def new_conversation(self) -> None: ...
+    async def retry(self) -> None: ...
+    async def undo(self) -> None: ...
+    async def change_setting(self, key: str, value: str) -> None: ...
+    async def export(self, path: str) -> None: ...
+    async def show_conversations(self) -> None: ...
+    async def show_help(self) -> None: ...
+    async def quit(self) -> None: ...
+
+
+NO_PERSONA_NAMES = ("none", "(none)")  # `/persona none`: the model's own voice
+
+Handler = Callable[[ChatActions, tuple[str, ...]], Awaitable[None]]
+
+
+def _persona(chat: ChatActions, args: tuple[str, ...]) -> Awaitable[None]:
+    return chat.switch_persona(None if args[0].lower() in NO_PERSONA_NAMES else args[0])
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     name: str
     usage: str
     help: str
+    run: Handler  # what the command does, given its arguments (already checked against the spec)
     min_args: int = 0
     max_args: int = 0
 
@@ -32,17 +60,39 @@ COMMANDS: dict[str, CommandSpec] = {
             "persona",
             "/persona NAME",
             "switch persona for the next reply (`none`: the model's own voice)",
+            _persona,
             1,
             1,
         ),
-        CommandSpec("personas", "/personas", "open the persona picker"),
-        CommandSpec("new", "/new", "start a new conversation"),
-        CommandSpec("retry", "/retry", "regenerate the last reply (with the current persona)"),
-        CommandSpec("undo", "/undo", "drop the last exchange (your message and its reply)"),
+        CommandSpec(
+            "personas",
+            "/personas",
+            "open the persona picker",
+            lambda chat, _: chat.pick_persona(),
+        ),
+        CommandSpec(
+            "new",
+            "/new",
+            "start a new conversation",
+            lambda chat, _: chat.new_conversation(),
+        ),
+        CommandSpec(
+            "retry",
+            "/retry",
+            "regenerate the last reply (with the current persona)",
+            lambda chat, _: chat.retry(),
+        ),
+        CommandSpec(
+            "undo",
+            "/undo",
+            "drop the last exchange (your message and its reply)",
+            lambda chat, _: chat.undo(),
+        ),
         CommandSpec(
             "set",
             "/set temperature|top_p|top_k|max_tokens|seed VALUE",
             "change a generation setting",
+            lambda chat, args: chat.change_setting(*args),
             2,
             2,
         ),
@@ -50,12 +100,25 @@ COMMANDS: dict[str, CommandSpec] = {
             "export",
             "/export PATH",
             "save this conversation as Markdown (.md) or JSON (.json)",
+            lambda chat, args: chat.export(args[0]),
             1,
             1,
         ),
-        CommandSpec("conversations", "/conversations", "list saved conversations and open one"),
-        CommandSpec("help", "/help", "show the keys and commands"),
-        CommandSpec("quit", "/quit", "leave (the conversation is already saved)"),
+        CommandSpec(
+            "conversations",
+            "/conversations",
+            "list saved conversations and open one",
+            lambda chat, _: chat.show_conversations(),
+        ),
+        CommandSpec(
+            "help", "/help", "show the keys and commands", lambda chat, _: chat.show_help()
+        ),
+        CommandSpec(
+            "quit",
+            "/quit",
+            "leave (the conversation is already saved)",
+            lambda chat, _: chat.quit(),
+        ),
     )
 }
 
@@ -130,3 +193,8 @@ def parse_setting(key: str, value: str) -> tuple[str, int | float | None]:
 def help_rows() -> list[tuple[str, str]]:
     """(usage, what it does) for every command, in the order /help shows them."""
     return [(spec.usage, spec.help) for spec in COMMANDS.values()]
+
+
+async def run_command(chat: ChatActions, command: SlashCommand) -> None:
+    """Do a parsed command; its handler's PersonaError reaches the caller (the screen's edge)."""
+    await COMMANDS[command.name].run(chat, command.args)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from persona.errors import PersonaError
 from persona.tui.commands import (
+    COMMANDS,
+    ChatActions,
     CommandError,
     SlashCommand,
     is_command,
     parse_command,
     parse_setting,
+    run_command,
 )
 
 
@@ -63,3 +69,50 @@ def test_settings_map_to_generation_config_fields() -> None:
     assert parse_setting("max_tokens", "64") == ("max_new_tokens", 64)
     assert parse_setting("temperature", "0") == ("temperature", 0.0)
     assert parse_setting("seed", "none") == ("seed", None)
+
+
+class RecordingChat:
+    """A ChatActions that writes down what it was asked to do."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        async def record(*args: object) -> None:
+            self.calls.append((name, args))
+
+        return record
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/persona old sea dog", ("switch_persona", ("old sea dog",))),
+        ("/persona none", ("switch_persona", (None,))),
+        ("/persona (None)", ("switch_persona", (None,))),
+        ("/personas", ("pick_persona", ())),
+        ("/new", ("new_conversation", ())),
+        ("/retry", ("retry", ())),
+        ("/undo", ("undo", ())),
+        ("/set top_p 0.5", ("change_setting", ("top_p", "0.5"))),
+        ("/export chat.md", ("export", ("chat.md",))),
+        ("/conversations", ("show_conversations", ())),
+        ("/help", ("show_help", ())),
+        ("/quit", ("quit", ())),
+    ],
+)
+async def test_each_command_runs_its_own_handler(text: str, expected: tuple[str, Any]) -> None:
+    chat = RecordingChat()
+    await run_command(chat, parse_command(text))
+    assert chat.calls == [expected]
+
+
+def test_every_handler_is_an_action_the_chat_screen_has() -> None:
+    from persona.tui.screens.chat import ChatScreen
+
+    actions = {name for name in vars(ChatActions) if not name.startswith("_")}
+    assert actions <= set(dir(ChatScreen))
+    chat = RecordingChat()
+    for spec in COMMANDS.values():
+        asyncio.run(spec.run(chat, ("x",) * spec.max_args))
+    assert {name for name, _ in chat.calls} == actions  # each action is reachable by a command

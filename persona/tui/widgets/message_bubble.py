@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from markdown_it import MarkdownIt
 from markdown_it.rules_core import StateCore
 from textual.app import ComposeResult
@@ -34,7 +36,11 @@ def speaker_label(role: str, persona: str | None) -> str:
 
 
 class MessageBubble(Vertical):
-    """A message; an assistant reply can be streamed into it piece by piece."""
+    """A message; an assistant reply can be streamed into it piece by piece.
+
+    Writes and `finish` take turns (one lock), so pieces land in the order they were handed over
+    and none comes after the reply is finished, however the screen interleaves them.
+    """
 
     DEFAULT_CSS = """
     MessageBubble {
@@ -62,6 +68,7 @@ class MessageBubble(Vertical):
         self.cut_short = cut_short
         self.note = "cut short" if cut_short else ""
         self._stream: MarkdownStream | None = None
+        self._writing = asyncio.Lock()
 
     def compose(self) -> ComposeResult:
         yield Static(self._speaker_text(), classes="speaker", markup=False)
@@ -76,24 +83,26 @@ class MessageBubble(Vertical):
 
     async def write(self, piece: str) -> None:
         """Append a streamed piece of the reply."""
-        self.text += piece
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.query_one(Markdown))
-        await self._stream.write(piece)
+        async with self._writing:
+            self.text += piece
+            if self._stream is None:
+                self._stream = Markdown.get_stream(self.query_one(Markdown))
+            await self._stream.write(piece)
 
     async def finish(self, *, cut_short: bool = False, note: str = "") -> None:
         """The reply is complete (or was stopped): flush the stream and mark a cut-short reply.
 
         `note` says why it is short (e.g. `max tokens`); a cut-short reply without one says `cut short`.
         """
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
-        self.cut_short = cut_short
-        self.note = (note or "cut short") if cut_short else ""
-        self.set_class(cut_short, "cut-short")
-        if not self.text:
-            await self.query_one(Markdown).update(
-                "*(no reply)*" if not cut_short else "*(stopped before the first word)*"
-            )
-        self.query_one(".speaker", Static).update(self._speaker_text())
+        async with self._writing:
+            if self._stream is not None:
+                await self._stream.stop()
+                self._stream = None
+            self.cut_short = cut_short
+            self.note = (note or "cut short") if cut_short else ""
+            self.set_class(cut_short, "cut-short")
+            if not self.text:
+                await self.query_one(Markdown).update(
+                    "*(no reply)*" if not cut_short else "*(stopped before the first word)*"
+                )
+            self.query_one(".speaker", Static).update(self._speaker_text())
