@@ -358,3 +358,28 @@ async def test_a_slow_screen_gets_the_reply_in_fewer_larger_pieces_not_a_slower_
         assert (
             1 <= len(writes) < len(words) // 2
         )  # pieces gathered while the screen was busy went in together
+
+
+async def test_keys_run_the_same_commands_as_slash_commands(library: Any) -> None:
+    from tests.tui.fakes import ScriptedEngine
+
+    scripted = ScriptedEngine(fingerprint=None, replies={None: ["first answer", "second answer"]})
+    pausing = PausingEngine(scripted)
+    app = PersonaChatApp(pausing, library, config=GREEDY)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "hello", wait=False)
+        await wait_for(pilot, pausing.first_piece)
+        await pilot.press("ctrl+r")  # refused while the reply is being written
+        assert (
+            "warning",
+            "a reply is still being written; press Esc to stop it first",
+        ) in notifications(app)
+        pausing.release.set()
+        await wait_idle(pilot)
+        assert bubbles(app)[-1][2] == "first answer"
+        await pilot.press("ctrl+r")
+        await wait_idle(pilot)
+        assert [text for _, _, text in bubbles(app)] == ["hello", "second answer"]
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert bubbles(app) == [] and ("information", "new conversation") in notifications(app)

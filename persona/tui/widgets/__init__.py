@@ -1,1 +1,1 @@
-"""One widget per file: message bubble, chat input, status bar."""
+"""One widget per file: message list, message bubble, chat input, status bar."""
