@@ -11,6 +11,14 @@ from persona.library.models import Conversation, Message, Persona, utcnow
 from persona.library.records import ROLES
 from persona.library.store import Store
 
+TITLE_LENGTH = 60
+
+
+def make_title(text: str) -> str:
+    """A conversation's title: the first line of its first message, shortened."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "") or "untitled"
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
 
 class ConversationStore(Store):
     def create_conversation(self, title: str, model_fingerprint: str) -> int:

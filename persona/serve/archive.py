@@ -16,9 +16,9 @@ import threading
 from collections import OrderedDict
 
 from persona.errors import PersonaError, first_line
+from persona.library.conversations import make_title
 from persona.library.library import PersonaLibrary
 from persona.prompt.render import Message
-from persona.tui.session import make_title
 
 KNOWN_CONVERSATIONS = 4096  # the newest conversations that can be continued
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from persona.errors import NotFoundError, PersonaError
+from persona.library.conversations import make_title
 from persona.prompt.render import Message
 from persona.tui.reply import ReplyOutcome
 
-TITLE_LENGTH = 60
 BUSY = "a reply is still being written; press Esc to stop it first"
 
 
@@ -53,12 +53,6 @@ class Turn:
     token_count: int | None = None
     cut_short: bool = False
     message_id: int | None = None  # the library's id once saved
-
-
-def make_title(text: str) -> str:
-    """A conversation's title: the first line of its first message, shortened."""
-    line = next((part.strip() for part in text.splitlines() if part.strip()), "") or "untitled"
-    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
 
 
 class ChatSession:

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from persona.errors import LibraryError, NotFoundError
+from persona.library.conversations import make_title
 from persona.tui.export import export_conversation
 from persona.tui.personas import PersonaSelector
 from persona.tui.reply import ReplyOutcome
-from persona.tui.session import ChatSession, Refused, Turn, make_title
+from persona.tui.session import ChatSession, Refused, Turn
 
 
 def rows(library: Any, session: ChatSession) -> list[tuple[str, str, str | None, bool]]:
