@@ -1,10 +1,12 @@
-"""`persona serve`: `persona reply` answers through a running server, the same reply, without torch."""
+"""`persona reply` answers through a running `persona serve` (the OpenAI API over the owner-only
+socket): the same reply, without torch; a server that cannot or does not answer is passed over."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -12,22 +14,14 @@ import threading
 import pytest
 
 from persona.cli.main import main
-from persona.server import socket_path, start_server
+from persona.serve.identity import socket_path
+from tests.serving import running_server
 
 
 @pytest.fixture
 def server(tiny_model_dir):
-    args = argparse.Namespace(
-        model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None
-    )
-    running, path = start_server(args)
-    thread = threading.Thread(target=running.serve_forever, daemon=True)
-    thread.start()
-    yield path
-    running.shutdown()
-    running.server_close()
-    path.unlink(missing_ok=True)
-    thread.join(timeout=10)
+    with running_server("--model", str(tiny_model_dir)) as running:
+        yield running
 
 
 def no_local_model(monkeypatch):
@@ -46,6 +40,11 @@ def reply(capsys, *arguments):
     return code, captured.out, captured.err
 
 
+def test_the_socket_is_the_owners_alone(server):
+    mode = stat.S_IMODE(os.stat(server.path).st_mode)
+    assert mode == 0o600 and stat.S_ISSOCK(os.stat(server.path).st_mode)
+
+
 def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, capsys, monkeypatch):
     model = ["--model", str(tiny_model_dir), "--no-persona"]
     local_code, local, _ = reply(capsys, *model, "--json", "--local", "hello there")
@@ -55,34 +54,25 @@ def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, c
     served_record, local_record = json.loads(served), json.loads(local)
     served_record.pop("seconds"), local_record.pop("seconds")
     assert served_record == local_record and served_record["reply"]
+    assert list(json.loads(served)) == list(json.loads(local))  # the same keys, in order
     code, streamed, _ = reply(capsys, *model, "hello there")
     assert code == 0 and streamed.strip() == local_record["reply"].strip()
+    code, with_system, _ = reply(capsys, *model, "--json", "--system", "Be brief.", "hello there")
+    assert code == 0 and "Be brief." in json.loads(with_system)["prompt"]
 
 
-def test_a_client_that_gave_up_before_its_request_was_taken_leaves_the_server_quiet(
+def test_a_client_that_left_before_its_reply_leaves_the_server_quiet(
     server, tiny_model_dir, capsys, monkeypatch
 ):
-    import socket
-
-    from persona.server import PROTOCOL, identity
-
-    args = argparse.Namespace(
-        model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None
-    )
-    request = {
-        "protocol": PROTOCOL,
-        "identity": identity(args),
-        "message": "hi",
-        "persona": None,
-        "no_persona": True,
-        "library": None,
-        "system": None,
-        "json": True,
-        "generation": {"max_new_tokens": 4},
-    }
+    body = json.dumps(
+        {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ).encode()
     gone = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    gone.connect(str(server))
-    gone.sendall(json.dumps(request).encode() + b"\n")
+    gone.connect(str(server.path))
+    gone.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     gone.close()  # as a client does after ACCEPT_TIMEOUT_S
     no_local_model(monkeypatch)
     code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
@@ -108,7 +98,7 @@ def test_a_client_answered_by_the_server_never_imports_torch(server, tiny_model_
     assert run.stdout.strip().splitlines()[-1] == "False 0"
 
 
-def test_another_precision_is_answered_locally(server, tiny_model_dir, capsys):
+def test_another_precision_or_library_is_answered_locally(server, tiny_model_dir, capsys, tmp_path):
     code, out, _ = reply(
         capsys,
         "--model",
@@ -117,105 +107,129 @@ def test_another_precision_is_answered_locally(server, tiny_model_dir, capsys):
         "--precision",
         "fp32",
         "--json",
-        "hello",
+        "hi",
     )
-    assert (
-        code == 0 and json.loads(out)["precision"] == "fp32"
-    )  # the int8 server refused; the client ran itself
+    assert code == 0 and json.loads(out)["precision"] == "fp32"  # the int8 server refused
+    elsewhere = tmp_path / "other.db"
+    code, out, _ = reply(
+        capsys, "--model", str(tiny_model_dir), "--library", str(elsewhere), "--json", "hi"
+    )
+    assert code == 0 and elsewhere.exists()  # the client opened its own library
 
 
 def test_server_errors_are_one_line(server, tiny_model_dir, capsys):
     code, _, err = reply(capsys, "--model", str(tiny_model_dir), "--persona", "nobody", "hello")
-    assert (
-        code == 1 and err.startswith("persona: error:") and "nobody" in err and err.count("\n") == 1
-    )
+    assert code == 1 and err.startswith("persona: error:") and "nobody" in err
+    assert err.count("\n") == 1
 
 
 def test_a_second_server_is_refused(server, tiny_model_dir, capsys):
-    assert main(["serve", "--model", str(tiny_model_dir)]) == 1
+    assert main(["serve", "--model", str(tiny_model_dir), "--port", "0"]) == 1
     assert "already running" in capsys.readouterr().err
 
 
 def test_a_stale_socket_does_not_stop_a_reply_and_a_new_server_replaces_it(tiny_model_dir, capsys):
-    import socket
-
     path = socket_path()
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))  # bound but never listening: what a killed server leaves behind
     stale.close()
     code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello")
     assert code == 0 and json.loads(out)["reply"] is not None
-    args = argparse.Namespace(
-        model=str(tiny_model_dir), precision="auto", backend="torch", gguf=None
+    with running_server("--model", str(tiny_model_dir)) as running:  # replaces the stale file
+        assert running.path == path and path.exists()
+    assert not path.exists()
+
+
+def read_request(connection) -> bytes:
+    """One whole HTTP request (so that closing the connection does not reset it)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
     )
-    running, bound = start_server(args)  # replaces the stale file
-    running.server_close()
-    bound.unlink()
+    while len(body) < length:
+        body += connection.recv(65536)
+    return data
 
 
-@pytest.mark.parametrize("last_line", [b"", b"{not json\n"], ids=["closed", "garbled"])
-def test_a_server_that_stops_mid_reply_is_a_one_line_error(tiny_model_dir, capsys, last_line):
-    import socket
-
+def fake_server(respond):
+    """A socket where `persona serve` would listen, answering each connection with `respond`
+    (which gets the connection and the request's first line)."""
     path = socket_path()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
-    listener.listen(1)
-
-    def half_a_reply():
-        connection, _ = listener.accept()
-        connection.makefile("r").readline()
-        connection.sendall(b'{"accepted": true}\n{"piece": "Hel"}\n' + last_line)
-        connection.close()
-
-    thread = threading.Thread(target=half_a_reply, daemon=True)
-    thread.start()
-    try:
-        code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
-    finally:
-        thread.join(timeout=10)
-        listener.close()
-        path.unlink(missing_ok=True)
-    assert code == 1 and out.startswith("Hel")
-    assert err.startswith("persona: error:") and "--local" in err and err.count("\n") == 1
-
-
-def silent_listener(after_accepting: bytes | None):
-    """A socket where `persona serve` would listen that takes the connection and then goes quiet:
-    before accepting the request (after_accepting None), or after sending `after_accepting`."""
-    import socket
-
-    path = socket_path()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
-    listener.listen(1)
+    listener.listen(4)
     done = threading.Event()
 
-    def quiet():
-        connection, _ = listener.accept()
-        connection.makefile("r").readline()
-        if after_accepting is not None:
-            connection.sendall(after_accepting)
-        done.wait(30)  # never answers while the client waits
-        connection.close()
+    def loop():
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            request = read_request(connection)
+            respond(connection, request.split(b"\r\n", 1)[0], done)
+            connection.close()
 
-    thread = threading.Thread(target=quiet, daemon=True)
+    thread = threading.Thread(target=loop, daemon=True)
     thread.start()
 
     def stop():
         done.set()
-        thread.join(timeout=10)
         listener.close()
+        thread.join(timeout=10)
         path.unlink(missing_ok=True)
 
     return stop
 
 
-def test_a_server_that_never_takes_the_request_is_passed_over(tiny_model_dir, capsys, monkeypatch):
-    import persona.server as server_module
+MODELS = json.dumps({"object": "list", "data": [{"id": "tiny", "persona": None}]}).encode()
 
-    monkeypatch.setattr(server_module, "ACCEPT_TIMEOUT_S", 0.5)
-    stop = silent_listener(after_accepting=None)
+
+def answer_models(connection, first_line) -> bool:
+    if first_line.startswith(b"GET /v1/models"):
+        connection.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(MODELS), MODELS)
+        )
+        return True
+    return False
+
+
+HALF_A_REPLY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+    b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+)
+
+
+@pytest.mark.parametrize("last_line", [b"", b"data: {not json\n\n"], ids=["closed", "garbled"])
+def test_a_server_that_stops_mid_reply_is_a_one_line_error(tiny_model_dir, capsys, last_line):
+    def half(connection, first_line, done):
+        if not answer_models(connection, first_line):
+            connection.sendall(HALF_A_REPLY + last_line)
+
+    stop = fake_server(half)
+    try:
+        code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    finally:
+        stop()
+    assert code == 1 and out.startswith("Hel")
+    assert err.startswith("persona: error:") and "--local" in err and err.count("\n") == 1
+
+
+def test_a_server_that_never_answers_is_passed_over(tiny_model_dir, capsys, monkeypatch):
+    import persona.serve.client as client
+
+    monkeypatch.setattr(client, "ACCEPT_TIMEOUT_S", 0.5)
+    stop = fake_server(lambda connection, first_line, done: done.wait(30))
     try:
         code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
     finally:
@@ -225,35 +239,46 @@ def test_a_server_that_never_takes_the_request_is_passed_over(tiny_model_dir, ca
 
 
 def test_a_server_that_stalls_mid_reply_is_a_one_line_error(tiny_model_dir, capsys, monkeypatch):
-    import persona.server as server_module
+    import persona.serve.client as client
 
-    monkeypatch.setattr(server_module, "STALL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(client, "STALL_TIMEOUT_S", 0.5)
     no_local_model(monkeypatch)
-    stop = silent_listener(after_accepting=b'{"accepted": true}\n{"piece": "Hel"}\n')
+
+    def stall(connection, first_line, done):
+        if not answer_models(connection, first_line):
+            connection.sendall(HALF_A_REPLY)
+            done.wait(30)
+
+    stop = fake_server(stall)
     try:
         code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
     finally:
         stop()
     assert code == 1 and out.startswith("Hel")
-    assert (
-        err.startswith("persona: error:")
-        and "nothing for 0.5 s" in err
-        and "--local" in err
-        and err.count("\n") == 1
-    )
+    assert err.startswith("persona: error:") and "nothing for 0.5 s" in err and "--local" in err
+    assert err.count("\n") == 1
+
+
+def test_a_busy_server_is_passed_over_at_once(tiny_model_dir, capsys):
+    def busy(connection, first_line, done):
+        if not answer_models(connection, first_line):
+            body = b'{"error": {"message": "busy", "type": "rate_limit_error"}}'
+            connection.sendall(
+                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+
+    stop = fake_server(busy)
+    try:
+        code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    finally:
+        stop()
+    assert code == 0 and out.strip()  # answered locally
 
 
 def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys, monkeypatch):
-    command = [
-        sys.executable,
-        "-m",
-        "persona",
-        "serve",
-        "--model",
-        str(tiny_model_dir),
-        "--idle-exit",
-        "0.05",
-    ]
+    command = [sys.executable, "-m", "persona", "serve", "--port", "0"]
+    command += ["--model", str(tiny_model_dir), "--idle-exit", "0.05"]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         for _ in range(1200):  # torch imports, the model loads, then the socket appears
@@ -264,9 +289,7 @@ def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsy
         code, out, _ = reply(
             capsys, "--model", str(tiny_model_dir), "--no-persona", "--json", "hello"
         )
-        assert (
-            code == 0 and json.loads(out)["reply"] is not None
-        )  # the server answered while it ran
+        assert code == 0 and json.loads(out)["reply"] is not None  # answered while it ran
         _, err = server.communicate(timeout=60)  # 3 s after that reply it stops by itself
     finally:
         server.kill()
@@ -280,3 +303,10 @@ def test_idle_exit_must_be_a_positive_number(value, capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--idle-exit", value])
     assert "must be a positive number of minutes" in capsys.readouterr().err
+
+
+def test_a_host_other_machines_reach_needs_an_api_key(capsys, monkeypatch):
+    monkeypatch.delenv("PERSONA_API_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("persona: error:") and "--api-key" in err and err.count("\n") == 1

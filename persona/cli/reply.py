@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args)  # validate before the model loads
 
     if not args.local:
-        from persona.server import reply_via_server
+        from persona.serve.client import reply_via_server
 
         code = reply_via_server(
             args, message, config

@@ -142,6 +142,8 @@ async def _respond(
         raise APIError(
             429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}
         ) from None
+    except ConfigError as exc:
+        raise APIError(400, str(exc), code="invalid_value") from None
     pieces = generation.pieces().__aiter__()
     first = await _next_piece(pieces, generation, request)  # errors come here with their status
     if body.stream:

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,53 @@ from persona.serve.schemas import Limits
 API_KEY_ENV = "PERSONA_API_KEY"
 BATCH_MODULE = "persona.serve.scheduler_batch"
 GRACEFUL_SHUTDOWN_S = 5
+BACKLOG = 128
 
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or `kill` (or, with --idle-exit, until no request came for that long)."""
+    running = start(args)
+    try:
+        print(
+            f"persona: serving {running.description} at {running.url} and on {running.path}; "
+            "Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        running.server.run(sockets=running.sockets)
+    finally:
+        running.close()
+    if running.server.idle:
+        print(
+            f"persona: no request for {args.idle_exit:g} minutes; server stopped", file=sys.stderr
+        )
+    else:
+        print("persona: server stopped", file=sys.stderr)
+    return 0
+
+
+@dataclass
+class Running:
+    """A server ready to run: the model loaded, both sockets bound (not yet listening)."""
+
+    server: Server
+    sockets: list[socket.socket]
+    path: Path  # the Unix socket
+    url: str  # the API's base URL over TCP
+    description: str
+    state: ServeState
+    library: Any
+
+    def close(self) -> None:
+        self.state.scheduler.close()
+        for sock in self.sockets:
+            sock.close()
+        self.path.unlink(missing_ok=True)
+        self.library.close()
+
+
+def start(args: argparse.Namespace) -> Running:
+    """Check the flags, bind, load; every refusal comes before the model loads."""
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         raise ConfigError(
@@ -50,24 +94,16 @@ def serve(args: argparse.Namespace) -> int:
         )
     path = socket_path()
     refuse_second_server(path)
-    tcp = bind_tcp(args.host, args.port)  # not listening yet: a taken port fails before the load
+    sockets = [bind_tcp(args.host, args.port)]
+    library = None
     try:
-        return _serve(args, api_key, tcp, path)
-    finally:
-        tcp.close()
-
-
-def _serve(args: argparse.Namespace, api_key: str | None, tcp: socket.socket, path: Path) -> int:
-    library = open_library(args.library)
-    try:
+        library = open_library(args.library)
         loaded = load_chat_model(
             args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
         )
         engine = ChatEngine(loaded)
-        scheduler = make_scheduler(args.scheduler, engine, args.max_queue)
-        startup.ready()
         state = ServeState(
-            scheduler=scheduler,
+            scheduler=make_scheduler(args.scheduler, engine, args.max_queue),
             catalog=Catalog(library, loaded.fingerprint, loaded.model_id),
             limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
             api_key=api_key,
@@ -85,38 +121,37 @@ def _serve(args: argparse.Namespace, api_key: str | None, tcp: socket.socket, pa
                 else None
             ),
         )
-        config = uvicorn.Config(
-            create_app(state),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
-        server = Server(config, state.activity, (args.idle_exit or 0) * 60)
-        local = bind_unix(path)
+        startup.ready()
         try:
-            host, port = tcp.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            print(
-                f"persona: serving {loaded.model_id} ({loaded.precision}, {scheduler_name(scheduler)}) "
-                f"at http://{shown}:{port}/v1 and on {path}; Ctrl-C stops",
-                file=sys.stderr,
-                flush=True,
-            )
-            server.run(sockets=[tcp, local])
-        finally:
-            scheduler.close()
-            local.close()
-            path.unlink(missing_ok=True)
-    finally:
-        library.close()
-    if server.idle:
-        print(
-            f"persona: no request for {args.idle_exit:g} minutes; server stopped", file=sys.stderr
-        )
-    else:
-        print("persona: server stopped", file=sys.stderr)
-    return 0
+            sockets.append(bind_unix(path))
+        except ConfigError:
+            state.scheduler.close()
+            raise
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        if library is not None:
+            library.close()
+        raise
+    config = uvicorn.Config(
+        create_app(state),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        backlog=BACKLOG,
+    )
+    host, port = sockets[0].getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return Running(
+        server=Server(config, state.activity, (args.idle_exit or 0) * 60),
+        sockets=sockets,
+        path=path,
+        url=f"http://{shown}:{port}/v1",
+        description=f"{loaded.model_id} ({loaded.precision}, {scheduler_name(state.scheduler)})",
+        state=state,
+        library=library,
+    )
 
 
 def make_scheduler(name: str | None, engine: Any, max_queue: int) -> Any:
@@ -194,6 +229,7 @@ def bind_unix(path: Path) -> socket.socket:
     finally:
         os.umask(previous)
     os.chmod(path, 0o600)
+    sock.listen(BACKLOG)  # a client that finds the file can connect: it waits for the loop to start
     return sock
 
 
