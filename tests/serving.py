@@ -54,3 +54,43 @@ def add_persona(library_path, name: str, fingerprint, seed: int, description: st
         library.add_version(name, prompt, description=description)
     finally:
         library.close()
+
+
+def serve_state(scheduler, library_path, *, limits=None, **fields):
+    """A ServeState over `scheduler`, its personas from the library at `library_path`, for a model
+    with the tiny test model's width."""
+    from persona.library import open_library
+    from persona.model.fingerprint import Fingerprint
+    from persona.serve.app import ServeState
+    from persona.serve.catalog import Catalog
+    from persona.serve.schemas import Limits
+
+    fingerprint = fields.pop("fingerprint", Fingerprint("LlamaForCausalLM", 32, 382, "0" * 16))
+    catalog = Catalog(open_library(library_path), fingerprint, "/models/tiny")
+    return ServeState(scheduler=scheduler, catalog=catalog, limits=limits or Limits(), **fields)
+
+
+@contextmanager
+def serving_app(state) -> Iterator[str]:
+    """The app over `state`, served by uvicorn on a free loopback port; yields the API's base URL."""
+    import uvicorn
+
+    from persona.serve.app import create_app
+    from persona.serve.run import Server, bind_tcp
+
+    sock = bind_tcp("127.0.0.1", 0)
+    config = uvicorn.Config(create_app(state), log_level="warning", lifespan="off")
+    server = Server(config, state.activity, 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        state.scheduler.close()
+        state.catalog.library.close()
