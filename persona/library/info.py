@@ -62,6 +62,8 @@ class PersonaInfo:
     fingerprint: str
     metrics: dict[str, Any] | None
     versions: list[VersionInfo] = field(default_factory=list)
+    # what `persona set` stored: PersonaDefaults.to_dict(), only the settings that are set
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.orm import Session
 
+from persona.engine.config import PersonaDefaults
 from persona.errors import AlreadyExistsError, LibraryError, NotFoundError
 from persona.library import reader
 from persona.library.conversations import ConversationStore
@@ -16,6 +17,8 @@ from persona.library.models import Persona, PersonaTag, PromptTensor, PromptVers
 from persona.library.records import (
     check_name,
     check_tags,
+    defaults_from_json,
+    dump_defaults,
     dump_record,
     not_found,
     version_info,
@@ -42,14 +45,17 @@ class PersonaLibrary(ConversationStore):
         training: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         tags: list[str] | None = None,
+        defaults: PersonaDefaults | None = None,
     ) -> VersionInfo:
-        """Store `prompt` as the next version of `name` (created if new) and make it active."""
+        """Store `prompt` as the next version of `name` (created if new) and make it active;
+        `defaults`, when given, replace the persona's (see `set_defaults`)."""
         check_name(name)
         prompt.check_consistent()
         data = prompt.to_bytes()  # safetensors: the (N, D) float32 tensor + metadata header
         training_json = dump_record(training, "training")
         metrics_json = dump_record(metrics, "metrics")
         clean_tags = check_tags(tags) if tags is not None else None
+        defaults_json = dump_defaults(defaults) if defaults is not None else None
         fingerprint = prompt.fingerprint
         with self.writing() as session:
             persona = session.scalar(select(Persona).where(Persona.name == name))
@@ -90,6 +96,8 @@ class PersonaLibrary(ConversationStore):
             session.add(row)
             persona.active_version = row.version
             persona.updated = now
+            if defaults is not None:
+                persona.defaults_json = defaults_json
             if clean_tags is not None:
                 session.execute(delete(PersonaTag).where(PersonaTag.persona_id == persona.id))
                 session.add_all(PersonaTag(persona_id=persona.id, tag=tag) for tag in clean_tags)
@@ -110,6 +118,29 @@ class PersonaLibrary(ConversationStore):
         """One persona with all of its versions (oldest first)."""
         with self.reading() as session:
             return reader.get_persona(self.sqlite(session), name)
+
+    def get_defaults(self, name: str) -> PersonaDefaults:
+        """The persona's own sampling defaults, stop strings and greeting (empty when none set)."""
+        with self.reading() as session:
+            return reader.get_defaults(self.sqlite(session), name)
+
+    def set_defaults(
+        self, name: str, changes: dict[str, Any], *, reset: bool = False
+    ) -> PersonaDefaults:
+        """Change some of a persona's defaults (a None value unsets that one) and return them all.
+
+        reset: start from none, also when the stored record no longer reads.
+        """
+        with self.writing() as session:
+            persona = self._find(session, name)
+            current = (
+                PersonaDefaults()
+                if reset
+                else defaults_from_json(persona.name, persona.defaults_json)
+            )
+            defaults = current.updated(changes)  # ConfigError names a bad key or value
+            persona.defaults_json, persona.updated = dump_defaults(defaults), utcnow()
+            return defaults
 
     def has_persona(self, name: str) -> bool:
         with self.reading() as session:

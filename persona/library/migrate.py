@@ -18,7 +18,12 @@ from persona.errors import LibraryError
 from persona.library.dberrors import describe
 
 # Every revision in migrations/versions, oldest first (a test checks this against the scripts).
-KNOWN_REVISIONS: tuple[str, ...] = ("0001_initial", "0002_tags_and_cut_short", "0003_tensors_apart")
+KNOWN_REVISIONS: tuple[str, ...] = (
+    "0001_initial",
+    "0002_tags_and_cut_short",
+    "0003_tensors_apart",
+    "0004_persona_defaults",
+)
 HEAD_REVISION = KNOWN_REVISIONS[-1]
 SQLITE_MAGIC = b"SQLite format 3\x00"
 

@@ -49,6 +49,8 @@ class Persona(Base):
     )  # "Hamlet" == "hamlet"
     description: Mapped[str] = mapped_column(Text, default="")
     active_version: Mapped[int] = mapped_column(Integer, default=0)  # a PromptVersion.version
+    # PersonaDefaults.to_dict() as JSON, NULL when nothing is set (since 0004)
+    defaults_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

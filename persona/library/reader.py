@@ -16,13 +16,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from persona.errors import LibraryError, NotFoundError, first_line
 from persona.library.info import ConversationInfo, MessageInfo, PersonaInfo
-from persona.library.records import aware, load_record, message_info, not_found, version_info
+from persona.library.records import (
+    aware,
+    defaults_from_json,
+    load_record,
+    message_info,
+    not_found,
+    version_info,
+)
 
 if TYPE_CHECKING:
+    from persona.engine.config import PersonaDefaults
     from persona.prompt.softprompt import SoftPrompt
 
 _PERSONA_COLUMNS = """p.id, p.name, p.description, p.created, p.updated, p.active_version,
-    v.num_virtual_tokens, v.hidden_size, v.model_id, v.fingerprint, v.metrics_json"""
+    v.num_virtual_tokens, v.hidden_size, v.model_id, v.fingerprint, v.metrics_json, p.defaults_json"""
 _PERSONAS = f"""SELECT {_PERSONA_COLUMNS} FROM personas p
     LEFT JOIN prompt_versions v ON v.persona_id = p.id AND v.version = p.active_version"""
 _VERSIONS = """SELECT version, num_virtual_tokens, hidden_size, dtype, sha256, model_id, fingerprint,
@@ -73,6 +81,7 @@ def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
         model_id=row.model_id or "",
         fingerprint=row.fingerprint or "",
         metrics=load_record(row.metrics_json),
+        defaults=load_record(row.defaults_json) or {},
     )
 
 
@@ -95,6 +104,7 @@ def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
             model_id=model_id or "",
             fingerprint=fingerprint or "",
             metrics=load_record(metrics_json),
+            defaults=load_record(defaults_json) or {},
         )
         for (
             persona_id,
@@ -108,6 +118,7 @@ def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
             model_id,
             fingerprint,
             metrics_json,
+            defaults_json,
         ) in rows
     ]
 
@@ -157,6 +168,16 @@ def get_prompt(connection: sqlite3.Connection, name: str, version: int | None = 
     return prompt
 
 
+def get_defaults(connection: sqlite3.Connection, name: str) -> PersonaDefaults:
+    """The defaults `persona set` stored for `name` (empty when none), validated."""
+    found = connection.execute(
+        "SELECT name, defaults_json FROM personas WHERE name = ?", (name,)
+    ).fetchone()
+    if found is None:
+        raise not_found(name, [row[0] for row in connection.execute("SELECT name FROM personas")])
+    return defaults_from_json(found[0], found[1])
+
+
 def no_version(
     connection: sqlite3.Connection, persona_id: int, name: str, version: int
 ) -> NotFoundError:
@@ -204,6 +225,7 @@ class LibraryView(Protocol):
     def list_personas(self) -> list[PersonaInfo]: ...
     def get_persona(self, name: str) -> PersonaInfo: ...
     def get_prompt(self, name: str, version: int | None = None) -> SoftPrompt: ...
+    def get_defaults(self, name: str) -> PersonaDefaults: ...
     def list_conversations(self) -> list[ConversationInfo]: ...
     def get_messages(self, conversation_id: int) -> list[MessageInfo]: ...
     def close(self) -> None: ...
@@ -234,6 +256,9 @@ class LibraryReader:
 
     def get_prompt(self, name: str, version: int | None = None) -> SoftPrompt:
         return self._read(get_prompt, name, version)
+
+    def get_defaults(self, name: str) -> PersonaDefaults:
+        return self._read(get_defaults, name)
 
     def list_conversations(self) -> list[ConversationInfo]:
         return self._read(list_conversations)

@@ -8,7 +8,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from persona.errors import LibraryError, NotFoundError
+from persona.engine.config import PersonaDefaults
+from persona.errors import ConfigError, LibraryError, NotFoundError
 from persona.library.info import MessageInfo, VersionInfo
 
 MAX_NAME_CHARS = 100
@@ -84,6 +85,27 @@ def load_record(text: str | None) -> dict[str, Any] | None:
     except ValueError:
         return None  # a damaged record must not hide the persona; show it as missing
     return value if isinstance(value, dict) else None
+
+
+def dump_defaults(defaults: PersonaDefaults) -> str | None:
+    """The defaults column: JSON of what is set, NULL when nothing is."""
+    record = defaults.to_dict()
+    return json.dumps(record, sort_keys=True, ensure_ascii=False) if record else None
+
+
+def defaults_from_json(name: str, text: str | None) -> PersonaDefaults:
+    """The stored defaults of persona `name`; a record that no longer validates is an error that
+    says how to reset it, never silently other settings."""
+    if not text:
+        return PersonaDefaults()
+    try:
+        return PersonaDefaults.from_dict(json.loads(text))
+    except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
+        reason = exc if isinstance(exc, ConfigError) else "not JSON"
+        raise LibraryError(
+            f"the stored defaults of persona {name!r} are damaged ({reason}); "
+            f"clear them with `persona set {name} --reset` and set them again"
+        ) from None
 
 
 def version_info(row: Any, active_version: int) -> VersionInfo:
