@@ -3,6 +3,7 @@ parses them, and personas that fit the tiny model."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -49,7 +50,15 @@ def add_persona(library_path, name: str, fingerprint, seed: int, description: st
     prompt = SoftPrompt(
         embeddings=embeddings, name=name, description=description, fingerprint=fingerprint
     )
-    library = open_library(library_path)
+    starters = os.environ.pop("PERSONA_NO_STARTERS", None)
+    os.environ["PERSONA_NO_STARTERS"] = "1"  # a module fixture runs before the autouse one sets it
+    try:
+        library = open_library(library_path)
+    finally:
+        if starters is None:
+            os.environ.pop("PERSONA_NO_STARTERS")
+        else:
+            os.environ["PERSONA_NO_STARTERS"] = starters
     try:
         library.add_version(name, prompt, description=description)
     finally:

@@ -63,12 +63,8 @@ class ServerProcess:
 def library_home(tmp_path_factory, tiny):
     home = tmp_path_factory.mktemp("serve-home")
     library = home / "library.db"
-    os.environ["PERSONA_NO_STARTERS"] = "1"
-    try:
-        add_persona(library, "hamlet", tiny.fingerprint, seed=1, description="the Dane")
-        add_persona(library, "juliet", tiny.fingerprint, seed=2, description="of Verona")
-    finally:
-        os.environ.pop("PERSONA_NO_STARTERS", None)
+    add_persona(library, "hamlet", tiny.fingerprint, seed=1, description="the Dane")
+    add_persona(library, "juliet", tiny.fingerprint, seed=2, description="of Verona")
     return home
 
 
