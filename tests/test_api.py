@@ -310,3 +310,26 @@ def _metrics(server) -> str:
         return response.read().decode()
     finally:
         connection.close()
+
+
+def test_a_version_of_a_persona_is_a_model_too(client):
+    assert client.models.retrieve("hamlet@1").model_extra["persona"] == "hamlet"
+    answer = client.chat.completions.create(
+        model="hamlet@1", messages=[{"role": "user", "content": "hi"}], **GREEDY
+    )
+    same = client.chat.completions.create(
+        model="hamlet", messages=[{"role": "user", "content": "hi"}], **GREEDY
+    )
+    assert answer.choices[0].message.content == same.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("hamlet@7")
+
+
+def test_a_raw_completion_continues_the_text_after_the_soft_prompt(client):
+    answer = client.completions.create(model="hamlet", prompt="To be, or not", max_tokens=5)
+    assert answer.object == "text_completion" and answer.choices[0].finish_reason
+    assert answer.usage.completion_tokens <= 5 and answer.usage.prompt_tokens > 4
+    streamed = client.completions.create(
+        model="hamlet", prompt="To be, or not", max_tokens=5, temperature=0, stream=True
+    )
+    assert all(chunk.object == "text_completion" for chunk in streamed)

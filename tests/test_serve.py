@@ -61,6 +61,13 @@ def test_a_reply_through_the_server_equals_a_local_one(server, tiny_model_dir, c
     assert code == 0 and "Be brief." in json.loads(with_system)["prompt"]
 
 
+def test_the_socket_needs_no_api_key(tiny_model_dir, capsys, monkeypatch):
+    with running_server("--model", str(tiny_model_dir), "--api-key", "secret"):
+        no_local_model(monkeypatch)
+        code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    assert code == 0 and out.strip()  # the owner-only file is the key
+
+
 def test_a_client_that_left_before_its_reply_leaves_the_server_quiet(
     server, tiny_model_dir, capsys, monkeypatch
 ):

@@ -81,8 +81,8 @@ def create_app(state: ServeState) -> Any:
         for entry in await run_in_threadpool(state.catalog.models):
             if entry["id"] == model:
                 return entry
-        await run_in_threadpool(state.catalog.resolve, model)  # a 404 naming the near misses
-        raise APIError(404, f"{model!r} is not served here", param="model", code="model_not_found")
+        prompt = await run_in_threadpool(state.catalog.resolve, model)  # 404: near misses named
+        return state.catalog.entry(model, prompt)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:

@@ -66,6 +66,17 @@ class Catalog:
             )
         return listed
 
+    def entry(self, model: str, prompt: SoftPrompt | None) -> dict[str, Any]:
+        """The model object of an id `models()` does not list (a version: `hamlet@2`)."""
+        return {
+            "id": model,
+            "object": "model",
+            "created": self.started,
+            "owned_by": OWNER,
+            "description": prompt.description if prompt is not None else "",
+            "persona": prompt.name if prompt is not None else None,
+        }
+
     def resolve(self, model: str) -> SoftPrompt | None:
         """The soft prompt a request's `model` names (None: the bare model), checked against the
         loaded model; a name no persona has is a 404 `model_not_found`."""

@@ -40,6 +40,11 @@ class SerialScheduler:
     # ---- the contract ---------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Generation:
+        if job.raw_prompt is not None:  # ChatEngine renders conversations only
+            raise ConfigError(
+                "raw-text completions need the batch scheduler (persona serve --scheduler batch); "
+                "use /v1/chat/completions"
+            )
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down", retry_after_s=1)
@@ -106,9 +111,6 @@ class SerialScheduler:
     def _run(self, job: Job, generation: Generation) -> None:
         if generation.stopping.is_set():  # the client left while it waited
             generation.finish(0, 0, "cancelled")
-            return
-        if job.raw_prompt is not None:
-            generation.fail(ConfigError("this server's scheduler does not run raw-text prompts"))
             return
         counted = 0
         try:
