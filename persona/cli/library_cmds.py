@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from persona.cli.defaults_cmd import describe
 from persona.errors import AlreadyExistsError, ConfigError
 
 
@@ -198,6 +199,8 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  description: {info.description}")
     if info.tags:
         print(f"  tags:        {', '.join(info.tags)}")
+    for label, text in describe(info.defaults):
+        print(f"  {label + ':':<12} {text}")
     if active is not None:
         print(
             f"  prompt:      {active.num_virtual_tokens} virtual tokens x {active.hidden_size} ({active.dtype}), init {active.init}"

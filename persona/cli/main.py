@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "persona.cli.reply",
     "persona.cli.chat_cmd",
     "persona.cli.library_cmds",
+    "persona.cli.defaults_cmd",
     "persona.cli.train_cmds",
     "persona.cli.doctor_cmd",
     "persona.cli.serve_cmd",
