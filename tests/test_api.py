@@ -16,6 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from persona.library import open_library
 from tests.serving import add_persona
 
 API_KEY = "test-key-1234"
@@ -65,6 +66,12 @@ def library_home(tmp_path_factory, tiny):
     library = home / "library.db"
     add_persona(library, "hamlet", tiny.fingerprint, seed=1, description="the Dane")
     add_persona(library, "juliet", tiny.fingerprint, seed=2, description="of Verona")
+    add_persona(library, "lear", tiny.fingerprint, seed=4)
+    opened = open_library(library)
+    try:  # what `persona set lear --temperature 0 --max-tokens 3` stores
+        opened.set_defaults("lear", {"temperature": 0, "max_new_tokens": 3})
+    finally:
+        opened.close()
     return home
 
 
@@ -125,7 +132,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"
 
 def test_every_persona_is_a_model_and_so_is_the_bare_model(client, tiny_model_dir):
     models = {model.id: model for model in client.models.list()}
-    assert set(models) == {"hamlet", "juliet", tiny_model_dir.name}
+    assert set(models) == {"hamlet", "juliet", "lear", tiny_model_dir.name}
     assert all(m.object == "model" and m.owned_by == "persona" for m in models.values())
     assert models["hamlet"].model_extra["description"] == "the Dane"
     assert client.models.retrieve("juliet").id == "juliet"
@@ -333,3 +340,13 @@ def test_a_raw_completion_continues_the_text_after_the_soft_prompt(client):
         model="hamlet", prompt="To be, or not", max_tokens=5, temperature=0, stream=True
     )
     assert all(chunk.object == "text_completion" for chunk in streamed)
+
+
+def test_a_persona_s_own_defaults_apply_where_the_request_names_none(client):
+    hello = [{"role": "user", "content": "Hello there"}]
+    short = client.chat.completions.create(model="lear", messages=hello)
+    assert short.usage.completion_tokens <= 3  # lear's max_new_tokens
+    again = client.chat.completions.create(model="lear", messages=hello)
+    assert again.choices[0].message.content == short.choices[0].message.content  # greedy
+    longer = client.chat.completions.create(model="lear", messages=hello, max_tokens=8)
+    assert longer.usage.completion_tokens > 3 or longer.choices[0].finish_reason == "stop"

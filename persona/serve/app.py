@@ -88,11 +88,10 @@ def create_app(state: ServeState) -> Any:
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         local = _check_identity(request, state)
         refuse_unsupported(body)
-        config = generation_config(body, state.limits)
-        stops = stop_strings(body)
         messages, system = chat_messages(body, state.limits)
-        persona = await run_in_threadpool(state.catalog.resolve, body.model)
-        job = Job(messages, persona, system, config, stops)
+        persona, defaults = await run_in_threadpool(state.catalog.resolve_with_defaults, body.model)
+        config = generation_config(body, state.limits, defaults)
+        job = Job(messages, persona, system, config, stop_strings(body, defaults))
         reply = Reply(body.model, chat=True, system_fingerprint=state.record.get("model", ""))
         return await _respond(state, request, job, body, reply, local)
 
@@ -100,11 +99,10 @@ def create_app(state: ServeState) -> Any:
     async def completions(body: CompletionRequest, request: Request) -> Any:
         _check_identity(request, state)
         refuse_unsupported(body)
-        config = generation_config(body, state.limits)
-        stops = stop_strings(body)
         prompt = completion_prompt(body)
-        persona = await run_in_threadpool(state.catalog.resolve, body.model)
-        job = Job([], persona, None, config, stops, raw_prompt=prompt)
+        persona, defaults = await run_in_threadpool(state.catalog.resolve_with_defaults, body.model)
+        config = generation_config(body, state.limits, defaults)
+        job = Job([], persona, None, config, stop_strings(body, defaults), raw_prompt=prompt)
         reply = Reply(body.model, chat=False, system_fingerprint=state.record.get("model", ""))
         return await _respond(state, request, job, body, reply, False)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from persona.engine.config import PersonaDefaults
 from persona.errors import LibraryError, NotFoundError, PersonaError, PromptMismatchError
 from persona.library.library import DEFAULT_PERSONA_KEY, PersonaLibrary
 from persona.model.fingerprint import Fingerprint
@@ -76,6 +77,18 @@ class Catalog:
             "description": prompt.description if prompt is not None else "",
             "persona": prompt.name if prompt is not None else None,
         }
+
+    def resolve_with_defaults(self, model: str) -> tuple[SoftPrompt | None, PersonaDefaults]:
+        """`resolve`, and the persona's own defaults (`persona set`; none for the bare model)."""
+        prompt = self.resolve(model)
+        if prompt is None:
+            return None, PersonaDefaults()
+        try:
+            return prompt, self.library.get_defaults(prompt.name)
+        except NotFoundError:  # renamed or deleted since: its prompt is still good
+            return prompt, PersonaDefaults()
+        except LibraryError as exc:
+            raise APIError(503, str(exc), code="library_unavailable") from None
 
     def resolve(self, model: str) -> SoftPrompt | None:
         """The soft prompt a request's `model` names (None: the bare model), checked against the

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from persona.engine.config import GenerationConfig
+from persona.engine.config import MAX_STOP_STRINGS, GenerationConfig, PersonaDefaults
 from persona.prompt.render import Message
 from persona.serve.errors import APIError
 
-MAX_STOPS = 4  # as OpenAI
+MAX_STOPS = MAX_STOP_STRINGS  # as OpenAI
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
@@ -114,8 +114,12 @@ def refuse_unsupported(body: _Body) -> None:
             )
 
 
-def generation_config(body: _Sampling, limits: Limits) -> GenerationConfig:
-    """The sampling settings: what the request gives, persona's defaults for what it leaves out."""
+def generation_config(
+    body: _Sampling, limits: Limits, defaults: PersonaDefaults | None = None
+) -> GenerationConfig:
+    """The sampling settings: what the request gives, else the persona's own defaults, else the
+    built-in ones (persona.engine.config)."""
+    defaults = defaults or PersonaDefaults()
     asked = getattr(body, "max_completion_tokens", None)
     param = "max_completion_tokens" if asked is not None else "max_tokens"
     if asked is None:
@@ -135,14 +139,18 @@ def generation_config(body: _Sampling, limits: Limits) -> GenerationConfig:
         "repetition_penalty": body.repetition_penalty,
         "seed": body.seed,
     }
-    return GenerationConfig(
-        max_new_tokens=asked if asked is not None else limits.max_tokens,
-        **{key: value for key, value in given.items() if value is not None},
-    )
+    settings = defaults.apply(given)
+    if asked is None:
+        asked = min(settings.get("max_new_tokens", limits.max_tokens), limits.max_tokens)
+    settings["max_new_tokens"] = asked
+    return GenerationConfig(**settings)
 
 
-def stop_strings(body: _Sampling) -> list[str]:
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+def stop_strings(body: _Sampling, defaults: PersonaDefaults | None = None) -> list[str]:
+    """The request's stop strings; the persona's own when the request names none."""
+    if body.stop is None:
+        return list(defaults.stop) if defaults is not None else []
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop)
     if len(stops) > MAX_STOPS or any(not stop for stop in stops):
         raise APIError(
             400,
