@@ -288,6 +288,10 @@ def run_export(args: argparse.Namespace) -> int:
     lib = _open(args)
     try:
         prompt = lib.get_prompt(args.name, args.prompt_version)
+        if args.format == "persona":  # the only format with room for them
+            from persona.formats.defaults import attach_defaults
+
+            attach_defaults(prompt, lib.get_defaults(args.name))
     finally:
         lib.close()
     path = write_prompt(prompt, args.path, args.format, force=args.force)
@@ -304,6 +308,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     fmt = detect_format(args.path)
     prompt = read_prompt(args.path)
+    defaults = _take_defaults(prompt, args.path)
     model_dir = target_model_dir(args.model)
     if model_dir is not None:
         check_width(prompt, model_dir)
@@ -324,6 +329,7 @@ def run_import(args: argparse.Namespace) -> int:
             description=args.description,
             model_id=prompt.base_model,
             training={"imported_from": str(args.path.resolve()), "format": fmt},
+            defaults=defaults,
         )
     finally:
         lib.close()
@@ -331,6 +337,19 @@ def run_import(args: argparse.Namespace) -> int:
         f"imported {name!r} ({version.num_virtual_tokens}x{version.hidden_size}) from {fmt} file {args.path}"
     )
     return 0
+
+
+def _take_defaults(prompt: Any, path: Path) -> Any:
+    """The persona defaults a file of ours carries; one that does not validate is left out with a
+    warning, as the soft prompt itself is still good."""
+    from persona.errors import PromptFormatError
+    from persona.formats.defaults import take_defaults
+
+    try:
+        return take_defaults(prompt)
+    except PromptFormatError as exc:
+        print(f"persona: warning: {path}: {exc}; imported without them", file=sys.stderr)
+        return None
 
 
 def run_history(args: argparse.Namespace) -> int:
