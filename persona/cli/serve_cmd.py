@@ -118,6 +118,9 @@ def _count(low: int, high: int | None = None):  # noqa: ANN202 - an argparse typ
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona.serve.run import serve
+    from persona.cli import startup
+    from persona.serve.run import serve, start
 
-    return serve(args)
+    running = start(args)  # the model loaded, the sockets bound
+    startup.ready()
+    return serve(running, args.idle_exit)

@@ -24,7 +24,6 @@ from typing import Any
 
 import uvicorn
 
-from persona.cli import startup
 from persona.engine.chat import ChatEngine
 from persona.errors import ConfigError
 from persona.library import open_library
@@ -42,9 +41,8 @@ GRACEFUL_SHUTDOWN_S = 5
 BACKLOG = 128
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(running: Running, idle_exit_minutes: float | None = None) -> int:
     """Serve until Ctrl-C or `kill` (or, with --idle-exit, until no request came for that long)."""
-    running = start(args)
     try:
         print(
             f"persona: serving {running.description} at {running.url} and on {running.path}; "
@@ -57,7 +55,8 @@ def serve(args: argparse.Namespace) -> int:
         running.close()
     if running.server.idle:
         print(
-            f"persona: no request for {args.idle_exit:g} minutes; server stopped", file=sys.stderr
+            f"persona: no request for {idle_exit_minutes:g} minutes; server stopped",
+            file=sys.stderr,
         )
     else:
         print("persona: server stopped", file=sys.stderr)
@@ -85,7 +84,8 @@ class Running:
 
 
 def start(args: argparse.Namespace) -> Running:
-    """Check the flags, bind, load; every refusal comes before the model loads."""
+    """Check the flags, bind, load; every refusal comes before the model loads. The caller then
+    runs `serve`."""
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         raise ConfigError(
@@ -121,7 +121,6 @@ def start(args: argparse.Namespace) -> Running:
                 else None
             ),
         )
-        startup.ready()
         try:
             sockets.append(bind_unix(path))
         except ConfigError:
