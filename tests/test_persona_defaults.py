@@ -134,3 +134,16 @@ def test_migration_down_and_up_keeps_everything_else_and_starts_with_no_defaults
     assert lib.set_defaults("falstaff", {"greeting": "Hal!"}).greeting == "Hal!"
     lib.delete("falstaff")  # foreign keys hold after the rebuild
     lib.close()
+
+
+def test_a_request_s_stop_strings_come_first_and_the_persona_s_still_apply():
+    from persona.serve.schemas import ChatRequest, Limits
+    from persona.serve.schemas import generation_config as request_config
+    from persona.serve.schemas import stop_strings as request_stops
+
+    hello = [{"role": "user", "content": "hi"}]
+    body = ChatRequest(model="falstaff", messages=hello, stop="\nUser:", temperature=0.1)
+    assert request_stops(body, FALSTAFF) == ["\nUser:", "Exit."]
+    assert request_stops(ChatRequest(model="falstaff", messages=hello), FALSTAFF) == ["Exit."]
+    config = request_config(body, Limits(max_tokens=100), FALSTAFF)
+    assert (config.temperature, config.top_p, config.max_new_tokens) == (0.1, 0.95, 100)

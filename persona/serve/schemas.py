@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from persona.engine.config import MAX_STOP_STRINGS, GenerationConfig, PersonaDefaults
+from persona.engine.config import stop_strings as merged_stops
 from persona.prompt.render import Message
 from persona.serve.errors import APIError
 
@@ -147,10 +148,9 @@ def generation_config(
 
 
 def stop_strings(body: _Sampling, defaults: PersonaDefaults | None = None) -> list[str]:
-    """The request's stop strings; the persona's own when the request names none."""
-    if body.stop is None:
-        return list(defaults.stop) if defaults is not None else []
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop)
+    """The request's stop strings, then the persona's own: a client that sends its own (most
+    chat front ends do) still ends the reply where the persona's would."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > MAX_STOPS or any(not stop for stop in stops):
         raise APIError(
             400,
@@ -158,7 +158,7 @@ def stop_strings(body: _Sampling, defaults: PersonaDefaults | None = None) -> li
             param="stop",
             code="invalid_value",
         )
-    return stops
+    return merged_stops(defaults, stops)
 
 
 def chat_messages(body: ChatRequest, limits: Limits) -> tuple[list[Message], str | None]:
