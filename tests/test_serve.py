@@ -277,10 +277,11 @@ def test_a_busy_server_is_passed_over_at_once(tiny_model_dir, capsys):
 
     stop = fake_server(busy)
     try:
-        code, out, _ = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+        code, out, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
     finally:
         stop()
     assert code == 0 and out.strip()  # answered locally
+    assert "queue is full; replying without it" in err
 
 
 def test_idle_exit_stops_the_server_and_removes_its_socket(tiny_model_dir, capsys, monkeypatch):

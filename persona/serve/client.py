@@ -92,6 +92,12 @@ def reply_via_server(
     except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
         return None  # a stale socket, a server that went away or is not ours: reply locally
     try:
+        if response.status == 429:
+            print(
+                "persona: the server's queue is full; replying without it",
+                file=sys.stderr,
+                flush=True,
+            )
         if response.status in FALL_BACK:
             return None
         if response.status != 200:
