@@ -1,6 +1,6 @@
 """`persona serve`: the personas of the library as models behind OpenAI's HTTP API.
 
-    run.py               check the flags, load the model, bind TCP + the owner-only Unix socket, run uvicorn
+    run.py               check the flags, load the model, bind TCP and the Unix socket, run uvicorn
     app.py               the FastAPI routes; schemas.py validates requests, responses.py shapes answers
     errors.py            OpenAI-shaped errors; guard.py: API key, body-size limit, request counts
     catalog.py           personas as model ids; archive.py saves conversations (--save-conversations)
