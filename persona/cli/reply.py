@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from persona.cli import startup
+from persona.engine.config import GenerationConfig, PersonaDefaults, stop_strings
+from persona.engine.config import generation_config as effective_config
 from persona.errors import ConfigError
 
 
@@ -78,36 +80,54 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
+    """Sampling flags; one not given is None, so the persona's own default (`persona set`) or
+    else the built-in one applies."""
+    built_in = GenerationConfig()
     parser.add_argument(
-        "--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)"
+        "--temperature",
+        type=float,
+        help=f"0 is greedy (default: the persona's, else {built_in.temperature:g})",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        help=f"nucleus sampling mass (default: the persona's, else {built_in.top_p:g})",
     )
     parser.add_argument(
         "--top-k",
         type=int,
-        default=50,
-        help="sample among the k likeliest tokens, 0 for all (default: 50)",
+        help=f"sample among the k likeliest tokens, 0 for all (default: the persona's, else {built_in.top_k})",
     )
     parser.add_argument(
-        "--repetition-penalty", type=float, default=1.1, help="1.0 disables (default: 1.1)"
+        "--repetition-penalty",
+        type=float,
+        help=f"1.0 disables (default: the persona's, else {built_in.repetition_penalty:g})",
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=256, help="longest reply in tokens (default: 256)"
+        "--max-tokens",
+        type=int,
+        help=f"longest reply in tokens (default: the persona's, else {built_in.max_new_tokens})",
     )
     parser.add_argument("--seed", type=int, help="seed for sampling, for a reproducible reply")
 
 
-def generation_config(args: argparse.Namespace):
-    from persona.engine.config import GenerationConfig
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling values named on the command line, as GenerationConfig fields (None: not given)."""
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "max_new_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
 
-    return GenerationConfig(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        max_new_tokens=args.max_tokens,
-        seed=args.seed,
-    )
+
+def generation_config(
+    args: argparse.Namespace, defaults: PersonaDefaults | None = None
+) -> GenerationConfig:
+    """The flags given, over the persona's `defaults`, over the built-in values."""
+    return effective_config(defaults, **given_settings(args))
 
 
 def reply_record(
@@ -134,14 +154,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             'the message is empty; pass the text to answer, e.g. persona reply "Hello"'
         )
-    config = generation_config(args)  # validate before the model loads
+    generation_config(args)  # validate the flags before the model loads
 
     if not args.local:
         from persona.serve.client import reply_via_server
 
-        code = reply_via_server(
-            args, message, config
-        )  # a running `persona serve` answers without a model start
+        # a running `persona serve` answers without a model start, with the persona's defaults
+        code = reply_via_server(args, message, given_settings(args))
         if code is not None:
             return code
 
@@ -154,8 +173,13 @@ def run(args: argparse.Namespace) -> int:
     from persona.cli.personas import resolve_persona
     from persona.engine.chat import ChatEngine
     from persona.model.loader import load_chat_model
+    from persona.serve.stops import StopScanner
 
-    persona = None if args.no_persona else resolve_persona(args.persona, args.library)
+    persona, defaults = (
+        (None, None) if args.no_persona else resolve_persona(args.persona, args.library)
+    )
+    config = generation_config(args, defaults)
+    stops = StopScanner(stop_strings(defaults))  # the persona's own stop strings
     loaded = load_chat_model(
         args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
     )
@@ -166,14 +190,16 @@ def run(args: argparse.Namespace) -> int:
         persona.check_fits(loaded.fingerprint)
     if args.json:
         reply = engine.reply(messages, persona, config, system=args.system)
-        print(
-            json.dumps(
-                reply_record(engine, messages, persona, reply, args.system), ensure_ascii=False
-            )
-        )
+        reply = stops.push(reply) + stops.flush()
+        record = reply_record(engine, messages, persona, reply, args.system)
+        if stops.stopped:
+            record["finish_reason"] = "stop"
+        print(json.dumps(record, ensure_ascii=False))
         return 0
     for piece in engine.stream(messages, persona, config, system=args.system):
-        sys.stdout.write(piece)
+        sys.stdout.write(stops.push(piece))
         sys.stdout.flush()
-    sys.stdout.write("\n")
+        if stops.stopped:
+            break
+    sys.stdout.write(stops.flush() + "\n")
     return 0

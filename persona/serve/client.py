@@ -16,13 +16,10 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from persona.errors import PersonaError
 from persona.serve.identity import identity, socket_path
-
-if TYPE_CHECKING:
-    from persona.engine.config import GenerationConfig
 
 CONNECT_TIMEOUT_S = 2.0
 # A request waits in the server's queue behind others (seconds to tens of seconds); past this, the
@@ -57,10 +54,11 @@ class _NotTaken(Exception):
     """The server did not answer within ACCEPT_TIMEOUT_S."""
 
 
-def reply_via_server(
-    args: argparse.Namespace, message: str, config: GenerationConfig
-) -> int | None:
-    """Answer through a running server: the exit code, or None when there is none that can answer."""
+def reply_via_server(args: argparse.Namespace, message: str, given: dict[str, Any]) -> int | None:
+    """Answer through a running server: the exit code, or None when there is none that can answer.
+
+    given: the sampling values the user named (GenerationConfig fields, None where not named);
+    the server fills the others from the persona's own defaults, as for any request."""
     path = socket_path()
     if not path.exists():
         return None
@@ -78,7 +76,7 @@ def reply_via_server(
         connection = UnixConnection(path, CONNECT_TIMEOUT_S)
         connection.connect()
         connection.request(
-            "POST", "/v1/chat/completions", _body(args, message, config, model), headers
+            "POST", "/v1/chat/completions", _body(args, message, given, model), headers
         )
         response = _response(connection)
     except _NotTaken:
@@ -142,7 +140,7 @@ def _model_id(models: dict[str, Any], persona: str | None, no_persona: bool) -> 
     return next(entry["id"] for entry in entries if entry.get("persona") is None)
 
 
-def _body(args: argparse.Namespace, message: str, config: GenerationConfig, model: str) -> str:
+def _body(args: argparse.Namespace, message: str, given: dict[str, Any], model: str) -> str:
     messages = [{"role": "user", "content": message}]
     if args.system is not None:
         messages.insert(0, {"role": "system", "content": args.system})
@@ -150,12 +148,11 @@ def _body(args: argparse.Namespace, message: str, config: GenerationConfig, mode
         {
             "model": model,
             "messages": messages,
-            "temperature": config.temperature,
-            "top_p": config.top_p,
-            "top_k": config.top_k,
-            "repetition_penalty": config.repetition_penalty,
-            "max_tokens": config.max_new_tokens,
-            "seed": config.seed,
+            **{
+                "max_tokens" if key == "max_new_tokens" else key: value
+                for key, value in given.items()
+                if value is not None
+            },
             "stream": True,
             "stream_options": {"include_usage": True},
         }
