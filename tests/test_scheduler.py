@@ -181,3 +181,36 @@ def test_a_conversation_too_long_for_the_window_is_refused_on_submit(tiny):
         assert scheduler.metrics()["queue_depth"] == 0
     finally:
         scheduler.close()
+
+
+def test_a_raw_prompt_too_long_for_the_window_is_refused_on_submit(tiny):
+    from persona.errors import ConfigError
+
+    scheduler = Scheduler(ChatEngine(tiny))
+    try:
+        ids = [5] * 250  # the tiny model's window is 256 positions; 12 are kept for the reply
+        with pytest.raises(ConfigError, match="window"):
+            scheduler.submit(Request([], None, GREEDY, ids=ids), Collect())
+    finally:
+        scheduler.close()
+
+
+def test_a_one_token_prompt_after_a_cached_one_of_its_persona(tiny):
+    """The cached prefix leaves only the soft prompt to reuse: the prompt is not put in twice."""
+    persona = personas(tiny, 2)[1]
+    scheduler = Scheduler(ChatEngine(tiny))
+    try:
+        first, second = Collect(), Collect()
+        scheduler.submit(Request([], persona, GREEDY, ids=[7, 8, 9]), first)
+        assert first.done.wait(60) and first.reason in ("stop", "length")
+        scheduler.submit(Request([], persona, GREEDY, ids=[7]), second)
+        assert second.done.wait(60) and second.reason in ("stop", "length"), second.reason
+        alone = Collect()
+        fresh = Scheduler(ChatEngine(tiny))
+        try:
+            fresh.submit(Request([], persona, GREEDY, ids=[7]), alone)
+            assert second.text == alone.text
+        finally:
+            fresh.close()
+    finally:
+        scheduler.close()

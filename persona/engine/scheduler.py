@@ -29,7 +29,7 @@ from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
 from persona.engine.rows import Row, advance, common_prefix
-from persona.errors import PersonaError, first_line
+from persona.errors import ConfigError, PersonaError, first_line
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
 
@@ -178,6 +178,8 @@ class Scheduler:
             request.ids, _ = self.engine.fit_window(
                 request.messages, request.persona, request.system, request.config.max_new_tokens
             )
+        else:
+            self._check_fits_window(request)
         ticket = Ticket(request, sink, cancelled if cancelled is not None else threading.Event())
         with self._wake:
             if self._closed:
@@ -191,6 +193,16 @@ class Scheduler:
             self.requests_total += 1
             self._wake.notify()
         return ticket
+
+    def _check_fits_window(self, request: Request) -> None:
+        num_virtual = request.persona.num_virtual_tokens if request.persona is not None else 0
+        budget = self.engine.max_context - num_virtual - request.config.max_new_tokens
+        if len(request.ids or []) > budget:
+            raise ConfigError(
+                f"the prompt is {len(request.ids or [])} tokens, more than the {budget} that fit "
+                f"the model's window ({self.engine.max_context} tokens, "
+                f"{request.config.max_new_tokens} kept for the reply); shorten it or lower max_tokens"
+            )
 
     def metrics(self) -> dict[str, float]:
         with self._wake:
@@ -281,7 +293,8 @@ class Scheduler:
             row, prompt = active.row, active.prompt
             chunk = prompt[len(row.ids) : len(row.ids) + budget]
             persona = active.ticket.request.persona
-            embeddings = persona.embeddings if persona is not None and not row.ids else None
+            empty = row.cache.get_seq_length() == 0  # a reused cache may hold just the prompt
+            embeddings = persona.embeddings if persona is not None and empty else None
             row.logits = self.backend.prefill(row.cache, chunk, embeddings)
             row.ids.extend(chunk)
             budget -= len(chunk)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import ipaddress
 import os
 import signal
@@ -32,11 +30,11 @@ from persona.serve.app import ServeState, create_app
 from persona.serve.archive import ConversationArchive
 from persona.serve.catalog import Catalog
 from persona.serve.identity import identity, socket_path
+from persona.serve.scheduler_batch import BatchScheduler
 from persona.serve.scheduler_serial import SerialScheduler
 from persona.serve.schemas import Limits
 
 API_KEY_ENV = "PERSONA_API_KEY"
-BATCH_MODULE = "persona.serve.scheduler_batch"
 GRACEFUL_SHUTDOWN_S = 5
 BACKLOG = 128
 
@@ -98,12 +96,16 @@ def start(args: argparse.Namespace) -> Running:
     library = None
     try:
         library = open_library(args.library)
+        scheduler_kind = args.scheduler or "batch"
         loaded = load_chat_model(
-            args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
+            args.model,
+            precision=serving_precision(args.precision, args.backend, scheduler_kind),
+            backend=args.backend,
+            gguf=args.gguf,
         )
         engine = ChatEngine(loaded)
         state = ServeState(
-            scheduler=make_scheduler(args.scheduler, engine, args.max_queue),
+            scheduler=make_scheduler(scheduler_kind, engine, args.max_queue),
             catalog=Catalog(library, loaded.fingerprint, loaded.model_id),
             limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
             api_key=api_key,
@@ -153,16 +155,19 @@ def start(args: argparse.Namespace) -> Running:
     )
 
 
-def make_scheduler(name: str | None, engine: Any, max_queue: int) -> Any:
-    """`batch` (continuous batching) where that module is installed, else `serial`."""
-    if name is None:
-        name = "batch" if importlib.util.find_spec(BATCH_MODULE) is not None else "serial"
+def serving_precision(precision: str, backend: str, scheduler: str) -> str:
+    """What `--precision auto` means for a server: float32 where rows are batched (a batched step
+    reads each float weight once for all rows, where int8 runs its kernel once per row, to give
+    every token its own activation scale), else what it means for chat."""
+    if precision == "auto" and backend == "torch" and scheduler == "batch":
+        return "fp32"
+    return precision
+
+
+def make_scheduler(name: str, engine: Any, max_queue: int) -> Any:
+    """`batch` (continuous batching, the default) or `serial` (one reply at a time)."""
     if name == "batch":
-        try:
-            module = importlib.import_module(BATCH_MODULE)
-        except ImportError as exc:
-            raise ConfigError(f"--scheduler batch is not available here ({exc})") from None
-        return module.BatchScheduler(engine, max_queue=max_queue)
+        return BatchScheduler(engine, max_queue=max_queue)
     return SerialScheduler(engine, max_queue=max_queue)
 
 

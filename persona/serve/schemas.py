@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from persona.engine.config import MAX_STOP_STRINGS, GenerationConfig, PersonaDefaults
 from persona.engine.config import stop_strings as merged_stops
+from persona.errors import ConfigError
 from persona.prompt.render import Message
 from persona.serve.errors import APIError
 
@@ -121,7 +122,8 @@ def generation_config(
     """The sampling settings: what the request gives, else the persona's own defaults, else the
     built-in ones (persona.engine.config)."""
     defaults = defaults or PersonaDefaults()
-    asked = getattr(body, "max_completion_tokens", None)
+    # only the chat endpoint has max_completion_tokens; elsewhere it is an unknown extra field
+    asked = body.max_completion_tokens if isinstance(body, ChatRequest) else None
     param = "max_completion_tokens" if asked is not None else "max_tokens"
     if asked is None:
         asked = body.max_tokens
@@ -144,7 +146,11 @@ def generation_config(
     if asked is None:
         asked = min(settings.get("max_new_tokens", limits.max_tokens), limits.max_tokens)
     settings["max_new_tokens"] = asked
-    return GenerationConfig(**settings)
+    try:
+        return GenerationConfig(**settings)
+    except ConfigError as exc:  # a value the schema let through but the settings refuse
+        field = str(exc).split("=", 1)[0]
+        raise APIError(400, str(exc), param=field, code="invalid_value") from None
 
 
 def stop_strings(body: _Sampling, defaults: PersonaDefaults | None = None) -> list[str]:
