@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     args = parser.parse_args()
-    loaded = load_model(precision=args.precision)
+    loaded = load_model(precision=args.precision, native=True)  # the decoder chat and serve run
     personas = [SoftPrompt.load(starter.prompt_path) for starter in find_starters()]
     requests = [
         BatchRequest(
