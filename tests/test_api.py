@@ -94,8 +94,12 @@ def client(server):
 def engine(tiny_model_dir):
     from persona.engine.chat import ChatEngine
     from persona.model.loader import load_chat_model
+    from persona.serve.run import serving_precision
 
-    return ChatEngine(load_chat_model(tiny_model_dir))  # as the server loads it
+    precision = serving_precision("auto", "torch", "batch")  # what the server chose
+    return ChatEngine(
+        load_chat_model(tiny_model_dir, precision=precision)
+    )  # as the server loads it
 
 
 def local_reply(engine, library_home, messages, persona, **config):
