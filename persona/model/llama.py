@@ -356,19 +356,20 @@ def _plan_layer(layer: DecoderLayer) -> tuple[LayerPlan, tuple[nn.Module, ...]] 
 
 
 def _rows(linears: tuple[nn.Module, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function of one row x (1, in) giving the outputs of `linears` side by side (1, sum of out):
-    the int8 kernel called directly, a float Linear without its module call."""
-    calls = [
-        functools.partial(F.linear, weight=linear.weight, bias=linear.bias)
-        if type(linear) is nn.Linear
-        else linear.row
-        if type(linear) is Int8Linear
-        else linear
-        for linear in linears
-    ]
+    """A function of one row x (1, in) giving the outputs of `linears` side by side (1, sum of out)."""
+    calls = [_row_call(linear) for linear in linears]
     if len(calls) == 1:
         return calls[0]
     return lambda x: torch.cat([call(x) for call in calls], dim=1)
+
+
+def _row_call(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`linear` on one row: the int8 kernel called directly, a float Linear without its module call."""
+    if type(linear) is nn.Linear:
+        return functools.partial(F.linear, weight=linear.weight, bias=linear.bias)
+    if type(linear) is Int8Linear:
+        return linear.row
+    return linear
 
 
 class Body(nn.Module):
