@@ -20,7 +20,13 @@ def unfrozen():
 
 def test_the_collector_is_off_during_a_command_and_on_after_it(unfrozen, monkeypatch):
     seen = []
-    monkeypatch.setattr(cli, "_run", lambda argv: seen.append(gc.isenabled()) or 0)
+    build_parser = cli.build_parser
+
+    def building(*args):
+        seen.append(gc.isenabled())  # the command's modules are imported from here on
+        return build_parser(*args)
+
+    monkeypatch.setattr(cli, "build_parser", building)
     assert cli.main(["list"]) == 0
     assert seen == [False]
     assert gc.isenabled()

@@ -1,9 +1,9 @@
 """Start-up without the cyclic garbage collector.
 
-Importing torch leaves about 250,000 objects for the collector to track, nearly all of them
-living as long as the process, and one full collection over them takes about 0.25 s on a 2-core
-machine. The collector, running while they appear, walks them again and again: 0.3 to 1.0 s of a
-`persona reply` start there (measured with the collector off against on, same command). So
+Importing torch leaves well over a hundred thousand objects for the collector to track, nearly
+all of them living as long as the process. The collector, running while they appear, walks them
+again and again: on a 2-core machine that was about a third of a `persona reply` start
+(`benchmarks/startup.py` measures the same command with the collector paused and left on). So
 `persona` turns it off before it imports anything (`pause`), and each command that loads a model
 turns it back on once the model is ready (`ready`), first moving everything made so far out of
 its reach (`gc.freeze`), so later collections walk only what the conversation or training
