@@ -40,6 +40,7 @@ class Backend(Protocol):
     """A frozen causal LM that runs rows of `[soft prompt ; token ids]` (see the module docstring)."""
 
     max_rows: int  # how many rows one decode() call can take (1: one conversation at a time)
+    device: torch.device  # where its logits are (rows keep their sampling state there too)
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         """Input embeddings of `ids`: (T, D), in the dtype the model computes in."""

@@ -53,7 +53,9 @@ def generate_batch(
         row_config = config
         if config.seed is not None:
             row_config = GenerationConfig(**{**vars(config), "seed": config.seed + offset})
-        row = Row(backend.new_cache(), list(ids), row_config, engine.stop_ids)
+        row = Row(
+            backend.new_cache(), list(ids), row_config, engine.stop_ids, device=backend.device
+        )
         prompt = request.persona.embeddings if request.persona is not None else None
         row.logits = backend.prefill(row.cache, ids, prompt)
         rows.append(row)

@@ -13,8 +13,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import torch
-
 from persona.engine.backend import Backend, Cache, backend_for
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
@@ -175,7 +173,7 @@ class ChatEngine:
         else:
             self.backend.crop(entry.cache, num_virtual + common)
             entry.ids = ids[:common]
-        row = Row(entry.cache, entry.ids, config, self.stop_ids)
+        row = Row(entry.cache, entry.ids, config, self.stop_ids, device=self.backend.device)
         decoder = StreamDecoder(self.tokenizer)
         while len(row.ids) < len(ids):  # in chunks, so that Esc is honoured during a long prefill
             if cancel is not None and cancel.is_set() and row.logits is not None:
@@ -186,7 +184,7 @@ class ChatEngine:
             first = not row.ids
             row.logits = self.backend.prefill(row.cache, chunk, prompt if first else None)
             row.ids.extend(chunk)
-        row.seen = torch.tensor([ids], dtype=torch.long)  # (1, T) for the repetition penalty
+        row.seen = row.seen.new_tensor([ids])  # (1, T) for the repetition penalty
         while not row.finished:
             if cancel is not None and cancel.is_set():
                 row.finish_reason = "cancelled"

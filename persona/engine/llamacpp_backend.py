@@ -19,6 +19,7 @@ from persona.model.llamacpp import LlamaCppCache, LlamaCppModel
 
 class LlamaCppBackend:
     max_rows = 1
+    device = torch.device("cpu")  # llama.cpp's logits are copied out to the CPU
 
     def __init__(self, model: LlamaCppModel) -> None:
         self.model = model

@@ -30,9 +30,11 @@ class Row:
     token_ids: list[int] = field(default_factory=list)  # the reply so far, stop token excluded
     finish_reason: str = ""  # "" while it runs; then stop | length | cancelled
 
+    device: torch.device | str = "cpu"  # where the backend's logits are
+
     def __post_init__(self) -> None:
-        self.sampler = Sampler(self.config)
-        self.seen = torch.tensor([self.ids], dtype=torch.long)  # (1, S)
+        self.sampler = Sampler(self.config, self.device)
+        self.seen = torch.tensor([self.ids], dtype=torch.long, device=self.device)  # (1, S)
 
     @property
     def finished(self) -> bool:

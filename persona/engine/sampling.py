@@ -30,9 +30,10 @@ def top_p_filter(scores: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class Sampler:
-    def __init__(self, config: GenerationConfig) -> None:
+    def __init__(self, config: GenerationConfig, device: torch.device | str = "cpu") -> None:
+        """device: where the logits will be (the draw's generator lives with them)."""
         self.config = config
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device=device)
         if config.seed is not None:
             self.generator.manual_seed(config.seed)
         else:

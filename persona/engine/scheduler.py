@@ -279,7 +279,7 @@ class Scheduler:
             held = ids[:common]
         else:
             cache, held = self.backend.new_cache(), []
-        row = Row(cache, held, request.config, self.engine.stop_ids)
+        row = Row(cache, held, request.config, self.engine.stop_ids, device=self.backend.device)
         active = _Active(ticket, row, ids, key, StreamDecoder(self.engine.tokenizer))
         with self._wake:
             self._encoding.append(active)

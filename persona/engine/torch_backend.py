@@ -9,6 +9,7 @@ logits_to_keep=1)`; they differ in their cache class and in what a batched decod
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ class TorchBackend:
         self.native = isinstance(model, LlamaDecoder)
         self.cache_argument = "cache" if self.native else cache_argument_name(model)
         self.max_rows = 64
+        self.device = _device_of(model)
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         with torch.inference_mode():
@@ -43,7 +45,7 @@ class TorchBackend:
     def prefill(
         self, cache: Any, ids: Sequence[int], prompt: torch.Tensor | None = None
     ) -> torch.Tensor:
-        input_ids = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # (1, T)
         with torch.inference_mode():
             if prompt is None:
                 return self._last_logits(cache, input_ids=input_ids)[0]  # (V,)
@@ -56,9 +58,10 @@ class TorchBackend:
     def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
         with torch.inference_mode():
             if self.native and len(caches) > 1:
-                return decode_rows(self.model, torch.tensor(list(tokens)), caches)  # (B, V)
+                rows = torch.tensor(list(tokens), device=self.device)  # (B,)
+                return decode_rows(self.model, rows, caches)  # (B, V)
             rows = [
-                self._last_logits(cache, input_ids=torch.tensor([[token]]))
+                self._last_logits(cache, input_ids=torch.tensor([[token]], device=self.device))
                 for token, cache in zip(tokens, caches, strict=True)
             ]
             return torch.cat(rows, dim=0)  # (B, V)
@@ -74,3 +77,10 @@ class TorchBackend:
     def _last_logits(self, cache: Any, **inputs: torch.Tensor) -> torch.Tensor:
         out = self.model(**inputs, use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         return out.logits[:, -1, :]  # (1, V)
+
+
+def _device_of(model: Any) -> torch.device:
+    """Where the model's weights are (its first parameter or buffer); the CPU for none."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

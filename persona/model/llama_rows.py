@@ -25,7 +25,9 @@ def decode_rows(
     batch = tokens.shape[0]
     starts = [cache.get_seq_length() for cache in caches]
     x = model.model.embed_tokens(tokens.view(batch, 1))  # (B, 1, D)
-    cos, sin = model._rotary(torch.tensor(starts).view(batch, 1), x.dtype)  # (B, 1, 1, d)
+    cos, sin = model._rotary(
+        torch.tensor(starts, device=tokens.device).view(batch, 1), x.dtype
+    )  # (B, 1, 1, d)
     for layer in model.model.layers:
         attention = layer.self_attn
         heads, kv_heads, d = attention.heads, attention.kv_heads, attention.head_dim
