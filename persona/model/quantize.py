@@ -127,7 +127,8 @@ def _row_kernel() -> Callable[..., torch.Tensor] | None:
     return getattr(overload, "_op", overload)
 
 
-# Looked up once rather than per call: a module global is the cheapest thing a decode step can read.
+# Looked up once per process. What it pays: the boxed call skips a check that, on this model's small
+# layers, costs about as much as the kernel itself; about a tenth of an int8 decode step.
 _ROW_KERNEL = _row_kernel()
 
 
@@ -139,9 +140,10 @@ def _quiet_packing_warning() -> None:
     warnings.filterwarnings("ignore", message=QUANTIZED_TENSOR_WARNING, category=UserWarning)
 
 
-# Per thread: one float32 buffer the many-rows path dequantises into. It pays on every prefill:
-# dequantising into it is several times faster than making `.weight` afresh (a fresh block of a
-# megabyte or more is a fresh mapping, faulted in page by page; benchmarks/int8_calls.py measures it).
+# Per thread: one float32 buffer the many-rows path dequantises into. What it pays: each many-rows
+# call (every prefill) skips allocating its float32 weight, a fresh block of a megabyte or more,
+# so a fresh mapping faulted in page by page; that is a large part of such a call on this model
+# (benchmarks/int8_calls.py measures both ways).
 _SCRATCH = threading.local()
 
 
