@@ -38,7 +38,7 @@ class LoadedModel:
     tokenizer: Any
     fingerprint: Fingerprint
     model_id: str  # human-readable: the default's name or the directory given
-    precision: str = "fp32"  # fp32 | int8 (chat only; training needs fp32)
+    precision: str = "fp32"  # fp32 | int8 (chat only) | bf16 (weights on a CUDA or MPS device)
 
     @property
     def context_length(self) -> int:
@@ -46,7 +46,11 @@ class LoadedModel:
 
 
 def load_model(
-    path: str | os.PathLike[str] | None = None, *, precision: str = "fp32", native: bool = False
+    path: str | os.PathLike[str] | None = None,
+    *,
+    precision: str = "fp32",
+    native: bool = False,
+    device: Any = "cpu",
 ) -> LoadedModel:
     """Load a frozen causal LM and its tokenizer; never runs code from the model directory.
 
@@ -55,7 +59,12 @@ def load_model(
     native: for inference only (chat, reply): run the model on persona's own Llama decoder
     (persona.model.llama) where it supports the checkpoint, which starts faster than transformers'
     model class; anything else still loads through transformers. Training needs native=False.
+    device: where the model runs (a torch.device or its name, already known to exist): float32 on
+    the CPU, bfloat16 weights on a CUDA or MPS device that supports them (float32 otherwise). The
+    fingerprint is taken from the float32 weights first, so it is the same wherever the model runs.
     """
+    import torch
+
     from persona.model.quantize import (
         check_precision,
         int8_supported,
@@ -65,6 +74,12 @@ def load_model(
     )
 
     check_precision(precision)
+    device = torch.device(device)
+    if device.type != "cpu" and (native or precision != "fp32"):
+        raise ModelError(
+            f"persona's own decoder and int8 run on the CPU; device {str(device)!r} takes "
+            "the transformers model in fp32"
+        )
     directory, model_id = resolve_model_path(path)
     if precision == "auto":  # int8 where this torch build has the kernel (x86), else float32
         precision = CHAT_PRECISION_AUTO if int8_supported() else "fp32"
@@ -92,6 +107,10 @@ def load_model(
         # packed from now on, after the float32 embedding is gone (a lower peak), on a thread of its own:
         # the first prompt (which uses the unpacked weights) does not wait for it
         prepack_all(model)
+    if device.type != "cpu":
+        dtype = _weights_dtype(device)
+        model.to(device=device, dtype=dtype)
+        precision = "bf16" if dtype == torch.bfloat16 else precision
     if model_is_native:
         model.prepare_for_decode()  # plans the single-token step over the weights as loaded
     tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
@@ -102,6 +121,21 @@ def load_model(
         model_id=model_id,
         precision=precision,
     )
+
+
+def _weights_dtype(device: Any) -> Any:
+    """bfloat16 where the accelerator computes in it, else float32."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "mps":
+        try:
+            torch.ones(1, dtype=torch.bfloat16, device=device)
+        except (RuntimeError, TypeError):  # older macOS: no bfloat16 on the GPU
+            return torch.float32
+        return torch.bfloat16
+    return torch.float32
 
 
 BACKENDS = ("torch", "llama")

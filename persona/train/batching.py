@@ -63,6 +63,13 @@ def collate(
     return input_ids, attention_mask, labels
 
 
+def reply_tokens(examples: Sequence[EncodedExample]) -> int:
+    """How many tokens the loss is a mean over: every labelled token, the soft prompt in front
+    predicting the first. Counted here from the examples, so every rank of a data-parallel run
+    knows the global batch's count without asking the others."""
+    return sum(sum(1 for label in e.labels if label != IGNORE_INDEX) for e in examples)
+
+
 def pad_token_id(tokenizer: object) -> int:
     """The tokenizer's pad id, else its end-of-sequence id, else 0 (padding is masked anyway)."""
     for attribute in ("pad_token_id", "eos_token_id"):

@@ -21,7 +21,9 @@ from persona.dialogue.examples import Example
 from persona.errors import DialogueError
 from persona.prompt.render import Renderer
 from persona.train.batching import collate
+from persona.train.device import model_device
 from persona.train.loss import labelled_nll
+from persona.train.ranks import Ranks
 
 
 def mean_nll(
@@ -31,18 +33,33 @@ def mean_nll(
     *,
     pad_id: int,
     batch_size: int = 8,
+    ranks: Ranks | None = None,
 ) -> tuple[float, int]:
-    """(NLL per labelled token, number of labelled tokens), in length-sorted batches, no gradients."""
+    """(NLL per labelled token, number of labelled tokens), in length-sorted batches, no gradients.
+
+    Batches go to the model's device; the sums come back to the host once, at the end. Under a
+    data-parallel launch each rank scores its share of the batches and the sums are added up.
+    """
+    ranks = ranks or Ranks()
+    device = model_device(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    total, count = 0.0, 0
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    totals: list[torch.Tensor] = []  # () per batch, left on the device
+    count = 0
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            ids, mask, labels = collate(
-                [encoded[i] for i in order[start : start + batch_size]], pad_id
+        for batch in ranks.share(batches):
+            ids, mask, labels = (
+                tensor.to(device) for tensor in collate([encoded[i] for i in batch], pad_id)
             )  # (B, T) each
             batch_total, batch_count = labelled_nll(model, prompt, ids, mask, labels)
-            total += float(batch_total)
+            totals.append(batch_total)
             count += batch_count
+    total = sum(torch.stack(totals).tolist()) if totals else 0.0  # summed on the host, in double
+    if ranks.distributed:
+        sums = ranks.sum(
+            torch.tensor([total, float(count)], dtype=torch.float64, device=ranks.device)
+        )  # (2,)
+        total, count = sums[0].item(), int(sums[1].item())
     return (total / count if count else float("nan")), count
 
 
@@ -87,18 +104,21 @@ def prepare_evaluation(
 
 
 def score(
-    model: Any, prompt: torch.Tensor, held_out: EvaluationSet, *, pad_id: int, batch_size: int = 8
+    model: Any,
+    prompt: torch.Tensor,
+    held_out: EvaluationSet,
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
-    no_prompt, tokens = mean_nll(model, None, held_out.bare, pad_id=pad_id, batch_size=batch_size)
-    soft_prompt, _ = mean_nll(
-        model, prompt, held_out.with_prompt, pad_id=pad_id, batch_size=batch_size
-    )
+    settings = {"pad_id": pad_id, "batch_size": batch_size, "ranks": ranks}
+    no_prompt, tokens = mean_nll(model, None, held_out.bare, **settings)
+    soft_prompt, _ = mean_nll(model, prompt, held_out.with_prompt, **settings)
     hard_prompt = None
     if held_out.written is not None:
-        hard_prompt, _ = mean_nll(
-            model, None, held_out.written, pad_id=pad_id, batch_size=batch_size
-        )
+        hard_prompt, _ = mean_nll(model, None, held_out.written, **settings)
     return {
         "nll": {"no_prompt": no_prompt, "hard_prompt": hard_prompt, "soft_prompt": soft_prompt},
         "tokens": tokens,

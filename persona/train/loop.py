@@ -1,5 +1,6 @@
 """The prompt-tuning loop: AdamW on the (N, D) prompt alone, length-bucketed batches, a progress bar,
 and Ctrl-C that finishes the current step, saves a checkpoint and stops (`--resume` continues).
+Under a data-parallel launch each rank runs its share of every batch (see persona.train.ranks).
 
 A checkpoint is also written at every validation interval (about four times a run), so a run that
 is killed outright (SIGKILL, power loss) resumes from the last one instead of from the start.
@@ -20,11 +21,17 @@ import torch
 from tqdm import tqdm
 
 from persona.dialogue.encode import EncodedExample
-from persona.train.batching import collate, schedule
+from persona.train.batching import collate, reply_tokens, schedule
 from persona.train.checkpoint import Checkpoint, save_checkpoint
 from persona.train.config import TrainConfig
+from persona.train.device import model_device
 from persona.train.evaluate import mean_nll
 from persona.train.loss import labelled_nll
+from persona.train.ranks import Ranks
+
+
+class _StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop at once, without waiting for the other ranks."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -76,9 +83,18 @@ def train_loop(
     on_step: Callable[[int, float], None] | None = None,
     description: str = "training",
     batches: list[list[int]] | None = None,
+    ranks: Ranks | None = None,
 ) -> LoopResult:
-    """Optimise the prompt for `total_steps` steps; only the prompt ever requires grad."""
-    prompt = torch.nn.Parameter(initial.detach().clone().to(torch.float32))  # (N, D)
+    """Optimise the prompt for `total_steps` steps; only the prompt ever requires grad.
+
+    The prompt and AdamW's state stay float32 on the model's device whatever the weights' dtype;
+    under a data-parallel launch (`ranks`) every rank runs this with the same arguments.
+    """
+    ranks = ranks or Ranks()
+    device = model_device(model)
+    prompt = torch.nn.Parameter(
+        initial.detach().to(device=device, dtype=torch.float32).clone()
+    )  # (N, D)
     optimizer = torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay)
     state = LoopState()
     if resume_from is not None:
@@ -90,6 +106,7 @@ def train_loop(
             resume_from.tokens,
             list(resume_from.history),
         )
+    ranks.broadcast(prompt.data)  # every rank starts from rank 0's prompt, bit for bit
     if batches is None:  # the length-bucketed schedule; benchmarks may pass their own
         batches = schedule(
             [len(e.input_ids) for e in train], config.batch_size, config.seed, total_steps
@@ -100,7 +117,7 @@ def train_loop(
         initial=state.step,
         desc=description,
         unit="step",
-        disable=not progress,
+        disable=not (progress and ranks.is_main),
         dynamic_ncols=True,
     )
     started = time.perf_counter() - state.seconds
@@ -108,18 +125,16 @@ def train_loop(
         try:
             while state.step < total_steps:
                 step_started = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                ids, mask, labels = collate(
-                    [train[i] for i in batches[state.step]], pad_id
-                )  # (B, T) each
-                total, count = labelled_nll(model, prompt, ids, mask, labels)
-                loss = total / max(count, 1)  # () mean NLL per reply token
-                loss.backward()
-                optimizer.step()
+                examples = [train[i] for i in batches[state.step]]  # the global batch
+                loss, stop = _step(
+                    model, prompt, optimizer, examples, pad_id, ranks, interrupt.is_set()
+                )
+                if not ranks.distributed:  # alone, a Ctrl-C during the step counts at once
+                    stop = interrupt.is_set()
                 state.train_seconds += time.perf_counter() - step_started
                 state.step += 1
-                state.tokens += int(mask.sum())
-                record = {"step": state.step, "loss": float(loss.detach())}
+                state.tokens += sum(len(e.input_ids) for e in examples)
+                record = {"step": state.step, "loss": loss}
                 if validation and (state.step % interval == 0 or state.step == total_steps):
                     record["val_loss"], _ = mean_nll(
                         model,
@@ -127,12 +142,14 @@ def train_loop(
                         validation,
                         pad_id=pad_id,
                         batch_size=config.batch_size,
+                        ranks=ranks,
                     )
                 state.history.append(record)
                 state.seconds = time.perf_counter() - started
                 _show(bar, state)
                 if (
                     checkpoint_file is not None
+                    and ranks.is_main
                     and state.step % interval == 0
                     and state.step < total_steps
                 ):
@@ -141,29 +158,77 @@ def train_loop(
                     )
                 if on_step is not None:
                     on_step(state.step, record["loss"])
-                if interrupt.is_set() and state.step < total_steps:
+                if stop and state.step < total_steps:
                     raise KeyboardInterrupt
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stopped:
             bar.close()
             if checkpoint_file is None:
                 raise
             state.seconds = time.perf_counter() - started
-            save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
+            if ranks.is_main:
+                save_checkpoint(
+                    checkpoint_file, _snapshot(prompt, optimizer, state, identity or {})
+                )
+            if not isinstance(stopped, _StopNow):  # all ranks stop together: wait for the file
+                ranks.wait()
             raise TrainingInterrupted(checkpoint_file, state.step, total_steps) from None
     bar.close()
     if (
-        checkpoint_file is not None
+        checkpoint_file is not None and ranks.is_main
     ):  # kept until the caller has stored the result: a later failure loses nothing
         state.seconds = time.perf_counter() - started
         save_checkpoint(checkpoint_file, _snapshot(prompt, optimizer, state, identity or {}))
     return LoopResult(
-        prompt.detach().clone(),
+        prompt.detach().cpu().clone(),
         state.step,
         state.seconds,
         state.train_seconds,
         state.tokens,
         state.history,
     )
+
+
+def _step(
+    model: Any,
+    prompt: torch.nn.Parameter,  # (N, D) float32
+    optimizer: torch.optim.Optimizer,
+    examples: Sequence[EncodedExample],  # the global batch
+    pad_id: int,
+    ranks: Ranks,
+    stop_requested: bool,
+) -> tuple[float, bool]:
+    """One optimiser step on the global batch: (its mean NLL per reply token, whether any rank was
+    asked to stop). The loss and the stop flag travel with the gradient: one collective, one
+    read-back to the host per step."""
+    optimizer.zero_grad(set_to_none=True)
+    count = max(reply_tokens(examples), 1)  # the global batch's, known to every rank
+    mine = ranks.share(examples)
+    if mine:
+        ids, mask, labels = (
+            tensor.to(prompt.device, non_blocking=True) for tensor in collate(mine, pad_id)
+        )  # (b, T) each: this rank's rows, moved once
+        total, _ = labelled_nll(model, prompt, ids, mask, labels)  # () summed NLL of the rows
+        loss = total / count  # () this rank's part of the global mean
+        loss.backward()
+    else:  # a global batch smaller than the world: this rank adds nothing
+        loss = prompt.new_zeros(())
+        prompt.grad = torch.zeros_like(prompt)
+    if ranks.distributed:
+        flat = torch.cat(
+            [
+                prompt.grad.flatten(),
+                loss.detach().reshape(1),
+                prompt.new_tensor([1.0 if stop_requested else 0.0]),
+            ]
+        )  # (N*D + 2,)
+        ranks.sum(flat)
+        prompt.grad.copy_(flat[:-2].view_as(prompt))  # (N, D) the gradient of the global mean
+        loss_value, stops = flat[-2:].tolist()
+        stop_requested = stops > 0
+    else:
+        loss_value = float(loss.detach())
+    optimizer.step()
+    return loss_value, stop_requested
 
 
 def _show(bar: Any, state: LoopState) -> None:
@@ -185,10 +250,10 @@ def _snapshot(
 ) -> Checkpoint:
     moments = optimizer.state.get(prompt, {})
     zeros = torch.zeros_like(prompt.detach())  # (N, D) before the first step
-    return Checkpoint(
-        prompt=prompt.detach().clone(),
-        exp_avg=moments.get("exp_avg", zeros).detach().clone(),
-        exp_avg_sq=moments.get("exp_avg_sq", zeros).detach().clone(),
+    return Checkpoint(  # CPU copies: safetensors writes host memory
+        prompt=prompt.detach().cpu().clone(),
+        exp_avg=moments.get("exp_avg", zeros).detach().cpu().clone(),
+        exp_avg_sq=moments.get("exp_avg_sq", zeros).detach().cpu().clone(),
         adam_step=float(moments.get("step", 0.0)),
         step=state.step,
         identity=identity,
@@ -208,8 +273,8 @@ def _restore(
     if checkpoint.adam_step > 0:
         optimizer.state[prompt] = {
             "step": torch.tensor(checkpoint.adam_step, dtype=torch.float32),
-            "exp_avg": checkpoint.exp_avg.clone(),  # (N, D)
-            "exp_avg_sq": checkpoint.exp_avg_sq.clone(),  # (N, D)
+            "exp_avg": checkpoint.exp_avg.to(prompt.device, torch.float32).clone(),  # (N, D)
+            "exp_avg_sq": checkpoint.exp_avg_sq.to(prompt.device, torch.float32).clone(),  # (N, D)
         }
 
 
@@ -223,7 +288,7 @@ def _deferred_interrupt(bar: Any) -> Iterator[threading.Event]:
 
     def handler(signum: int, frame: Any) -> None:
         if requested.is_set():
-            raise KeyboardInterrupt
+            raise _StopNow
         requested.set()
         bar.write(
             "persona: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)"

@@ -123,8 +123,10 @@ def _hidden_after_shared_prompt(
     batch = embeds.shape[0]
     argument = cache_argument_name(decoder)
     prefix = decoder(
-        inputs_embeds=prompt.to(embeds.dtype).unsqueeze(0), use_cache=True, **{argument: cache}
-    )  # (1, N, D)
+        inputs_embeds=prompt.to(dtype=embeds.dtype, device=embeds.device).unsqueeze(0),
+        use_cache=True,
+        **{argument: cache},
+    )  # (1, N, D) the float32 prompt's rows in the weights' dtype
     cache.batch_repeat_interleave(
         batch
     )  # (1, ...) -> (B, ...) in every layer; backward sums over rows

@@ -25,6 +25,7 @@ from persona.train.checkpoint import check_resumable, checkpoint_path, load_chec
 from persona.train.config import TrainConfig
 from persona.train.evaluate import prepare_evaluation, score
 from persona.train.loop import train_loop
+from persona.train.ranks import Ranks
 
 MIN_EXAMPLES = 10
 
@@ -57,8 +58,12 @@ def train_persona(
     resume: bool = False,
     progress: bool = True,
     on_step: Any = None,
+    ranks: Ranks | None = None,
 ) -> TrainedPersona:
-    """Train a soft prompt for `speaker`'s lines; evaluate on `heldout` if given, else on the validation split."""
+    """Train a soft prompt for `speaker`'s lines; evaluate on `heldout` if given, else on the validation split.
+
+    Under a data-parallel launch every rank calls this alike (`ranks`); only rank 0 shows progress.
+    """
     config = config or TrainConfig()
     began = time.perf_counter()
     speaker_name = resolve_speaker(dialogue, speaker)
@@ -119,9 +124,15 @@ def train_persona(
         progress=progress,
         on_step=on_step,
         description=f"training {name}",
+        ranks=ranks,
     )
     metrics = score(
-        loaded.model, result.prompt, held_out, pad_id=pad_id, batch_size=config.batch_size
+        loaded.model,
+        result.prompt,
+        held_out,
+        pad_id=pad_id,
+        batch_size=config.batch_size,
+        ranks=ranks,
     )
     prompt = SoftPrompt(
         embeddings=result.prompt,
