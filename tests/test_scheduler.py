@@ -120,8 +120,13 @@ def test_requests_joining_while_others_decode_still_get_their_solo_reply(tiny):
 def test_a_cancelled_request_frees_its_row_and_the_others_go_on(tiny):
     engine, endless_engine = ChatEngine(tiny), ChatEngine(tiny)
     engine.stop_ids = endless_engine.stop_ids = set()  # replies end by length or cancel only
+    endless_engine.max_context = (
+        1_000_000  # RoPE has no end: the endless reply runs until cancelled
+    )
     few = personas(tiny, 3)
-    endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=200, seed=1)
+    endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=900_000, seed=1)
+    messages = [{"role": "user", "content": "Hello there!"}]
+    expected = engine.reply(messages, few[2], GREEDY)
     scheduler = Scheduler(endless_engine, max_rows=4)
     try:
         leaving = Collect()
@@ -129,9 +134,8 @@ def test_a_cancelled_request_frees_its_row_and_the_others_go_on(tiny):
             Request([{"role": "user", "content": "Go on forever."}], few[1], endless), leaving
         )
         staying = Collect()
-        messages = [{"role": "user", "content": "Hello there!"}]
         scheduler.submit(Request(messages, few[2], GREEDY), staying)
-        assert staying.text == engine.reply(messages, few[2], GREEDY)
+        assert staying.text == expected
         assert scheduler.metrics()["active_rows"] == 1, leaving.reason  # the endless one runs on
         ticket.cancel()
         assert leaving.done.wait(60) and leaving.reason == "cancelled"
