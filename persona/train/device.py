@@ -2,7 +2,8 @@
 
 auto is CUDA where torch sees a GPU, else Apple's MPS where there is one, else the CPU. A device
 that is asked for by name and is not there is a one-line error, not a traceback from deep inside
-torch.
+torch. torch is imported when a device is resolved, so the command line can offer the choices
+without it.
 """
 
 from __future__ import annotations
