@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 DEFAULT_PORT = 8400
+VLLM_DTYPES = ("float32", "bfloat16", "float16")  # persona.serve.vllm_wire.WIRE_DTYPES, sans torch
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Load the model once and answer OpenAI-compatible requests "
         "(/v1/chat/completions, /v1/models; each persona is a model) on --host:--port, and "
         "`persona reply` through an owner-only socket in the data dir, until Ctrl-C. "
-        "See docs/serving.md.",
+        "See docs/serving.md; with --backend vllm, vLLM servers compute (docs/vllm.md).",
+        conflict_handler="resolve",  # serve's --backend takes vllm besides the shared choices
     )
     parser.add_argument(
         "--model",
@@ -25,6 +27,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a local Hugging Face model directory (default: the embedded model, or $PERSONA_MODEL)",
     )
     add_precision_argument(parser)
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "llama", "vllm"),
+        default="torch",
+        help="torch (default); llama: llama.cpp runs the GGUF file (needs persona[llama]); "
+        "vllm: vLLM servers compute, this process renders, embeds and serves (--vllm-url)",
+    )
+    parser.add_argument(
+        "--vllm-url",
+        action="append",
+        metavar="URL[,URL...]",
+        help="with --backend vllm: the vLLM servers (started with --enable-prompt-embeds on the "
+        "same model); each request goes to the one with the fewest in flight",
+    )
+    parser.add_argument(
+        "--vllm-dtype",
+        choices=VLLM_DTYPES,
+        default="float32",
+        help="with --backend vllm: the --dtype the vLLM servers run in; embeddings are sent in it "
+        "(default: float32, persona's own engine exactly)",
+    )
     parser.add_argument(
         "--library",
         metavar="PATH",

@@ -32,7 +32,10 @@ from persona.serve.catalog import Catalog
 from persona.serve.identity import identity, socket_path
 from persona.serve.scheduler_batch import BatchScheduler
 from persona.serve.scheduler_serial import SerialScheduler
+from persona.serve.scheduler_vllm import VllmScheduler
 from persona.serve.schemas import Limits
+from persona.serve.vllm_model import load_gateway_engine
+from persona.serve.vllm_upstream import connect
 
 API_KEY_ENV = "PERSONA_API_KEY"
 GRACEFUL_SHUTDOWN_S = 5
@@ -96,16 +99,22 @@ def start(args: argparse.Namespace) -> Running:
     library = None
     try:
         library = open_library(args.library)
-        scheduler_kind = args.scheduler or "batch"
-        loaded = load_chat_model(
-            args.model,
-            precision=serving_precision(args.precision, args.backend, scheduler_kind),
-            backend=args.backend,
-            gguf=args.gguf,
-        )
-        engine = ChatEngine(loaded)
+        if args.backend == "vllm":
+            engine, scheduler, description = start_vllm(args)
+        else:
+            scheduler_kind = args.scheduler or "batch"
+            loaded = load_chat_model(
+                args.model,
+                precision=serving_precision(args.precision, args.backend, scheduler_kind),
+                backend=args.backend,
+                gguf=args.gguf,
+            )
+            engine = ChatEngine(loaded)
+            scheduler = make_scheduler(scheduler_kind, engine, args.max_queue)
+            description = f"{loaded.model_id} ({loaded.precision}, {scheduler_name(scheduler)})"
+        loaded = engine.loaded
         state = ServeState(
-            scheduler=make_scheduler(scheduler_kind, engine, args.max_queue),
+            scheduler=scheduler,
             catalog=Catalog(library, loaded.fingerprint, loaded.model_id),
             limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
             api_key=api_key,
@@ -149,10 +158,43 @@ def start(args: argparse.Namespace) -> Running:
         sockets=sockets,
         path=path,
         url=f"http://{shown}:{port}/v1",
-        description=f"{loaded.model_id} ({loaded.precision}, {scheduler_name(state.scheduler)})",
+        description=description,
         state=state,
         library=library,
     )
+
+
+def start_vllm(args: argparse.Namespace) -> tuple[ChatEngine, Any, str]:
+    """The gateway in front of vLLM servers: the tokenizer and embedding matrix only, every
+    server checked (docs/vllm.md). (engine, scheduler, description)"""
+    if not args.vllm_url:
+        raise ConfigError(
+            "--backend vllm needs --vllm-url URL[,URL...]: vLLM servers started with "
+            "--enable-prompt-embeds on the same model (see docs/vllm.md)"
+        )
+    for flag, given in (
+        ("--precision", args.precision != "auto"),
+        ("--scheduler", args.scheduler is not None),
+        ("--gguf", args.gguf is not None),
+    ):
+        if given:
+            raise ConfigError(
+                f"{flag} is for a model run here; with --backend vllm the vLLM servers compute "
+                "(tell the gateway their --dtype with --vllm-dtype)"
+            )
+    engine = load_gateway_engine(args.model, args.vllm_dtype)
+    urls = [url for given in args.vllm_url for url in given.split(",") if url.strip()]
+    upstreams = connect(urls, engine, args.vllm_dtype, warn=_warn)
+    scheduler = VllmScheduler(
+        engine, upstreams, dtype=args.vllm_dtype, max_queue=args.max_queue, log=_warn
+    )
+    alive = sum(upstream.alive for upstream in upstreams)
+    servers = f"{alive} vLLM server" + ("s" if alive != 1 else "")
+    return engine, scheduler, f"{engine.loaded.model_id} ({args.vllm_dtype} on {servers})"
+
+
+def _warn(line: str) -> None:
+    print(f"persona: {line}", file=sys.stderr, flush=True)
 
 
 def serving_precision(precision: str, backend: str, scheduler: str) -> str:

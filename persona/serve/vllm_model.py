@@ -1,0 +1,116 @@
+"""What a gateway in front of vLLM holds of the model: the tokenizer and the input embedding matrix.
+
+The gateway renders a conversation and builds `[soft prompt ; E[ids]]`; the vLLM servers run the
+network. So it reads one tensor, `model.embed_tokens.weight`, from the checkpoint (safetensors'
+`safe_open`, the rest of the file is never read) and builds a `LoadedModel` whose `model` carries
+only the config facts the engine's helpers ask for, so that `ChatEngine` (rendering, the window,
+end-of-turn ids, `prompt_text`) works unchanged on top of `EmbeddingBackend`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from persona.engine.chat import ChatEngine
+from persona.errors import ModelError, first_line
+from persona.model import llama
+from persona.model.files import WEIGHTS_FILE
+from persona.model.fingerprint import fingerprint_of
+from persona.model.loader import LoadedModel, _load_tokenizer
+from persona.model.location import resolve_model_path
+
+EMBEDDING_KEY = "model.embed_tokens.weight"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # a checkpoint in shards names the embedding's one
+NO_MODEL = "the model runs on the vLLM servers; this gateway only embeds token ids"
+
+
+@dataclass
+class ModelFacts:
+    """Stands where a loaded network would: the config and the end-of-sequence settings only."""
+
+    config: Any  # config.json as attributes (max_position_embeddings, architectures, ...)
+    generation_config: Any  # eos_token_id
+
+
+class EmbeddingBackend:
+    """The backend contract's `embed` on the matrix alone; everything that computes refuses."""
+
+    max_rows = 0
+    device = torch.device("cpu")
+
+    def __init__(self, embedding: torch.Tensor) -> None:
+        self.embedding = embedding  # (V, D) float32
+
+    def embed(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.embedding[torch.tensor(list(ids), dtype=torch.long)]  # (T, D)
+
+    def new_cache(self) -> Any:
+        raise ModelError(NO_MODEL)
+
+    def prefill(self, cache: Any, ids: Sequence[int], prompt: Any = None) -> torch.Tensor:
+        raise ModelError(NO_MODEL)
+
+    def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
+        raise ModelError(NO_MODEL)
+
+    def crop(self, cache: Any, length: int) -> None:
+        raise ModelError(NO_MODEL)
+
+    def copy(self, cache: Any) -> Any:
+        raise ModelError(NO_MODEL)
+
+
+def load_gateway_engine(path: str | os.PathLike[str] | None, label: str) -> ChatEngine:
+    """A ChatEngine over the model directory's tokenizer and embedding matrix, never its network.
+
+    `label` goes in `loaded.precision`: what the servers compute in, for the server's record."""
+    directory, model_id = resolve_model_path(path)
+    config = read_model_config(directory, model_id)
+    embedding = read_embedding(directory, model_id)
+    facts = ModelFacts(config, llama.read_generation_settings(directory, config))
+    loaded = LoadedModel(
+        model=facts,
+        tokenizer=_load_tokenizer(directory, model_id, for_chat=True),
+        fingerprint=fingerprint_of(str(config.architectures[0]), embedding),
+        model_id=model_id,
+        precision=label,
+    )
+    return ChatEngine(loaded, backend=EmbeddingBackend(embedding))
+
+
+def read_model_config(directory: Path, model_id: str) -> Any:
+    """config.json as attributes, any architecture (vLLM runs more than persona's own decoder)."""
+    try:
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read config.json of {model_id!r}: {first_line(exc)}") from None
+    if not isinstance(data, dict) or not data.get("architectures"):
+        raise ModelError(f"config.json of {model_id!r} names no architecture")
+    data.setdefault("max_position_embeddings", llama.DEFAULTS["max_position_embeddings"])
+    return SimpleNamespace(**data)
+
+
+def read_embedding(directory: Path, model_id: str) -> torch.Tensor:
+    """The input embedding matrix (V, D) as float32, read alone from the checkpoint."""
+    from safetensors import safe_open
+
+    weights = directory / WEIGHTS_FILE
+    try:
+        if not weights.is_file() and (directory / WEIGHTS_INDEX).is_file():
+            index = json.loads((directory / WEIGHTS_INDEX).read_text(encoding="utf-8"))
+            weights = directory / index["weight_map"][EMBEDDING_KEY]
+        with safe_open(str(weights), framework="pt") as handle:
+            embedding = handle.get_tensor(EMBEDDING_KEY)  # (V, D)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot read the input embedding {EMBEDDING_KEY} of {model_id!r}: {first_line(exc)}"
+        ) from None
+    return embedding.to(torch.float32)

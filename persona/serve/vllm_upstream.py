@@ -1,0 +1,185 @@
+"""The vLLM servers behind a gateway: each one checked before it gets a request, and the choice of
+the one to send the next request to.
+
+A server is taken only once it has answered a probe twice alike: a short text as token ids, then
+the same ids as `prompt_embeds` built from this gateway's own embedding matrix, both greedy with
+log-probabilities. A server on another model (another matrix) answers the two differently; one
+started without `--enable-prompt-embeds` refuses the second. Each failure is one line that says
+what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2 as httpx  # httpx, as huggingface_hub and openai install it
+
+from persona.engine.chat import ChatEngine
+from persona.errors import ConfigError, first_line
+from persona.serve.vllm_wire import COMPLETIONS, ENABLE_EMBEDS_HINT, encode_embeds, error_message
+
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog. The capital of France is"
+PROBE_TOKENS = 4
+PROBE_TIMEOUT_S = 60.0  # a CPU server's first request compiles kernels
+# how far the probe's log-probabilities may differ between ids and embeddings: float noise on
+# one model; another model's differ by far more
+PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+class UpstreamUnreachable(ConfigError):
+    """Nothing answers at the URL (yet): a server that may still be starting."""
+
+
+@dataclass
+class Upstream:
+    """One vLLM server: where it is, what it serves, how busy this gateway keeps it."""
+
+    url: str  # base URL, without /v1
+    served_name: str  # the model name its requests must carry (--served-model-name)
+    root: str  # what it loaded (its --model)
+    max_model_len: int | None
+    in_flight: int = 0
+    picked: int = 0  # requests sent so far: ties go to the one picked least
+    alive: bool = True
+    last_error: str = ""  # why it was last refused, said once
+
+
+def base_url(url: str) -> str:
+    """`http://host:8000/v1/` -> `http://host:8000`; refuses what is not an http(s) URL."""
+    text = url.strip().rstrip("/")
+    if text.endswith("/v1"):
+        text = text[: -len("/v1")]
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--vllm-url {url!r} is not an http(s) URL such as http://127.0.0.1:8000")
+    return text
+
+
+def choose(upstreams: list[Upstream]) -> Upstream | None:
+    """The live server with the fewest requests in flight (the least used on a tie)."""
+    alive = [upstream for upstream in upstreams if upstream.alive]
+    if not alive:
+        return None
+    return min(alive, key=lambda upstream: (upstream.in_flight, upstream.picked))
+
+
+def connect(
+    urls: list[str], engine: ChatEngine, dtype: str, warn: Callable[[str], None]
+) -> list[Upstream]:
+    """The servers at `urls`, each checked. One refused is left out with a warning; one not
+    reachable yet is kept as down (it is checked again while serving). Raises ConfigError where
+    none can serve now."""
+    upstreams: list[Upstream] = []
+    errors: list[str] = []
+    for url in dict.fromkeys(base_url(url) for url in urls):
+        try:
+            upstreams.append(check_upstream(url, engine, dtype))
+        except UpstreamUnreachable as exc:
+            errors.append(str(exc))
+            upstreams.append(Upstream(url, "", "", None, alive=False, last_error=str(exc)))
+            warn(f"{exc}; it is left out until it answers")
+        except ConfigError as exc:
+            errors.append(str(exc))
+            warn(f"{exc}; it is left out")
+    if not any(upstream.alive for upstream in upstreams):
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"none of the {len(errors)} vLLM servers can serve: " + "; ".join(errors))
+    return upstreams
+
+
+def check_upstream(url: str, engine: ChatEngine, dtype: str, *, timeout: float = PROBE_TIMEOUT_S):
+    """The server at `url`, checked as the module docstring says; raises ConfigError."""
+    url = base_url(url)
+    with httpx.Client(timeout=timeout) as client:
+        served_name, root, max_model_len = _served_model(client, url)
+        ids = list(engine.tokenizer.encode(PROBE_TEXT, add_special_tokens=False))
+        by_ids = _probe(client, url, {"model": served_name, "prompt": ids}, "token ids")
+        embeds = encode_embeds(engine.backend.embed(ids), dtype)  # (T, D)
+        by_embeds = _probe(
+            client, url, {"model": served_name, "prompt_embeds": embeds}, "prompt_embeds"
+        )
+    ours = engine.loaded
+    mismatch = _disagreement(by_ids, by_embeds, PROBE_TOLERANCE[dtype])
+    if mismatch:
+        raise ConfigError(
+            f"the vLLM server at {url} runs {root!r}, not this gateway's model "
+            f"{ours.model_id!r} ({ours.fingerprint}): {mismatch}; start vLLM on the same model "
+            "directory"
+        )
+    return Upstream(url, served_name, root, max_model_len)
+
+
+def _served_model(client: httpx.Client, url: str) -> tuple[str, str, int | None]:
+    try:
+        response = client.get(f"{url}/v1/models")
+    except httpx.HTTPError as exc:
+        raise UpstreamUnreachable(
+            f"cannot reach the vLLM server at {url}: {first_line(exc)}"
+        ) from None
+    if response.status_code != 200:
+        raise ConfigError(
+            f"{url}/v1/models answered {response.status_code} ({error_message(response.content)});"
+            " is it a vLLM server?"
+        )
+    try:
+        entry = response.json()["data"][0]
+        name = str(entry["id"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ConfigError(f"{url}/v1/models lists no model; is it a vLLM server?") from None
+    length = entry.get("max_model_len")
+    return name, str(entry.get("root") or name), int(length) if length else None
+
+
+def _probe(client: httpx.Client, url: str, prompt: dict[str, Any], kind: str) -> dict[str, Any]:
+    body = {
+        **prompt,
+        "max_tokens": PROBE_TOKENS,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_token_ids": True,
+    }
+    try:
+        response = client.post(f"{url}{COMPLETIONS}", json=body)
+    except httpx.HTTPError as exc:
+        raise UpstreamUnreachable(
+            f"cannot reach the vLLM server at {url}: {first_line(exc)}"
+        ) from None
+    if response.status_code != 200:
+        message = error_message(response.content)
+        if ENABLE_EMBEDS_HINT in message:
+            raise ConfigError(
+                f"the vLLM server at {url} refuses prompt_embeds; start vLLM with "
+                "--enable-prompt-embeds"
+            )
+        if "hidden_size" in message:
+            raise ConfigError(
+                f"the vLLM server at {url} runs a model of another width ({message}); start "
+                "vLLM on the same model directory"
+            )
+        raise ConfigError(f"the vLLM server at {url} refused a probe by {kind}: {message}")
+    try:
+        choice = response.json()["choices"][0]
+        return {
+            "token_ids": [int(t) for t in choice.get("token_ids") or []],
+            "logprobs": [float(p) for p in (choice.get("logprobs") or {})["token_logprobs"]],
+        }
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ConfigError(f"the vLLM server at {url} gave an unreadable probe answer") from None
+
+
+def _disagreement(by_ids: dict[str, Any], by_embeds: dict[str, Any], tolerance: float) -> str:
+    """Why the two answers differ beyond `tolerance`, or "" where they agree."""
+    if by_ids["token_ids"] != by_embeds["token_ids"]:
+        return (
+            f"a probe by token ids gave tokens {by_ids['token_ids']}, by our embeddings "
+            f"{by_embeds['token_ids']}"
+        )
+    gaps = [abs(a - b) for a, b in zip(by_ids["logprobs"], by_embeds["logprobs"], strict=False)]
+    if not gaps or max(gaps) > tolerance:
+        worst = max(gaps) if gaps else float("nan")
+        return f"a probe's log-probabilities differ by {worst:.3g} (tolerance {tolerance:g})"
+    return ""

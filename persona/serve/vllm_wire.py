@@ -1,0 +1,117 @@
+"""What goes over the wire to a vLLM server: `[soft prompt ; E[ids]]` as `prompt_embeds`, the
+sampling settings in vLLM's names, and the reading of its answers (server-sent events, errors).
+
+vLLM takes `prompt_embeds` as base64 of `torch.save(tensor)` with the tensor `(T, D)`; it casts
+the tensor to the dtype it computes in, so sending that dtype (`--vllm-dtype`) loses nothing
+and halves the bytes against float32 (docs/vllm.md has the sizes).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from persona.engine.config import GenerationConfig
+from persona.errors import ConfigError, PersonaError, first_line
+from persona.prompt.inject import prepend_prompt
+
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPLETIONS = "/v1/completions"
+ENABLE_EMBEDS_HINT = "--enable-prompt-embeds"  # in vLLM's refusal of prompt_embeds
+
+
+def prompt_embeds(
+    embedding: torch.Tensor,  # (T, D) E[ids], float32
+    prompt: torch.Tensor | None,  # (N, D) the persona's soft prompt, or None
+) -> torch.Tensor:
+    """`[P ; E[ids]]`, (N+T, D), through the one place a prompt is put in front."""
+    if prompt is None:
+        return embedding
+    embeds, _, _ = prepend_prompt(prompt, embedding.unsqueeze(0))  # (1, N+T, D)
+    return embeds[0]  # (N+T, D)
+
+
+def encode_embeds(embeds: torch.Tensor, dtype: str) -> str:
+    """base64 of torch.save of the (T, D) tensor in `dtype`, as vLLM's `prompt_embeds` wants."""
+    buffer = io.BytesIO()
+    torch.save(embeds.to(WIRE_DTYPES[dtype]).contiguous(), buffer)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def sampling(config: GenerationConfig, stop_ids: Sequence[int]) -> dict[str, Any]:
+    """The request fields for `config`, in vLLM's names. Stop strings are not sent: the
+    Generation cuts them, as it does for every scheduler; the end-of-turn ids are."""
+    fields: dict[str, Any] = {
+        "max_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "top_k": config.top_k,  # 0: off, in both
+        "repetition_penalty": config.repetition_penalty,
+        "stop_token_ids": sorted(stop_ids),
+    }
+    if config.greedy:  # greedy takes the top token whatever top_p and top_k say
+        fields.update(top_p=1.0, top_k=0)
+    if config.seed is not None:
+        fields["seed"] = config.seed
+    return fields
+
+
+def completion_body(
+    served_name: str, embeds: str, config: GenerationConfig, stop_ids: Sequence[int]
+) -> dict[str, Any]:
+    """A streamed completion of the embeddings; token ids come back with each piece, so the
+    gateway decodes the text with its own tokenizer, exactly as persona's engine does."""
+    return {
+        "model": served_name,
+        "prompt_embeds": embeds,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_token_ids": True,
+        **sampling(config, stop_ids),
+    }
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """One server-sent event line as JSON; None for blank lines, comments and `[DONE]`."""
+    if not line.startswith("data:"):
+        return None
+    data = line[len("data:") :].strip()
+    if not data or data == "[DONE]":
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def error_message(body: bytes | str) -> str:
+    """The message of an OpenAI-shaped error body (vLLM's), else the body's first line."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and error.get("message"):
+            return first_line(ValueError(str(error["message"])))
+        if isinstance(data.get("message"), str):
+            return first_line(ValueError(data["message"]))
+    return first_line(ValueError(text)) if text.strip() else "no message"
+
+
+def refused(status: int, body: bytes | str, url: str) -> Exception:
+    """vLLM's refusal of a request as persona's error: a 4xx is the request's fault (400 to the
+    client), anything else the server's."""
+    message = error_message(body)
+    if ENABLE_EMBEDS_HINT in message:
+        return ConfigError(f"the vLLM server at {url} refuses prompt_embeds: {message}")
+    if 400 <= status < 500:
+        return ConfigError(f"the vLLM server at {url} refused the request: {message}")
+    return PersonaError(f"the vLLM server at {url} failed ({status}): {message}")
