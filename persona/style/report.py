@@ -1,0 +1,198 @@
+"""`measure_style`: how often each condition's replies read like the speaker, and who they say they are.
+
+1. The classifier learns the speaker's training lines against the bare model's replies to a
+   bounded sample of training contexts (`negatives`).
+2. A seeded sample of held-out contexts is answered under each condition (no prompt, the written
+   description, the soft prompt) with the chat's sampling defaults; each condition gets the share
+   of replies attributed to the speaker (Wilson 95% interval), the mean length in tokens and
+   distinct-2, so that empty or looping replies cannot win on share alone.
+3. The measure checks itself: the speaker's real held-out lines must score high, the bare model's
+   replies to the same held-out contexts (the no-prompt condition) low.
+4. Each condition answers the identity questions greedily; an answer counts when it names the
+   character.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from persona.dialogue.examples import Example
+from persona.engine.chat import ChatEngine
+from persona.engine.config import GenerationConfig
+from persona.errors import ConfigError
+from persona.prompt.softprompt import SoftPrompt
+from persona.style.classifier import StyleClassifier
+from persona.style.data import sample, with_context
+from persona.style.generate import (
+    NO_PROMPT,
+    Condition,
+    Reply,
+    conditions_for,
+    generate_replies,
+)
+from persona.style.identity import IDENTITY_QUESTIONS, character_name, names_character
+from persona.style.stats import distinct_n, wilson_interval
+
+SAMPLES_KEPT = 3  # replies per condition kept in the report, to read
+
+
+@dataclass
+class StyleConfig:
+    sample: int | None = 32  # held-out contexts answered per condition; None: all of them
+    negatives: int = 64  # bare replies to training contexts the classifier learns from
+    max_positives: int = 2000  # the speaker's training lines the classifier learns from, at most
+    seed: int = 0  # the samples and the sampling
+    max_new_tokens: int = 128  # per reply; the chat's other sampling defaults apply
+    identity_tokens: int = 48  # per greedy answer to an identity question
+    batch_size: int = 8  # conversations decoded together
+
+    def __post_init__(self) -> None:
+        if self.sample is not None and (isinstance(self.sample, bool) or self.sample < 1):
+            raise ConfigError(f"sample={self.sample!r} must be at least 1, or None for all")
+        for name in ("negatives", "max_positives"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 2")
+        for name in ("max_new_tokens", "identity_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 1")
+
+    def sampling(self) -> GenerationConfig:
+        """The chat's defaults with this seed and reply length."""
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, seed=self.seed)
+
+    def greedy(self) -> GenerationConfig:
+        return GenerationConfig(temperature=0.0, max_new_tokens=self.identity_tokens)
+
+
+@dataclass
+class IdentityAnswer:
+    question: str
+    answer: str
+    named: bool  # the answer names the character
+
+
+@dataclass
+class StyleReport:
+    """Everything `measure_style` found; `to_dict` is its JSON form."""
+
+    character: str  # the name the identity answers are checked for
+    conditions: list[str]  # in the order measured
+    share: dict[str, tuple[float, float, float]]  # condition -> (share, low, high) attributed
+    mean_tokens: dict[str, float]  # condition -> mean reply length in tokens
+    distinct2: dict[str, float]  # condition -> distinct bigrams / bigrams over its replies
+    real_lines_share: tuple[float, float, float]  # the speaker's real held-out lines: must be high
+    bare_share: tuple[float, float, float]  # the bare model on held-out contexts: must be low
+    real_lines_tokens: float  # mean length of the real held-out lines, for reference
+    real_lines_distinct2: float
+    identity: dict[str, list[IdentityAnswer]]  # condition -> one answer per identity question
+    sample_size: int  # held-out contexts answered per condition
+    heldout_size: int  # held-out lines that answer something, sampled from
+    positives: int  # the speaker's training lines the classifier learned from
+    negatives: int  # bare replies it learned against
+    samples: dict[str, list[str]] = field(default_factory=dict)  # a few replies per condition
+
+    def named(self, condition: str) -> int:
+        """How many identity answers of `condition` name the character."""
+        return sum(answer.named for answer in self.identity.get(condition, []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> StyleReport:
+        values = dict(record)
+        for key in ("share",):
+            values[key] = {name: tuple(value) for name, value in values[key].items()}
+        for key in ("real_lines_share", "bare_share"):
+            values[key] = tuple(values[key])
+        values["identity"] = {
+            name: [IdentityAnswer(**answer) for answer in answers]
+            for name, answers in values["identity"].items()
+        }
+        return cls(**values)
+
+
+def measure_style(
+    engine: ChatEngine,
+    persona: SoftPrompt,
+    *,
+    speaker: str,
+    train: Sequence[Example],
+    heldout: Sequence[Example],
+    description: str | None = None,
+    config: StyleConfig | None = None,
+    progress: bool = True,
+) -> StyleReport:
+    """Measure `persona` (and its written `description`) against the bare model; see the module doc."""
+    config = config or StyleConfig()
+    character = character_name(speaker)
+    persona.check_fits(engine.loaded.fingerprint)
+    positives = [example.reply for example in sample(train, config.max_positives, config.seed)]
+    negative_contexts = [
+        example.context
+        for example in sample(with_context(train, "training"), config.negatives, config.seed)
+    ]
+    chosen = sample(with_context(heldout, "held-out"), config.sample, config.seed)
+    conditions = conditions_for(persona, description)
+    total = len(negative_contexts) + len(conditions) * (len(chosen) + len(IDENTITY_QUESTIONS))
+    with tqdm(
+        total=total, desc="style", unit="reply", file=sys.stderr, disable=not progress
+    ) as bar:
+
+        def replies(contexts: Sequence[Any], condition: Condition, what: str) -> list[Reply]:
+            bar.set_description(f"style: {what}")
+            generation = config.greedy() if what.startswith("identity") else config.sampling()
+            return generate_replies(
+                engine, contexts, condition, generation, batch_size=config.batch_size, bar=bar
+            )
+
+        bare = Condition(NO_PROMPT)
+        negatives = [reply.text for reply in replies(negative_contexts, bare, "negatives")]
+        classifier = StyleClassifier(positives, negatives)
+        contexts = [example.context for example in chosen]
+        answered = {c.name: replies(contexts, c, c.name) for c in conditions}
+        questions = [[{"role": "user", "content": q}] for q in IDENTITY_QUESTIONS]
+        identity = {
+            c.name: [
+                IdentityAnswer(q, reply.text, names_character(reply.text, character))
+                for q, reply in zip(
+                    IDENTITY_QUESTIONS, replies(questions, c, f"identity {c.name}"), strict=True
+                )
+            ]
+            for c in conditions
+        }
+    real = [example.reply for example in chosen]
+    share = {name: _share(classifier, [r.text for r in got]) for name, got in answered.items()}
+    return StyleReport(
+        character=character,
+        conditions=[c.name for c in conditions],
+        share=share,
+        mean_tokens={name: _mean([r.tokens for r in got]) for name, got in answered.items()},
+        distinct2={name: distinct_n([r.text for r in got]) for name, got in answered.items()},
+        real_lines_share=_share(classifier, real),
+        bare_share=share[NO_PROMPT],
+        real_lines_tokens=_mean([len(engine.renderer.encode(line)) for line in real]),
+        real_lines_distinct2=distinct_n(real),
+        identity=identity,
+        sample_size=len(chosen),
+        heldout_size=len(with_context(heldout, "held-out")),
+        positives=classifier.positives,
+        negatives=classifier.negatives,
+        samples={name: [r.text for r in got[:SAMPLES_KEPT]] for name, got in answered.items()},
+    )
+
+
+def _share(classifier: StyleClassifier, texts: Sequence[str]) -> tuple[float, float, float]:
+    """(share attributed to the speaker, Wilson low, Wilson high)."""
+    hits = sum(classifier.attributed(texts))
+    low, high = wilson_interval(hits, len(texts))
+    return hits / len(texts), low, high
+
+
+def _mean(values: Sequence[int]) -> float:
+    return sum(values) / len(values) if values else 0.0
