@@ -83,9 +83,9 @@ def check_terminal() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from persona.cli.reply import generation_config
+    from persona.cli.reply import generation_config, given_settings
 
-    config = generation_config(args)  # ConfigError before anything loads
+    generation_config(args)  # ConfigError before anything loads
     check_terminal()
 
     from persona.model import warmup
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.persona is not None:
             library.get_prompt(args.persona)  # NotFoundError now, not after the model has loaded
+            library.get_defaults(args.persona)  # and defaults that no longer read
         if isinstance(args.resume, int):
             library.get_messages(args.resume)
         elif args.resume == "latest" and not library.list_conversations():
@@ -120,8 +121,13 @@ def run(args: argparse.Namespace) -> int:
 
         from persona.tui.app import PersonaChatApp
 
+        # only the flags given: the rest come from each persona's defaults, then the built-in ones
         app = PersonaChatApp(
-            engine, library, persona=args.persona, resume=args.resume, config=config
+            engine,
+            library,
+            persona=args.persona,
+            resume=args.resume,
+            overrides=given_settings(args),
         )
         app.run()
         conversation_id = app.session.conversation_id

@@ -1,29 +1,27 @@
-"""PersonaChatApp: holds the engine, the library, the conversation and the active persona.
+"""PersonaChatApp: holds the engine, the library, the conversation, the active persona and the
+settings the user gave.
 
-The engine and the library are constructor arguments: the CLI passes the real ones, tests pass
-a tiny model (or a scripted engine) and a library in a temp dir.
+A reply's settings are, highest first: what the user gave (the `persona chat` flags given, `/set`),
+the speaking persona's own defaults (`persona set`), the built-in ones; switching persona switches
+the middle layer and keeps the first. The engine and the library are constructor arguments: the
+CLI passes the real ones, tests pass a tiny model (or a scripted engine) and a library in a temp dir.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from persona.engine.config import GenerationConfig
+from persona.engine.config import GenerationConfig, generation_config, stop_strings
 from persona.errors import PersonaError
 from persona.tui.commands import SlashCommand
 from persona.tui.messages import CommandRequested, PersonaRequested
 from persona.tui.personas import PersonaSelector
 from persona.tui.screens.chat import ChatScreen
 from persona.tui.session import ChatSession, Library
-
-TUI_DEFAULTS = GenerationConfig(
-    temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1, max_new_tokens=256
-)
 
 PALETTE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("New conversation", "start a new conversation (Ctrl+N)", "new"),
@@ -45,14 +43,16 @@ class PersonaChatApp(App[None]):
         *,
         persona: str | None = None,
         resume: int | Literal["latest"] | None = None,
-        config: GenerationConfig | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        """Raise PersonaError (before anything is drawn) for an unknown persona or conversation."""
+        """`overrides`: GenerationConfig fields the user gave (None: not given). Raise PersonaError
+        (before anything is drawn) for an unknown persona or conversation, or a bad override."""
         super().__init__()
         self._quit_despite_unsaved = False
         self.engine = engine
         self.library = library
-        self.config = config or replace(TUI_DEFAULTS)
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        generation_config(None, **self.overrides)  # ConfigError now, not at the first reply
         self.model_label = str(engine.loaded.model_id)
         self.session = ChatSession(library, str(engine.loaded.fingerprint))
         self.personas = PersonaSelector(library, engine.loaded.fingerprint)
@@ -65,6 +65,25 @@ class PersonaChatApp(App[None]):
                 self.personas.select_default()
         else:
             self.personas.select_default()
+        if resume is None:
+            self.session.greet(self.personas.greeting, self.personas.name)
+
+    @property
+    def config(self) -> GenerationConfig:
+        """The next reply's settings: the user's over the speaking persona's over the built-in."""
+        return generation_config(self.personas.defaults, **self.overrides)
+
+    @property
+    def stops(self) -> list[str]:
+        """The stop strings that end the next reply: the speaking persona's."""
+        return stop_strings(self.personas.defaults)
+
+    def set_override(self, field: str, value: Any) -> None:
+        """The user sets `field` (None: back to the persona's or the built-in value) for the rest
+        of the session; ConfigError, and nothing changed, for a value out of range."""
+        overrides = {k: v for k, v in {**self.overrides, field: value}.items() if v is not None}
+        generation_config(self.personas.defaults, **overrides)
+        self.overrides = overrides
 
     def get_default_screen(self) -> Screen[Any]:
         return ChatScreen()

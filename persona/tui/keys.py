@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from persona.engine.config import GenerationConfig
 from persona.tui.commands import help_rows
 
 KEYS: tuple[tuple[str, str], ...] = (
@@ -27,10 +28,15 @@ def help_markdown() -> str:
     lines += [f"| {key} | {action} |" for key, action in KEYS]
     lines += ["", "## Slash commands", "", "| Command | Action |", "| --- | --- |"]
     lines += [f"| `{usage.replace('|', chr(92) + '|')}` | {text} |" for usage, text in help_rows()]
+    built_in = GenerationConfig()
     lines += [
         "",
-        "A message that starts with `//` is sent as text beginning with `/`. Replies start with "
-        "temperature 0.7, top_p 0.9, top_k 50 and at most 256 new tokens (or the `persona chat` "
-        "flags); `/set` changes them for the rest of the session.",
+        "A message that starts with `//` is sent as text beginning with `/`. Each reply uses the "
+        "settings you gave (the `persona chat` flags, `/set`) over the speaking persona's own "
+        "(`persona set`) over the built-in ones: temperature "
+        f"{built_in.temperature:g}, top_p {built_in.top_p:g}, top_k {built_in.top_k}, "
+        f"repetition_penalty {built_in.repetition_penalty:g} and at most "
+        f"{built_in.max_new_tokens} new tokens. Yours last the session, across persona switches; "
+        "the persona's stop strings end its replies, and its greeting opens a new conversation.",
     ]
     return "\n".join(lines) + "\n"

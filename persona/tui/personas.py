@@ -1,31 +1,41 @@
-"""Which persona speaks next: the name, its soft prompt, and the checks made before switching."""
+"""Which persona speaks next: the name, its soft prompt, its own defaults (`persona set`), and the
+checks made before switching."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from persona.engine.config import PersonaDefaults
 from persona.errors import NotFoundError, PersonaError
 
 DEFAULT_PERSONA_SETTING = "default_persona"
 
 
 class PersonaSelector:
-    """Holds the active persona; prompts fetched once are kept, so switching back costs nothing."""
+    """Holds the active persona; a prompt and defaults fetched once are kept, so switching back
+    costs nothing."""
 
     def __init__(self, library: Any, fingerprint: Any) -> None:
         self.library = library
         self.fingerprint = fingerprint
         self.name: str | None = None
         self.prompt: Any = None  # SoftPrompt | None
-        self._prompts: dict[str, Any] = {}
+        self.defaults = PersonaDefaults()  # the speaker's own; empty for no persona
+        self._prompts: dict[str, tuple[Any, PersonaDefaults]] = {}
+
+    @property
+    def greeting(self) -> str | None:
+        """What the speaker opens a conversation with (None: it waits for the user)."""
+        return self.defaults.greeting
 
     def select(self, name: str | None) -> None:
-        """Make `name` (None: no persona) the speaker; PersonaError if unknown or made for another model."""
+        """Make `name` (None: no persona) the speaker; PersonaError if unknown, made for another
+        model, or its stored defaults no longer read."""
         if name is None:
-            self.name, self.prompt = None, None
+            self.name, self.prompt, self.defaults = None, None, PersonaDefaults()
             return
-        prompt = self._prompts.get(name)
-        if prompt is None:
+        cached = self._prompts.get(name)
+        if cached is None:
             try:
                 prompt = self.library.get_prompt(name)
             except NotFoundError:
@@ -33,8 +43,8 @@ class PersonaSelector:
                     f"there is no persona named {name!r}; `persona list` shows the library, /personas opens the picker"
                 ) from None
             prompt.check_fits(self.fingerprint)
-            self._prompts[name] = prompt
-        self.name, self.prompt = name, prompt
+            cached = self._prompts[name] = (prompt, self.library.get_defaults(name))
+        self.name, (self.prompt, self.defaults) = name, cached
 
     def switch(self, name: str | None, *, replying: bool = False) -> str:
         """`select`, and say what changed: the next replies come from `name` (after the one being

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from persona.engine.stops import StopScanner
 from persona.errors import PersonaError, first_line
 from persona.prompt.render import Message
 
@@ -64,18 +66,30 @@ def write_reply(
     config: Any,
     cancel: threading.Event,
     on_piece: Callable[[str, float], None],
+    *,
+    stops: Sequence[str] = (),
 ) -> ReplyOutcome:
     """Stream a reply, handing each piece (and the speed so far) to `on_piece`; never raises.
 
+    The reply ends before the first of `stops` (the persona's stop strings), which is never shown.
     A PersonaError is the user's to read; any other exception is a bug in generation, which must
     not take the conversation with it: both end the reply with `finish_reason="error"`.
     """
     pieces: list[str] = []
+    scanner = StopScanner(list(stops))
     error: str | None = None
+
+    def hand_over(text: str) -> None:
+        if text:
+            pieces.append(text)
+            on_piece(text, engine.last.tokens_per_second)
+
     try:
-        for piece in engine.stream(history, prompt, config, cancel=cancel):
-            pieces.append(piece)
-            on_piece(piece, engine.last.tokens_per_second)
+        with closing(engine.stream(history, prompt, config, cancel=cancel)) as stream:
+            for piece in stream:
+                hand_over(scanner.push(piece))
+                if scanner.stopped:
+                    break  # closing the stream ends generation here
     except PersonaError as exc:
         error = str(exc)
     except Exception as exc:
@@ -83,9 +97,12 @@ def write_reply(
             f"generation failed ({type(exc).__name__}: {first_line(exc)}); "
             "the conversation so far is saved"
         )
+    hand_over(scanner.flush())  # text held while it could have begun a stop string
     stats = engine.last
     if error:
         reason = "error"
+    elif scanner.stopped:
+        reason = "stop"
     elif cancel.is_set() and stats.finish_reason != "stop":
         reason = "cancelled"
     else:

@@ -2,8 +2,10 @@
 
 Every finished message is written at once; a message the library could not take (locked, disk
 full) stays in memory marked unsaved and is written with the next one, so nothing typed or
-generated is lost while the app runs. The session also knows whether a reply is being written,
-and refuses what must wait for it (sending, retry, undo) with a message the screen shows.
+generated is lost while the app runs. A conversation may open with the persona's greeting; until
+the user says something it is not saved, and switching persona swaps the greeting. The session
+also knows whether a reply is being written, and refuses what must wait for it (sending, retry,
+undo) with a message the screen shows.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from persona.engine.config import PersonaDefaults
 from persona.errors import NotFoundError, PersonaError
 from persona.library.conversations import make_title
 from persona.prompt.render import Message
@@ -42,6 +45,7 @@ class Library(Protocol):
     def list_conversations(self) -> list[Any]: ...
     def list_personas(self) -> list[Any]: ...
     def get_prompt(self, name: str) -> Any: ...
+    def get_defaults(self, name: str) -> PersonaDefaults: ...
     def get_setting(self, key: str) -> str | None: ...
 
 
@@ -73,6 +77,11 @@ class ChatSession:
     def unsaved(self) -> int:
         return sum(1 for turn in self.turns if turn.message_id is None)
 
+    @property
+    def started(self) -> bool:
+        """The user has said something: from then on the conversation is saved and kept."""
+        return any(turn.role == "user" for turn in self.turns)
+
     def last_persona(self) -> str | None:
         """The persona of the latest reply (what a resumed conversation continues with)."""
         return next((t.persona for t in reversed(self.turns) if t.role == "assistant"), None)
@@ -101,6 +110,16 @@ class ChatSession:
         self.conversation_id = None
         self.turns = []
 
+    def greet(self, greeting: str | None, persona: str | None) -> bool:
+        """Open a conversation that has not started with `persona`'s `greeting` (None: with
+        nothing), in place of any earlier greeting. False when it has started: it stays as it is."""
+        if self.started:
+            return False
+        for turn in self.turns:
+            self._forget(turn)
+        self.turns = [Turn("assistant", greeting, persona)] if greeting else []
+        return True
+
     def add(self, turn: Turn) -> Turn:
         """Append a finished message and save it (with any earlier one that is not saved yet)."""
         self.turns.append(turn)
@@ -108,8 +127,9 @@ class ChatSession:
         return turn
 
     def save(self) -> None:
-        """Write every unsaved turn, oldest first; a PersonaError leaves the rest for next time."""
-        if not self.turns:
+        """Write every unsaved turn, oldest first; a PersonaError leaves the rest for next time.
+        Nothing is written before the user has said something (a greeting alone is not kept)."""
+        if not self.started:
             return
         if self.conversation_id is None:
             first_user = next((t.content for t in self.turns if t.role == "user"), "")
@@ -177,14 +197,14 @@ class ChatSession:
     def drop_for_retry(self) -> Turn | None:
         """Drop the latest reply so that it can be written again (None: there was none)."""
         self._check_idle()
-        if not self.turns:
+        if not self.started:
             raise Refused("nothing to retry yet: send a message first")
         return self.drop_last_reply()
 
     def undo_exchange(self) -> list[Turn]:
         """`undo`, refused while a reply is written or when there is nothing to undo."""
         self._check_idle()
-        removed = self.undo()
+        removed = self.undo() if self.started else []  # a greeting alone is not the user's to undo
         if not removed:
             raise Refused("nothing to undo")
         return removed

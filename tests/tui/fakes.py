@@ -23,6 +23,8 @@ class ScriptedEngine:
     model_id: str = "SmolLM2-135M-Instruct"
     tokens_per_second: float = 42.0
     calls: list[tuple[list[Any], str | None]] = field(default_factory=list)
+    configs: list[Any] = field(default_factory=list)  # the GenerationConfig of each call
+    closed: int = 0  # replies whose reader stopped reading before the end
 
     def __post_init__(self) -> None:
         self.loaded = SimpleNamespace(model_id=self.model_id, fingerprint=self.fingerprint)
@@ -39,6 +41,7 @@ class ScriptedEngine:
     ) -> Iterator[str]:
         name = persona.name if persona is not None else None
         self.calls.append((list(messages), name))
+        self.configs.append(config)
         queue = self.replies.get(name) or ["(no scripted reply)"]
         text = queue.pop(0) if len(queue) > 1 else queue[0]
         words = text.split(" ")
@@ -49,7 +52,11 @@ class ScriptedEngine:
                 stats.finish_reason = "cancelled"
                 return
             stats.new_tokens += 1
-            yield word if index == 0 else " " + word
+            try:
+                yield word if index == 0 else " " + word
+            except GeneratorExit:
+                self.closed += 1
+                raise
         stats.seconds, stats.first_token_seconds = (
             stats.new_tokens / self.tokens_per_second + 0.1,
             0.1,

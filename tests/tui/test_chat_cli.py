@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,22 @@ def test_chat_command_module_is_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_only_the_flags_given_override_the_persona_s_defaults(
+    a_terminal: None,
+    two_personas: Any,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from persona.tui.app import PersonaChatApp
+
+    two_personas.set_defaults("pirate", {"temperature": 1.2, "max_new_tokens": 40})
+    started: list[PersonaChatApp] = []
+    monkeypatch.setattr(PersonaChatApp, "run", lambda app: started.append(app))
+    argv = ["chat", "--model", str(tiny_model_dir), "--precision", "fp32", "--persona", "pirate"]
+    assert main([*argv, "--top-p", "0.5"]) == 0
+    (app,) = started
+    assert app.overrides == {"top_p": 0.5}
+    config = app.config
+    assert (config.temperature, config.top_p, config.max_new_tokens) == (1.2, 0.5, 40)

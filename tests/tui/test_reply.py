@@ -83,3 +83,38 @@ def test_a_reply_that_hit_the_token_limit_says_so() -> None:
     outcome = write_reply(engine, HISTORY, None, None, None, threading.Event(), lambda *_: None)
     assert outcome.finish_reason == "length" and outcome.cut_short
     assert outcome.end_state == "max tokens" and outcome.note == "max tokens"
+
+
+def test_a_stop_string_ends_the_reply_before_it_even_split_across_pieces() -> None:
+    engine = ScriptedEngine(fingerprint=None, replies={None: ["fair winds Hal: to you"]})
+    pieces: list[str] = []
+    outcome = write_reply(
+        engine,
+        HISTORY,
+        None,
+        None,
+        None,
+        threading.Event(),
+        lambda p, _: pieces.append(p),
+        stops=["winds Hal:"],
+    )
+    assert "".join(pieces) == outcome.text == "fair "
+    assert outcome.finish_reason == "stop" and not outcome.cut_short
+    assert engine.closed == 1  # generation was ended, not read to the end
+
+
+def test_text_held_back_as_a_possible_stop_string_comes_out_when_it_is_not_one() -> None:
+    engine = ScriptedEngine(fingerprint=None, replies={None: ["farewell Ha"]})
+    pieces: list[str] = []
+    outcome = write_reply(
+        engine,
+        HISTORY,
+        None,
+        None,
+        None,
+        threading.Event(),
+        lambda p, _: pieces.append(p),
+        stops=["Hal:"],
+    )
+    assert pieces == ["farewell", " ", "Ha"]  # " Ha" could have begun "Hal:" until the end
+    assert outcome.text == "farewell Ha" and outcome.finish_reason == "stop"

@@ -181,3 +181,43 @@ def test_switching_persona_says_who_speaks_next(two_personas: Any, tiny: Any) ->
     )
     with pytest.raises(NotFoundError, match="no persona named 'ghost'"):
         personas.switch("ghost")
+
+
+def test_a_greeting_opens_the_conversation_but_is_saved_only_with_the_user_s_first_message(
+    library: Any,
+) -> None:
+    session = ChatSession(library, "fp")
+    assert session.greet("Ahoy!", "pirate") and not session.started
+    session.save()
+    assert session.conversation_id is None and library.list_conversations() == []
+    assert session.greet("A verse?", "poet")  # another persona before anything was said
+    assert session.turns == [Turn("assistant", "A verse?", "poet")]
+    session.add(Turn("user", "hello"))
+    assert rows(library, session) == [
+        ("assistant", "A verse?", "poet", False),
+        ("user", "hello", None, False),
+    ]
+    assert library.list_conversations()[0].title == "hello"
+    assert not session.greet("Ahoy!", "pirate")  # started: it stays as it is
+    assert session.history()[0] == {"role": "assistant", "content": "A verse?"}
+
+
+def test_with_only_a_greeting_there_is_nothing_to_retry_or_undo(library: Any) -> None:
+    session = ChatSession(library, "fp")
+    session.greet("Ahoy!", "pirate")
+    with pytest.raises(Refused, match="nothing to retry yet"):
+        session.drop_for_retry()
+    with pytest.raises(Refused, match="nothing to undo"):
+        session.undo_exchange()
+    assert [t.content for t in session.turns] == ["Ahoy!"]
+
+
+def test_the_selector_holds_the_speaker_s_defaults(two_personas: Any, tiny: Any) -> None:
+    two_personas.set_defaults("poet", {"temperature": 0.3, "greeting": "A verse?"})
+    personas = PersonaSelector(two_personas, tiny.fingerprint)
+    personas.select("poet")
+    assert personas.defaults.temperature == 0.3 and personas.greeting == "A verse?"
+    personas.select("pirate")
+    assert personas.defaults.sampling() == {} and personas.greeting is None
+    personas.select(None)
+    assert personas.defaults.sampling() == {} and personas.greeting is None

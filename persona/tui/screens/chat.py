@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +177,12 @@ class ChatScreen(Screen[None]):
     # ---- the commands (ChatActions) -------------------------------------------------------------
 
     async def switch_persona(self, name: str | None) -> None:
-        """The next reply comes from `name`; the history stays."""
-        notice = self.app.personas.switch(name, replying=self.generating)
+        """The next reply comes from `name`, with its defaults; the history stays (a conversation
+        not started yet opens with `name`'s greeting instead)."""
+        personas = self.app.personas
+        notice = personas.switch(name, replying=self.generating)
+        if self.app.session.greet(personas.greeting, personas.name):
+            await self.query_one(ChatLog).show(self.app.session.turns)
         self._refresh()
         self.notify(notice)
 
@@ -217,7 +221,8 @@ class ChatScreen(Screen[None]):
         except PersonaError as exc:
             self.notify(f"{exc} (the last conversation is not fully saved)", severity="error")
         self.app.session.start_new()
-        await self.query_one(ChatLog).show([])
+        self.app.session.greet(self.app.personas.greeting, self.app.personas.name)
+        await self.query_one(ChatLog).show(self.app.session.turns)
         self._refresh()
         self.notify("new conversation")
 
@@ -234,7 +239,7 @@ class ChatScreen(Screen[None]):
 
     async def change_setting(self, key: str, value: str) -> None:
         field_name, parsed = parse_setting(key, value)
-        self.app.config = replace(self.app.config, **{field_name: parsed})  # ConfigError: range
+        self.app.set_override(field_name, parsed)  # ConfigError: out of range
         self._refresh()
         self.notify(f"{key} = {parsed}")
 
@@ -264,19 +269,34 @@ class ChatScreen(Screen[None]):
         reply = LiveReply(await self.query_one(ChatLog).begin_reply(personas.name))
         self._reply = reply
         self.query_one(StatusBar).state = "writing…"
-        reply.worker = self._write(reply, history, personas.prompt, personas.name, self.app.config)
+        reply.worker = self._write(
+            reply, history, personas.prompt, personas.name, self.app.config, self.app.stops
+        )
         self._refresh()
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _write(
-        self, reply: LiveReply, history: list[Any], prompt: Any, persona: str | None, config: Any
+        self,
+        reply: LiveReply,
+        history: list[Any],
+        prompt: Any,
+        persona: str | None,
+        config: Any,
+        stops: list[str],
     ) -> None:
         def hand_over(piece: str, tokens_per_second: float) -> None:
             if reply.pieces.push(piece, tokens_per_second):
                 self.post_message(self.PiecesReady(reply))  # thread-safe, and does not wait
 
         outcome = write_reply(
-            self.app.engine, history, prompt, persona, config, reply.cancel, hand_over
+            self.app.engine,
+            history,
+            prompt,
+            persona,
+            config,
+            reply.cancel,
+            hand_over,
+            stops=stops,
         )
         try:
             self.app.call_from_thread(self._reply_done, reply, outcome)
