@@ -50,7 +50,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from persona.engine.chat import ChatEngine
-    from persona.engine.config import GenerationConfig
     from persona.library import open_library
     from persona.model.loader import load_model
     from persona.prompt.init import initial_prompt
@@ -76,8 +75,8 @@ def main() -> None:
                 )
                 library.add_version(name, prompt, model_id=loaded.model_id)
             first, second = DESCRIBED
-        config = GenerationConfig(temperature=0, max_new_tokens=80)
-        app = PersonaChatApp(ChatEngine(loaded), library, config=config)
+        overrides = {"temperature": 0, "max_new_tokens": 80}
+        app = PersonaChatApp(ChatEngine(loaded), library, overrides=overrides)
         asyncio.run(drive(app, first, second))
         library.close()
     print(Path(__file__).parent / "chat.svg")
