@@ -29,6 +29,10 @@ from persona.train.evaluate import mean_nll
 from persona.train.loss import labelled_nll
 from persona.train.ranks import Ranks
 
+# Under accelerate launch a Ctrl-C reaches each process twice: from the terminal, and from the
+# launcher passing it on to its workers a moment later. Within this many seconds it is one Ctrl-C.
+REPEATED_SIGNAL_SECONDS = 2.0
+
 
 class _StopNow(KeyboardInterrupt):
     """A second Ctrl-C: stop at once, without waiting for the other ranks."""
@@ -121,7 +125,8 @@ def train_loop(
         dynamic_ncols=True,
     )
     started = time.perf_counter() - state.seconds
-    with _deferred_interrupt(bar) as interrupt:
+    echo = REPEATED_SIGNAL_SECONDS if ranks.distributed else 0.0
+    with _deferred_interrupt(bar, echo) as interrupt:
         try:
             while state.step < total_steps:
                 step_started = time.perf_counter()
@@ -279,16 +284,23 @@ def _restore(
 
 
 @contextmanager
-def _deferred_interrupt(bar: Any) -> Iterator[threading.Event]:
-    """The first Ctrl-C lets the running step finish (then the loop saves and stops); a second one stops at once."""
+def _deferred_interrupt(bar: Any, echo: float = 0.0) -> Iterator[threading.Event]:
+    """The first Ctrl-C lets the running step finish (then the loop saves and stops); a second one stops at once.
+
+    echo: seconds after the first in which another SIGINT is the same Ctrl-C, not a second one.
+    """
     requested = threading.Event()
+    first: list[float] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested
         return
 
     def handler(signum: int, frame: Any) -> None:
         if requested.is_set():
+            if time.monotonic() - first[0] < echo:
+                return
             raise _StopNow
+        first.append(time.monotonic())
         requested.set()
         bar.write(
             "persona: finishing this step, then saving a checkpoint (Ctrl-C again to stop at once)"
