@@ -23,7 +23,7 @@ from persona.engine.chat import ChatEngine
 from persona.errors import ModelError, first_line
 from persona.model import llama
 from persona.model.files import WEIGHTS_FILE
-from persona.model.fingerprint import fingerprint_of
+from persona.model.fingerprint import remembered_fingerprint, weights_key
 from persona.model.loader import LoadedModel, _load_tokenizer
 from persona.model.location import resolve_model_path
 
@@ -34,10 +34,16 @@ NO_MODEL = "the model runs on the vLLM servers; this gateway only embeds token i
 
 @dataclass
 class ModelFacts:
-    """Stands where a loaded network would: the config and the end-of-sequence settings only."""
+    """Stands where a loaded network would: the config, the end-of-sequence settings and the
+    input embedding matrix only."""
 
     config: Any  # config.json as attributes (max_position_embeddings, architectures, ...)
     generation_config: Any  # eos_token_id
+    embedding: torch.Tensor  # (V, D) float32
+
+    def get_input_embeddings(self) -> Any:
+        """As a transformers model answers it, for persona.model.fingerprint."""
+        return SimpleNamespace(weight=self.embedding)
 
 
 class EmbeddingBackend:
@@ -74,12 +80,15 @@ def load_gateway_engine(path: str | os.PathLike[str] | None, label: str) -> Chat
     `label` goes in `loaded.precision`: what the servers compute in, for the server's record."""
     directory, model_id = resolve_model_path(path)
     config = read_model_config(directory, model_id)
-    embedding = read_embedding(directory, model_id)
-    facts = ModelFacts(config, llama.read_generation_settings(directory, config))
+    weights = embedding_file(directory, model_id)
+    key = weights_key(weights)  # before reading: see weights_key
+    embedding = read_embedding(weights, model_id)
+    facts = ModelFacts(config, llama.read_generation_settings(directory, config), embedding)
     loaded = LoadedModel(
         model=facts,
         tokenizer=_load_tokenizer(directory, model_id, for_chat=True),
-        fingerprint=fingerprint_of(str(config.architectures[0]), embedding),
+        # the hash the loader remembers for this weights file, else hashed (and remembered)
+        fingerprint=remembered_fingerprint(facts, key),
         model_id=model_id,
         precision=label,
     )
@@ -98,15 +107,26 @@ def read_model_config(directory: Path, model_id: str) -> Any:
     return SimpleNamespace(**data)
 
 
-def read_embedding(directory: Path, model_id: str) -> torch.Tensor:
+def embedding_file(directory: Path, model_id: str) -> Path:
+    """The safetensors file that holds the input embedding (one of the shards, if sharded)."""
+    index_file = directory / WEIGHTS_INDEX
+    if (directory / WEIGHTS_FILE).is_file() or not index_file.is_file():
+        return directory / WEIGHTS_FILE
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        return directory / index["weight_map"][EMBEDDING_KEY]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"{WEIGHTS_INDEX} of {model_id!r} does not say where {EMBEDDING_KEY} is: "
+            f"{first_line(exc)}"
+        ) from None
+
+
+def read_embedding(weights: Path, model_id: str) -> torch.Tensor:
     """The input embedding matrix (V, D) as float32, read alone from the checkpoint."""
     from safetensors import safe_open
 
-    weights = directory / WEIGHTS_FILE
     try:
-        if not weights.is_file() and (directory / WEIGHTS_INDEX).is_file():
-            index = json.loads((directory / WEIGHTS_INDEX).read_text(encoding="utf-8"))
-            weights = directory / index["weight_map"][EMBEDDING_KEY]
         with safe_open(str(weights), framework="pt") as handle:
             embedding = handle.get_tensor(EMBEDDING_KEY)  # (V, D)
     except Exception as exc:
