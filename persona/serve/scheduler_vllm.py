@@ -27,6 +27,7 @@ import httpx2 as httpx  # httpx, as huggingface_hub and openai install it
 from persona.engine.chat import ChatEngine
 from persona.engine.detok import StreamDecoder
 from persona.errors import ConfigError, PersonaError, first_line
+from persona.prompt.softprompt import SoftPrompt
 from persona.serve.metrics import TokenRate
 from persona.serve.scheduler import Generation, Job, QueueFull
 from persona.serve.vllm_upstream import Upstream, UpstreamUnreachable, check_upstream, choose
@@ -174,13 +175,11 @@ class VllmScheduler:
         prompt_tokens = len(ids) + (persona.num_virtual_tokens if persona is not None else 0)
         reply = _Reply(generation, StreamDecoder(self.engine.tokenizer), self)
         try:
-            embeds = prompt_embeds(
-                self.engine.backend.embed(ids),  # (T, D)
-                persona.embeddings if persona is not None else None,  # (N, D)
-            )  # (N+T, D)
-            body = completion_body(
-                "", encode_embeds(embeds, self.dtype), job.config, self.engine.stop_ids
+            # megabytes for a long conversation on a wide model: off this loop, which streams
+            encoded = await asyncio.get_running_loop().run_in_executor(
+                None, self._encode, ids, persona
             )
+            body = completion_body("", encoded, job.config, self.engine.stop_ids)
             tried: set[str] = set()
             while True:
                 candidates = [u for u in self.upstreams if u.url not in tried]
@@ -211,6 +210,13 @@ class VllmScheduler:
             del self._active[task]
             with self._lock:
                 self._in_flight -= 1
+
+    def _encode(self, ids: list[int], persona: SoftPrompt | None) -> str:
+        embeds = prompt_embeds(
+            self.engine.backend.embed(ids),  # (T, D)
+            persona.embeddings if persona is not None else None,  # (N, D)
+        )  # (N+T, D)
+        return encode_embeds(embeds, self.dtype)
 
     async def _stream(self, upstream: Upstream, body: dict[str, Any], reply: _Reply) -> None:
         """Stream one completion from `upstream` into `reply`; returns early once the reply
