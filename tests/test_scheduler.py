@@ -166,10 +166,17 @@ def test_a_follow_up_turn_reuses_the_cached_prefix_and_gives_the_fresh_reply(tin
 
 
 def test_a_full_queue_refuses_with_a_reason(tiny):
-    scheduler = Scheduler(ChatEngine(tiny), max_rows=1, max_queue=0)
+    engine = ChatEngine(tiny)
+    engine.stop_ids, engine.max_context = set(), 1_000_000  # the first reply runs until cancelled
+    endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=900_000, seed=1)
+    scheduler = Scheduler(engine, max_rows=1, max_queue=0)
     try:
+        busy = Collect()
+        ticket = scheduler.submit(Request([{"role": "user", "content": "hi"}], None, endless), busy)
         with pytest.raises(QueueFull, match="retry"):
             scheduler.submit(Request([{"role": "user", "content": "hi"}], None, GREEDY), Collect())
+        ticket.cancel()
+        assert busy.done.wait(60) and busy.reason == "cancelled"
     finally:
         scheduler.close()
 
@@ -216,5 +223,17 @@ def test_a_one_token_prompt_after_a_cached_one_of_its_persona(tiny):
             assert second.text == alone.text
         finally:
             fresh.close()
+    finally:
+        scheduler.close()
+
+
+def test_requests_for_free_rows_are_taken_even_with_no_queue(tiny):
+    """A request that a free row will take at the next step is not refused for a full queue."""
+    scheduler = Scheduler(ChatEngine(tiny), max_rows=4, max_queue=0)
+    try:
+        sinks = [Collect() for _ in range(4)]
+        for sink in sinks:
+            scheduler.submit(Request([{"role": "user", "content": "hi"}], None, GREEDY), sink)
+        assert all(sink.text is not None for sink in sinks)
     finally:
         scheduler.close()

@@ -184,7 +184,8 @@ class Scheduler:
         with self._wake:
             if self._closed:
                 raise QueueFull("the server is shutting down; retry on another")
-            if len(self._waiting) >= self.max_queue:
+            free_rows = self.max_rows - len(self._encoding) - len(self._decoding)
+            if len(self._waiting) >= self.max_queue + max(0, free_rows):  # a free row is no wait
                 raise QueueFull(
                     f"{len(self._waiting)} requests are waiting already (the queue holds "
                     f"{self.max_queue}); retry in a moment"
