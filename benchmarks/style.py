@@ -27,7 +27,7 @@ from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
 from persona.style.data import speaker_examples
 from persona.style.identity import IDENTITY_QUESTIONS
-from persona.style.report import StyleConfig, StyleReport, measure_style
+from persona.style.report import StyleConfig, StyleReport, measure_style, share_text
 from persona.train.spec import load_spec
 
 PERSONAS = Path(__file__).resolve().parent.parent / "personas"
@@ -61,11 +61,6 @@ def measure(engine: ChatEngine, spec_path: Path, config: StyleConfig) -> StyleRe
     )
 
 
-def interval(value: tuple[float, float, float]) -> str:
-    share, low, high = value
-    return f"{share:5.0%} [{low:4.0%}, {high:4.0%}]"
-
-
 def print_report(name: str, report: StyleReport, seconds: float) -> None:
     print(
         f"\n{name} ({report.character}): {report.sample_size} of {report.heldout_size} held-out "
@@ -76,15 +71,15 @@ def print_report(name: str, report: StyleReport, seconds: float) -> None:
     for condition in report.conditions:
         named = report.named(condition)
         print(
-            f"  {SHOWN[condition]:<15} {interval(report.share[condition]):<22} "
+            f"  {SHOWN[condition]:<15} {share_text(report.share[condition]):<22} "
             f"{report.mean_tokens[condition]:6.1f} {report.distinct2[condition]:6.2f}  "
             f"{'yes' if named else 'no'} ({named}/{len(IDENTITY_QUESTIONS)})"
         )
     print(
-        f"  {'real lines':<15} {interval(report.real_lines_share):<22} "
+        f"  {'real lines':<15} {share_text(report.real_lines_share):<22} "
         f"{report.real_lines_tokens:6.1f} {report.real_lines_distinct2:6.2f}  (check: high)"
     )
-    print(f"  {'bare replies':<15} {interval(report.bare_share):<22} {'':>13}  (check: low)")
+    print(f"  {'bare replies':<15} {share_text(report.bare_share):<22} {'':>13}  (check: low)")
     for condition in report.conditions:
         answer = report.identity[condition][0]
         print(f"  {SHOWN[condition]} to {answer.question!r}: {answer.answer[:100]!r}")

@@ -10,7 +10,7 @@ import pytest
 from persona.dialogue.types import Conversation, Dialogue, Turn
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.style.data import sample, speaker_examples
+from persona.style.data import sample, speaker_examples, split_in_halves
 from persona.style.generate import (
     CONDITIONS,
     NO_PROMPT,
@@ -21,7 +21,7 @@ from persona.style.generate import (
     generate_replies,
 )
 from persona.style.identity import IDENTITY_QUESTIONS
-from persona.style.report import StyleConfig, StyleReport, measure_style
+from persona.style.report import StyleConfig, StyleReport, measure_style, share_text
 
 OLD = "thee thou prithee art hath marry sirrah anon wherefore methinks".split()
 PLAIN = "hello how are you today what is the news".split()
@@ -108,3 +108,14 @@ def test_a_sample_is_seeded_and_bounded():
     train, _ = speaker_examples(play(), "SIR TOBY", context_turns=2, validation_fraction=0.3)
     assert sample(train, 5, seed=1) == sample(train, 5, seed=1) != sample(train, 5, seed=2)
     assert len(sample(train, 5, seed=1)) == 5 and sample(train, None, seed=1) == train
+
+
+def test_a_log_measured_on_its_own_is_split_in_halves_by_conversation():
+    examples = speaker_examples(play(), "SIR TOBY", context_turns=2, validation_fraction=0.0)[0]
+    train, heldout = split_in_halves(examples)
+    assert len(train) + len(heldout) == len(examples)
+    assert not {e.conversation for e in train} & {e.conversation for e in heldout}
+
+
+def test_a_share_reads_as_a_percentage_and_its_interval():
+    assert share_text((0.375, 0.2, 0.56)) == "38% [20%, 56%]"

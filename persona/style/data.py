@@ -43,3 +43,14 @@ def with_context(examples: Sequence[Example], what: str) -> list[Example]:
     if not chosen:
         raise DialogueError(f"no {what} line answers an earlier turn; use a longer log")
     return chosen
+
+
+def split_in_halves(
+    examples: Sequence[Example], seed: int = 0
+) -> tuple[list[Example], list[Example]]:
+    """(lines the classifier learns from, lines the measure runs on): half the conversations each,
+    for a log that is measured on its own (`persona eval`), with no training split to lean on."""
+    train, heldout = split_by_conversation(list(examples), 0.5, seed)
+    if not train or not heldout:
+        raise DialogueError("the log is too short to measure style: it needs two conversations")
+    return train, heldout

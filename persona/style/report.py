@@ -187,6 +187,12 @@ def measure_style(
     )
 
 
+def share_text(value: Sequence[float]) -> str:
+    """'38% [22%, 56%]': a share and its 95% interval, as the benchmark and `persona show` print it."""
+    share, low, high = value
+    return f"{share:.0%} [{low:.0%}, {high:.0%}]"
+
+
 def _share(classifier: StyleClassifier, texts: Sequence[str]) -> tuple[float, float, float]:
     """(share attributed to the speaker, Wilson low, Wilson high)."""
     hits = sum(classifier.attributed(texts))
