@@ -131,6 +131,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="turns of context per reply (default: as the persona was trained, else 4)",
     )
+    evaluate.add_argument(
+        "--style-sample",
+        type=_style_sample,
+        metavar="N|full",
+        help="also measure style on N held-out contexts (or all: full): how often replies with no "
+        "prompt, the written description and the soft prompt read like the speaker (docs/style.md)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_common(evaluate)
     evaluate.set_defaults(func=run_eval)
@@ -391,11 +398,66 @@ def run_eval(args: argparse.Namespace) -> int:
         pad_id=pad_token_id(loaded.tokenizer),
         **limits,
     )
+    style = None
+    if args.style_sample is not None:
+        style = _measure_style(args, loaded, prompt, dialogue, examples)
+        metrics["style"] = style.to_dict()
     if args.json:
         print(json.dumps(metrics))
     else:
         _print_metrics(metrics, f"{args.name} on {dialogue.source}")
+        if style is not None:
+            _print_style(style)
     return 0
+
+
+def _style_sample(text: str) -> int:
+    """--style-sample: a number of held-out contexts, or `full` (0 stands for all of them)."""
+    if text == "full":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'full', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'full'), got {value}")
+    return value
+
+
+def _measure_style(
+    args: argparse.Namespace, loaded: Any, prompt: Any, dialogue: Any, examples: list
+) -> Any:
+    """The style report on LOG: the classifier learns half its conversations, the rest are measured."""
+    from persona.dialogue.examples import resolve_speaker
+    from persona.engine.chat import ChatEngine
+    from persona.style.data import split_in_halves
+    from persona.style.report import StyleConfig, measure_style
+
+    train, heldout = split_in_halves(examples)
+    return measure_style(
+        ChatEngine(loaded),
+        prompt,
+        speaker=resolve_speaker(dialogue, args.speaker),
+        train=train,
+        heldout=heldout,
+        description=prompt.description or None,
+        config=StyleConfig(sample=args.style_sample or None),
+        progress=not args.quiet,
+    )
+
+
+def _print_style(report: Any) -> None:
+    from persona.style.report import share_text
+
+    print(f"style ({report.sample_size} held-out contexts; docs/style.md): read as the speaker")
+    for condition in report.conditions:
+        print(
+            f"  {condition:<15} {share_text(report.share[condition]):<16} "
+            f"{report.mean_tokens[condition]:.0f} tokens, distinct-2 "
+            f"{report.distinct2[condition]:.2f}, names {report.character} in "
+            f"{report.named(condition)}/{len(report.identity[condition])} answers"
+        )
+    print(f"  real lines      {share_text(report.real_lines_share)} (check: high)")
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
