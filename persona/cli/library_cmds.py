@@ -216,6 +216,12 @@ def run_show(args: argparse.Namespace) -> int:
                 f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
                 f"{record.get('steps', '?')} steps, {record.get('seconds') or 0:.0f} s"
             )
+        style = (active.metrics or {}).get("style")
+        if isinstance(style, dict) and isinstance(style.get("share"), dict):
+            from persona.style.report import share_text
+
+            shares = ", ".join(f"{name} {share_text(v)}" for name, v in style["share"].items())
+            print(f"  style:       read as the speaker: {shares} (docs/style.md)")
     rows = []
     for v in info.versions:
         metrics = v.metrics or {}
