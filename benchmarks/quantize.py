@@ -24,7 +24,7 @@ from persona.dialogue.sources import read_source
 from persona.dialogue.split import split_by_conversation
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.model.llama import new_cache
+from persona.engine.torch_backend import TorchBackend
 from persona.model.loader import load_model
 from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
 from persona.prompt.render import Renderer
@@ -72,7 +72,7 @@ def incremental_nll(model, prompt: torch.Tensor, encoded: list) -> tuple[float, 
         for example in encoded:
             first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
             ids = example.input_ids
-            cache = new_cache(model)
+            cache = TorchBackend(model).new_cache()
             context = embed(torch.tensor([ids[:first]]))  # (1, T0, D)
             context, _, _ = prepend_prompt(prompt, context)
             logits = model(

@@ -155,22 +155,6 @@ def _grow(buffer: torch.Tensor, keep: int, capacity: int) -> torch.Tensor:
     return grown
 
 
-def new_cache(model: Any) -> Any:
-    """An empty KV cache of the kind `model` takes: its own (`model.new_cache()`), else transformers'."""
-    if hasattr(model, "new_cache"):  # LlamaDecoder, persona.model.llamacpp.LlamaCppModel
-        return model.new_cache()
-    from transformers import DynamicCache
-
-    return DynamicCache()
-
-
-def cache_argument_name(model: Any) -> str:
-    """transformers renamed `past_key_values` to `cache`; whichever this version's forward takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @dataclass
 class CausalOutput:
     logits: torch.Tensor  # (B, kept, V)
@@ -220,17 +204,17 @@ class Attention(nn.Module):
         cache: KVCache | None,
         start: int,
     ) -> torch.Tensor:
-        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, 1, d), see _rope
+        batch, length, _ = x.shape  # x: (B, T, D); cos, sin: (B, T, 1, d), see rope
         heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
         if self.qkv_proj is not None:  # q and k turn together: one rotation for both
             qkv = self.qkv_proj(x).view(batch, length, heads + 2 * kv_heads, d)
-            q, k = _rope(qkv.narrow(2, 0, heads + kv_heads), cos, sin).split(
+            q, k = rope(qkv.narrow(2, 0, heads + kv_heads), cos, sin).split(
                 [heads, kv_heads], dim=2
             )
             v = qkv.narrow(2, heads + kv_heads, kv_heads)
         else:
-            q = _rope(self.q_proj(x).view(batch, length, heads, d), cos, sin)
-            k = _rope(self.k_proj(x).view(batch, length, kv_heads, d), cos, sin)
+            q = rope(self.q_proj(x).view(batch, length, heads, d), cos, sin)
+            k = rope(self.k_proj(x).view(batch, length, kv_heads, d), cos, sin)
             v = self.v_proj(x).view(batch, length, kv_heads, d)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or H_kv, T, d)
         if cache is not None:
@@ -242,11 +226,11 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, heads * d))
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of x (B, T, heads, d): x cos + rotate_half(x) sin, as transformers computes it.
 
     rotate_half(x) = [-x2, x1] for halves x1, x2; here it is x rolled by half with the sign folded
-    into `sin` (its first half negated, see LlamaDecoder._rotary): four operations instead of
+    into `sin` (its first half negated, see LlamaDecoder.rotary): four operations instead of
     seven, and the same numbers ((-a) b = a (-b) exactly).
     """
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
@@ -557,7 +541,7 @@ class LlamaDecoder(nn.Module):
             position_ids = (
                 torch.arange(start, start + length).unsqueeze(0).expand(batch, -1)
             )  # (B, T)
-        cos, sin = self._rotary(position_ids, x.dtype)
+        cos, sin = self.rotary(position_ids, x.dtype)
         mask = _attention_mask(attention_mask, batch, length, start)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache, start)
@@ -565,10 +549,10 @@ class LlamaDecoder(nn.Module):
             x = x[:, -logits_to_keep:]
         return CausalOutput(logits=self.lm_head(self.model.norm(x)))
 
-    def _rotary(
+    def rotary(
         self, position_ids: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin (B, T, 1, d) of the rotary embedding at position_ids (B, T); sin's sign folded in, see _rope."""
+        """cos and sin (B, T, 1, d) of the rotary embedding at position_ids (B, T); sin's sign folded in, see rope."""
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, d/2)
         cos = torch.cat((freqs.cos(), freqs.cos()), dim=-1).to(dtype).unsqueeze(2)
         sin = torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype).unsqueeze(2)
@@ -594,7 +578,7 @@ class LlamaDecoder(nn.Module):
         x = self.model.embed_tokens(input_ids).view(1, -1)  # (1, D)
         if x.dtype != torch.float32:
             return None
-        cos, sin = self._rotary(torch.tensor([[position]]), x.dtype)
+        cos, sin = self.rotary(torch.tensor([[position]]), x.dtype)
         cos = cos.view(1, -1)  # (1, d)
         rotation = self.half_turn * sin.view(1, -1)  # (d, d): column j scaled by sin_j
         width = (x.shape[1],)
@@ -604,7 +588,7 @@ class LlamaDecoder(nn.Module):
                 heads + 2 * kv_heads, d
             )  # (H + 2 H_kv, d)
             qk = qkv.narrow(0, 0, heads + kv_heads)  # (H + H_kv, d)
-            # = _rope(qk) = x cos + rotate_half(x) sin, bit for bit: each entry of the product is one
+            # = rope(qk) = x cos + rotate_half(x) sin, bit for bit: each entry of the product is one
             # exact multiple of an entry plus zeros, then one addition, on any BLAS
             turned = torch.mm(qk, rotation).add_(qk * cos)
             q, k = turned.split((heads, kv_heads))

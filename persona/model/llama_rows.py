@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from persona.model.llama import KVCache, LlamaDecoder
-from persona.model.llama import _rope as rope
+from persona.model.llama import KVCache, LlamaDecoder, rope
 
 
 def decode_rows(
@@ -25,7 +24,7 @@ def decode_rows(
     batch = tokens.shape[0]
     starts = [cache.get_seq_length() for cache in caches]
     x = model.model.embed_tokens(tokens.view(batch, 1))  # (B, 1, D)
-    cos, sin = model._rotary(
+    cos, sin = model.rotary(
         torch.tensor(starts, device=tokens.device).view(batch, 1), x.dtype
     )  # (B, 1, 1, d)
     for layer in model.model.layers:
