@@ -118,6 +118,15 @@ def tiny(tiny_model_dir: Path):
     return load_model(tiny_model_dir)
 
 
+@pytest.fixture(params=["transformers", "native"])
+def each_tiny(request):
+    """The tiny model on transformers' model class, then on persona's own decoder (what chat and
+    serve load): a test taking it runs on both."""
+    return request.getfixturevalue(
+        "tiny_native" if request.param == "native" else "tiny_transformers"
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_transformers(tiny):
     """`tiny` under a name that modules overriding `tiny` can still reach."""

@@ -14,33 +14,25 @@ from persona.prompt.softprompt import SoftPrompt
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
 
 
-@pytest.fixture(params=["transformers", "native"])
-def tiny(request):
-    """Every test here runs on transformers' model class and on persona's own decoder, which chat uses."""
-    return request.getfixturevalue(
-        "tiny_native" if request.param == "native" else "tiny_transformers"
-    )
-
-
-def prompt(tiny, seed: int, length: int) -> SoftPrompt:
+def prompt(each_tiny, seed: int, length: int) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
     return SoftPrompt(
-        torch.randn(length, tiny.fingerprint.hidden_size, generator=generator),
+        torch.randn(length, each_tiny.fingerprint.hidden_size, generator=generator),
         name=f"p{seed}",
-        fingerprint=tiny.fingerprint,
+        fingerprint=each_tiny.fingerprint,
     )
 
 
-def test_each_row_equals_running_it_alone(tiny):
-    engine = ChatEngine(tiny)
+def test_each_row_equals_running_it_alone(each_tiny):
+    engine = ChatEngine(each_tiny)
     requests = [
-        BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(tiny, 1, 5)),
+        BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(each_tiny, 1, 5)),
         BatchRequest(
             [{"role": "user", "content": "What is the capital of France? Tell me now."}],
-            prompt(tiny, 2, 9),
+            prompt(each_tiny, 2, 9),
         ),
         BatchRequest([{"role": "user", "content": "To be?"}], None),
-        BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(tiny, 3, 5)),
+        BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(each_tiny, 3, 5)),
     ]
     results, _ = generate_batch(engine, requests, GREEDY)
     alone = []
@@ -51,14 +43,14 @@ def test_each_row_equals_running_it_alone(tiny):
     assert len({tuple(ids) for ids in alone}) == len(alone)  # different personas, different replies
 
 
-def test_prompt_for_another_model_in_a_batch_is_refused(tiny):
-    wide = SoftPrompt(torch.zeros(2, tiny.fingerprint.hidden_size + 4), name="wide")
+def test_prompt_for_another_model_in_a_batch_is_refused(each_tiny):
+    wide = SoftPrompt(torch.zeros(2, each_tiny.fingerprint.hidden_size + 4), name="wide")
     with pytest.raises(Exception, match="width"):
         generate_batch(
-            ChatEngine(tiny), [BatchRequest([{"role": "user", "content": "hi"}], wide)], GREEDY
+            ChatEngine(each_tiny), [BatchRequest([{"role": "user", "content": "hi"}], wide)], GREEDY
         )
 
 
-def test_empty_batch_is_refused(tiny):
+def test_empty_batch_is_refused(each_tiny):
     with pytest.raises(ConfigError):
-        generate_batch(ChatEngine(tiny), [], GREEDY)
+        generate_batch(ChatEngine(each_tiny), [], GREEDY)

@@ -17,18 +17,10 @@ from tests.reference import greedy_uncached
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=10)
 
 
-@pytest.fixture(params=["transformers", "native"])
-def tiny(request):
-    """Every test here runs on transformers' model class and on persona's own decoder, which chat uses."""
-    return request.getfixturevalue(
-        "tiny_native" if request.param == "native" else "tiny_transformers"
-    )
-
-
-def other_prompt(tiny, seed: int, name: str) -> SoftPrompt:
+def other_prompt(each_tiny, seed: int, name: str) -> SoftPrompt:
     generator = torch.Generator().manual_seed(seed)
-    embeddings = torch.randn(7, tiny.fingerprint.hidden_size, generator=generator)  # (7, D)
-    return SoftPrompt(embeddings, name=name, fingerprint=tiny.fingerprint)
+    embeddings = torch.randn(7, each_tiny.fingerprint.hidden_size, generator=generator)  # (7, D)
+    return SoftPrompt(embeddings, name=name, fingerprint=each_tiny.fingerprint)
 
 
 def check_against_reference(engine, messages, persona, system=None):
@@ -46,9 +38,9 @@ def check_against_reference(engine, messages, persona, system=None):
     return reply
 
 
-def test_multi_turn_with_switches_matches_uncached_and_reuses_cache(tiny, tiny_prompt):
-    engine = ChatEngine(tiny)
-    other = other_prompt(tiny, 2, "other")
+def test_multi_turn_with_switches_matches_uncached_and_reuses_cache(each_tiny, tiny_prompt):
+    engine = ChatEngine(each_tiny)
+    other = other_prompt(each_tiny, 2, "other")
     messages = [{"role": "user", "content": "Hello there!"}]
     plan = [tiny_prompt, other, tiny_prompt, None, tiny_prompt]
     replies_same_context = [engine.reply(messages, p, GREEDY) for p in (tiny_prompt, other)]
@@ -68,8 +60,8 @@ def test_multi_turn_with_switches_matches_uncached_and_reuses_cache(tiny, tiny_p
     assert reused[4] > 0
 
 
-def test_second_turn_only_runs_new_tokens(tiny, tiny_prompt):
-    engine = ChatEngine(tiny)
+def test_second_turn_only_runs_new_tokens(each_tiny, tiny_prompt):
+    engine = ChatEngine(each_tiny)
     messages = [{"role": "user", "content": "To be, or not to be?"}]
     reply = engine.reply(messages, tiny_prompt, GREEDY)
     first_prompt_tokens = engine.last.prompt_tokens
@@ -81,8 +73,8 @@ def test_second_turn_only_runs_new_tokens(tiny, tiny_prompt):
     assert engine.last.reused_tokens >= first_prompt_tokens
 
 
-def test_history_that_outgrows_the_window_drops_oldest_turns(tiny, tiny_prompt):
-    engine = ChatEngine(tiny, max_context=160)
+def test_history_that_outgrows_the_window_drops_oldest_turns(each_tiny, tiny_prompt):
+    engine = ChatEngine(each_tiny, max_context=160)
     messages = []
     for turn in range(12):
         messages += [
@@ -96,14 +88,14 @@ def test_history_that_outgrows_the_window_drops_oldest_turns(tiny, tiny_prompt):
     assert isinstance(reply, str)
 
 
-def test_one_message_too_long_for_the_window_is_a_clear_error(tiny):
-    engine = ChatEngine(tiny, max_context=64)
+def test_one_message_too_long_for_the_window_is_a_clear_error(each_tiny):
+    engine = ChatEngine(each_tiny, max_context=64)
     with pytest.raises(ConfigError, match="window"):
         engine.reply([{"role": "user", "content": "hello " * 200}], None, GREEDY)
 
 
-def test_sampling_is_reproducible_with_a_seed(tiny, tiny_prompt):
-    engine = ChatEngine(tiny)
+def test_sampling_is_reproducible_with_a_seed(each_tiny, tiny_prompt):
+    engine = ChatEngine(each_tiny)
     messages = [{"role": "user", "content": "Hello there!"}]
     config = GenerationConfig(temperature=1.0, top_p=0.95, top_k=0, seed=7, max_new_tokens=12)
     first = engine.reply(messages, tiny_prompt, config)
@@ -122,8 +114,8 @@ def test_sampling_is_reproducible_with_a_seed(tiny, tiny_prompt):
     assert len(runs) > 1  # the seed is used: different seeds sample different replies
 
 
-def test_cancel_stops_generation(tiny, tiny_prompt):
-    engine = ChatEngine(tiny)
+def test_cancel_stops_generation(each_tiny, tiny_prompt):
+    engine = ChatEngine(each_tiny)
     cancel = threading.Event()
     cancel.set()
     pieces = list(
@@ -132,19 +124,21 @@ def test_cancel_stops_generation(tiny, tiny_prompt):
     assert pieces == [] and engine.last.finish_reason == "cancelled"
 
 
-def test_prompt_for_another_model_is_refused(tiny):
+def test_prompt_for_another_model_is_refused(each_tiny):
     alien = SoftPrompt(
-        torch.zeros(3, tiny.fingerprint.hidden_size),
+        torch.zeros(3, each_tiny.fingerprint.hidden_size),
         name="alien",
-        fingerprint=Fingerprint("GPT2LMHeadModel", tiny.fingerprint.hidden_size, 50257, "f" * 16),
+        fingerprint=Fingerprint(
+            "GPT2LMHeadModel", each_tiny.fingerprint.hidden_size, 50257, "f" * 16
+        ),
     )
     with pytest.raises(PromptMismatchError, match="alien"):
-        ChatEngine(tiny).reply([{"role": "user", "content": "hi"}], alien, GREEDY)
+        ChatEngine(each_tiny).reply([{"role": "user", "content": "hi"}], alien, GREEDY)
 
 
-def test_empty_message_is_refused(tiny):
+def test_empty_message_is_refused(each_tiny):
     with pytest.raises(ConfigError, match="empty"):
-        ChatEngine(tiny).reply([{"role": "user", "content": "   "}], None, GREEDY)
+        ChatEngine(each_tiny).reply([{"role": "user", "content": "   "}], None, GREEDY)
 
 
 @pytest.mark.parametrize(
@@ -181,15 +175,17 @@ class CountingBackend:
         return logits
 
 
-def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_prompt, monkeypatch):
+def test_long_history_is_encoded_in_chunks_with_the_same_result(
+    each_tiny, tiny_prompt, monkeypatch
+):
     import persona.engine.chat as chat
 
     messages = [{"role": "user", "content": "To be, or not to be, that is the question. " * 6}]
-    whole = ChatEngine(tiny)
+    whole = ChatEngine(each_tiny)
     whole.reply(messages, tiny_prompt, GREEDY)
     monkeypatch.setattr(chat, "PREFILL_CHUNK", 7)
-    counting = CountingBackend(ChatEngine(tiny).backend)
-    chunked = ChatEngine(tiny, backend=counting)
+    counting = CountingBackend(ChatEngine(each_tiny).backend)
+    chunked = ChatEngine(each_tiny, backend=counting)
     chunked.reply(messages, tiny_prompt, GREEDY)
     assert chunked.last.prompt_tokens > 3 * 7
     assert counting.widths[:-1] == [7] * (len(counting.widths) - 1)  # 7 at a time, the rest last
@@ -197,13 +193,15 @@ def test_long_history_is_encoded_in_chunks_with_the_same_result(tiny, tiny_promp
     assert chunked.last.token_ids == whole.last.token_ids
 
 
-def test_cancel_during_a_chunked_prefill_stops_before_any_token(tiny, tiny_prompt, monkeypatch):
+def test_cancel_during_a_chunked_prefill_stops_before_any_token(
+    each_tiny, tiny_prompt, monkeypatch
+):
     import persona.engine.chat as chat
 
     monkeypatch.setattr(chat, "PREFILL_CHUNK", 4)
     cancel = threading.Event()
-    counting = CountingBackend(ChatEngine(tiny).backend, on_prefill=cancel.set)
-    engine = ChatEngine(tiny, backend=counting)
+    counting = CountingBackend(ChatEngine(each_tiny).backend, on_prefill=cancel.set)
+    engine = ChatEngine(each_tiny, backend=counting)
     message = [{"role": "user", "content": "Hello there, how are you today?"}]
     pieces = list(engine.stream(message, tiny_prompt, GREEDY, cancel=cancel))
     assert pieces == [] and engine.last.finish_reason == "cancelled" and engine.last.new_tokens == 0
@@ -212,7 +210,7 @@ def test_cancel_during_a_chunked_prefill_stops_before_any_token(tiny, tiny_promp
     counting.on_prefill = None
     cancel.clear()
     engine.reply(message, tiny_prompt, GREEDY)
-    fresh = ChatEngine(tiny)
+    fresh = ChatEngine(each_tiny)
     fresh.reply(message, tiny_prompt, GREEDY)
     assert (
         engine.last.token_ids == fresh.last.token_ids

@@ -17,13 +17,6 @@ GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=
 QUESTIONS = ["Hello there!", "What is the capital of France?", "To be?", "Tell me a story."]
 
 
-@pytest.fixture(params=["transformers", "native"])
-def tiny(request):
-    return request.getfixturevalue(
-        "tiny_native" if request.param == "native" else "tiny_transformers"
-    )
-
-
 class RecordingBackend:
     """The real backend, recording how many rows each decode call ran."""
 
@@ -62,25 +55,27 @@ class Collect:
         return "".join(self.pieces)
 
 
-def personas(tiny, count: int) -> list[SoftPrompt | None]:
+def personas(each_tiny, count: int) -> list[SoftPrompt | None]:
     found: list[SoftPrompt | None] = [None]
     for seed in range(1, count):
         generator = torch.Generator().manual_seed(seed)
-        embeddings = torch.randn(3 + seed % 5, tiny.fingerprint.hidden_size, generator=generator)
-        found.append(SoftPrompt(embeddings, name=f"p{seed}", fingerprint=tiny.fingerprint))
+        embeddings = torch.randn(
+            3 + seed % 5, each_tiny.fingerprint.hidden_size, generator=generator
+        )
+        found.append(SoftPrompt(embeddings, name=f"p{seed}", fingerprint=each_tiny.fingerprint))
     return found
 
 
-def test_sixteen_concurrent_mixed_personas_equal_their_solo_replies(tiny):
-    engine = ChatEngine(tiny)
+def test_sixteen_concurrent_mixed_personas_equal_their_solo_replies(each_tiny):
+    engine = ChatEngine(each_tiny)
     jobs = [
         (persona, [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
-        for index, persona in enumerate(personas(tiny, 16))
+        for index, persona in enumerate(personas(each_tiny, 16))
     ]
     alone = [engine.reply(messages, persona, GREEDY) for persona, messages in jobs]
     assert len(set(alone)) > 8, "replies this alike would make the comparison meaningless"
     recording = RecordingBackend(engine.backend)
-    scheduler = Scheduler(ChatEngine(tiny, backend=recording), max_rows=16, prefill_chunk=1000)
+    scheduler = Scheduler(ChatEngine(each_tiny, backend=recording), max_rows=16, prefill_chunk=1000)
     try:
         sinks = [Collect() for _ in jobs]
         for (persona, messages), sink in zip(jobs, sinks, strict=True):
@@ -94,14 +89,14 @@ def test_sixteen_concurrent_mixed_personas_equal_their_solo_replies(tiny):
         scheduler.close()
 
 
-def test_requests_joining_while_others_decode_still_get_their_solo_reply(tiny):
-    engine = ChatEngine(tiny)
-    few = personas(tiny, 4)
+def test_requests_joining_while_others_decode_still_get_their_solo_reply(each_tiny):
+    engine = ChatEngine(each_tiny)
+    few = personas(each_tiny, 4)
     long_config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=40)
     first = [{"role": "user", "content": "Tell me a story."}]
     expected_first = engine.reply(first, few[1], long_config)
     # a prefill chunk of 3 makes prompts join over several steps while another row decodes
-    scheduler = Scheduler(ChatEngine(tiny), max_rows=4, prefill_chunk=3)
+    scheduler = Scheduler(ChatEngine(each_tiny), max_rows=4, prefill_chunk=3)
     try:
         early = Collect()
         scheduler.submit(Request(first, few[1], long_config), early)
@@ -117,13 +112,13 @@ def test_requests_joining_while_others_decode_still_get_their_solo_reply(tiny):
         scheduler.close()
 
 
-def test_a_cancelled_request_frees_its_row_and_the_others_go_on(tiny):
-    engine, endless_engine = ChatEngine(tiny), ChatEngine(tiny)
+def test_a_cancelled_request_frees_its_row_and_the_others_go_on(each_tiny):
+    engine, endless_engine = ChatEngine(each_tiny), ChatEngine(each_tiny)
     engine.stop_ids = endless_engine.stop_ids = set()  # replies end by length or cancel only
     endless_engine.max_context = (
         1_000_000  # RoPE has no end: the endless reply runs until cancelled
     )
-    few = personas(tiny, 3)
+    few = personas(each_tiny, 3)
     endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=900_000, seed=1)
     messages = [{"role": "user", "content": "Hello there!"}]
     expected = engine.reply(messages, few[2], GREEDY)
@@ -144,9 +139,9 @@ def test_a_cancelled_request_frees_its_row_and_the_others_go_on(tiny):
         scheduler.close()
 
 
-def test_a_follow_up_turn_reuses_the_cached_prefix_and_gives_the_fresh_reply(tiny):
-    persona = personas(tiny, 2)[1]
-    scheduler = Scheduler(ChatEngine(tiny), max_rows=4)
+def test_a_follow_up_turn_reuses_the_cached_prefix_and_gives_the_fresh_reply(each_tiny):
+    persona = personas(each_tiny, 2)[1]
+    scheduler = Scheduler(ChatEngine(each_tiny), max_rows=4)
     try:
         turn1 = [{"role": "user", "content": "Hello there!"}]
         first = Collect()
@@ -155,18 +150,18 @@ def test_a_follow_up_turn_reuses_the_cached_prefix_and_gives_the_fresh_reply(tin
         turn2.append({"role": "user", "content": "And then?"})
         second = Collect()
         scheduler.submit(Request(turn2, persona, GREEDY), second)
-        assert second.text == ChatEngine(tiny).reply(turn2, persona, GREEDY)
+        assert second.text == ChatEngine(each_tiny).reply(turn2, persona, GREEDY)
         assert scheduler.metrics()["prefix_cache_hits"] == 1
         other = Collect()  # another persona never takes this persona's cache
         scheduler.submit(Request(turn2, None, GREEDY), other)
-        assert other.text == ChatEngine(tiny).reply(turn2, None, GREEDY)
+        assert other.text == ChatEngine(each_tiny).reply(turn2, None, GREEDY)
         assert scheduler.metrics()["prefix_cache_hits"] == 1
     finally:
         scheduler.close()
 
 
-def test_a_full_queue_refuses_with_a_reason(tiny):
-    engine = ChatEngine(tiny)
+def test_a_full_queue_refuses_with_a_reason(each_tiny):
+    engine = ChatEngine(each_tiny)
     engine.stop_ids, engine.max_context = set(), 1_000_000  # the first reply runs until cancelled
     endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=900_000, seed=1)
     scheduler = Scheduler(engine, max_rows=1, max_queue=0)
@@ -181,10 +176,10 @@ def test_a_full_queue_refuses_with_a_reason(tiny):
         scheduler.close()
 
 
-def test_a_conversation_too_long_for_the_window_is_refused_on_submit(tiny):
+def test_a_conversation_too_long_for_the_window_is_refused_on_submit(each_tiny):
     from persona.errors import ConfigError
 
-    scheduler = Scheduler(ChatEngine(tiny))
+    scheduler = Scheduler(ChatEngine(each_tiny))
     try:
         words = " ".join(["word"] * 2000)
         with pytest.raises(ConfigError, match="window"):
@@ -194,22 +189,22 @@ def test_a_conversation_too_long_for_the_window_is_refused_on_submit(tiny):
         scheduler.close()
 
 
-def test_a_raw_prompt_too_long_for_the_window_is_refused_on_submit(tiny):
+def test_a_raw_prompt_too_long_for_the_window_is_refused_on_submit(each_tiny):
     from persona.errors import ConfigError
 
-    scheduler = Scheduler(ChatEngine(tiny))
+    scheduler = Scheduler(ChatEngine(each_tiny))
     try:
-        ids = [5] * 250  # the tiny model's window is 256 positions; 12 are kept for the reply
+        ids = [5] * 250  # the each_tiny model's window is 256 positions; 12 are kept for the reply
         with pytest.raises(ConfigError, match="window"):
             scheduler.submit(Request([], None, GREEDY, ids=ids), Collect())
     finally:
         scheduler.close()
 
 
-def test_a_one_token_prompt_after_a_cached_one_of_its_persona(tiny):
+def test_a_one_token_prompt_after_a_cached_one_of_its_persona(each_tiny):
     """The cached prefix leaves only the soft prompt to reuse: the prompt is not put in twice."""
-    persona = personas(tiny, 2)[1]
-    scheduler = Scheduler(ChatEngine(tiny))
+    persona = personas(each_tiny, 2)[1]
+    scheduler = Scheduler(ChatEngine(each_tiny))
     try:
         first, second = Collect(), Collect()
         scheduler.submit(Request([], persona, GREEDY, ids=[7, 8, 9]), first)
@@ -217,7 +212,7 @@ def test_a_one_token_prompt_after_a_cached_one_of_its_persona(tiny):
         scheduler.submit(Request([], persona, GREEDY, ids=[7]), second)
         assert second.done.wait(60) and second.reason in ("stop", "length"), second.reason
         alone = Collect()
-        fresh = Scheduler(ChatEngine(tiny))
+        fresh = Scheduler(ChatEngine(each_tiny))
         try:
             fresh.submit(Request([], persona, GREEDY, ids=[7]), alone)
             assert second.text == alone.text
@@ -227,9 +222,9 @@ def test_a_one_token_prompt_after_a_cached_one_of_its_persona(tiny):
         scheduler.close()
 
 
-def test_requests_for_free_rows_are_taken_even_with_no_queue(tiny):
+def test_requests_for_free_rows_are_taken_even_with_no_queue(each_tiny):
     """A request that a free row will take at the next step is not refused for a full queue."""
-    scheduler = Scheduler(ChatEngine(tiny), max_rows=4, max_queue=0)
+    scheduler = Scheduler(ChatEngine(each_tiny), max_rows=4, max_queue=0)
     try:
         sinks = [Collect() for _ in range(4)]
         for sink in sinks:

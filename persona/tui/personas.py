@@ -7,8 +7,7 @@ from typing import Any
 
 from persona.engine.config import PersonaDefaults
 from persona.errors import NotFoundError, PersonaError
-
-DEFAULT_PERSONA_SETTING = "default_persona"
+from persona.library.settings import DEFAULT_PERSONA_KEY
 
 
 class PersonaSelector:
@@ -56,7 +55,7 @@ class PersonaSelector:
     def select_default(self) -> None:
         """The library's `default_persona` when it is set and usable, else no persona."""
         try:
-            name = self.library.get_setting(DEFAULT_PERSONA_SETTING)
+            name = self.library.get_setting(DEFAULT_PERSONA_KEY)
         except PersonaError:
             name = None
         self.select_quietly(name)
