@@ -200,7 +200,7 @@ def _adapter(
 
 def test_peft_adapters_that_are_not_prompt_tuning_or_pickled_are_refused(tmp_path):
     lora = _adapter(tmp_path, {"peft_type": "LORA", "task_type": "CAUSAL_LM"})
-    with pytest.raises(PromptFormatError, match="LORA PEFT adapter, not PROMPT_TUNING"):
+    with pytest.raises(PromptFormatError, match="'LORA' PEFT adapter, not PROMPT_TUNING"):
         read_prompt(lora)
     (lora / "adapter_config.json").write_text(
         json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM"})

@@ -83,7 +83,8 @@ def test_the_persona_s_stop_strings_end_the_reply(capsys, tiny_model_dir, lear):
 
 
 def test_a_running_server_applies_them_too(capsys, tiny_model_dir, lear, monkeypatch):
-    local = reply(capsys, tiny_model_dir, "--local")
+    # the server batches, so it takes auto precision as float32 (persona.serve.run)
+    local = reply(capsys, tiny_model_dir, "--local", "--precision", "fp32")
     with running_server("--model", str(tiny_model_dir)):
         import persona.model.loader as loader
 

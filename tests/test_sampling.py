@@ -86,3 +86,17 @@ def test_drawing_among_the_top_k_samples_what_the_processed_scores_say():
     assert [first.next_token(logits, seen) for _ in range(20)] == [
         second.next_token(logits, seen) for _ in range(20)
     ]
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_failure():
+    import torch
+
+    from persona.engine.config import GenerationConfig
+    from persona.engine.sampling import Sampler
+
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.9]])
+    for temperature in (1e-79, 1e-6):
+        token = Sampler(GenerationConfig(temperature=temperature)).next_token(
+            logits, torch.tensor([[0]])
+        )
+        assert token == 1

@@ -45,8 +45,8 @@ class Collect:
         self.reason, self.usage = reason, (prompt_tokens, completion_tokens)
         self.done.set()
 
-    def error(self, message: str) -> None:
-        self.reason = "error: " + message
+    def error(self, error: Exception) -> None:
+        self.reason = f"error: {error}"
         self.done.set()
 
     @property
@@ -232,3 +232,91 @@ def test_requests_for_free_rows_are_taken_even_with_no_queue(each_tiny):
         assert all(sink.text is not None for sink in sinks)
     finally:
         scheduler.close()
+
+
+def test_a_new_conversation_does_not_take_another_conversations_cache(each_tiny):
+    """Sharing the chat template's first tokens is not continuing a conversation."""
+    persona = personas(each_tiny, 2)[1]
+    scheduler = Scheduler(ChatEngine(each_tiny))
+    try:
+        first = Collect()
+        scheduler.submit(
+            Request([{"role": "user", "content": "Hello there!"}], persona, GREEDY), first
+        )
+        assert first.text is not None
+        other = Collect()
+        messages = [{"role": "user", "content": "Tell me about ships."}]
+        scheduler.submit(Request(messages, persona, GREEDY), other)
+        assert other.text == ChatEngine(each_tiny).reply(messages, persona, GREEDY)
+        assert scheduler.metrics()["prefix_cache_hits"] == 0
+        assert len(scheduler.prefix_cache) == 2  # both conversations keep their cache
+    finally:
+        scheduler.close()
+
+
+def test_the_prefix_cache_stays_within_its_bound_counting_what_caches_really_hold(each_tiny):
+    engine = ChatEngine(each_tiny)
+    one = Scheduler(engine)
+    try:
+        sink = Collect()
+        one.submit(Request([{"role": "user", "content": "Hello there!"}], None, GREEDY), sink)
+        assert sink.text is not None
+        size = one.metrics()["prefix_cache_bytes"]
+        assert size >= engine.backend.cache_bytes(engine.backend.new_cache()) and size > 0
+    finally:
+        one.close()
+    bounded = Scheduler(ChatEngine(each_tiny), prefix_cache_bytes=int(size * 2.5))
+    try:
+        for question in QUESTIONS:
+            sink = Collect()
+            bounded.submit(Request([{"role": "user", "content": question}], None, GREEDY), sink)
+            assert sink.text is not None
+        assert 0 < bounded.metrics()["prefix_cache_bytes"] <= size * 2.5
+        assert len(bounded.prefix_cache) < len(QUESTIONS)  # the oldest went
+    finally:
+        bounded.close()
+
+
+class FailingBackend(RecordingBackend):
+    """The real backend, except that prefilling a prompt holding token `poison` fails."""
+
+    def __init__(self, inner, poison: int) -> None:
+        super().__init__(inner)
+        self.poison = poison
+
+    def prefill(self, cache, ids, prompt=None):
+        if self.poison in ids:
+            raise RuntimeError("simulated fault")
+        return self.inner.prefill(cache, ids, prompt)
+
+
+def test_a_request_that_fails_fails_alone(each_tiny):
+    engine = ChatEngine(each_tiny)
+    good = [{"role": "user", "content": "Hello there!"}]
+    expected = engine.reply(good, None, GREEDY)
+    rendered = engine.renderer.render(good, None)
+    poison = next(token for token in range(1, 1000) if token not in rendered)
+    failing = FailingBackend(engine.backend, poison=poison)
+    scheduler = Scheduler(ChatEngine(each_tiny, backend=failing))
+    try:
+        bad, fine = Collect(), Collect()
+        scheduler.submit(Request([], None, GREEDY, ids=[poison, poison]), bad)
+        scheduler.submit(Request(good, None, GREEDY), fine)
+        assert fine.text == expected
+        assert bad.done.wait(60) and bad.reason.startswith("error:") and "simulated" in bad.reason
+        assert scheduler.metrics()["active_rows"] == 0
+    finally:
+        scheduler.close()
+
+
+def test_closing_refuses_what_is_still_waiting_or_running(each_tiny):
+    engine = ChatEngine(each_tiny)
+    engine.stop_ids, engine.max_context = set(), 1_000_000
+    endless = GenerationConfig(temperature=0.9, top_k=0, max_new_tokens=900_000, seed=1)
+    scheduler = Scheduler(engine, max_rows=1)
+    running, waiting = Collect(), Collect()
+    scheduler.submit(Request([{"role": "user", "content": "hi"}], None, endless), running)
+    scheduler.submit(Request([{"role": "user", "content": "hi"}], None, GREEDY), waiting)
+    scheduler.close()
+    for sink in (running, waiting):
+        assert sink.done.wait(60) and "shutting down" in sink.reason

@@ -9,7 +9,8 @@ Every engine that runs a persona speaks only this small interface, whatever comp
   (through `persona.prompt.inject.prepend_prompt`, the one place that builds `[P ; E[ids]]`);
 - `decode(tokens, caches)`: one decode step for a batch of rows, one token each, every row with its
   own cache (so with its own persona and length); returns the logits of each row;
-- `crop(cache, n)`: keep a row's first n positions; `copy(cache)`: an independent copy of it.
+- `crop(cache, n)`: keep a row's first n positions; `copy(cache)`: an independent copy of it;
+  `cache_bytes(cache)`: the memory it holds.
 
 Implementations: `persona.engine.torch_backend.TorchBackend` (persona's own decoder and any
 transformers causal LM) and `persona.engine.llamacpp_backend.LlamaCppBackend` (one row at a time).
@@ -64,6 +65,10 @@ class Backend(Protocol):
         ...
 
     def copy(self, cache: Cache) -> Cache: ...
+
+    def cache_bytes(self, cache: Cache) -> int:
+        """Memory the cache holds (what a cache of caches is bounded by)."""
+        ...
 
 
 def backend_for(loaded: LoadedModel) -> Backend:

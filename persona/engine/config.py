@@ -27,6 +27,10 @@ RULES: dict[str, str] = {
 }
 
 
+# below this temperature, sampling is greedy (as vLLM does): logits / 1e-79 are infinite
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class GenerationConfig:
     temperature: float = 0.7  # 0 means greedy
@@ -45,7 +49,8 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """0, or a temperature so small that dividing by it overflows: the likeliest token."""
+        return self.temperature < GREEDY_BELOW
 
 
 # PersonaDefaults field -> the type its value has (bool is refused where a number is wanted)

@@ -53,5 +53,8 @@ class LlamaCppBackend:
     def crop(self, cache: LlamaCppCache, length: int) -> None:
         cache.crop(length)
 
+    def cache_bytes(self, cache: LlamaCppCache) -> int:
+        return 0  # the keys and values live in llama.cpp's own memory, sized at load
+
     def copy(self, cache: LlamaCppCache) -> LlamaCppCache:
         raise ConfigError("the llama backend holds one sequence; its cache cannot be copied")

@@ -50,8 +50,9 @@ class Sink(Protocol):
         """The reply ended: stop | length | cancelled."""
         ...
 
-    def error(self, message: str) -> None:
-        """The reply failed (a fault in the model's computation); no finish follows."""
+    def error(self, error: PersonaError) -> None:
+        """The reply failed (the server shut down, or the model's computation failed); no finish
+        follows."""
         ...
 
 
@@ -89,6 +90,7 @@ class _Active:
 class _Cached:
     key: str
     ids: list[int]
+    prompt_length: int
     cache: Cache
     nbytes: int
 
@@ -104,14 +106,18 @@ class PrefixCache:
         self._next = 0
 
     def take(self, key: str, ids: Sequence[int]) -> tuple[Cache, int] | None:
-        """The cached entry of persona `key` sharing the longest prefix with `ids`, removed from the
-        cache, and the length of that prefix; None where none shares a token."""
+        """The cached entry of persona `key` that `ids` continues, removed from the cache, and the
+        length of the prefix they share; None where there is none.
+
+        An entry is taken only when the request continues its prompt (the reply after it may come
+        back re-tokenized differently): a request that merely shares the chat template's first
+        tokens would otherwise crop another conversation's cache down to them."""
         best, best_common = None, 0
         for handle, entry in self._entries.items():
             if entry.key != key:
                 continue
             common = common_prefix(entry.ids, ids)
-            if common > best_common:
+            if common > best_common and common >= entry.prompt_length:
                 best, best_common = handle, common
         if best is None:
             return None
@@ -120,10 +126,12 @@ class PrefixCache:
         self.hits += 1
         return entry.cache, best_common
 
-    def put(self, key: str, ids: list[int], cache: Cache, nbytes: int) -> None:
+    def put(self, key: str, ids: list[int], prompt_length: int, cache: Cache, nbytes: int) -> None:
+        """Keep `cache`, which holds `ids` after persona `key`'s soft prompt; the first
+        `prompt_length` of them were the request's prompt, the rest its reply."""
         if nbytes > self.max_bytes:
             return
-        self._entries[self._next] = _Cached(key, ids, cache, nbytes)
+        self._entries[self._next] = _Cached(key, ids, prompt_length, cache, nbytes)
         self._next += 1
         self.nbytes += nbytes
         while self.nbytes > self.max_bytes:
@@ -154,7 +162,6 @@ class Scheduler:
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.tokens_total = 0
         self.requests_total = 0
-        self._bytes_per_position = _bytes_per_position(engine)
         self._waiting: deque[Ticket] = deque()
         self._encoding: list[_Active] = []  # admitted, prompt not fully in the cache yet
         self._decoding: list[_Active] = []
@@ -221,6 +228,7 @@ class Scheduler:
             }
 
     def close(self) -> None:
+        """Stop the loop; requests still waiting or running fail as refused (retry elsewhere)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -234,30 +242,33 @@ class Scheduler:
                 while not self._closed and not (self._waiting or self._encoding or self._decoding):
                     self._wake.wait()
                 if self._closed:
-                    tickets = [*self._waiting, *(a.ticket for a in self._encoding + self._decoding)]
+                    stopped = [*self._waiting, *(a.ticket for a in self._encoding + self._decoding)]
                     self._waiting.clear()
+                    self._encoding, self._decoding = [], []
                     break
-                self._drop_cancelled()
+                left, left_waiting = self._take_cancelled()
                 admitted = self._admit()
-            for ticket in admitted:
-                self._start(ticket)
-            try:
-                self._prefill_some()
-                self._decode_step()
-            except Exception as exc:  # noqa: BLE001 - one bad step must not stop the server
-                self._fail_all(f"generation failed: {first_line(exc)}")
-        for ticket in tickets:
-            ticket.sink.finish("cancelled", 0, 0)
-
-    def _drop_cancelled(self) -> None:
-        for group in (self._encoding, self._decoding):
-            for active in [a for a in group if a.ticket.cancelled.is_set()]:
-                group.remove(active)
+            for active in left:
                 active.row.finish_reason = "cancelled"
                 self._finish(active)
-        for ticket in [t for t in self._waiting if t.cancelled.is_set()]:
+            for ticket in left_waiting:
+                _deliver(ticket, "finish", "cancelled", 0, 0)
+            for ticket in admitted:
+                self._start(ticket)
+            self._prefill_some()
+            self._decode_step()
+        for ticket in stopped:
+            _deliver(ticket, "error", QueueFull("the server is shutting down; retry on another"))
+
+    def _take_cancelled(self) -> tuple[list[_Active], list[Ticket]]:
+        """Rows and waiting requests whose client went away, removed (call with the lock held)."""
+        left = [a for a in self._encoding + self._decoding if a.ticket.cancelled.is_set()]
+        self._encoding = [a for a in self._encoding if a not in left]
+        self._decoding = [a for a in self._decoding if a not in left]
+        left_waiting = [t for t in self._waiting if t.cancelled.is_set()]
+        for ticket in left_waiting:
             self._waiting.remove(ticket)
-            ticket.sink.finish("cancelled", 0, 0)
+        return left, left_waiting
 
     def _admit(self) -> list[Ticket]:
         room = self.max_rows - len(self._encoding) - len(self._decoding)
@@ -272,15 +283,20 @@ class Scheduler:
         ids = list(request.ids or [])
         key = request.persona.sha256 if request.persona is not None else ""
         num_virtual = request.persona.num_virtual_tokens if request.persona is not None else 0
-        found = self.prefix_cache.take(key, ids)
-        if found is not None:
-            cache, common = found
-            common = min(common, len(ids) - 1)  # at least one token runs, to give logits
-            self.backend.crop(cache, num_virtual + common)
-            held = ids[:common]
-        else:
+        try:
+            found = self.prefix_cache.take(key, ids)
             cache, held = self.backend.new_cache(), []
-        row = Row(cache, held, request.config, self.engine.stop_ids, device=self.backend.device)
+            if found is not None:
+                reused, common = found
+                common = min(common, len(ids) - 1)  # at least one token runs, to give logits
+                # a backend with one sequence (llama.cpp) may have lost what the cache held
+                if reused.get_seq_length() >= num_virtual + common:
+                    self.backend.crop(reused, num_virtual + common)
+                    cache, held = reused, ids[:common]
+            row = Row(cache, held, request.config, self.engine.stop_ids, device=self.backend.device)
+        except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+            _deliver(ticket, "error", _failure(exc))
+            return
         active = _Active(ticket, row, ids, key, StreamDecoder(self.engine.tokenizer))
         with self._wake:
             self._encoding.append(active)
@@ -296,7 +312,13 @@ class Scheduler:
             persona = active.ticket.request.persona
             empty = row.cache.get_seq_length() == 0  # a reused cache may hold just the prompt
             embeddings = persona.embeddings if persona is not None and empty else None
-            row.logits = self.backend.prefill(row.cache, chunk, embeddings)
+            try:
+                row.logits = self.backend.prefill(row.cache, chunk, embeddings)
+            except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                with self._wake:
+                    self._encoding.remove(active)
+                _deliver(active.ticket, "error", _failure(exc))
+                continue
             row.ids.extend(chunk)
             budget -= len(chunk)
             if len(row.ids) == len(prompt):
@@ -308,7 +330,11 @@ class Scheduler:
     def _decode_step(self) -> None:
         if not self._decoding:
             return
-        chosen = [(active, active.row.choose()) for active in self._decoding]
+        try:
+            chosen = [(active, active.row.choose()) for active in self._decoding]
+        except Exception as exc:  # noqa: BLE001 - sampling failed: these rows cannot go on
+            self._fail_decoding(exc)
+            return
         produced = sum(token is not None for _, token in chosen)
         with self._wake:  # counted before any client hears of its tokens
             self.tokens_total += produced
@@ -321,38 +347,52 @@ class Scheduler:
             if token is not None:
                 piece = active.decoder.push(token)
                 if piece:
-                    active.ticket.sink.piece(piece)
+                    _deliver(active.ticket, "piece", piece)
             if active.row.finished:
                 self._finish(active)
             else:
                 going.append((active, token))  # type: ignore[arg-type]
-        if going:
+        if not going:
+            return
+        try:
             advance(self.backend, [a.row for a, _ in going], [t for _, t in going])
+        except Exception as exc:  # noqa: BLE001 - the step failed: these rows cannot go on
+            self._fail_decoding(exc)
 
     def _finish(self, active: _Active) -> None:
+        """Pass on the reply's end; keep its cache for the conversation's next turn."""
         row = active.row
         if len(row.ids) >= len(active.prompt):  # the cache holds the whole prompt: keep it
-            nbytes = self._bytes_per_position * (row.cache.get_seq_length() or 1)
-            self.prefix_cache.put(active.key, list(row.ids), row.cache, nbytes)
+            try:
+                nbytes = self.backend.cache_bytes(row.cache)
+                self.prefix_cache.put(
+                    active.key, list(row.ids), len(active.prompt), row.cache, nbytes
+                )
+            except Exception:  # noqa: BLE001, S110 - a cache not kept only costs a later prefill
+                pass
         tail = active.decoder.finish()  # characters held back while they could still change
         if tail:
-            active.ticket.sink.piece(tail)
-        active.ticket.sink.finish(row.finish_reason, len(active.prompt), len(row.token_ids))
+            _deliver(active.ticket, "piece", tail)
+        _deliver(active.ticket, "finish", row.finish_reason, len(active.prompt), len(row.token_ids))
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_decoding(self, exc: BaseException) -> None:
         with self._wake:
-            failed = self._encoding + self._decoding
-            self._encoding, self._decoding = [], []
+            failed, self._decoding = self._decoding, []
         for active in failed:
-            active.ticket.sink.error(message)
+            _deliver(active.ticket, "error", _failure(exc))
 
 
-def _bytes_per_position(engine: ChatEngine) -> int:
-    """Keys and values of one position over all layers (an estimate of a cache's size)."""
-    config = getattr(engine.loaded.model, "config", None)
-    layers = int(getattr(config, "num_hidden_layers", 1) or 1)
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    hidden = int(getattr(config, "hidden_size", 1) or 1)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    return layers * 2 * kv_heads * head_dim * 4
+def _failure(exc: BaseException) -> PersonaError:
+    """What a client hears of an exception in the model's computation: a PersonaError as it is,
+    anything else as one line."""
+    if isinstance(exc, PersonaError):
+        return exc
+    return PersonaError(f"generation failed ({type(exc).__name__}): {first_line(exc)}")
+
+
+def _deliver(ticket: Ticket, event: str, *args: object) -> None:
+    """Call a sink; a sink that raises loses its own reply, never the others'."""
+    try:
+        getattr(ticket.sink, event)(*args)
+    except Exception:  # noqa: BLE001, S110 - the sink's own fault, and nothing is left to tell
+        ticket.cancelled.set()

@@ -71,6 +71,17 @@ class TorchBackend:
         if surplus > 0:
             cache.crop(-surplus)  # transformers' caches take a count to drop, not a length
 
+    def cache_bytes(self, cache: Any) -> int:
+        if isinstance(cache, KVCache):
+            return cache.nbytes
+        tensors = [  # transformers' DynamicCache: keys and values of each layer
+            tensor
+            for layer in getattr(cache, "layers", [])
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if isinstance(tensor, torch.Tensor)
+        ]
+        return sum(tensor.untyped_storage().nbytes() for tensor in tensors)
+
     def copy(self, cache: Any) -> Any:
         return copy.deepcopy(cache)
 

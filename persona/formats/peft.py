@@ -119,12 +119,14 @@ def _read_config(path: Path) -> dict:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "PROMPT_TUNING":
         raise PromptFormatError(
-            f"{path}: a {peft_type or 'untyped'} PEFT adapter, not PROMPT_TUNING; persona imports prompt-tuning adapters only"
+            f"{path}: a {ascii(peft_type) if peft_type else 'untyped'} PEFT adapter, not "
+            "PROMPT_TUNING; persona imports prompt-tuning adapters only"
         )
     task_type = str(config.get("task_type") or "CAUSAL_LM").upper()
     submodules = config.get("num_transformer_submodules")
     if task_type != "CAUSAL_LM" or submodules not in (None, 1):
         raise PromptFormatError(
-            f"{path}: a {task_type} adapter with {submodules} transformer submodules; persona needs a CAUSAL_LM adapter with 1"
+            f"{path}: a {ascii(task_type)} adapter with {ascii(submodules)} transformer "
+            "submodules; persona needs a CAUSAL_LM adapter with 1"
         )
     return config

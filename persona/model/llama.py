@@ -124,6 +124,11 @@ class KVCache:
     def get_seq_length(self) -> int:
         return self._length
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held, capacity included (crop keeps the buffers)."""
+        return sum(t.untyped_storage().nbytes() for t in (*self._keys, *self._values))
+
     def crop(self, max_length: int) -> None:
         """Keep the first `max_length` positions (negative: drop that many from the end), as DynamicCache does."""
         if max_length < 0:

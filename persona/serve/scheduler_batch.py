@@ -74,5 +74,7 @@ class _Sink:
         counted = prompt_tokens + self.virtual_tokens if prompt_tokens else 0
         self.generation.finish(counted, completion_tokens, reason)
 
-    def error(self, message: str) -> None:
-        self.generation.fail(PersonaError(message))
+    def error(self, error: PersonaError) -> None:
+        if isinstance(error, RowsFull):  # the server is shutting down: a 503, retry elsewhere
+            error = QueueFull(str(error), retry_after_s=1)
+        self.generation.fail(error)
