@@ -11,10 +11,10 @@ import torch
 from persona.cli.main import main
 from persona.dialogue import encode_examples
 from persona.errors import ConfigError
+from persona.model.device import model_device, resolve_device
 from persona.prompt.render import Renderer
 from persona.train import TrainConfig
 from persona.train.batching import collate, pad_token_id, reply_tokens
-from persona.train.device import model_device, resolve_device
 from persona.train.loop import train_loop
 from persona.train.loss import labelled_nll
 from persona.train.ranks import Ranks

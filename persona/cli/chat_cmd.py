@@ -114,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
         print("persona: loading the model…", file=sys.stderr, flush=True)
         loaded = load_chat_model(
-            args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
+            args.model,
+            precision=args.precision,
+            backend=args.backend,
+            gguf=args.gguf,
+            device=args.device,
         )
         engine = ChatEngine(loaded)
         startup.ready()

@@ -77,6 +77,13 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="with --backend llama: the model's .gguf file (default: the embedded model's)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        default="auto",
+        help="where the model runs: auto (default) takes a CUDA or MPS GPU where torch sees one, "
+        "in bfloat16; cpu runs persona's own decoder (int8 by default)",
+    )
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,7 +188,11 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args, defaults)
     stops = StopScanner(stop_strings(defaults))  # the persona's own stop strings
     loaded = load_chat_model(
-        args.model, precision=args.precision, backend=args.backend, gguf=args.gguf
+        args.model,
+        precision=args.precision,
+        backend=args.backend,
+        gguf=args.gguf,
+        device=args.device,
     )
     engine = ChatEngine(loaded)
     startup.ready()

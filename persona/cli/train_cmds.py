@@ -380,10 +380,10 @@ def run_eval(args: argparse.Namespace) -> int:
     if not examples:
         raise DialogueError(f"no lines to score in {dialogue.source}")
 
+    from persona.model.device import resolve_device
     from persona.model.loader import load_model
     from persona.prompt.render import Renderer
     from persona.train.batching import pad_token_id
-    from persona.train.device import resolve_device
     from persona.train.evaluate import evaluate
 
     loaded = load_model(args.model, device=resolve_device(args.device))

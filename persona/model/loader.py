@@ -147,9 +147,24 @@ def load_chat_model(
     precision: str = "auto",
     backend: str = "torch",
     gguf: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
 ) -> LoadedModel:
-    """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF file."""
+    """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF
+    file. device: cpu, cuda, mps or auto (a GPU where torch sees one); off the CPU, transformers'
+    model in bfloat16 (persona's own decoder and int8 are CPU paths)."""
     try:
+        if device != "cpu":
+            from persona.model.device import resolve_device
+
+            place = resolve_device(device)
+            if place.type != "cpu":
+                if backend != "torch" or precision == "int8":
+                    raise ModelError(
+                        f"{'int8' if precision == 'int8' else '--backend ' + backend} runs on the "
+                        f"CPU; on {place.type} persona runs bfloat16 weights (drop that flag, or "
+                        "pass --device cpu)"
+                    )
+                return load_model(path, precision="fp32", native=False, device=place)
         if backend == "llama":
             return load_llamacpp(path, gguf=gguf)
         if backend != "torch":

@@ -18,13 +18,14 @@ def socket_path() -> Path:
 
 
 def identity(args: argparse.Namespace) -> dict[str, Any]:
-    """What a server must match to answer for these arguments: model, precision, backend, GGUF
-    file, and the library its personas come from."""
+    """What a server must match to answer for these arguments: model, precision, backend, device,
+    GGUF file, and the library its personas come from."""
     model = args.model or os.environ.get("PERSONA_MODEL") or None
     return {
         "model": _absolute(model),
         "precision": args.precision,
         "backend": args.backend,
+        "device": getattr(args, "device", "auto"),
         "gguf": _absolute(args.gguf),
         "library": _absolute(getattr(args, "library", None) or library_path()),
     }

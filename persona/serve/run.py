@@ -108,6 +108,7 @@ def start(args: argparse.Namespace) -> Running:
                 precision=serving_precision(args.precision, args.backend, scheduler_kind),
                 backend=args.backend,
                 gguf=args.gguf,
+                device=args.device,
             )
             engine = ChatEngine(loaded)
             scheduler = make_scheduler(scheduler_kind, engine, args.max_queue)

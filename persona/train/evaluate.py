@@ -19,9 +19,9 @@ import torch
 from persona.dialogue.encode import EncodedExample, encode_examples
 from persona.dialogue.examples import Example
 from persona.errors import DialogueError
+from persona.model.device import model_device
 from persona.prompt.render import Renderer
 from persona.train.batching import collate
-from persona.train.device import model_device
 from persona.train.loss import labelled_nll
 from persona.train.ranks import Ranks
 

@@ -21,10 +21,10 @@ import torch
 from tqdm import tqdm
 
 from persona.dialogue.encode import EncodedExample
+from persona.model.device import model_device
 from persona.train.batching import collate, reply_tokens, schedule
 from persona.train.checkpoint import Checkpoint, save_checkpoint
 from persona.train.config import TrainConfig
-from persona.train.device import model_device
 from persona.train.evaluate import mean_nll
 from persona.train.loss import labelled_nll
 from persona.train.ranks import Ranks

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 
 from persona.errors import ConfigError
-from persona.train.device import resolve_device
+from persona.model.device import resolve_device
 
 Item = TypeVar("Item")
 

@@ -1,4 +1,4 @@
-"""Which device training and evaluation run on: `--device auto|cpu|cuda|mps`.
+"""Which device the model runs on: `--device auto|cpu|cuda|mps` (chat, reply, serve, train, eval).
 
 auto is CUDA where torch sees a GPU, else Apple's MPS where there is one, else the CPU. A device
 that is asked for by name and is not there is a one-line error, not a traceback from deep inside
