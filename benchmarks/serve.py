@@ -1,7 +1,7 @@
 """`persona serve` under concurrent clients: a real server process, the real openai client, in one run.
 
     python benchmarks/serve.py [--clients 1,4,8,16,32] [--requests-per-client 3] [--max-tokens 64]
-                               [--scheduler batch|serial | --compare-schedulers] [--quick]
+                               [--scheduler batch|serial | --compare-schedulers] [--vllm] [--quick]
 
 Starts `persona serve` (the default model, the starter personas of the user's library) on a free
 loopback port and sends greedy streamed chat completions, each client a different persona (the five
@@ -11,6 +11,12 @@ the baseline, the same requests sent one at a time (measured in this run, each d
 once); and the ratio against vLLM's CPU build on the same model (VLLM_CPU below). Then a prefix
 cache line: TTFT at turn N of 8 concurrent growing conversations against turn 1 (target <= 1.3x).
 The server is stopped at the end whatever happens (SIGTERM to its process group, then SIGKILL).
+
+With --vllm (clients 1,8,32 unless --clients says otherwise), the same measurement then runs a
+second time against `persona serve --backend vllm` in front of a real vLLM server (its CPU build,
+from .venv-vllm, on the default model's safetensors directory, float32, --enforce-eager), one
+server after the other, and a last table puts both backends side by side: aggregate tokens/s and
+p50/p95 time to first token, and persona/vLLM at each level. vLLM is stopped at the end too.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ import math
 import os
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import openai
 
@@ -63,10 +72,14 @@ SETTINGS = {  # flag -> (full run, --quick)
     "turn_tokens": (32, 8),
     "conversations": (8, 4),
 }
+VLLM_CLIENTS = "1,8,32"  # --vllm's levels: those of the reference column
 WARM_UP_TOKENS = 4  # a few decode steps too, not only the prefill
 READY_TIMEOUT_S = 600  # the model loads (and, the first time, packs int8) before the port opens
 REQUEST_TIMEOUT_S = 600
 IDLE_EXIT_MINUTES = 5  # if this script is killed outright, the server still stops by itself
+VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"  # make vllm
+VLLM_READY_TIMEOUT_S = 600  # a first start compiles kernels; --enforce-eager took 35 s here
+VLLM_NAME = "smollm2"  # --served-model-name; the gateway checks the model itself, not the name
 
 
 # ---- the server ----------------------------------------------------------------------------------
@@ -127,18 +140,9 @@ class ServerProcess:
         return "".join(self.lines[-lines:])
 
     def stop(self) -> int:
-        """SIGTERM to the process group (a clean stop), SIGKILL if it has not ended in 60 s."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-            except ProcessLookupError:
-                pass
+        code = stop_group(self.process)
         self._reader.join(timeout=10)
-        return self.process.returncode
+        return code
 
     def __enter__(self) -> ServerProcess:
         try:
@@ -150,6 +154,115 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_group(process: subprocess.Popen) -> int:
+    """SIGTERM to the process's group (a clean stop), SIGKILL if it has not ended in 60 s."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+    return process.wait()
+
+
+class VllmProcess:
+    """vLLM's OpenAI server (.venv-vllm) on `model_dir`, with prompt embeds, in its own process
+    group on a free loopback port; its output goes to a log file. `url` is its root."""
+
+    def __init__(self, model_dir: Path) -> None:
+        if not VLLM_PYTHON.exists():
+            raise RuntimeError(f"{VLLM_PYTHON} is absent; `make vllm` creates it")
+        self.model_dir = model_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"]
+        command += ["--model", str(model_dir), "--served-model-name", VLLM_NAME]
+        command += ["--enable-prompt-embeds", "--dtype", "float32", "--max-model-len", "2048"]
+        command += ["--enforce-eager", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.command = command
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        log = tempfile.NamedTemporaryFile(prefix="persona-bench-vllm-", suffix=".log", delete=False)
+        self.log = Path(log.name)
+        with log:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=ends_with_parent,
+            )
+        self.started = time.monotonic()
+        self.ready_s = math.nan
+
+    def wait_ready(self) -> None:
+        """Until /health or /v1/models answers 200 (VLLM_READY_TIMEOUT_S at most)."""
+        deadline = self.started + VLLM_READY_TIMEOUT_S
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"vLLM exited with {self.process.returncode} before it answered "
+                    f"({self.log}):\n{self.log_tail()}"
+                )
+            for path in ("/health", "/v1/models"):
+                try:
+                    with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                        if response.status == 200:
+                            self.ready_s = time.monotonic() - self.started
+                            return
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"vLLM did not answer within {VLLM_READY_TIMEOUT_S} s ({self.log}):\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(1)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> int:
+        return stop_group(self.process)
+
+    def __enter__(self) -> VllmProcess:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ends_with_parent() -> None:
+    """In the child before exec: SIGTERM when this script dies, even by SIGKILL (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def stop_on_sigterm() -> None:
@@ -371,9 +484,31 @@ def report_conversations(args: argparse.Namespace, talks: list[list[Timed]]) -> 
     )
 
 
-def run_with(scheduler: str, args: argparse.Namespace) -> list[Level]:
-    flags = ["--scheduler", scheduler, "--precision", args.precision]
-    flags += ["--max-queue", str(max(64, max(args.clients), args.conversations))]
+def run_with(scheduler: str, args: argparse.Namespace) -> tuple[list[Level], str]:
+    return run_server(["--scheduler", scheduler, "--precision", args.precision], args)
+
+
+def run_vllm(args: argparse.Namespace) -> tuple[list[Level], str]:
+    """vLLM on the default model, then the gateway in front of it, measured as persona's own
+    backend was; both stopped before returning. (levels, a line on vLLM)"""
+    from persona.model.location import default_model_dir
+
+    vllm = VllmProcess(default_model_dir())
+    print(f"vLLM: {' '.join(vllm.command[1:])} (log {vllm.log})", flush=True)
+    try:
+        with vllm:
+            print(f"  ready in {vllm.ready_s:.0f} s at {vllm.url}\n", flush=True)
+            levels, description = run_server(["--backend", "vllm", "--vllm-url", vllm.url], args)
+    finally:
+        code = vllm.stop()
+    if code not in (0, -signal.SIGTERM):
+        print(f"  (vLLM exited with {code}; its log: {vllm.log})")
+    return levels, f"{description}; vLLM on {vllm.model_dir}, ready in {vllm.ready_s:.0f} s"
+
+
+def run_server(flags: list[str], args: argparse.Namespace) -> tuple[list[Level], str]:
+    """`persona serve FLAGS` measured at every level, then stopped. (levels, its description)"""
+    flags = [*flags, "--max-queue", str(max(64, max(args.clients), args.conversations))]
     server = ServerProcess(flags)
     try:
         with server:
@@ -382,7 +517,7 @@ def run_with(scheduler: str, args: argparse.Namespace) -> list[Level]:
         code = server.stop()
     if code != 0:
         print(f"  (the server exited with {code}:\n{server.log_tail()})")
-    return levels
+    return levels, server.description
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -399,12 +534,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto")
     parser.add_argument(
+        "--vllm",
+        action="store_true",
+        help="then the same against `persona serve --backend vllm` in front of a real vLLM "
+        "server (.venv-vllm); both side by side (clients 1,8,32 unless --clients)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a smoke run: clients 1,4, 16 tokens, 4 turns"
     )
     args = parser.parse_args(argv)
+    if args.vllm and args.clients is None and not args.quick:
+        args.clients = VLLM_CLIENTS
     for name, (full, quick) in SETTINGS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    if args.vllm and not VLLM_PYTHON.exists():
+        parser.error(f"--vllm needs {VLLM_PYTHON}; `make vllm` creates it")
     given = str(args.clients)
     try:
         args.clients = [int(part) for part in given.split(",") if part.strip()]
@@ -420,8 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_on_sigterm()
     schedulers = ["batch", "serial"] if args.compare_schedulers else [args.scheduler]
     runs: dict[str, list[Level]] = {}
+    described: dict[str, str] = {}
     for scheduler in schedulers:
-        runs[scheduler] = run_with(scheduler, args)
+        runs[scheduler], described[scheduler] = run_with(scheduler, args)
         print()
     if len(runs) == 2:
         print("batch against serial, aggregate tokens/s")
@@ -431,7 +577,52 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  {batch.clients:7d} {batch.rate:8.1f} {serial.rate:8.1f}"
                 f" {batch.rate / serial.rate:6.2f}x"
             )
+        print()
+    if args.vllm:
+        gateway, about = run_vllm(args)
+        print()
+        first = schedulers[0]
+        report_backends(args, (described[first], runs[first]), (about, gateway))
     return 0
+
+
+def ttft(level: Level, fraction: float) -> float:
+    return percentile([timed.first_token_s for _, timed in level.results], fraction)
+
+
+def report_backends(
+    args: argparse.Namespace, ours: tuple[str, list[Level]], gateway: tuple[str, list[Level]]
+) -> None:
+    """Both backends side by side, level by level: tokens/s and TTFT, and persona/vLLM. Each
+    backend is (its description, its levels)."""
+    persona, vllm = ours[1], gateway[1]
+    print(
+        "persona's own backend against persona in front of vLLM, the same requests, "
+        f"max_tokens {args.max_tokens}, {args.requests_per_client} per client"
+    )
+    print(f"  persona: {ours[0]}\n  vLLM:    {gateway[0]}")
+    groups = ("tokens/s", "ttft p50", "ttft p95")
+    print(f"  {'':7s} {'':8s}" + "".join(f" | {name:^23s}" for name in groups) + " |")
+    names = f" | {'persona':>7s} {'vLLM':>7s} {'ratio':>7s}"
+    print(f"  {'clients':>7s} {'requests':>8s}" + names * len(groups) + f" | {'same text':>9s}")
+    for mine, theirs in zip(persona, vllm, strict=True):
+        cells = [f"{mine.rate:7.1f} {theirs.rate:7.1f} {mine.rate / theirs.rate:6.2f}x"]
+        for fraction in (0.5, 0.95):
+            a, b = ttft(mine, fraction), ttft(theirs, fraction)
+            cells.append(f"{a:6.3f}s {b:6.3f}s {a / b:6.2f}x")
+        texts = {key: timed.text for key, timed in theirs.results}
+        same = sum(texts.get(key) == timed.text for key, timed in mine.results)
+        print(
+            f"  {mine.clients:7d} {len(mine.results):8d} | "
+            + " | ".join(cells)
+            + f" | {same:3d} of {len(mine.results):<3d}"
+        )
+    print(
+        "  ratio: persona / vLLM (tokens/s above 1x: persona faster; TTFT above 1x: persona "
+        "slower);\n  tokens per backend: "
+        + ", ".join(f"{a.tokens} / {b.tokens}" for a, b in zip(persona, vllm, strict=True))
+        + " (replies may end before max_tokens); same text: persona's reply = vLLM's"
+    )
 
 
 if __name__ == "__main__":
