@@ -387,7 +387,7 @@ def _failure(exc: BaseException) -> PersonaError:
     anything else as one line."""
     if isinstance(exc, PersonaError):
         return exc
-    return PersonaError(f"generation failed ({type(exc).__name__}): {first_line(exc)}")
+    return PersonaError(f"{type(exc).__name__}: {first_line(exc)}")
 
 
 def _deliver(ticket: Ticket, event: str, *args: object) -> None:

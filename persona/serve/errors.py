@@ -6,6 +6,7 @@ the parameter, as OpenAI's do.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -113,10 +114,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # the details are for the operator's log, not for a client that may be anyone
+        print(
+            f"persona serve: internal error on {request.url.path}: "
+            f"{type(exc).__name__}: {first_line(exc)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return error_response(
-            APIError(
-                500,
-                f"internal error ({type(exc).__name__}: {first_line(exc)})",
-                code="internal_error",
-            )
+            APIError(500, "internal error; the server's log has the details", code="internal_error")
         )
