@@ -320,3 +320,11 @@ def test_a_host_other_machines_reach_needs_an_api_key(capsys, monkeypatch):
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("persona: error:") and "--api-key" in err and err.count("\n") == 1
+
+
+def test_an_empty_api_key_is_refused_not_taken_as_none(capsys, monkeypatch):
+    monkeypatch.delenv("PERSONA_API_KEY", raising=False)
+    assert main(["serve", "--port", "0", "--api-key", " "]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("persona: error:") and "--api-key is empty" in err
+    assert err.count("\n") == 1

@@ -87,6 +87,8 @@ class Running:
 def start(args: argparse.Namespace) -> Running:
     """Check the flags, bind, load; every refusal comes before the model loads. The caller then
     runs `serve`."""
+    if args.api_key is not None and not args.api_key.strip():
+        raise ConfigError("--api-key is empty; give a key, or leave the flag out for no key")
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         raise ConfigError(

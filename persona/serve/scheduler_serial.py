@@ -97,7 +97,12 @@ class SerialScheduler:
             job, generation = item
             with self._lock:
                 self._waiting -= 1
-                self._current = generation
+                closed = self._closed
+                if not closed:
+                    self._current = generation
+            if closed:  # what had not started when the server began to stop fails at once
+                generation.fail(QueueFull("the server is shutting down"))
+                continue
             start = time.monotonic()
             try:
                 self._run(job, generation)
