@@ -36,6 +36,14 @@ class DialogueError(PersonaError):
     """A dialogue log cannot be read or does not hold enough usable examples."""
 
 
+class QueueFull(PersonaError):
+    """Every row is busy and the queue is at its limit, or the server is stopping: retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ConfigError(PersonaError, ValueError):
     """A configuration value is out of range; the message names the field and quotes the value."""
 

@@ -8,6 +8,7 @@ rows still going. Each row computes what it would alone (in float32). The server
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,9 +53,9 @@ def generate_batch(
         ids = engine.renderer.render(request.messages, request.persona, system=request.system)
         row_config = config
         if config.seed is not None:
-            row_config = GenerationConfig(**{**vars(config), "seed": config.seed + offset})
+            row_config = dataclasses.replace(config, seed=config.seed + offset)
         row = Row(
-            backend.new_cache(), list(ids), row_config, engine.stop_ids, device=backend.device
+            backend.new_cache(), list(ids), ids, row_config, engine.stop_ids, device=backend.device
         )
         prompt = request.persona.embeddings if request.persona is not None else None
         row.logits = backend.prefill(row.cache, ids, prompt)

@@ -112,6 +112,11 @@ class ChatEngine:
         """The exact text that follows the soft prompt for this call (what --json reports)."""
         return self.renderer.text(messages, persona, system=system)
 
+    def window_budget(self, persona: SoftPrompt | None, max_new_tokens: int) -> int:
+        """How many token ids may follow the soft prompt, with room kept for the reply."""
+        num_virtual = persona.num_virtual_tokens if persona is not None else 0
+        return self.max_context - num_virtual - max_new_tokens
+
     def fit_window(
         self,
         messages: Sequence[Message],
@@ -121,8 +126,7 @@ class ChatEngine:
     ) -> tuple[list[int], int]:
         """(token ids after the soft prompt, turns dropped): the conversation rendered, dropping the
         oldest turns (never the system message or the last one) until it fits the window."""
-        num_virtual = persona.num_virtual_tokens if persona is not None else 0
-        budget = self.max_context - num_virtual - max_new_tokens
+        budget = self.window_budget(persona, max_new_tokens)
         system_messages = [m for m in messages if m["role"] == "system"][:1]
         turns = [m for m in messages if m["role"] != "system"]
         dropped = 0
@@ -173,7 +177,7 @@ class ChatEngine:
         else:
             self.backend.crop(entry.cache, num_virtual + common)
             entry.ids = ids[:common]
-        row = Row(entry.cache, entry.ids, config, self.stop_ids, device=self.backend.device)
+        row = Row(entry.cache, entry.ids, ids, config, self.stop_ids, device=self.backend.device)
         decoder = StreamDecoder(self.tokenizer)
         while len(row.ids) < len(ids):  # in chunks, so that Esc is honoured during a long prefill
             if cancel is not None and cancel.is_set() and row.logits is not None:
@@ -184,7 +188,6 @@ class ChatEngine:
             first = not row.ids
             row.logits = self.backend.prefill(row.cache, chunk, prompt if first else None)
             row.ids.extend(chunk)
-        row.seen = row.seen.new_tensor([ids])  # (1, T) for the repetition penalty
         while not row.finished:
             if cancel is not None and cancel.is_set():
                 row.finish_reason = "cancelled"

@@ -22,6 +22,7 @@ from persona.engine.sampling import Sampler
 class Row:
     cache: Cache  # [soft prompt ; ids] so far
     ids: list[int]  # tokens held in the cache after the soft prompt
+    prompt: list[int]  # the whole rendered prompt (the cache may hold only its start so far)
     config: GenerationConfig
     stop_ids: set[int]
     logits: torch.Tensor | None = None  # (V,) scores of the next token, once prefilled
@@ -34,7 +35,7 @@ class Row:
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.config, self.device)
-        self.seen = torch.tensor([self.ids], dtype=torch.long, device=self.device)  # (1, S)
+        self.seen = torch.tensor([self.prompt], dtype=torch.long, device=self.device)  # (1, S)
 
     @property
     def finished(self) -> bool:

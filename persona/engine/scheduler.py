@@ -29,16 +29,12 @@ from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
 from persona.engine.rows import Row, advance, common_prefix
-from persona.errors import ConfigError, PersonaError, first_line
+from persona.errors import ConfigError, PersonaError, QueueFull, first_line
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
 
 DEFAULT_PREFILL_CHUNK = 256  # tokens a turn encodes: how long joining prompts hold up the rest
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 1024 * 1024
-
-
-class QueueFull(PersonaError):
-    """More requests wait than the scheduler takes; the client should retry later."""
 
 
 class Sink(Protocol):
@@ -81,7 +77,6 @@ class Ticket:
 class _Active:
     ticket: Ticket
     row: Row
-    prompt: list[int]  # the whole rendered prompt (after the soft prompt)
     key: str  # persona sha256, "" for none
     decoder: StreamDecoder
 
@@ -203,8 +198,7 @@ class Scheduler:
         return ticket
 
     def _check_fits_window(self, request: Request) -> None:
-        num_virtual = request.persona.num_virtual_tokens if request.persona is not None else 0
-        budget = self.engine.max_context - num_virtual - request.config.max_new_tokens
+        budget = self.engine.window_budget(request.persona, request.config.max_new_tokens)
         if len(request.ids or []) > budget:
             raise ConfigError(
                 f"the prompt is {len(request.ids or [])} tokens, more than the {budget} that fit "
@@ -293,11 +287,13 @@ class Scheduler:
                 if reused.get_seq_length() >= num_virtual + common:
                     self.backend.crop(reused, num_virtual + common)
                     cache, held = reused, ids[:common]
-            row = Row(cache, held, request.config, self.engine.stop_ids, device=self.backend.device)
+            row = Row(
+                cache, held, ids, request.config, self.engine.stop_ids, device=self.backend.device
+            )
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
             _deliver(ticket, "error", _failure(exc))
             return
-        active = _Active(ticket, row, ids, key, StreamDecoder(self.engine.tokenizer))
+        active = _Active(ticket, row, key, StreamDecoder(self.engine.tokenizer))
         with self._wake:
             self._encoding.append(active)
 
@@ -307,7 +303,8 @@ class Scheduler:
         for active in list(self._encoding):
             if budget <= 0:
                 break
-            row, prompt = active.row, active.prompt
+            row = active.row
+            prompt = row.prompt
             chunk = prompt[len(row.ids) : len(row.ids) + budget]
             persona = active.ticket.request.persona
             empty = row.cache.get_seq_length() == 0  # a reused cache may hold just the prompt
@@ -322,7 +319,6 @@ class Scheduler:
             row.ids.extend(chunk)
             budget -= len(chunk)
             if len(row.ids) == len(prompt):
-                row.seen = row.seen.new_tensor([prompt])  # (1, T) for the repetition penalty
                 with self._wake:
                     self._encoding.remove(active)
                     self._decoding.append(active)
@@ -362,18 +358,20 @@ class Scheduler:
     def _finish(self, active: _Active) -> None:
         """Pass on the reply's end; keep its cache for the conversation's next turn."""
         row = active.row
-        if len(row.ids) >= len(active.prompt):  # the cache holds the whole prompt: keep it
+        if len(row.ids) >= len(active.row.prompt):  # the cache holds the whole prompt: keep it
             try:
                 nbytes = self.backend.cache_bytes(row.cache)
                 self.prefix_cache.put(
-                    active.key, list(row.ids), len(active.prompt), row.cache, nbytes
+                    active.key, list(row.ids), len(active.row.prompt), row.cache, nbytes
                 )
             except Exception:  # noqa: BLE001, S110 - a cache not kept only costs a later prefill
                 pass
         tail = active.decoder.finish()  # characters held back while they could still change
         if tail:
             _deliver(active.ticket, "piece", tail)
-        _deliver(active.ticket, "finish", row.finish_reason, len(active.prompt), len(row.token_ids))
+        _deliver(
+            active.ticket, "finish", row.finish_reason, len(active.row.prompt), len(row.token_ids)
+        )
 
     def _fail_decoding(self, exc: BaseException) -> None:
         with self._wake:

@@ -9,13 +9,13 @@ logits_to_keep=1)`; they differ in their cache class and in what a batched decod
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from persona.model.calling import cache_argument_name
+from persona.model.device import model_device
 from persona.model.llama import KVCache, LlamaDecoder
 from persona.model.llama_rows import decode_rows
 from persona.prompt.inject import prepend_prompt
@@ -27,7 +27,7 @@ class TorchBackend:
         self.native = isinstance(model, LlamaDecoder)
         self.cache_argument = "cache" if self.native else cache_argument_name(model)
         self.max_rows = 64
-        self.device = _device_of(model)
+        self.device = model_device(model)
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         with torch.inference_mode():
@@ -88,10 +88,3 @@ class TorchBackend:
     def _last_logits(self, cache: Any, **inputs: torch.Tensor) -> torch.Tensor:
         out = self.model(**inputs, use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         return out.logits[:, -1, :]  # (1, V)
-
-
-def _device_of(model: Any) -> torch.device:
-    """Where the model's weights are (its first parameter or buffer); the CPU for none."""
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")

@@ -20,18 +20,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from persona.engine.config import GenerationConfig
-from persona.errors import PersonaError
+from persona.errors import QueueFull as QueueFull  # what submit raises, for the HTTP layer
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
 from persona.serve.stops import StopScanner
-
-
-class QueueFull(PersonaError):
-    """Every row is busy and the queue is at its limit; the client should retry later."""
-
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass

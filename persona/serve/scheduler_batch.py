@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from persona.engine.chat import ChatEngine
 from persona.engine.scheduler import DEFAULT_PREFILL_CHUNK, DEFAULT_PREFIX_CACHE_BYTES, Request
-from persona.engine.scheduler import QueueFull as RowsFull
 from persona.engine.scheduler import Scheduler as Rows
 from persona.errors import ConfigError, PersonaError
-from persona.serve.scheduler import Generation, Job, QueueFull
+from persona.serve.scheduler import Generation, Job
 
 DEFAULT_MAX_ROWS = 32
 
@@ -47,10 +46,7 @@ class BatchScheduler:
                 raise ConfigError("prompt is empty; send some text to continue")
         request = Request(job.messages, job.persona, job.config, job.system, ids)
         virtual = job.persona.num_virtual_tokens if job.persona is not None else 0
-        try:
-            self.rows.submit(request, _Sink(generation, virtual), cancelled=generation.stopping)
-        except RowsFull as exc:
-            raise QueueFull(str(exc), retry_after_s=1) from None
+        self.rows.submit(request, _Sink(generation, virtual), cancelled=generation.stopping)
         return generation
 
     def metrics(self) -> dict[str, float]:
@@ -75,6 +71,4 @@ class _Sink:
         self.generation.finish(counted, completion_tokens, reason)
 
     def error(self, error: PersonaError) -> None:
-        if isinstance(error, RowsFull):  # the server is shutting down: a 503, retry elsewhere
-            error = QueueFull(str(error), retry_after_s=1)
         self.generation.fail(error)
