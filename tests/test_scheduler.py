@@ -262,7 +262,12 @@ def test_the_prefix_cache_stays_within_its_bound_counting_what_caches_really_hol
         one.submit(Request([{"role": "user", "content": "Hello there!"}], None, GREEDY), sink)
         assert sink.text is not None
         size = one.metrics()["prefix_cache_bytes"]
-        assert size >= engine.backend.cache_bytes(engine.backend.new_cache()) and size > 0
+        config = engine.loaded.model.config  # keys and values of every position kept, at least
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        per_position = config.num_hidden_layers * 2 * kv_heads * head_dim * 4
+        assert size >= per_position * sink.usage[0]
     finally:
         one.close()
     bounded = Scheduler(ChatEngine(each_tiny), prefix_cache_bytes=int(size * 2.5))
