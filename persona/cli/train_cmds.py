@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="one or two sentences about the persona: the prompt starts from it",
     )
     train.add_argument(
+        "--description-as-system",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the description is the system message in training and in every chat with the "
+        "persona: it carries who the persona is, the soft prompt how it speaks (docs/methods.md)",
+    )
+    train.add_argument(
         "--heldout", metavar="LOG", help="evaluate on this log instead of the validation split"
     )
     train.add_argument(
@@ -204,6 +211,7 @@ def run_train(args: argparse.Namespace) -> int:
             "init",
             "context_turns",
             "validation_fraction",
+            "description_as_system",
         )
     }
     if spec is not None:

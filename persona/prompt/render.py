@@ -10,6 +10,9 @@ What a persona turn looks like (a deliberate choice, documented in the README):
   is the system message;
 * with neither (`--no-persona`), the model's chat template decides, default system text included.
 
+A persona trained with its description as the system message (`SoftPrompt.system`) keeps it: that
+text opens the system message, and any written system text follows it after a blank line.
+
 Training and chat both render through here, so a prompt is trained on exactly the token layout
 it will see when it speaks.
 """
@@ -50,10 +53,13 @@ class Renderer:
         """The message list the template sees, with the system message decided as described above."""
         body = [m for m in messages if m["role"] != "system"]
         own_system = [m for m in messages if m["role"] == "system"]
-        if system is not None:
-            return [{"role": "system", "content": system}, *body]
-        if own_system:
-            return [own_system[0], *body]
+        written = system if system is not None else own_system[0]["content"] if own_system else None
+        trained = getattr(persona, "system", "") if persona is not None else ""
+        if trained:
+            text = f"{trained}\n\n{written}" if written else trained
+            return [{"role": "system", "content": text}, *body]
+        if written is not None:
+            return [{"role": "system", "content": written}, *body]
         if persona is not None:
             return [{"role": "system", "content": ""}, *body]
         return list(body)

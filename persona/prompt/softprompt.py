@@ -46,6 +46,9 @@ class SoftPrompt:
     fingerprint: Fingerprint | None = None
     init: str = "random"  # how it was initialised: text | vocab | random | imported
     base_model: str = ""  # human-readable id of the model it was trained on
+    # the written system message the prompt was trained under, and so speaks after ('' for the
+    # empty one): the description carries the identity, the soft prompt the style
+    system: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +118,8 @@ class SoftPrompt:
         }
         if self.fingerprint is not None:
             meta["fingerprint"] = self.fingerprint.to_json()
+        if self.system:
+            meta["system"] = self.system
         for key, value in self.extra.items():
             meta.setdefault(key, str(value))
         return meta
@@ -141,6 +146,7 @@ class SoftPrompt:
             "init",
             "base_model",
             "fingerprint",
+            "system",
         }
         fingerprint = (
             Fingerprint.from_json(meta["fingerprint"]) if meta.get("fingerprint") else None
@@ -152,6 +158,7 @@ class SoftPrompt:
             fingerprint=fingerprint,
             init=meta.get("init", "imported"),
             base_model=meta.get("base_model", ""),
+            system=meta.get("system", ""),
             extra={k: v for k, v in meta.items() if k not in known},
         )
 

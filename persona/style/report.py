@@ -28,13 +28,7 @@ from persona.errors import ConfigError
 from persona.prompt.softprompt import SoftPrompt
 from persona.style.classifier import StyleClassifier
 from persona.style.data import sample, with_context
-from persona.style.generate import (
-    NO_PROMPT,
-    Condition,
-    Reply,
-    conditions_for,
-    generate_replies,
-)
+from persona.style.generate import NO_PROMPT, Condition, Reply, conditions_for, generate_replies
 from persona.style.identity import IDENTITY_QUESTIONS, character_name, names_character
 from persona.style.stats import distinct_n, wilson_interval
 
@@ -86,7 +80,6 @@ class StyleReport:
     mean_tokens: dict[str, float]  # condition -> mean reply length in tokens
     distinct2: dict[str, float]  # condition -> distinct bigrams / bigrams over its replies
     real_lines_share: tuple[float, float, float]  # the speaker's real held-out lines: must be high
-    bare_share: tuple[float, float, float]  # the bare model on held-out contexts: must be low
     real_lines_tokens: float  # mean length of the real held-out lines, for reference
     real_lines_distinct2: float
     identity: dict[str, list[IdentityAnswer]]  # condition -> one answer per identity question
@@ -95,6 +88,11 @@ class StyleReport:
     positives: int  # the speaker's training lines the classifier learned from
     negatives: int  # bare replies it learned against
     samples: dict[str, list[str]] = field(default_factory=dict)  # a few replies per condition
+
+    @property
+    def bare_share(self) -> tuple[float, float, float]:
+        """The bare model's replies to the held-out contexts: the measure's check, must be low."""
+        return self.share[NO_PROMPT]
 
     def named(self, condition: str) -> int:
         """How many identity answers of `condition` name the character."""
@@ -105,16 +103,102 @@ class StyleReport:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> StyleReport:
-        values = dict(record)
-        for key in ("share",):
-            values[key] = {name: tuple(value) for name, value in values[key].items()}
-        for key in ("real_lines_share", "bare_share"):
-            values[key] = tuple(values[key])
+        values = {k: v for k, v in record.items() if k != "bare_share"}  # older reports held it
+        values["share"] = {name: tuple(value) for name, value in values["share"].items()}
+        values["real_lines_share"] = tuple(values["real_lines_share"])
         values["identity"] = {
             name: [IdentityAnswer(**answer) for answer in answers]
             for name, answers in values["identity"].items()
         }
         return cls(**values)
+
+
+@dataclass
+class Answered:
+    """One condition's replies to the held-out sample and to the identity questions, scored."""
+
+    share: tuple[float, float, float]
+    mean_tokens: float
+    distinct2: float
+    identity: list[IdentityAnswer]
+    samples: list[str]
+
+
+class StyleJudge:
+    """The classifier and the held-out sample of one speaker, to score any number of conditions.
+
+    Building it generates the bare model's replies to `negatives` training contexts (the
+    classifier's negatives); `answer` then has a condition (on any engine: a persona, a written
+    prompt, a changed model) reply to the same held-out contexts and identity questions.
+    """
+
+    def __init__(
+        self,
+        engine: ChatEngine,
+        *,
+        speaker: str,
+        train: Sequence[Example],
+        heldout: Sequence[Example],
+        config: StyleConfig | None = None,
+        bar: tqdm | None = None,
+    ) -> None:
+        self.config = config or StyleConfig()
+        self.character = character_name(speaker)
+        self.bar = bar
+        seed = self.config.seed
+        positives = [example.reply for example in sample(train, self.config.max_positives, seed)]
+        negative_contexts = [
+            example.context
+            for example in sample(with_context(train, "training"), self.config.negatives, seed)
+        ]
+        answerable = with_context(heldout, "held-out")
+        self.heldout_size = len(answerable)
+        self.chosen = sample(answerable, self.config.sample, seed)
+        bare = Condition(NO_PROMPT)
+        negatives = [r.text for r in self._replies(engine, negative_contexts, bare, "negatives")]
+        self.classifier = StyleClassifier(positives, negatives)
+        real = [example.reply for example in self.chosen]
+        self.real_lines_share = _share(self.classifier, real)
+        self.real_lines_tokens = _mean([len(engine.renderer.encode(line)) for line in real])
+        self.real_lines_distinct2 = distinct_n(real)
+
+    @staticmethod
+    def replies_needed(config: StyleConfig, heldout: int, conditions: int) -> int:
+        """Generations for `conditions` conditions on `heldout` answerable lines, negatives included."""
+        chosen = heldout if config.sample is None else min(config.sample, heldout)
+        return config.negatives + conditions * (chosen + len(IDENTITY_QUESTIONS))
+
+    def answer(self, engine: ChatEngine, condition: Condition) -> Answered:
+        contexts = [example.context for example in self.chosen]
+        got = self._replies(engine, contexts, condition, condition.name)
+        questions = [[{"role": "user", "content": q}] for q in IDENTITY_QUESTIONS]
+        answers = self._replies(engine, questions, condition, f"identity {condition.name}")
+        texts = [reply.text for reply in got]
+        return Answered(
+            share=_share(self.classifier, texts),
+            mean_tokens=_mean([reply.tokens for reply in got]),
+            distinct2=distinct_n(texts),
+            identity=[
+                IdentityAnswer(q, a.text, names_character(a.text, self.character))
+                for q, a in zip(IDENTITY_QUESTIONS, answers, strict=True)
+            ],
+            samples=texts[:SAMPLES_KEPT],
+        )
+
+    def _replies(
+        self, engine: ChatEngine, contexts: Sequence[Any], condition: Condition, what: str
+    ) -> list[Reply]:
+        if self.bar is not None:
+            self.bar.set_description(f"style: {what}")
+        generation = self.config.greedy() if what.startswith("identity") else self.config.sampling()
+        return generate_replies(
+            engine,
+            contexts,
+            condition,
+            generation,
+            batch_size=self.config.batch_size,
+            bar=self.bar,
+        )
 
 
 def measure_style(
@@ -130,60 +214,33 @@ def measure_style(
 ) -> StyleReport:
     """Measure `persona` (and its written `description`) against the bare model; see the module doc."""
     config = config or StyleConfig()
-    character = character_name(speaker)
     persona.check_fits(engine.loaded.fingerprint)
-    positives = [example.reply for example in sample(train, config.max_positives, config.seed)]
-    negative_contexts = [
-        example.context
-        for example in sample(with_context(train, "training"), config.negatives, config.seed)
-    ]
-    chosen = sample(with_context(heldout, "held-out"), config.sample, config.seed)
     conditions = conditions_for(persona, description)
-    total = len(negative_contexts) + len(conditions) * (len(chosen) + len(IDENTITY_QUESTIONS))
+    total = StyleJudge.replies_needed(
+        config, len([e for e in heldout if e.context]), len(conditions)
+    )
     with tqdm(
         total=total, desc="style", unit="reply", file=sys.stderr, disable=not progress
     ) as bar:
-
-        def replies(contexts: Sequence[Any], condition: Condition, what: str) -> list[Reply]:
-            bar.set_description(f"style: {what}")
-            generation = config.greedy() if what.startswith("identity") else config.sampling()
-            return generate_replies(
-                engine, contexts, condition, generation, batch_size=config.batch_size, bar=bar
-            )
-
-        bare = Condition(NO_PROMPT)
-        negatives = [reply.text for reply in replies(negative_contexts, bare, "negatives")]
-        classifier = StyleClassifier(positives, negatives)
-        contexts = [example.context for example in chosen]
-        answered = {c.name: replies(contexts, c, c.name) for c in conditions}
-        questions = [[{"role": "user", "content": q}] for q in IDENTITY_QUESTIONS]
-        identity = {
-            c.name: [
-                IdentityAnswer(q, reply.text, names_character(reply.text, character))
-                for q, reply in zip(
-                    IDENTITY_QUESTIONS, replies(questions, c, f"identity {c.name}"), strict=True
-                )
-            ]
-            for c in conditions
-        }
-    real = [example.reply for example in chosen]
-    share = {name: _share(classifier, [r.text for r in got]) for name, got in answered.items()}
+        judge = StyleJudge(
+            engine, speaker=speaker, train=train, heldout=heldout, config=config, bar=bar
+        )
+        answered = {c.name: judge.answer(engine, c) for c in conditions}
     return StyleReport(
-        character=character,
+        character=judge.character,
         conditions=[c.name for c in conditions],
-        share=share,
-        mean_tokens={name: _mean([r.tokens for r in got]) for name, got in answered.items()},
-        distinct2={name: distinct_n([r.text for r in got]) for name, got in answered.items()},
-        real_lines_share=_share(classifier, real),
-        bare_share=share[NO_PROMPT],
-        real_lines_tokens=_mean([len(engine.renderer.encode(line)) for line in real]),
-        real_lines_distinct2=distinct_n(real),
-        identity=identity,
-        sample_size=len(chosen),
-        heldout_size=len(with_context(heldout, "held-out")),
-        positives=classifier.positives,
-        negatives=classifier.negatives,
-        samples={name: [r.text for r in got[:SAMPLES_KEPT]] for name, got in answered.items()},
+        share={name: got.share for name, got in answered.items()},
+        mean_tokens={name: got.mean_tokens for name, got in answered.items()},
+        distinct2={name: got.distinct2 for name, got in answered.items()},
+        real_lines_share=judge.real_lines_share,
+        real_lines_tokens=judge.real_lines_tokens,
+        real_lines_distinct2=judge.real_lines_distinct2,
+        identity={name: got.identity for name, got in answered.items()},
+        sample_size=len(judge.chosen),
+        heldout_size=judge.heldout_size,
+        positives=judge.classifier.positives,
+        negatives=judge.classifier.negatives,
+        samples={name: got.samples for name, got in answered.items()},
     )
 
 

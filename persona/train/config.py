@@ -33,6 +33,9 @@ class TrainConfig:
     max_reply_tokens: int = DEFAULT_MAX_REPLY_TOKENS
     eval_every: int = 0  # steps between validation losses on the progress bar; 0 = about 4 per run
     weight_decay: float = 0.0
+    # the description is the system message in training and then in chat (SoftPrompt.system): it
+    # carries who the persona is, the soft prompt how it speaks; no effect without a description
+    description_as_system: bool = False
 
     def __post_init__(self) -> None:
         _int_at_least(
@@ -65,6 +68,10 @@ class TrainConfig:
         _int_at_least("eval_every", "--eval-every", self.eval_every, 0)
         if not (_finite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay!r}")
+        if not isinstance(self.description_as_system, bool):
+            raise ConfigError(
+                f"description_as_system must be true or false, got {self.description_as_system!r}"
+            )
 
     def total_steps(self, num_train_examples: int) -> int:
         """Optimiser steps for this run: --steps, or --epochs over the training examples."""

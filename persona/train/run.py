@@ -46,6 +46,12 @@ def check_enough(examples: list[Example], speaker: str, source: str) -> None:
         )
 
 
+def trained_system(config: TrainConfig, description: str | None) -> str | None:
+    """The system message the prompt trains under: the description where the config asks for it."""
+    text = (description or "").strip()
+    return text if config.description_as_system and text else None
+
+
 def train_persona(
     loaded: LoadedModel,
     dialogue: Dialogue,
@@ -82,8 +88,9 @@ def train_persona(
 
     renderer = Renderer(loaded.tokenizer)
     limits = {"max_length": config.max_length, "max_reply_tokens": config.max_reply_tokens}
-    train_encoded = encode_examples(renderer, train, name, **limits)
-    validation_encoded = encode_examples(renderer, validation, name, **limits)
+    system = trained_system(config, description)
+    train_encoded = encode_examples(renderer, train, name, system=system, **limits)
+    validation_encoded = encode_examples(renderer, validation, name, system=system, **limits)
     held_out = prepare_evaluation(
         renderer, test, description=description, **limits
     )  # fails now, not after training
@@ -141,6 +148,7 @@ def train_persona(
         fingerprint=loaded.fingerprint,
         init=init,
         base_model=loaded.model_id,
+        system=system or "",
     )
     training = {
         "source": dialogue.source,
