@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import openai
 import pytest
 
+from persona.engine.stops import StopScanner
 from persona.serve.scheduler_serial import SerialScheduler
-from persona.serve.stops import StopScanner
 from tests.serving import serve_state, serving_app
 
 

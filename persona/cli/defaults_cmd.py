@@ -13,25 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from persona.engine.config import DEFAULT_TYPES, RULES
 from persona.errors import ConfigError
 
-# the keys `persona set` takes -> PersonaDefaults fields
+# the keys `persona set` takes -> PersonaDefaults fields (max_tokens: the API's name for one)
 KEYS: dict[str, str] = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
+    **{field: field for field in DEFAULT_TYPES},
     "max_tokens": "max_new_tokens",
-    "max_new_tokens": "max_new_tokens",
     "stop": "stop",
     "greeting": "greeting",
-}
-NUMBERS: dict[str, type] = {
-    "temperature": float,
-    "top_p": float,
-    "top_k": int,
-    "repetition_penalty": float,
-    "max_new_tokens": int,
 }
 
 
@@ -78,7 +68,7 @@ def parse_settings(words: list[str]) -> dict[str, Any]:
             stops = _stops(text, stops)
         elif text == "":
             changes[field] = None
-        elif field in NUMBERS:
+        elif field in DEFAULT_TYPES:
             changes[field] = _number(key, field, text)
         else:
             changes[field] = text
@@ -88,9 +78,7 @@ def parse_settings(words: list[str]) -> dict[str, Any]:
 
 
 def _number(key: str, field: str, text: str) -> int | float:
-    from persona.engine.config import RULES
-
-    kind = NUMBERS[field]
+    kind = DEFAULT_TYPES[field]
     try:
         return kind(text.strip())
     except ValueError:
@@ -116,7 +104,7 @@ def _stops(text: str, stops: list[str] | None) -> list[str]:
 def describe(defaults: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) lines for a persona's defaults record, for `show` and `set`."""
     lines: list[tuple[str, str]] = []
-    sampling = [f"{key} {defaults[key]:g}" for key in NUMBERS if key in defaults]
+    sampling = [f"{key} {defaults[key]:g}" for key in DEFAULT_TYPES if key in defaults]
     if sampling:
         lines.append(("defaults", ", ".join(sampling)))
     if defaults.get("stop"):

@@ -309,13 +309,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from persona.formats import detect_format, read_prompt
-    from persona.formats.fit import check_width, target_model_dir
+    from persona.formats.fit import check_width
     from persona.library.records import check_name
+    from persona.model.location import ready_model_dir
 
     fmt = detect_format(args.path)
     prompt = read_prompt(args.path)
     defaults = _take_defaults(prompt, args.path)
-    model_dir = target_model_dir(args.model)
+    model_dir = ready_model_dir(args.model)
     if model_dir is not None:
         check_width(prompt, model_dir)
     name = args.name or prompt.name

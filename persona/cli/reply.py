@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
     from persona.cli.personas import resolve_persona
     from persona.engine.chat import ChatEngine
+    from persona.engine.stops import StopScanner
     from persona.model.loader import load_chat_model
-    from persona.serve.stops import StopScanner
 
     persona, defaults = (
         (None, None) if args.no_persona else resolve_persona(args.persona, args.library)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,16 +12,6 @@ if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
 
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
-
-
-def target_model_dir(model: str | os.PathLike[str] | None) -> Path | None:
-    """The model a prompt will be used with: --model, else $PERSONA_MODEL, else the default if prepared."""
-    from persona.model.location import converted_default_dir
-
-    chosen = model if model is not None else os.environ.get("PERSONA_MODEL") or None
-    if chosen is not None:
-        return Path(chosen).expanduser()
-    return converted_default_dir()
 
 
 def model_width(model_dir: Path) -> int:

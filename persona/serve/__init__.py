@@ -6,7 +6,7 @@
     catalog.py           personas as model ids; archive.py saves conversations (--save-conversations)
     scheduler.py         the contract between HTTP and the model (Job, Generation, Scheduler)
     scheduler_serial.py  one reply at a time; scheduler_batch.py decodes many together
-    stops.py             re-exports persona.engine.stops (stop strings); metrics.py: /metrics
+    metrics.py           /metrics; stop strings are cut by persona.engine.stops
     client.py            `persona reply` through a running server, over the Unix socket (identity.py)
 
 Importing this package is cheap: nothing here imports torch until a server starts.

@@ -3,7 +3,7 @@
 The HTTP layer validates a request, resolves its persona and hands a `Job` to `Scheduler.submit`,
 which answers at once with a `Generation` (or raises `QueueFull`). A scheduler's worker threads
 feed the generation (`emit`, then `finish` or `fail`); the event loop reads it (`pieces`). Stop
-strings are cut inside the generation (persona.serve.stops), so every scheduler handles them alike.
+strings are cut inside the generation (persona.engine.stops), so every scheduler handles them alike.
 
 A scheduler class is built as `SchedulerClass(engine: ChatEngine, *, max_queue: int)`, where
 `max_queue` is how many jobs may wait for a free row before `submit` refuses one.
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from persona.engine.config import GenerationConfig
+from persona.engine.stops import StopScanner
 from persona.errors import QueueFull as QueueFull  # what submit raises, for the HTTP layer
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
-from persona.serve.stops import StopScanner
 
 
 @dataclass

@@ -20,7 +20,6 @@ from persona.errors import ConfigError
 from persona.prompt.render import Message
 from persona.serve.errors import APIError
 
-MAX_STOPS = MAX_STOP_STRINGS  # as OpenAI
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
@@ -157,10 +156,10 @@ def stop_strings(body: _Sampling, defaults: PersonaDefaults | None = None) -> li
     """The request's stop strings, then the persona's own: a client that sends its own (most
     chat front ends do) still ends the reply where the persona's would."""
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stops) > MAX_STOPS or any(not stop for stop in stops):
+    if len(stops) > MAX_STOP_STRINGS or any(not stop for stop in stops):  # 4, as OpenAI
         raise APIError(
             400,
-            f"stop takes up to {MAX_STOPS} non-empty strings, got {body.stop!r}",
+            f"stop takes up to {MAX_STOP_STRINGS} non-empty strings, got {body.stop!r}",
             param="stop",
             code="invalid_value",
         )

@@ -58,10 +58,6 @@ class PieceBuffer:
             self._closed = True
             return self._drain()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def _drain(self) -> Drained:
         drained = Drained("".join(self._pieces), self._tokens_per_second)
         self._pieces.clear()
