@@ -111,6 +111,20 @@ def test_a_file_whose_defaults_do_not_validate_is_imported_without_them(capsys, 
     prompt.save(path)
     code, _, err = run(capsys, "import", str(path), "--library", str(library))
     assert code == 0 and "warning" in err and "imported without them" in err
+    assert "unknown persona setting 'min_p'" in err  # the message says what was wrong
     lib = open_library(library)
     assert lib.get_defaults("pistol").to_dict() == {}
+    lib.close()
+
+
+def test_defaults_that_are_not_json_are_left_out_naming_the_fault(capsys, library, tmp_path):
+    prompt = make_prompt(seed=7, name="nym")
+    prompt.extra["persona_defaults"] = '{"temperature": 0.9'  # cut short
+    path = tmp_path / "nym.safetensors"
+    prompt.save(path)
+    code, _, err = run(capsys, "import", str(path), "--library", str(library))
+    assert code == 0 and "imported without them" in err
+    assert "not usable (Expecting ',' delimiter: line 1 column 20 (char 19))" in err
+    lib = open_library(library)
+    assert lib.get_defaults("nym").to_dict() == {}
     lib.close()

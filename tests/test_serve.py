@@ -328,3 +328,12 @@ def test_an_empty_api_key_is_refused_not_taken_as_none(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("persona: error:") and "--api-key is empty" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "flag", [["--vllm-url", "http://127.0.0.1:8000"], ["--vllm-dtype", "float16"]]
+)
+def test_a_vllm_flag_without_the_vllm_backend_is_refused_not_ignored(flag, capsys):
+    assert main(["serve", "--port", "0", *flag]) == 1
+    err = capsys.readouterr().err
+    assert err == f"persona: error: {flag[0]} needs --backend vllm\n"

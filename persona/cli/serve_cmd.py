@@ -44,7 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--vllm-dtype",
         choices=VLLM_DTYPES,
-        default="float32",
         help="with --backend vllm: the --dtype the vLLM servers run in; embeddings are sent in it "
         "(default: float32, persona's own engine exactly)",
     )
@@ -70,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scheduler",
         choices=("serial", "batch"),
-        help="batch: replies decoded together (default where installed); serial: one at a time",
+        help="batch: replies decoded together (default); serial: one at a time",
     )
     parser.add_argument(
         "--max-queue",

@@ -9,7 +9,7 @@ import json
 from typing import TYPE_CHECKING
 
 from persona.engine.config import PersonaDefaults
-from persona.errors import ConfigError, PromptFormatError
+from persona.errors import ConfigError, PromptFormatError, first_line
 
 if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
@@ -36,7 +36,7 @@ def take_defaults(prompt: SoftPrompt) -> PersonaDefaults | None:
     try:
         return PersonaDefaults.from_dict(json.loads(text))
     except (ValueError, TypeError) as exc:
-        reason = exc if isinstance(exc, ConfigError) else "not JSON"
+        reason = exc if isinstance(exc, ConfigError) else first_line(exc)
         raise PromptFormatError(
             f"the persona defaults in the file are not usable ({reason})"
         ) from None

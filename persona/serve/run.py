@@ -95,6 +95,13 @@ def start(args: argparse.Namespace) -> Running:
             f"--host {args.host} is reachable from other machines; give an API key with "
             f"--api-key or ${API_KEY_ENV} (or keep the default --host 127.0.0.1)"
         )
+    if args.backend != "vllm":
+        for flag, given in (
+            ("--vllm-url", args.vllm_url is not None),
+            ("--vllm-dtype", args.vllm_dtype is not None),
+        ):
+            if given:
+                raise ConfigError(f"{flag} needs --backend vllm")
     path = socket_path()
     refuse_second_server(path)
     sockets = [bind_tcp(args.host, args.port)]
@@ -114,7 +121,7 @@ def start(args: argparse.Namespace) -> Running:
             )
             engine = ChatEngine(loaded)
             scheduler = make_scheduler(scheduler_kind, engine, args.max_queue)
-            description = f"{loaded.model_id} ({loaded.precision}, {scheduler_name(scheduler)})"
+            description = f"{loaded.model_id} ({loaded.precision}, {scheduler_kind})"
         loaded = engine.loaded
         state = ServeState(
             scheduler=scheduler,
@@ -185,15 +192,14 @@ def start_vllm(args: argparse.Namespace) -> tuple[ChatEngine, Any, str]:
                 f"{flag} is for a model run here; with --backend vllm the vLLM servers compute "
                 "(tell the gateway their --dtype with --vllm-dtype)"
             )
-    engine = load_gateway_engine(args.model, args.vllm_dtype)
+    dtype = args.vllm_dtype or "float32"  # None: not given (refused without --backend vllm)
+    engine = load_gateway_engine(args.model, dtype)
     urls = [url for given in args.vllm_url for url in given.split(",") if url.strip()]
-    upstreams = connect(urls, engine, args.vllm_dtype, warn=_warn)
-    scheduler = VllmScheduler(
-        engine, upstreams, dtype=args.vllm_dtype, max_queue=args.max_queue, log=_warn
-    )
+    upstreams = connect(urls, engine, dtype, warn=_warn)
+    scheduler = VllmScheduler(engine, upstreams, dtype=dtype, max_queue=args.max_queue, log=_warn)
     alive = sum(upstream.alive for upstream in upstreams)
     servers = f"{alive} vLLM server" + ("s" if alive != 1 else "")
-    return engine, scheduler, f"{engine.loaded.model_id} ({args.vllm_dtype} on {servers})"
+    return engine, scheduler, f"{engine.loaded.model_id} ({dtype} on {servers})"
 
 
 def _warn(line: str) -> None:
@@ -214,10 +220,6 @@ def make_scheduler(name: str, engine: Any, max_queue: int) -> Any:
     if name == "batch":
         return BatchScheduler(engine, max_queue=max_queue)
     return SerialScheduler(engine, max_queue=max_queue)
-
-
-def scheduler_name(scheduler: Any) -> str:
-    return "serial" if isinstance(scheduler, SerialScheduler) else "batch"
 
 
 def is_loopback(host: str) -> bool:
