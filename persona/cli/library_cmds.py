@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from persona.cli.blend_cmd import describe_blend
 from persona.cli.defaults_cmd import describe
 from persona.errors import AlreadyExistsError, ConfigError
 
@@ -209,7 +210,9 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  fingerprint: {active.fingerprint or 'unknown'}")
         print(f"  sha256:      {active.sha256}")
         record = active.training or {}
-        if "imported_from" in record:
+        if "blend" in record:
+            print(f"  blended:     {describe_blend(record)}")
+        elif "imported_from" in record:
             print(f"  imported:    from {record['imported_from']} ({record.get('format', '?')})")
         elif record:
             print(

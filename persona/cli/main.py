@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "persona.cli.chat_cmd",
     "persona.cli.library_cmds",
     "persona.cli.defaults_cmd",
+    "persona.cli.blend_cmd",
     "persona.cli.train_cmds",
     "persona.cli.doctor_cmd",
     "persona.cli.serve_cmd",
