@@ -6,24 +6,51 @@ if it beats both the bare model and simply writing the description as a system p
 Only replies to something are scored: a line that opens a conversation has no context, and a
 chat template cannot render an empty conversation for the bare model (nor does a chat ever
 start with the persona speaking).
+
+A long log is not scored whole: a seeded sample of its replies (DEFAULT_EVAL_SAMPLE), the same
+replies under every condition, gives the NLL with a 95% interval. The NLL per token is a ratio
+(NLL summed over the sampled replies / their tokens), so its interval is the ratio estimator's
+delta-method (linearised) standard error over replies: deterministic, needs no resampling, and
+applies alike to the paired differences soft - none and soft - written, which are usually tighter
+than the separate intervals because the same replies are hard or easy under every condition.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from persona.dialogue.encode import EncodedExample, encode_examples
 from persona.dialogue.examples import Example
-from persona.errors import DialogueError
+from persona.errors import ConfigError, DialogueError
 from persona.model.device import model_device
+from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
 from persona.prompt.render import Renderer
+from persona.style.data import sample as seeded_sample
 from persona.train.batching import collate
-from persona.train.loss import labelled_nll
+from persona.train.loss import (
+    _hidden_after_shared_prompt,
+    _shareable_cache,
+    decoder_and_head,
+    labelled_nll,
+)
 from persona.train.ranks import Ranks
+
+DEFAULT_EVAL_SAMPLE = 200  # held-out replies scored per condition; None scores them all
+CONFIDENCE = 0.95  # of the intervals in the result
+CONDITIONS = {  # result key -> what it is, as the progress bar names it
+    "no_prompt": "no prompt",
+    "hard_prompt": "written description",
+    "soft_prompt": "soft prompt",
+}
 
 
 def mean_nll(
@@ -42,12 +69,10 @@ def mean_nll(
     """
     ranks = ranks or Ranks()
     device = model_device(model)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     totals: list[torch.Tensor] = []  # () per batch, left on the device
     count = 0
     with torch.inference_mode():
-        for batch in ranks.share(batches):
+        for batch in ranks.share(_batches(encoded, batch_size)):
             ids, mask, labels = (
                 tensor.to(device) for tensor in collate([encoded[i] for i in batch], pad_id)
             )  # (B, T) each
@@ -63,6 +88,48 @@ def mean_nll(
     return (total / count if count else float("nan")), count
 
 
+def example_nll(
+    model: Any,
+    prompt: torch.Tensor | None,  # (N, D) or None
+    encoded: Sequence[EncodedExample],
+    *,
+    pad_id: int,
+    batch_size: int = 8,
+    ranks: Ranks | None = None,
+    bar: tqdm | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL summed over each example's labelled tokens (E,) float64, their number (E,) int64), on the host.
+
+    Scored as `mean_nll` scores (same batches, same shared prompt), so the totals are its totals.
+    Under a data-parallel launch each rank scores its share and every rank gets all E. `bar`
+    advances one step per batch this rank scores.
+    """
+    ranks = ranks or Ranks()
+    device = model_device(model)
+    scored: list[list[int]] = []
+    sums: list[torch.Tensor] = []  # (B,) per batch, left on the device
+    counts: list[torch.Tensor] = []  # (B,) per batch
+    with torch.inference_mode():
+        for batch in ranks.share(_batches(encoded, batch_size)):
+            ids, mask, labels = (
+                tensor.to(device) for tensor in collate([encoded[i] for i in batch], pad_id)
+            )  # (B, T) each
+            batch_sums, batch_counts = _row_nll(model, prompt, ids, mask, labels)  # (B,) each
+            scored.append(batch)
+            sums.append(batch_sums)
+            counts.append(batch_counts)
+            if bar is not None:
+                bar.update(1)
+    per_example = torch.zeros(2, len(encoded), dtype=torch.float64)  # (2, E): sums, counts
+    if scored:
+        where = torch.tensor([i for batch in scored for i in batch])  # (K,)
+        per_example[0, where] = torch.cat(sums).double().cpu()  # (K,)
+        per_example[1, where] = torch.cat(counts).double().cpu()  # (K,)
+    if ranks.distributed:
+        per_example = ranks.sum(per_example.to(ranks.device)).cpu()  # (2, E) each rank's rows
+    return per_example[0], per_example[1].round().long()
+
+
 def scorable(examples: Sequence[Example]) -> list[Example]:
     """The examples that reply to at least one earlier turn."""
     return [example for example in examples if example.context]
@@ -75,7 +142,8 @@ class EvaluationSet:
     bare: list[EncodedExample]  # no system text: the model's chat template decides
     written: list[EncodedExample] | None  # the description as the system message; None without one
     with_prompt: list[EncodedExample]  # empty system message, the soft prompt in front
-    examples: int
+    examples: int  # how many are scored (the sample)
+    population: int  # how many held-out examples could have been (every one that replies)
 
 
 def prepare_evaluation(
@@ -85,12 +153,18 @@ def prepare_evaluation(
     description: str | None,
     max_length: int = 512,
     max_reply_tokens: int = 160,
+    sample: int | None = DEFAULT_EVAL_SAMPLE,
+    seed: int = 0,
 ) -> EvaluationSet:
-    chosen = scorable(examples)
-    if not chosen:
+    """Render a seeded sample of `sample` scorable examples (in their original order; None: all of them)."""
+    if sample is not None and (isinstance(sample, bool) or sample < 1):
+        raise ConfigError(f"sample={sample!r} must be at least 1, or None for all")
+    population = scorable(examples)
+    if not population:
         raise DialogueError(
             "no held-out line answers an earlier turn, so there is nothing to score; use a longer log"
         )
+    chosen = seeded_sample(population, sample, seed)
     limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
     written = None
     if description and description.strip():
@@ -100,29 +174,70 @@ def prepare_evaluation(
         written=written,
         with_prompt=encode_examples(renderer, chosen, "persona", **limits),
         examples=len(chosen),
+        population=len(population),
     )
 
 
 def score(
     model: Any,
-    prompt: torch.Tensor,
+    prompt: torch.Tensor,  # (N, D)
     held_out: EvaluationSet,
     *,
     pad_id: int,
     batch_size: int = 8,
     ranks: Ranks | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """`{"nll": {"no_prompt", "hard_prompt" (None without a description), "soft_prompt"}, "tokens", "examples"}`."""
-    settings = {"pad_id": pad_id, "batch_size": batch_size, "ranks": ranks}
-    no_prompt, tokens = mean_nll(model, None, held_out.bare, **settings)
-    soft_prompt, _ = mean_nll(model, prompt, held_out.with_prompt, **settings)
-    hard_prompt = None
+    """The held-out NLL per reply token under each condition, with 95% intervals.
+
+    `{"nll": {"no_prompt", "hard_prompt", "soft_prompt"}, "interval": {the same: [low, high]},
+    "difference": {"soft_minus_none", "soft_minus_written": [mean, low, high]}, "tokens",
+    "examples" (scored), "population" (scorable)}`; without a description "hard_prompt" and
+    "soft_minus_written" are None, and with one example every interval is None.
+    `progress` shows one bar over every batch of every condition on stderr (rank 0's only).
+    """
+    ranks = ranks or Ranks()
+    runs = {"no_prompt": (None, held_out.bare)}  # in the order they are reported
     if held_out.written is not None:
-        hard_prompt, _ = mean_nll(model, None, held_out.written, **settings)
+        runs["hard_prompt"] = (None, held_out.written)
+    runs["soft_prompt"] = (prompt, held_out.with_prompt)
+    total = sum(len(ranks.share(_batches(encoded, batch_size))) for _, encoded in runs.values())
+    per_example: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (E,), (E,)
+    with tqdm(
+        total=total,
+        desc="evaluating",
+        unit="batch",
+        file=sys.stderr,
+        disable=not (progress and ranks.is_main),
+    ) as bar:
+        for key, (condition_prompt, encoded) in runs.items():
+            bar.set_description(f"evaluating: {CONDITIONS[key]}")
+            per_example[key] = example_nll(
+                model,
+                condition_prompt,
+                encoded,
+                pad_id=pad_id,
+                batch_size=batch_size,
+                ranks=ranks,
+                bar=bar,
+            )
+    nll: dict[str, float | None] = dict.fromkeys(CONDITIONS)
+    interval: dict[str, list[float] | None] = dict.fromkeys(CONDITIONS)
+    for key, (sums, counts) in per_example.items():
+        estimate, influence = _ratio(sums, counts)
+        nll[key], interval[key] = estimate.item(), _interval(estimate, influence)
+    written = per_example.get("hard_prompt")
+    soft = per_example["soft_prompt"]
     return {
-        "nll": {"no_prompt": no_prompt, "hard_prompt": hard_prompt, "soft_prompt": soft_prompt},
-        "tokens": tokens,
+        "nll": nll,
+        "interval": interval,
+        "difference": {
+            "soft_minus_none": _difference(soft, per_example["no_prompt"]),
+            "soft_minus_written": None if written is None else _difference(soft, written),
+        },
+        "tokens": int(per_example["no_prompt"][1].sum()),
         "examples": held_out.examples,
+        "population": held_out.population,
     }
 
 
@@ -137,13 +252,87 @@ def evaluate(
     batch_size: int = 8,
     max_length: int = 512,
     max_reply_tokens: int = 160,
+    sample: int | None = DEFAULT_EVAL_SAMPLE,
+    seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Render and score in one go (see `score` for the result)."""
+    """Render and score in one go (see `prepare_evaluation` for the sample, `score` for the result)."""
     held_out = prepare_evaluation(
         renderer,
         examples,
         description=description,
         max_length=max_length,
         max_reply_tokens=max_reply_tokens,
+        sample=sample,
+        seed=seed,
     )
-    return score(model, prompt, held_out, pad_id=pad_id, batch_size=batch_size)
+    return score(model, prompt, held_out, pad_id=pad_id, batch_size=batch_size, progress=progress)
+
+
+def _batches(encoded: Sequence[EncodedExample], batch_size: int) -> list[list[int]]:
+    """Indices into `encoded` in batches of similar length (shortest first), to pad little."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _row_nll(
+    model: Any,
+    prompt: torch.Tensor | None,  # (N, D) or None
+    input_ids: torch.Tensor,  # (B, T)
+    attention_mask: torch.Tensor,  # (B, T)
+    labels: torch.Tensor,  # (B, T) IGNORE_INDEX where there is no target
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`labelled_nll` kept apart by row: (NLL summed over each row's labelled positions (B,), their number (B,))."""
+    decoder, head = decoder_and_head(model)
+    embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
+    cache = _shareable_cache(decoder) if prompt is not None and input_ids.shape[0] > 1 else None
+    if cache is not None:
+        hidden = _hidden_after_shared_prompt(
+            decoder, prompt, embeds, attention_mask, cache
+        )  # (B, N+T, D)
+        _, _, labels = prepend_prompt(prompt, embeds[:, :0], None, labels)  # (B, N+T)
+    else:
+        if prompt is not None:
+            embeds, attention_mask, labels = prepend_prompt(
+                prompt, embeds, attention_mask, labels
+            )  # (B, N+T, ...)
+        hidden = decoder(
+            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state  # (B, L, D)
+    targets = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    wanted = targets != IGNORE_INDEX  # (B, L-1)
+    logits = head(hidden[:, :-1][wanted]).float()  # (K, V) only the positions with a target
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap  # (K, V)
+    losses = F.cross_entropy(logits, targets[wanted], reduction="none")  # (K,)
+    rows = wanted.nonzero()[:, 0]  # (K,) the row of each target, in the order `losses` has them
+    sums = losses.new_zeros(input_ids.shape[0]).index_add_(0, rows, losses)  # (B,)
+    return sums, wanted.sum(dim=1)  # (B,), (B,)
+
+
+def _ratio(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ sums / Σ counts, each example's linearised influence on it (E,)): the ratio estimator."""
+    estimate = sums.sum() / counts.sum()  # ()
+    return estimate, (sums - estimate * counts) / counts.double().mean()  # (), (E,)
+
+
+def _interval(estimate: torch.Tensor, influence: torch.Tensor) -> list[float] | None:
+    """[low, high]: `estimate` -+ z standard errors, the error from the examples' influence (E,)."""
+    examples = influence.numel()
+    if examples < 2:
+        return None
+    standard_error = math.sqrt(influence.square().sum().item() / (examples * (examples - 1)))
+    half = NormalDist().inv_cdf((1 + CONFIDENCE) / 2) * standard_error
+    return [estimate.item() - half, estimate.item() + half]
+
+
+def _difference(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> list[float] | None:
+    """[mean, low, high] of NLL(first) - NLL(second) over the same examples, a paired interval."""
+    first_estimate, first_influence = _ratio(*first)
+    second_estimate, second_influence = _ratio(*second)
+    estimate = first_estimate - second_estimate  # ()
+    bounds = _interval(estimate, first_influence - second_influence)
+    return None if bounds is None else [estimate.item(), *bounds]
