@@ -42,6 +42,8 @@ def train_args(log: Path, model: Path, *extra: str) -> list[str]:
         "--batch-size",
         "4",
         "--quiet",
+        "--style-sample",
+        "none",  # the style measure has tests of its own (tests/test_style_cli.py)
         *extra,
     ]
 
@@ -65,7 +67,14 @@ def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2
         versions = library.get_persona("bob").versions
         assert [v.version for v in versions] == [1, 2]
         first = versions[0]
-        assert set(first.metrics) == {"nll", "tokens", "examples"}
+        assert set(first.metrics) == {
+            "nll",
+            "interval",
+            "difference",
+            "tokens",
+            "examples",
+            "population",
+        }
         assert set(first.metrics["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
         assert first.training["speaker"] == "BOB" and first.training["steps"] == 3
         assert len(first.training["source_sha256"]) == 64
@@ -81,12 +90,23 @@ def test_eval_json_has_exactly_the_documented_shape(tmp_path, tiny_model_dir, ca
     capsys.readouterr()
     assert (
         main(
-            ["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]
+            [
+                "eval",
+                "bob",
+                str(log),
+                "--speaker",
+                "BOB",
+                "--model",
+                str(tiny_model_dir),
+                "--json",
+                "--style-sample",
+                "none",
+            ]
         )
         == 0
     )
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"nll", "tokens", "examples"}
+    assert set(result) == {"nll", "interval", "difference", "tokens", "examples", "population"}
     assert set(result["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
     assert all(isinstance(value, float) for value in result["nll"].values())
     assert result["examples"] == 24 and result["tokens"] > 24
@@ -220,7 +240,18 @@ def test_eval_reproduces_the_numbers_stored_at_training_with_the_same_settings(
     capsys.readouterr()
     assert (
         main(
-            ["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir), "--json"]
+            [
+                "eval",
+                "bob",
+                str(log),
+                "--speaker",
+                "BOB",
+                "--model",
+                str(tiny_model_dir),
+                "--json",
+                "--style-sample",
+                "none",
+            ]
         )
         == 0
     )

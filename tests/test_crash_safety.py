@@ -166,6 +166,8 @@ def test_killing_training_at_random_moments_never_leaves_half_a_persona(
         "4",
         "--seed",
         "0",
+        "--style-sample",
+        "none",
     ]
     began = time.perf_counter()  # a first, unkilled run measures how long a whole run takes here
     killed, code, out = zygote.run(

@@ -182,6 +182,8 @@ def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_line(
         "--batch-size",
         "4",
         "--quiet",
+        "--style-sample",
+        "none",
     ]
     assert main(argv) == 1
     assert "the disk is full" in one_error_line(capsys)

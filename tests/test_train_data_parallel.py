@@ -63,6 +63,8 @@ def train_args(log: Path, model: Path, name: str, steps: int, batch_size: int) -
         str(steps),
         "--batch-size",
         str(batch_size),
+        "--style-sample",
+        "none",
         "--device",
         "cpu",
         "--quiet",

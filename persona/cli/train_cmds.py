@@ -17,6 +17,9 @@ from persona.cli import startup
 from persona.errors import ConfigError, DialogueError
 
 FORMAT_CHOICES = ("auto", "txt", "jsonl", "csv")
+DEFAULT_EVAL_SAMPLE = 200  # as persona.train.evaluate (not imported: no torch at module level)
+DEFAULT_STYLE_SAMPLE = 32  # as persona.style.report.StyleConfig
+NO_STYLE = -1  # --style-sample none
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -138,13 +141,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="turns of context per reply (default: as the persona was trained, else 4)",
     )
-    evaluate.add_argument(
-        "--style-sample",
-        type=_style_sample,
-        metavar="N|full",
-        help="also measure style on N held-out contexts (or all: full): how often replies with no "
-        "prompt, the written description and the soft prompt read like the speaker (docs/style.md)",
-    )
     evaluate.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _add_common(evaluate)
     evaluate.set_defaults(func=run_eval)
@@ -184,6 +180,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="where the model runs: auto (CUDA, else MPS, else CPU), cpu, cuda or mps",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--eval-sample",
+        type=_sample_size,
+        default=DEFAULT_EVAL_SAMPLE,
+        metavar="N|full",
+        help=f"held-out replies scored for NLL, a seeded sample (default {DEFAULT_EVAL_SAMPLE}; "
+        "full: all of them); the report gives 95%% intervals",
+    )
+    parser.add_argument(
+        "--style-sample",
+        type=_style_sample,
+        default=DEFAULT_STYLE_SAMPLE,
+        metavar="N|full|none",
+        help="held-out contexts answered to measure style: how often replies with no prompt, the "
+        "written description and the persona read like the speaker, and whether it names itself "
+        f"(default {DEFAULT_STYLE_SAMPLE}; none skips it; docs/style.md)",
+    )
 
 
 def _columns(args: argparse.Namespace) -> Any:
@@ -296,6 +309,7 @@ def _train_and_store(
             resume=args.resume,
             progress=not args.quiet,
             ranks=ranks,
+            eval_sample=args.eval_sample or None,
         )
     except TrainingInterrupted as stop:
         if ranks.is_main:
@@ -306,9 +320,55 @@ def _train_and_store(
             )
         return 130
     if ranks.is_main:
-        _store(args, loaded, trained, spec, name, description, output)
+        version = _store(args, loaded, trained, spec, name, description, output)
     ranks.wait()  # the other ranks end when the persona is stored
+    if ranks.is_main and args.style_sample != NO_STYLE:
+        return _style_after_training(args, loaded, trained, name, version)
     return 0
+
+
+def _style_after_training(
+    args: argparse.Namespace, loaded: Any, trained: Any, name: str, version: int
+) -> int:
+    """The style report of the stored version, added to its metrics. The persona is already in the
+    library: a Ctrl-C here loses only the report."""
+    from persona.library import open_library
+
+    try:
+        style = _style_report(
+            args,
+            _style_engine(args, loaded),
+            trained.prompt,
+            trained.training["speaker"],
+            trained.train_examples,
+            trained.heldout_examples,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"persona: style measure interrupted; {name!r} version {version} is stored without it "
+            f"(`persona eval {name} LOG` measures it)",
+            file=sys.stderr,
+        )
+        return 130
+    library = open_library(args.library)
+    try:
+        library.set_metrics(name, version, {"style": style.to_dict()})
+    finally:
+        library.close()
+    _print_style(style)
+    return 0
+
+
+def _style_engine(args: argparse.Namespace, loaded: Any) -> Any:
+    """The engine replies are generated with: persona's own batched decoder on the CPU (much faster
+    than transformers' model there, same float32 weights), the training model elsewhere."""
+    from persona.engine.chat import ChatEngine
+    from persona.model.device import model_device
+    from persona.model.loader import load_model
+
+    if model_device(loaded.model).type == "cpu":
+        return ChatEngine(load_model(args.model, native=True))
+    return ChatEngine(loaded)
 
 
 def _store(
@@ -319,7 +379,8 @@ def _store(
     name: str,
     description: str | None,
     output: Path | None,
-) -> None:
+) -> int:
+    """Store the trained persona; returns its new version."""
     from persona.library import open_library
 
     library = open_library(args.library)
@@ -343,6 +404,7 @@ def _store(
         f"stored persona {name!r} version {info.version}"
         + (f"; prompt written to {output}" if output else "")
     )
+    return int(info.version)
 
 
 def _announce_version(library_path: Path | None, name: str) -> None:
@@ -404,11 +466,20 @@ def run_eval(args: argparse.Namespace) -> int:
         prompt.embeddings,
         description=prompt.description or None,
         pad_id=pad_token_id(loaded.tokenizer),
+        sample=args.eval_sample or None,
+        progress=not args.quiet,
+        persona_system=prompt.system or None,
         **limits,
     )
     style = None
-    if args.style_sample is not None:
-        style = _measure_style(args, loaded, prompt, dialogue, examples)
+    if args.style_sample != NO_STYLE:
+        from persona.dialogue.examples import resolve_speaker
+        from persona.style.data import split_in_halves
+
+        train, heldout = split_in_halves(examples)  # the classifier learns half the log
+        speaker = resolve_speaker(dialogue, args.speaker)
+        engine = _style_engine(args, loaded)
+        style = _style_report(args, engine, prompt, speaker, train, heldout)
         metrics["style"] = style.to_dict()
     if args.json:
         print(json.dumps(metrics))
@@ -419,8 +490,8 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _style_sample(text: str) -> int:
-    """--style-sample: a number of held-out contexts, or `full` (0 stands for all of them)."""
+def _sample_size(text: str) -> int:
+    """A sample size: a positive number, or `full` (0 stands for all of them)."""
     if text == "full":
         return 0
     try:
@@ -432,20 +503,26 @@ def _style_sample(text: str) -> int:
     return value
 
 
-def _measure_style(
-    args: argparse.Namespace, loaded: Any, prompt: Any, dialogue: Any, examples: list
+def _style_sample(text: str) -> int:
+    """--style-sample: a number of held-out contexts, `full` (0) or `none` (NO_STYLE)."""
+    return NO_STYLE if text == "none" else _sample_size(text)
+
+
+def _style_report(
+    args: argparse.Namespace,
+    engine: Any,
+    prompt: Any,
+    speaker: str,
+    train: list,
+    heldout: list,
 ) -> Any:
-    """The style report on LOG: the classifier learns half its conversations, the rest are measured."""
-    from persona.dialogue.examples import resolve_speaker
-    from persona.engine.chat import ChatEngine
-    from persona.style.data import split_in_halves
+    """The style report: the classifier learns `train`, the conditions answer `heldout`."""
     from persona.style.report import StyleConfig, measure_style
 
-    train, heldout = split_in_halves(examples)
     return measure_style(
-        ChatEngine(loaded),
+        engine,
         prompt,
-        speaker=resolve_speaker(dialogue, args.speaker),
+        speaker=speaker,
         train=train,
         heldout=heldout,
         description=prompt.description or None,
@@ -470,10 +547,27 @@ def _print_style(report: Any) -> None:
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     nll = metrics["nll"]
+    interval = metrics.get("interval") or {}
+    scored = metrics["examples"]
+    population = metrics.get("population", scored)
+    sampled = f" (a sample of {population})" if population > scored else ""
     print(
-        f"{title}: NLL per reply token over {metrics['examples']} replies ({metrics['tokens']} tokens), lower is better"
+        f"{title}: NLL per reply token over {scored} replies{sampled} ({metrics['tokens']} tokens), "
+        "lower is better, 95% interval"
     )
-    print(f"  no prompt            {nll['no_prompt']:.4f}")
-    hard = "-" if nll["hard_prompt"] is None else f"{nll['hard_prompt']:.4f}"
-    print(f"  written description  {hard}")
-    print(f"  soft prompt          {nll['soft_prompt']:.4f}")
+    for key, label in (
+        ("no_prompt", "no prompt"),
+        ("hard_prompt", "written description"),
+        ("soft_prompt", "soft prompt"),
+    ):
+        value = nll.get(key)
+        bounds = interval.get(key)
+        shown = "-" if value is None else f"{value:.4f}"
+        if value is not None and bounds:
+            shown += f"  [{bounds[0]:.4f}, {bounds[1]:.4f}]"
+        print(f"  {label:<20} {shown}")
+    for key, label in (("soft_minus_none", "no prompt"), ("soft_minus_written", "written")):
+        difference = (metrics.get("difference") or {}).get(key)
+        if difference:
+            mean, low, high = difference
+            print(f"  soft prompt - {label:<10} {mean:+.4f}  [{low:+.4f}, {high:+.4f}]")

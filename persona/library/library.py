@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +142,24 @@ class PersonaLibrary(ConversationStore):
             defaults = current.updated(changes)  # ConfigError names a bad key or value
             persona.defaults_json, persona.updated = dump_defaults(defaults), utcnow()
             return defaults
+
+    def set_metrics(self, name: str, version: int, updates: dict[str, Any]) -> VersionInfo:
+        """Add or replace keys of a version's stored evaluation (e.g. the style report measured
+        after the prompt was stored), leaving the others as they are."""
+        with self.writing() as session:
+            persona = self._find(session, name)
+            row = session.scalar(
+                select(PromptVersion).where(
+                    PromptVersion.persona_id == persona.id, PromptVersion.version == version
+                )
+            )
+            if row is None:
+                raise self._no_version(session, persona, version)
+            metrics = json.loads(row.metrics_json) if row.metrics_json else {}
+            if not isinstance(metrics, dict):
+                metrics = {}
+            row.metrics_json = dump_record({**metrics, **updates}, "metrics")
+            return version_info(row, version)
 
     def has_persona(self, name: str) -> bool:
         with self.reading() as session:

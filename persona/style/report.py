@@ -38,7 +38,9 @@ SAMPLES_KEPT = 3  # replies per condition kept in the report, to read
 @dataclass
 class StyleConfig:
     sample: int | None = 32  # held-out contexts answered per condition; None: all of them
-    negatives: int = 64  # bare replies to training contexts the classifier learns from
+    # bare replies to training contexts the classifier learns from; None: twice the sample,
+    # between 16 and 64 (a small sample is a quick look, and pays for a smaller classifier)
+    negatives: int | None = None
     max_positives: int = 2000  # the speaker's training lines the classifier learns from, at most
     seed: int = 0  # the samples and the sampling
     max_new_tokens: int = 128  # per reply; the chat's other sampling defaults apply
@@ -48,6 +50,8 @@ class StyleConfig:
     def __post_init__(self) -> None:
         if self.sample is not None and (isinstance(self.sample, bool) or self.sample < 1):
             raise ConfigError(f"sample={self.sample!r} must be at least 1, or None for all")
+        if self.negatives is None:
+            self.negatives = 64 if self.sample is None else min(64, max(16, 2 * self.sample))
         for name in ("negatives", "max_positives"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be at least 2")

@@ -155,8 +155,12 @@ def prepare_evaluation(
     max_reply_tokens: int = 160,
     sample: int | None = DEFAULT_EVAL_SAMPLE,
     seed: int = 0,
+    persona_system: str | None = None,
 ) -> EvaluationSet:
-    """Render a seeded sample of `sample` scorable examples (in their original order; None: all of them)."""
+    """Render a seeded sample of `sample` scorable examples (in their original order; None: all of them).
+
+    `persona_system`: the system message the soft prompt was trained under (SoftPrompt.system), so
+    it is scored the way it speaks; None for the empty one."""
     if sample is not None and (isinstance(sample, bool) or sample < 1):
         raise ConfigError(f"sample={sample!r} must be at least 1, or None for all")
     population = scorable(examples)
@@ -172,7 +176,7 @@ def prepare_evaluation(
     return EvaluationSet(
         bare=encode_examples(renderer, chosen, None, **limits),
         written=written,
-        with_prompt=encode_examples(renderer, chosen, "persona", **limits),
+        with_prompt=encode_examples(renderer, chosen, "persona", system=persona_system, **limits),
         examples=len(chosen),
         population=len(population),
     )
@@ -255,6 +259,7 @@ def evaluate(
     sample: int | None = DEFAULT_EVAL_SAMPLE,
     seed: int = 0,
     progress: bool = False,
+    persona_system: str | None = None,
 ) -> dict[str, Any]:
     """Render and score in one go (see `prepare_evaluation` for the sample, `score` for the result)."""
     held_out = prepare_evaluation(
@@ -265,6 +270,7 @@ def evaluate(
         max_reply_tokens=max_reply_tokens,
         sample=sample,
         seed=seed,
+        persona_system=persona_system,
     )
     return score(model, prompt, held_out, pad_id=pad_id, batch_size=batch_size, progress=progress)
 

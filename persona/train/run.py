@@ -7,7 +7,7 @@ interrupted or failed run never leaves a half-made persona behind.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from persona.prompt.softprompt import SoftPrompt
 from persona.train.batching import pad_token_id
 from persona.train.checkpoint import check_resumable, checkpoint_path, load_checkpoint
 from persona.train.config import TrainConfig
-from persona.train.evaluate import prepare_evaluation, score
+from persona.train.evaluate import DEFAULT_EVAL_SAMPLE, prepare_evaluation, score
 from persona.train.loop import train_loop
 from persona.train.ranks import Ranks
 
@@ -36,6 +36,8 @@ class TrainedPersona:
     metrics: dict[str, Any]  # {"nll": {...}, "tokens": n, "examples": m}
     training: dict[str, Any]  # the training record stored with the version
     checkpoint: Path
+    train_examples: list[Example] = field(default_factory=list)  # what the prompt learned from
+    heldout_examples: list[Example] = field(default_factory=list)  # what it was judged on
 
 
 def check_enough(examples: list[Example], speaker: str, source: str) -> None:
@@ -65,6 +67,7 @@ def train_persona(
     progress: bool = True,
     on_step: Any = None,
     ranks: Ranks | None = None,
+    eval_sample: int | None = DEFAULT_EVAL_SAMPLE,
 ) -> TrainedPersona:
     """Train a soft prompt for `speaker`'s lines; evaluate on `heldout` if given, else on the validation split.
 
@@ -92,7 +95,12 @@ def train_persona(
     train_encoded = encode_examples(renderer, train, name, system=system, **limits)
     validation_encoded = encode_examples(renderer, validation, name, system=system, **limits)
     held_out = prepare_evaluation(
-        renderer, test, description=description, **limits
+        renderer,
+        test,
+        description=description,
+        sample=eval_sample,
+        persona_system=system,
+        **limits,
     )  # fails now, not after training
     start, init = initial_prompt(
         loaded.model,
@@ -140,6 +148,7 @@ def train_persona(
         pad_id=pad_id,
         batch_size=config.batch_size,
         ranks=ranks,
+        progress=progress,
     )
     prompt = SoftPrompt(
         embeddings=result.prompt,
@@ -166,5 +175,10 @@ def train_persona(
         "config": config.to_dict(),
     }
     return TrainedPersona(
-        prompt=prompt, metrics=metrics, training=training, checkpoint=checkpoint_file
+        prompt=prompt,
+        metrics=metrics,
+        training=training,
+        checkpoint=checkpoint_file,
+        train_examples=train,
+        heldout_examples=test,
     )

@@ -1,0 +1,123 @@
+"""A persona trained with its description as the system message keeps it wherever it speaks, and
+is scored that way; the style report measured after training is stored with the version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from persona.cli.main import main
+from persona.library import open_library
+from persona.prompt.render import Renderer
+from persona.prompt.softprompt import SoftPrompt
+from tests.library_helpers import make_prompt
+from tests.test_cli_train import train_args, write_log
+
+DESCRIPTION = "You are Bob, a bard of few words."
+
+
+def with_system(prompt: SoftPrompt, system: str) -> SoftPrompt:
+    return SoftPrompt(
+        prompt.embeddings,
+        name=prompt.name,
+        description=prompt.description,
+        fingerprint=prompt.fingerprint,
+        system=system,
+    )
+
+
+def test_the_system_text_a_prompt_was_trained_under_survives_its_file() -> None:
+    prompt = with_system(make_prompt(), DESCRIPTION)
+    again = SoftPrompt.from_bytes(prompt.to_bytes())
+    assert again.system == DESCRIPTION and "system" not in again.extra
+    assert SoftPrompt.from_bytes(make_prompt().to_bytes()).system == ""
+
+
+def test_the_renderer_opens_with_the_trained_system_text_and_adds_a_written_one(tiny) -> None:
+    renderer = Renderer(tiny.tokenizer)
+    turn = [{"role": "user", "content": "hi"}]
+    plain = make_prompt(width=tiny.fingerprint.hidden_size)
+    described = with_system(plain, DESCRIPTION)
+    assert renderer.conversation(turn, plain) == [{"role": "system", "content": ""}, *turn]
+    assert renderer.conversation(turn, described) == [
+        {"role": "system", "content": DESCRIPTION},
+        *turn,
+    ]
+    both = renderer.conversation(turn, described, system="Answer in French.")
+    assert both[0] == {"role": "system", "content": f"{DESCRIPTION}\n\nAnswer in French."}
+    own = renderer.conversation([{"role": "system", "content": "Be brief."}, *turn], described)
+    assert own[0]["content"] == f"{DESCRIPTION}\n\nBe brief."
+    # training renders the same tokens as chat: the name marker with the description as system
+    assert renderer.render(turn, "bob", system=DESCRIPTION) == renderer.render(turn, described)
+
+
+def test_training_with_the_description_as_system_stores_it_and_eval_scores_it_so(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
+    log = write_log(tmp_path)
+    args = train_args(
+        log,
+        tiny_model_dir,
+        "--description",
+        DESCRIPTION,
+        "--description-as-system",
+        "--heldout",
+        str(log),
+    )
+    assert main(args) == 0
+    capsys.readouterr()
+    library = open_library()
+    try:
+        prompt = library.get_prompt("bob")
+        stored = library.get_persona("bob").versions[0]
+    finally:
+        library.close()
+    assert prompt.system == DESCRIPTION
+    assert stored.training["config"]["description_as_system"] is True
+    evaluate = ["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir)]
+    assert main([*evaluate, "--json", "--style-sample", "none"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # eval renders the prompt under its system text, as training did: the same numbers
+    assert result["nll"]["soft_prompt"] == pytest.approx(
+        stored.metrics["nll"]["soft_prompt"], abs=1e-5
+    )
+    assert result["nll"]["hard_prompt"] != pytest.approx(result["nll"]["soft_prompt"], abs=1e-3)
+
+    assert main(train_args(log, tiny_model_dir, "--description", DESCRIPTION)) == 0
+    library = open_library()
+    try:
+        assert library.get_prompt("bob").system == ""  # not asked for: the empty system message
+    finally:
+        library.close()
+
+
+def test_training_measures_style_after_storing_and_show_prints_it(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
+    log = write_log(tmp_path)
+    args = train_args(log, tiny_model_dir, "--description", DESCRIPTION)
+    args[args.index("--style-sample") + 1] = "2"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "stored persona 'bob' version 1" in out and "style (2 held-out contexts" in out
+    library = open_library()
+    try:
+        style = library.get_persona("bob").versions[0].metrics["style"]
+    finally:
+        library.close()
+    assert style["sample_size"] == 2 and style["negatives"] == 16
+    assert set(style["share"]) == {"no_prompt", "written_prompt", "persona"}
+    assert main(["show", "bob"]) == 0
+    assert "style:" in capsys.readouterr().out
+
+
+def test_set_metrics_adds_keys_and_keeps_the_others() -> None:
+    library = open_library()
+    try:
+        info = library.add_version("voice", make_prompt(), metrics={"nll": {"soft_prompt": 1.0}})
+        library.set_metrics("voice", info.version, {"style": {"share": {}}})
+        metrics = library.get_persona("voice").versions[0].metrics
+    finally:
+        library.close()
+    assert metrics == {"nll": {"soft_prompt": 1.0}, "style": {"share": {}}}
