@@ -75,6 +75,8 @@ def test_training_with_the_description_as_system_stores_it_and_eval_scores_it_so
         library.close()
     assert prompt.system == DESCRIPTION
     assert stored.training["config"]["description_as_system"] is True
+    assert main(["show", "bob"]) == 0
+    assert "system:      the description, as trained" in capsys.readouterr().out
     evaluate = ["eval", "bob", str(log), "--speaker", "BOB", "--model", str(tiny_model_dir)]
     assert main([*evaluate, "--json", "--style-sample", "none"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -109,7 +111,8 @@ def test_training_measures_style_after_storing_and_show_prints_it(
     assert style["sample_size"] == 2 and style["negatives"] == 16
     assert set(style["share"]) == {"no_prompt", "written_prompt", "persona"}
     assert main(["show", "bob"]) == 0
-    assert "style:" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "style:" in shown and "names itself: as Bob when asked who it is: no_prompt " in shown
 
 
 def test_set_metrics_adds_keys_and_keeps_the_others() -> None:

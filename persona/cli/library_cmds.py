@@ -219,12 +219,22 @@ def run_show(args: argparse.Namespace) -> int:
                 f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
                 f"{record.get('steps', '?')} steps, {record.get('seconds') or 0:.0f} s"
             )
+            if (record.get("config") or {}).get("description_as_system"):
+                print("  system:      the description, as trained (the prompt speaks after it)")
         style = (active.metrics or {}).get("style")
         if isinstance(style, dict) and isinstance(style.get("share"), dict):
             from persona.style.report import share_text
 
             shares = ", ".join(f"{name} {share_text(v)}" for name, v in style["share"].items())
             print(f"  style:       read as the speaker: {shares} (docs/style.md)")
+            identity = style.get("identity")
+            if isinstance(identity, dict) and style.get("character"):
+                named = ", ".join(
+                    f"{name} {sum(bool(a.get('named')) for a in answers)}/{len(answers)}"
+                    for name, answers in identity.items()
+                    if isinstance(answers, list)
+                )
+                print(f"  names itself: as {style['character']} when asked who it is: {named}")
     rows = []
     for v in info.versions:
         metrics = v.metrics or {}
