@@ -2,7 +2,8 @@
 
     python -m persona.train.sidecar personas/hamlet.toml [--library PATH]
 
-The sidecar holds the held-out evaluation (`metrics`: `{"nll": {...}, "tokens", "examples"}`), the
+The sidecar holds the held-out evaluation (`metrics`: `{"nll", "interval", "difference", "tokens",
+"examples", "population", "style"}`, see `persona.train.evaluate.score` and docs/style.md), the
 training record and, for a spec evaluated on its own validation split, the titles of the held-out
 scenes, so the numbers in `persona show` say exactly what text they were measured on.
 """
