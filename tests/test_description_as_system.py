@@ -124,3 +124,27 @@ def test_set_metrics_adds_keys_and_keeps_the_others() -> None:
     finally:
         library.close()
     assert metrics == {"nll": {"soft_prompt": 1.0}, "style": {"share": {}}}
+
+
+@pytest.mark.parametrize("fmt, target", [("persona", "v.safetensors"), ("peft", "v-adapter")])
+def test_export_keeps_the_system_text_or_says_where_it_must_go(fmt, target, tmp_path, capsys):
+    library = open_library()
+    try:
+        library.add_version("voice", with_system(make_prompt(), DESCRIPTION))
+    finally:
+        library.close()
+    path = tmp_path / target
+    assert main(["export", "voice", str(path), "--format", fmt]) == 0
+    err = capsys.readouterr().err
+    if fmt == "persona":
+        assert SoftPrompt.load(path).system == DESCRIPTION and err == ""
+        assert main(["import", str(path), "--name", "again"]) == 0
+        library = open_library()
+        try:
+            assert library.get_prompt("again").system == DESCRIPTION
+        finally:
+            library.close()
+    else:
+        assert (
+            err.count("\n") == 1 and f"system prompt where the file is used: {DESCRIPTION}" in err
+        )

@@ -317,6 +317,13 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"exported {prompt.name!r} ({prompt.num_virtual_tokens}x{prompt.hidden_size}) to {path} as {args.format}"
     )
+    if prompt.system and args.format != "persona":
+        print(
+            f"note: {prompt.name!r} was trained to speak after its description as the system "
+            f"message; the {args.format} format has no place for it, so give it as the system "
+            f"prompt where the file is used: {prompt.system}",
+            file=sys.stderr,
+        )
     return 0
 
 
