@@ -147,3 +147,11 @@ def test_a_request_s_stop_strings_come_first_and_the_persona_s_still_apply():
     assert request_stops(ChatRequest(model="falstaff", messages=hello), FALSTAFF) == ["Exit."]
     config = request_config(body, Limits(max_tokens=100), FALSTAFF)
     assert (config.temperature, config.top_p, config.max_new_tokens) == (0.1, 0.95, 100)
+
+
+@pytest.mark.parametrize("key", ["temperature", "max_new_tokens"])
+def test_a_number_too_large_for_a_float_is_refused_in_one_short_line(key) -> None:
+    with pytest.raises(ConfigError) as refused:
+        PersonaDefaults(**{key: 10**400})
+    message = str(refused.value)
+    assert message.startswith(f"{key}=1000") and len(message) < 120

@@ -86,8 +86,8 @@ class PersonaDefaults:
                 raise ConfigError(f"{name}={value!r} is not a number; it {RULES[name]}")
             if kind is int and not (isinstance(value, int) or float(value).is_integer()):
                 raise ConfigError(f"{name}={value!r} is not a whole number; it {RULES[name]}")
-            if not math.isfinite(value):
-                raise ConfigError(f"{name}={value!r} {RULES[name]}")
+            if not _finite(value):
+                raise ConfigError(f"{name}={_short(value)} {RULES[name]}")
             object.__setattr__(self, name, kind(value))
         # the same rules as GenerationConfig, so a stored default always makes a valid config
         GenerationConfig(**self.sampling())
@@ -162,3 +162,16 @@ def stop_strings(defaults: PersonaDefaults | None, given: list[str] | None = Non
 def _check(ok: bool, field: str, value: object) -> None:
     if not ok:
         raise ConfigError(f"{field}={value!r} {RULES[field]}")
+
+
+def _finite(value: int | float) -> bool:
+    """A finite number that a float can hold (a 400-digit whole number is not one)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
