@@ -52,7 +52,7 @@ def test_the_renderer_opens_with_the_trained_system_text_and_adds_a_written_one(
     assert renderer.render(turn, "bob", system=DESCRIPTION) == renderer.render(turn, described)
 
 
-def test_training_with_the_description_as_system_stores_it_and_eval_scores_it_so(
+def test_training_by_default_keeps_the_description_as_system_and_eval_scores_it_so(
     tmp_path, tiny_model_dir, capsys
 ) -> None:
     log = write_log(tmp_path)
@@ -60,8 +60,7 @@ def test_training_with_the_description_as_system_stores_it_and_eval_scores_it_so
         log,
         tiny_model_dir,
         "--description",
-        DESCRIPTION,
-        "--description-as-system",
+        DESCRIPTION,  # the description is the system message by default
         "--heldout",
         str(log),
     )
@@ -86,10 +85,17 @@ def test_training_with_the_description_as_system_stores_it_and_eval_scores_it_so
     )
     assert result["nll"]["hard_prompt"] != pytest.approx(result["nll"]["soft_prompt"], abs=1e-3)
 
-    assert main(train_args(log, tiny_model_dir, "--description", DESCRIPTION)) == 0
+    plain = train_args(log, tiny_model_dir, "--description", DESCRIPTION)
+    assert main([*plain, "--no-description-as-system"]) == 0
     library = open_library()
     try:
-        assert library.get_prompt("bob").system == ""  # not asked for: the empty system message
+        assert library.get_prompt("bob").system == ""  # turned off: the empty system message
+    finally:
+        library.close()
+    assert main(train_args(log, tiny_model_dir)) == 0  # no description: nothing to say
+    library = open_library()
+    try:
+        assert library.get_prompt("bob").system == ""
     finally:
         library.close()
 

@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the description is the system message in training and in every chat with the "
-        "persona: it carries who the persona is, the soft prompt how it speaks (docs/methods.md)",
+        "persona: it carries who the persona is, the soft prompt how it speaks (default: on "
+        "when there is a description; docs/methods.md)",
     )
     train.add_argument(
         "--heldout", metavar="LOG", help="evaluate on this log instead of the validation split"

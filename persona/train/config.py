@@ -34,8 +34,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between validation losses on the progress bar; 0 = about 4 per run
     weight_decay: float = 0.0
     # the description is the system message in training and then in chat (SoftPrompt.system): it
-    # carries who the persona is, the soft prompt how it speaks; no effect without a description
-    description_as_system: bool = False
+    # carries who the persona is, the soft prompt how it speaks (docs/methods.md measured it);
+    # no effect without a description
+    description_as_system: bool = True
 
     def __post_init__(self) -> None:
         _int_at_least(
