@@ -154,3 +154,45 @@ def test_export_keeps_the_system_text_or_says_where_it_must_go(fmt, target, tmp_
         assert (
             err.count("\n") == 1 and f"system prompt where the file is used: {DESCRIPTION}" in err
         )
+
+
+def test_written_example_exchanges_join_the_training_examples_only(tmp_path, tiny) -> None:
+    from persona.dialogue.sources import read_source
+    from persona.train.config import TrainConfig
+    from persona.train.run import train_persona
+
+    dialogue = read_source(str(write_log(tmp_path)))
+    settings = {"epochs": 1.0, "batch_size": 8, "validation_fraction": 0.0, "example_repeats": 8}
+
+    def train(written):
+        return train_persona(
+            tiny,
+            dialogue,
+            speaker="BOB",
+            name="bob",
+            config=TrainConfig(num_virtual_tokens=2, **settings),
+            heldout=dialogue,
+            progress=False,
+            written=written,
+        )
+
+    plain = train(None)
+    taught = train([("Who is this?", "Bob, the bard.")])
+    assert plain.training["steps"] == 3  # 24 lines of BOB, 8 a step
+    assert taught.training["steps"] == 4  # and the exchange 8 times: one step more
+    assert taught.training["written_examples"] == 1
+    assert taught.metrics["examples"] == plain.metrics["examples"]  # never held out
+    assert len(taught.train_examples) == len(plain.train_examples)  # the style measure's lines
+
+
+def test_a_spec_s_examples_must_be_question_reply_pairs(tmp_path) -> None:
+    from persona.errors import ConfigError
+    from persona.train.spec import load_spec
+
+    spec = tmp_path / "p.toml"
+    base = 'name = "p"\nspeaker = "P"\ntrain = "log.txt"\n'
+    spec.write_text(base + 'examples = [["Who is this?", "P."]]\n', encoding="utf-8")
+    assert load_spec(spec).examples == [("Who is this?", "P.")]
+    spec.write_text(base + 'examples = [["only a question"]]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[question, reply\] pairs"):
+        load_spec(spec)

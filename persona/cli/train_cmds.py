@@ -311,6 +311,7 @@ def _train_and_store(
             progress=not args.quiet,
             ranks=ranks,
             eval_sample=args.eval_sample or None,
+            written=spec.examples if spec else None,
         )
     except TrainingInterrupted as stop:
         if ranks.is_main:

@@ -37,6 +37,8 @@ class TrainConfig:
     # carries who the persona is, the soft prompt how it speaks (docs/methods.md measured it);
     # no effect without a description
     description_as_system: bool = True
+    # each written example exchange (a spec's `examples`) joins the training examples this often
+    example_repeats: int = 4
 
     def __post_init__(self) -> None:
         _int_at_least(
@@ -69,6 +71,7 @@ class TrainConfig:
         _int_at_least("eval_every", "--eval-every", self.eval_every, 0)
         if not (_finite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay!r}")
+        _int_at_least("example_repeats", "example_repeats", self.example_repeats, 1, 1000)
         if not isinstance(self.description_as_system, bool):
             raise ConfigError(
                 f"description_as_system must be true or false, got {self.description_as_system!r}"

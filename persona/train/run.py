@@ -7,6 +7,7 @@ interrupted or failed run never leaves a half-made persona behind.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,15 @@ def check_enough(examples: list[Example], speaker: str, source: str) -> None:
         )
 
 
+def written_examples(pairs: Sequence[tuple[str, str]], repeats: int) -> list[Example]:
+    """Written example exchanges as training examples, each `repeats` times (never held out)."""
+    return [
+        Example(context=[{"role": "user", "content": question}], reply=reply, conversation=-1)
+        for question, reply in pairs
+        for _ in range(repeats)
+    ]
+
+
 def trained_system(config: TrainConfig, description: str | None) -> str | None:
     """The system message the prompt trains under: the description where the config asks for it."""
     text = (description or "").strip()
@@ -68,6 +78,7 @@ def train_persona(
     on_step: Any = None,
     ranks: Ranks | None = None,
     eval_sample: int | None = DEFAULT_EVAL_SAMPLE,
+    written: Sequence[tuple[str, str]] | None = None,
 ) -> TrainedPersona:
     """Train a soft prompt for `speaker`'s lines; evaluate on `heldout` if given, else on the validation split.
 
@@ -79,6 +90,7 @@ def train_persona(
     examples = build_examples(dialogue, speaker_name, config.context_turns)
     check_enough(examples, speaker_name, dialogue.source)
     train, validation = split_by_conversation(examples, config.validation_fraction, config.seed)
+    learned = [*train, *written_examples(written or [], config.example_repeats)]
     test = (
         build_examples(heldout, resolve_speaker(heldout, speaker), config.context_turns)
         if heldout
@@ -92,7 +104,7 @@ def train_persona(
     renderer = Renderer(loaded.tokenizer)
     limits = {"max_length": config.max_length, "max_reply_tokens": config.max_reply_tokens}
     system = trained_system(config, description)
-    train_encoded = encode_examples(renderer, train, name, system=system, **limits)
+    train_encoded = encode_examples(renderer, learned, name, system=system, **limits)
     validation_encoded = encode_examples(renderer, validation, name, system=system, **limits)
     held_out = prepare_evaluation(
         renderer,
@@ -116,6 +128,7 @@ def train_persona(
         "speaker": speaker_name,
         "model": str(loaded.fingerprint),
         "description": description or "",
+        "written_examples": [list(pair) for pair in written or []],
         "init": init,
         "config": config.to_dict(),
     }
@@ -169,6 +182,7 @@ def train_persona(
         ),
         "tokens_per_second": round(result.tokens_per_second, 1),
         "train_examples": len(train),
+        "written_examples": len(written or []),
         "validation_examples": len(validation),
         "evaluated_on": heldout.source if heldout else "validation split",
         "final_loss": result.history[-1]["loss"] if result.history else None,

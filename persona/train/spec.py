@@ -39,6 +39,7 @@ TOP_LEVEL_KEYS = {
     "format",
     "config",
     "tags",
+    "examples",
 }
 
 
@@ -54,6 +55,8 @@ class PersonaSpec:
     format: str = "auto"
     config: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    # written example exchanges (question, reply) in the persona's voice, trained on beside the log
+    examples: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def base(self) -> Path:
@@ -95,6 +98,16 @@ def load_spec(path: str | Path) -> PersonaSpec:
         raise ConfigError(
             f"{path}: unknown [config] key {bad[0]!r}; known keys are {', '.join(sorted(known))}"
         )
+    examples = data.get("examples", [])
+    if not isinstance(examples, list) or not all(
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(text, str) and text.strip() for text in pair)
+        for pair in examples
+    ):
+        raise ConfigError(
+            f"{path}: 'examples' must be a list of [question, reply] pairs of non-empty strings"
+        )
     spec = PersonaSpec(
         name=data["name"],
         speaker=data["speaker"],
@@ -106,6 +119,7 @@ def load_spec(path: str | Path) -> PersonaSpec:
         format=str(data.get("format", "auto")),
         config=dict(config),
         tags=list(data.get("tags", [])),
+        examples=[(question.strip(), reply.strip()) for question, reply in examples],
     )
     spec.train_config()  # validate now, before any model is loaded
     return spec
