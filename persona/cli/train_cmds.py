@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="E",
         help="passes over the training examples instead of --steps",
     )
-    train.add_argument("--lr", type=float, metavar="LR", help="AdamW learning rate (default 0.01)")
+    train.add_argument("--lr", type=float, metavar="LR", help="AdamW learning rate (default 0.03)")
     train.add_argument("--batch-size", type=int, metavar="B", help="examples per step (default 8)")
     train.add_argument(
         "--seed",
