@@ -25,23 +25,16 @@ from statistics import NormalDist
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from persona.dialogue.encode import EncodedExample, encode_examples
 from persona.dialogue.examples import Example
 from persona.errors import ConfigError, DialogueError
 from persona.model.device import model_device
-from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
 from persona.prompt.render import Renderer
 from persona.style.data import sample as seeded_sample
 from persona.train.batching import collate
-from persona.train.loss import (
-    _hidden_after_shared_prompt,
-    _shareable_cache,
-    decoder_and_head,
-    labelled_nll,
-)
+from persona.train.loss import labelled_losses, labelled_nll
 from persona.train.ranks import Ranks
 
 DEFAULT_EVAL_SAMPLE = 200  # held-out replies scored per condition; None scores them all
@@ -289,29 +282,7 @@ def _row_nll(
     labels: torch.Tensor,  # (B, T) IGNORE_INDEX where there is no target
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`labelled_nll` kept apart by row: (NLL summed over each row's labelled positions (B,), their number (B,))."""
-    decoder, head = decoder_and_head(model)
-    embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
-    cache = _shareable_cache(decoder) if prompt is not None and input_ids.shape[0] > 1 else None
-    if cache is not None:
-        hidden = _hidden_after_shared_prompt(
-            decoder, prompt, embeds, attention_mask, cache
-        )  # (B, N+T, D)
-        _, _, labels = prepend_prompt(prompt, embeds[:, :0], None, labels)  # (B, N+T)
-    else:
-        if prompt is not None:
-            embeds, attention_mask, labels = prepend_prompt(
-                prompt, embeds, attention_mask, labels
-            )  # (B, N+T, ...)
-        hidden = decoder(
-            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state  # (B, L, D)
-    targets = labels[:, 1:]  # (B, L-1): position t predicts token t+1
-    wanted = targets != IGNORE_INDEX  # (B, L-1)
-    logits = head(hidden[:, :-1][wanted]).float()  # (K, V) only the positions with a target
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap  # (K, V)
-    losses = F.cross_entropy(logits, targets[wanted], reduction="none")  # (K,)
+    losses, wanted = labelled_losses(model, prompt, input_ids, attention_mask, labels)  # (K,)
     rows = wanted.nonzero()[:, 0]  # (K,) the row of each target, in the order `losses` has them
     sums = losses.new_zeros(input_ids.shape[0]).index_add_(0, rows, losses)  # (B,)
     return sums, wanted.sum(dim=1)  # (B,), (B,)

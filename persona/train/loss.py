@@ -49,6 +49,25 @@ def labelled_nll(
 
     share_prompt=False runs every row on the whole [P ; ids] (the reference the shared form is tested against).
     """
+    losses, wanted = labelled_losses(
+        model, prompt, input_ids, attention_mask, labels, share_prompt=share_prompt
+    )
+    return losses.sum(), int(wanted.sum())
+
+
+def labelled_losses(
+    model: Any,
+    prompt: torch.Tensor | None,  # (N, D) or None for no soft prompt
+    input_ids: torch.Tensor,  # (B, T)
+    attention_mask: torch.Tensor,  # (B, T)
+    labels: torch.Tensor,  # (B, T) IGNORE_INDEX where there is no target
+    *,
+    share_prompt: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the NLL of every labelled token (K,), in row-major order; which positions they are (B, L-1)).
+
+    `labelled_nll` sums them; the evaluation sums them per row.
+    """
     decoder, head = decoder_and_head(model)
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
     cache = (
@@ -78,8 +97,7 @@ def labelled_nll(
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap  # (K, V)
-    total = F.cross_entropy(logits, targets[wanted], reduction="sum")  # ()
-    return total, int(wanted.sum())
+    return F.cross_entropy(logits, targets[wanted], reduction="none"), wanted  # (K,), (B, L-1)
 
 
 def _shareable_cache(decoder: Any) -> Any | None:
