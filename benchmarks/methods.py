@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from office import DESCRIPTIONS, office_logs  # noqa: E402
 from persona.dialogue.encode import EncodedExample, encode_examples  # noqa: E402
 from persona.dialogue.examples import Example  # noqa: E402
 from persona.dialogue.sources import read_source  # noqa: E402
+from persona.dialogue.split import seeded_sample  # noqa: E402
 from persona.engine.chat import ChatEngine  # noqa: E402
 from persona.engine.torch_backend import TorchBackend  # noqa: E402
 from persona.model.calling import cache_argument_name  # noqa: E402
@@ -132,15 +132,9 @@ def load_dataset(name: str, heldout_sample: int) -> Dataset:
         speaker,
         description,
         train,
-        seeded_sample(validation, VALIDATION_CAP),
-        seeded_sample(heldout, heldout_sample),
+        seeded_sample(validation, VALIDATION_CAP, 0),
+        seeded_sample(heldout, heldout_sample, 0),
     )
-
-
-def seeded_sample(items: Sequence[Example], size: int) -> list[Example]:
-    if len(items) <= size:
-        return list(items)
-    return [items[i] for i in sorted(random.Random(0).sample(range(len(items)), size))]
 
 
 # ---- the deep prompt: keys and values at every layer --------------------------------------------

@@ -7,10 +7,11 @@ import random
 
 import pytest
 
+from persona.dialogue.split import seeded_sample as sample
 from persona.dialogue.types import Conversation, Dialogue, Turn
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.style.data import sample, speaker_examples, split_in_halves
+from persona.style.data import speaker_examples, split_in_halves
 from persona.style.generate import (
     CONDITIONS,
     NO_PROMPT,

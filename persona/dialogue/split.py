@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from persona.dialogue.examples import Example
 from persona.errors import ConfigError
@@ -40,3 +41,11 @@ def split_by_conversation(
     train = [e for e in examples if e.conversation not in held]
     validation = [e for e in examples if e.conversation in held]
     return train, validation
+
+
+def seeded_sample(items: Sequence[Example], size: int | None, seed: int) -> list[Example]:
+    """A seeded random sample of `size` examples in their original order; all of them for None."""
+    if size is None or size >= len(items):
+        return list(items)
+    chosen = sorted(random.Random(seed).sample(range(len(items)), size))
+    return [items[i] for i in chosen]

@@ -3,7 +3,6 @@ part, the measure runs on the held-out part (a held-out log where one is given).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from persona.dialogue.examples import Example, build_examples, resolve_speaker
@@ -27,14 +26,6 @@ def speaker_examples(
     if heldout is not None:
         validation = build_examples(heldout, resolve_speaker(heldout, speaker), context_turns)
     return train, validation
-
-
-def sample(items: Sequence[Example], size: int | None, seed: int) -> list[Example]:
-    """A seeded random sample of `size` examples in their original order; all of them for None."""
-    if size is None or size >= len(items):
-        return list(items)
-    chosen = sorted(random.Random(seed).sample(range(len(items)), size))
-    return [items[i] for i in chosen]
 
 
 def with_context(examples: Sequence[Example], what: str) -> list[Example]:

@@ -22,12 +22,13 @@ from typing import Any
 from tqdm import tqdm
 
 from persona.dialogue.examples import Example
+from persona.dialogue.split import seeded_sample as sample
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.errors import ConfigError
 from persona.prompt.softprompt import SoftPrompt
 from persona.style.classifier import StyleClassifier
-from persona.style.data import sample, with_context
+from persona.style.data import with_context
 from persona.style.generate import NO_PROMPT, Condition, Reply, conditions_for, generate_replies
 from persona.style.identity import IDENTITY_QUESTIONS, character_name, names_character
 from persona.style.stats import distinct_n, wilson_interval

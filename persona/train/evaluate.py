@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from persona.dialogue.encode import EncodedExample, encode_examples
 from persona.dialogue.examples import Example
+from persona.dialogue.split import seeded_sample
 from persona.errors import ConfigError, DialogueError
 from persona.model.device import model_device
 from persona.prompt.render import Renderer
-from persona.style.data import sample as seeded_sample
 from persona.train.batching import collate
 from persona.train.loss import labelled_losses, labelled_nll
 from persona.train.ranks import Ranks
