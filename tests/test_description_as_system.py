@@ -199,10 +199,12 @@ def test_a_spec_s_examples_must_be_question_reply_pairs(tmp_path) -> None:
 
 
 def test_the_command_line_defaults_are_the_measures_own() -> None:
-    """train_cmds copies two defaults so that `persona --help` needs no torch; they must not drift."""
+    """train_cmds copies a few facts so that `persona --help` needs no torch; they must not drift."""
     from persona.cli import train_cmds
+    from persona.prompt.deep import KINDS
     from persona.style.report import StyleConfig
     from persona.train.evaluate import DEFAULT_EVAL_SAMPLE
 
     assert train_cmds.DEFAULT_EVAL_SAMPLE == DEFAULT_EVAL_SAMPLE
     assert train_cmds.DEFAULT_STYLE_SAMPLE == StyleConfig().sample
+    assert train_cmds.PROMPT_KINDS == KINDS

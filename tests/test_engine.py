@@ -167,9 +167,9 @@ class CountingBackend:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def prefill(self, cache, ids, prompt=None):
+    def prefill(self, cache, ids, prompt=None, *, kind="soft"):
         self.widths.append(len(ids))
-        logits = self.inner.prefill(cache, ids, prompt)
+        logits = self.inner.prefill(cache, ids, prompt, kind=kind)
         if self.on_prefill is not None:
             self.on_prefill()
         return logits

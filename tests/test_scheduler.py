@@ -289,10 +289,10 @@ class FailingBackend(RecordingBackend):
         super().__init__(inner)
         self.poison = poison
 
-    def prefill(self, cache, ids, prompt=None):
+    def prefill(self, cache, ids, prompt=None, *, kind="soft"):
         if self.poison in ids:
             raise RuntimeError("simulated fault")
-        return self.inner.prefill(cache, ids, prompt)
+        return self.inner.prefill(cache, ids, prompt, kind=kind)
 
 
 def test_a_request_that_fails_fails_alone(each_tiny):

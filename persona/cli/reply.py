@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     startup.ready()
     messages = [{"role": "user", "content": message}]
     if persona is not None:
-        persona.check_fits(loaded.fingerprint)
+        engine.check_persona(persona)
     if args.json:
         reply = engine.reply(messages, persona, config, system=args.system)
         reply = stops.push(reply) + stops.flush()

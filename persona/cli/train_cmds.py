@@ -19,6 +19,7 @@ from persona.errors import ConfigError, DialogueError
 FORMAT_CHOICES = ("auto", "txt", "jsonl", "csv")
 DEFAULT_EVAL_SAMPLE = 200  # as persona.train.evaluate (not imported: no torch at module level)
 DEFAULT_STYLE_SAMPLE = 32  # as persona.style.report.StyleConfig
+PROMPT_KINDS = ("soft", "deep")  # as persona.prompt.deep.KINDS
 NO_STYLE = -1  # --style-sample none
 
 
@@ -67,6 +68,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--heldout", metavar="LOG", help="evaluate on this log instead of the validation split"
     )
     train.add_argument(
+        "--kind",
+        choices=PROMPT_KINDS,
+        help="soft: learned input embeddings, runs on every backend (default); deep: learned keys "
+        "and values at every layer (prefix tuning), closer to the character but for persona's own "
+        "backend only (docs/methods.md)",
+    )
+    train.add_argument(
         "--virtual-tokens",
         dest="num_virtual_tokens",
         type=int,
@@ -81,7 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="E",
         help="passes over the training examples instead of --steps",
     )
-    train.add_argument("--lr", type=float, metavar="LR", help="AdamW learning rate (default 0.03)")
+    train.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help="AdamW learning rate (default 0.03; 0.02 for --kind deep)",
+    )
     train.add_argument("--batch-size", type=int, metavar="B", help="examples per step (default 8)")
     train.add_argument(
         "--seed",
@@ -216,6 +229,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
         for key in (
+            "kind",
             "num_virtual_tokens",
             "steps",
             "epochs",

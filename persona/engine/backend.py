@@ -4,9 +4,11 @@ Every engine that runs a persona speaks only this small interface, whatever comp
 
 - `embed(ids)`: the input embeddings of token ids, `(T, D)`;
 - `new_cache()`: an empty KV cache for one conversation (one *row*);
-- `prefill(cache, ids, prompt)`: append `[soft prompt ; ids]` to a row's cache, return the logits
-  of the last position. This is where a persona's soft prompt is put in front of the conversation
-  (through `persona.prompt.inject.prepend_prompt`, the one place that builds `[P ; E[ids]]`);
+- `prefill(cache, ids, prompt, kind=)`: append `[soft prompt ; ids]` to a row's cache, return the
+  logits of the last position. This is where a persona's prompt is put in front of the
+  conversation: a soft one through `persona.prompt.inject.prepend_prompt`, the one place that
+  builds `[P ; E[ids]]`; a deep one (`kind="deep"`) as keys and values put straight into every
+  layer of the empty cache (`persona.prompt.deep`), where `layout` says the backend can;
 - `decode(tokens, caches)`: one decode step for a batch of rows, one token each, every row with its
   own cache (so with its own persona and length); returns the logits of each row;
 - `crop(cache, n)`: keep a row's first n positions; `copy(cache)`: an independent copy of it;
@@ -14,7 +16,8 @@ Every engine that runs a persona speaks only this small interface, whatever comp
 
 Implementations: `persona.engine.torch_backend.TorchBackend` (persona's own decoder and any
 transformers causal LM) and `persona.engine.llamacpp_backend.LlamaCppBackend` (one row at a time).
-`backend_for(loaded)` picks the one for a loaded model.
+`backend_for(loaded)` picks the one for a loaded model; `check_runs` refuses, in one line, a
+persona a backend cannot run.
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ import torch
 
 from persona.engine.llamacpp_backend import LlamaCppBackend
 from persona.engine.torch_backend import TorchBackend
+from persona.errors import PromptMismatchError
+from persona.model.fingerprint import Fingerprint
 from persona.model.llamacpp import LlamaCppModel
 from persona.model.loader import LoadedModel
+from persona.prompt.deep import KVLayout
+from persona.prompt.softprompt import SoftPrompt
 
 
 @runtime_checkable
@@ -40,8 +47,10 @@ class Cache(Protocol):
 class Backend(Protocol):
     """A frozen causal LM that runs rows of `[soft prompt ; token ids]` (see the module docstring)."""
 
+    name: str  # what --backend calls it
     max_rows: int  # how many rows one decode() call can take (1: one conversation at a time)
     device: torch.device  # where its logits are (rows keep their sampling state there too)
+    layout: KVLayout | None  # the KV cache a deep prompt must fit; None: soft prompts only
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         """Input embeddings of `ids`: (T, D), in the dtype the model computes in."""
@@ -50,10 +59,15 @@ class Backend(Protocol):
     def new_cache(self) -> Cache: ...
 
     def prefill(
-        self, cache: Cache, ids: Sequence[int], prompt: torch.Tensor | None = None
+        self,
+        cache: Cache,
+        ids: Sequence[int],
+        prompt: torch.Tensor | None = None,
+        *,
+        kind: str = "soft",
     ) -> torch.Tensor:
         """Append `[prompt ; ids]` to `cache` (a prompt only into an empty cache); logits (V,) of
-        the last position."""
+        the last position. `kind` is the prompt's: soft (N, D) or deep (N, W)."""
         ...
 
     def decode(self, tokens: Sequence[int], caches: Sequence[Cache]) -> torch.Tensor:
@@ -76,3 +90,17 @@ def backend_for(loaded: LoadedModel) -> Backend:
     if isinstance(loaded.model, LlamaCppModel):
         return LlamaCppBackend(loaded.model)
     return TorchBackend(loaded.model)
+
+
+def check_runs(
+    persona: SoftPrompt, fingerprint: Fingerprint, layout: KVLayout | None, backend: str
+) -> None:
+    """Refuse, in one line, a persona trained for another model, or a deep one where the backend
+    named `backend` takes input-layer prompts only (`layout` None)."""
+    if persona.kind == "deep" and layout is None:
+        raise PromptMismatchError(
+            f"persona {persona.name!r} is a deep prompt (keys and values at every layer), which the "
+            f"{backend} backend cannot run: it takes input-layer soft prompts only; use "
+            "--backend torch, or train a soft persona (persona train --kind soft)"
+        )
+    persona.check_fits(fingerprint, layout)

@@ -49,7 +49,7 @@ def generate_batch(
     rows: list[Row] = []
     for offset, request in enumerate(requests):
         if request.persona is not None:
-            request.persona.check_fits(engine.loaded.fingerprint)
+            engine.check_persona(request.persona)
         ids = engine.renderer.render(request.messages, request.persona, system=request.system)
         row_config = config
         if config.seed is not None:
@@ -57,8 +57,10 @@ def generate_batch(
         row = Row(
             backend.new_cache(), list(ids), ids, row_config, engine.stop_ids, device=backend.device
         )
-        prompt = request.persona.embeddings if request.persona is not None else None
-        row.logits = backend.prefill(row.cache, ids, prompt)
+        persona = request.persona
+        prompt = persona.embeddings if persona is not None else None
+        kind = persona.kind if persona is not None else "soft"
+        row.logits = backend.prefill(row.cache, ids, prompt, kind=kind)
         rows.append(row)
     running = rows
     while running:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from persona.engine.backend import Backend, Cache, backend_for
+from persona.engine.backend import Backend, Cache, backend_for, check_runs
 from persona.engine.config import GenerationConfig
 from persona.engine.detok import StreamDecoder
 from persona.engine.rows import Row, advance, common_prefix
@@ -86,7 +86,7 @@ class ChatEngine:
         """Yield the reply to `messages` piece by piece; stats of the call end up in `self.last`."""
         config = config or GenerationConfig()
         if persona is not None:
-            persona.check_fits(self.loaded.fingerprint)
+            self.check_persona(persona)
         if not messages or not messages[-1]["content"].strip():
             raise ConfigError("the message is empty; type something to send")
         with self._lock:
@@ -101,6 +101,10 @@ class ChatEngine:
     ) -> str:
         """The whole reply as one string."""
         return "".join(self.stream(messages, persona, config, **kwargs))  # type: ignore[arg-type]
+
+    def check_persona(self, persona: SoftPrompt) -> None:
+        """Refuse, in one line, a persona for another model or of a kind this backend cannot run."""
+        check_runs(persona, self.loaded.fingerprint, self.backend.layout, self.backend.name)
 
     def prompt_text(
         self,
@@ -171,6 +175,7 @@ class ChatEngine:
         common = min(common, len(ids) - 1)  # always run at least one token, to get logits
         stats.reused_tokens = common
         prompt = persona.embeddings if persona is not None else None
+        kind = persona.kind if persona is not None else "soft"
         if common == 0:
             entry.cache = self.backend.new_cache()
             entry.ids = []
@@ -186,7 +191,9 @@ class ChatEngine:
                 return
             chunk = ids[len(row.ids) : len(row.ids) + PREFILL_CHUNK]
             first = not row.ids
-            row.logits = self.backend.prefill(row.cache, chunk, prompt if first else None)
+            row.logits = self.backend.prefill(
+                row.cache, chunk, prompt if first else None, kind=kind
+            )
             row.ids.extend(chunk)
         while not row.finished:
             if cancel is not None and cancel.is_set():

@@ -18,6 +18,8 @@ from persona.model.llamacpp import LlamaCppCache, LlamaCppModel
 
 
 class LlamaCppBackend:
+    name = "llama"
+    layout = None  # input-layer prompts only: llama.cpp takes no keys and values from outside
     max_rows = 1
     device = torch.device("cpu")  # llama.cpp's logits are copied out to the CPU
 
@@ -33,8 +35,17 @@ class LlamaCppBackend:
         return self.model.new_cache()
 
     def prefill(
-        self, cache: LlamaCppCache, ids: Sequence[int], prompt: torch.Tensor | None = None
+        self,
+        cache: LlamaCppCache,
+        ids: Sequence[int],
+        prompt: torch.Tensor | None = None,
+        *,
+        kind: str = "soft",
     ) -> torch.Tensor:
+        if kind != "soft":
+            raise ConfigError(
+                "the llama backend takes input-layer soft prompts only, not deep ones; use --backend torch"
+            )
         if prompt is not None:
             if cache.get_seq_length() != 0:
                 raise ValueError("a soft prompt goes in front of a conversation: prefill it first")

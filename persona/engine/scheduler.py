@@ -175,7 +175,7 @@ class Scheduler:
 
         `cancelled`: an event of the caller's that, once set, ends the request (as Ticket.cancel)."""
         if request.persona is not None:
-            request.persona.check_fits(self.engine.loaded.fingerprint)
+            self.engine.check_persona(request.persona)
         if request.ids is None:  # here, so that a conversation too long is refused at once
             request.ids, _ = self.engine.fit_window(
                 request.messages, request.persona, request.system, request.config.max_new_tokens
@@ -309,8 +309,9 @@ class Scheduler:
             persona = active.ticket.request.persona
             empty = row.cache.get_seq_length() == 0  # a reused cache may hold just the prompt
             embeddings = persona.embeddings if persona is not None and empty else None
+            kind = persona.kind if persona is not None else "soft"
             try:
-                row.logits = self.backend.prefill(row.cache, chunk, embeddings)
+                row.logits = self.backend.prefill(row.cache, chunk, embeddings, kind=kind)
             except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
                 with self._wake:
                     self._encoding.remove(active)

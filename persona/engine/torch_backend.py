@@ -18,13 +18,17 @@ from persona.model.calling import cache_argument_name
 from persona.model.device import model_device
 from persona.model.llama import KVCache, LlamaDecoder
 from persona.model.llama_rows import decode_rows
+from persona.prompt.deep import KVLayout, split_prefix
 from persona.prompt.inject import prepend_prompt
 
 
 class TorchBackend:
+    name = "torch"
+
     def __init__(self, model: Any) -> None:
         self.model = model
         self.native = isinstance(model, LlamaDecoder)
+        self.layout = KVLayout.of_config(model.config)
         self.cache_argument = "cache" if self.native else cache_argument_name(model)
         self.max_rows = 64
         self.device = model_device(model)
@@ -43,7 +47,12 @@ class TorchBackend:
         return DynamicCache()
 
     def prefill(
-        self, cache: Any, ids: Sequence[int], prompt: torch.Tensor | None = None
+        self,
+        cache: Any,
+        ids: Sequence[int],
+        prompt: torch.Tensor | None = None,
+        *,
+        kind: str = "soft",
     ) -> torch.Tensor:
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # (1, T)
         with torch.inference_mode():
@@ -51,9 +60,26 @@ class TorchBackend:
                 return self._last_logits(cache, input_ids=input_ids)[0]  # (V,)
             if cache.get_seq_length() != 0:
                 raise ValueError("a soft prompt goes in front of a conversation: prefill it first")
+            if kind == "deep":
+                self._put_prefix(cache, prompt)
+                return self._last_logits(cache, input_ids=input_ids)[0]  # (V,)
             embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
             embeds, _, _ = prepend_prompt(prompt, embeds)  # (1, N+T, D)
             return self._last_logits(cache, inputs_embeds=embeds)[0]  # (V,)
+
+    def _put_prefix(self, cache: Any, prompt: torch.Tensor) -> None:
+        """A deep prompt (N, W) into an empty cache: its keys and values at every layer."""
+        if self.layout is None:
+            raise ValueError(
+                "this model names no plain KV cache layout; it cannot run a deep prompt"
+            )
+        weight = self.model.get_input_embeddings().weight
+        prompt = prompt.to(dtype=weight.dtype, device=self.device)  # (N, W)
+        for layer, (keys, values) in enumerate(split_prefix(prompt, self.layout)):
+            if self.native:  # (1, H_kv, N, d) each
+                cache.update(layer, keys, values, 0)
+            else:
+                cache.update(keys, values, layer)
 
     def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
         with torch.inference_mode():

@@ -1,5 +1,10 @@
 """A soft prompt: an (N, D) float32 matrix of learned virtual-token embeddings plus its metadata.
 
+A persona is one of two kinds: `soft` (the input-layer embeddings above, prompt tuning) or `deep`
+(keys and values at every layer, prefix tuning: an (N, W) matrix in PEFT's PREFIX_TUNING layout,
+W = layers x 2 x kv_heads x head_dim, see persona.prompt.deep). Both are N virtual positions in
+front of the conversation; they differ in where the model takes them in.
+
 Our own file format is a single safetensors file (see fileformat.py): the tensor under the key
 `prompt_embeddings` (the key PEFT uses) and the metadata as strings in the safetensors header.
 """
@@ -19,6 +24,7 @@ from persona.errors import PromptFormatError, PromptMismatchError, first_line
 from persona.model.files import HEADER_LENGTH_BYTES, header_length, header_metadata, parse_header
 from persona.model.fingerprint import Fingerprint
 from persona.paths import write_private_atomic
+from persona.prompt.deep import KINDS, KVLayout
 from persona.prompt.fileformat import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -49,6 +55,10 @@ class SoftPrompt:
     # the written system message the prompt was trained under, and so speaks after ('' for the
     # empty one): the description carries the identity, the soft prompt the style
     system: str = ""
+    kind: str = (
+        "soft"  # soft: input embeddings (N, D) | deep: keys and values at every layer (N, W)
+    )
+    layout: KVLayout | None = None  # the KV cache a deep prompt fits (None for a soft one)
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -69,14 +79,36 @@ class SoftPrompt:
             raise PromptFormatError(f"soft prompt {self.name!r}: contains NaN or infinite values")
         if not self.name or not self.name.strip():
             raise PromptFormatError("soft prompt: the name is empty")
+        if self.kind not in KINDS:
+            raise PromptFormatError(
+                f"persona {self.name!r}: unknown kind {self.kind!r}; expected one of {', '.join(KINDS)}"
+            )
+        if (self.kind == "deep") != (self.layout is not None):
+            raise PromptFormatError(
+                f"persona {self.name!r}: a deep prompt needs its layout and a soft one has none "
+                f"(kind {self.kind!r}, layout {self.layout}); the file is damaged, re-export it"
+            )
+        if self.layout is not None and self.layout.width != self.width:
+            raise PromptFormatError(
+                f"deep prompt {self.name!r} has width {self.width} but its layout {self.layout} "
+                f"needs {self.layout.width}; the file is damaged, re-export it"
+            )
 
     @property
     def num_virtual_tokens(self) -> int:
         return int(self.embeddings.shape[0])
 
     @property
-    def hidden_size(self) -> int:
+    def width(self) -> int:
+        """The tensor's columns: D for a soft prompt, W (every layer's keys and values) for a deep one."""
         return int(self.embeddings.shape[1])
+
+    @property
+    def hidden_size(self) -> int:
+        """D, the hidden size of the model the prompt is for (0 for a deep prompt of unknown model)."""
+        if self.kind == "soft":
+            return self.width
+        return self.fingerprint.hidden_size if self.fingerprint is not None else 0
 
     @property
     def sha256(self) -> str:
@@ -86,15 +118,26 @@ class SoftPrompt:
         """Refuse a prompt whose recorded model has another width than its tensor: the file was
         damaged or mislabelled."""
         fingerprint = self.fingerprint
-        if fingerprint is not None and fingerprint.hidden_size != self.hidden_size:
+        if (
+            self.kind == "soft"
+            and fingerprint is not None
+            and fingerprint.hidden_size != self.width
+        ):
             raise PromptMismatchError(
                 f"soft prompt {self.name!r} has width {self.hidden_size} but records a model of hidden size "
                 f"{fingerprint.hidden_size} ({fingerprint}); the file is mislabelled, re-export it from where it was trained"
             )
 
-    def check_fits(self, fingerprint: Fingerprint) -> None:
-        """Refuse, in one line naming both, a model this prompt was not trained for."""
-        if self.hidden_size != fingerprint.hidden_size:
+    def check_fits(self, fingerprint: Fingerprint, layout: KVLayout | None = None) -> None:
+        """Refuse, in one line naming both, a model this prompt was not trained for. A deep prompt
+        is also checked against the model's KV `layout` where the caller knows it."""
+        if self.kind == "deep" and layout is not None and self.layout != layout:
+            raise PromptMismatchError(
+                f"deep persona {self.name!r} holds keys and values for {self.layout} (layers x kv heads x head dim) "
+                f"but the model {fingerprint} has {layout}; use the model it was trained on "
+                f"({self.fingerprint or self.base_model or 'unknown'}) or retrain it"
+            )
+        if self.kind == "soft" and self.width != fingerprint.hidden_size:
             raise PromptMismatchError(
                 f"persona {self.name!r} has width {self.hidden_size} but the model {fingerprint} has hidden size "
                 f"{fingerprint.hidden_size}; use the model it was trained on ({self.fingerprint or self.base_model or 'unknown'}) or retrain it"
@@ -120,6 +163,9 @@ class SoftPrompt:
             meta["fingerprint"] = self.fingerprint.to_json()
         if self.system:
             meta["system"] = self.system
+        if self.layout is not None:  # soft prompts' files stay as they always were
+            meta["kind"] = self.kind
+            meta["layout"] = str(self.layout)
         for key, value in self.extra.items():
             meta.setdefault(key, str(value))
         return meta
@@ -147,6 +193,8 @@ class SoftPrompt:
             "base_model",
             "fingerprint",
             "system",
+            "kind",
+            "layout",
         }
         fingerprint = (
             Fingerprint.from_json(meta["fingerprint"]) if meta.get("fingerprint") else None
@@ -159,6 +207,8 @@ class SoftPrompt:
             init=meta.get("init", "imported"),
             base_model=meta.get("base_model", ""),
             system=meta.get("system", ""),
+            kind=meta.get("kind", "soft"),
+            layout=KVLayout.parse(meta["layout"]) if "layout" in meta else None,
             extra={k: v for k, v in meta.items() if k not in known},
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,17 @@ def base_model_id(model_id: str) -> str:
 
 
 class Catalog:
-    def __init__(self, library: PersonaLibrary, fingerprint: Fingerprint, model_id: str) -> None:
+    def __init__(
+        self,
+        library: PersonaLibrary,
+        fingerprint: Fingerprint,
+        model_id: str,
+        check: Callable[[SoftPrompt], None] | None = None,
+    ) -> None:
         self.library = library
         self.fingerprint = fingerprint
+        # what the serving backend refuses (a deep persona on vLLM); else the model check alone
+        self.check = check or (lambda prompt: prompt.check_fits(fingerprint))
         self.base_id = base_model_id(model_id)
         self.started = int(time.time())
 
@@ -103,7 +112,7 @@ class Catalog:
                 if versioned is None:
                     raise
                 prompt = self.library.get_prompt(versioned["name"], int(versioned["version"]))
-            prompt.check_fits(self.fingerprint)
+            self.check(prompt)
         except NotFoundError as exc:
             raise APIError(
                 404,

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx2 as httpx  # httpx, as huggingface_hub and openai install it
 
+from persona.engine.backend import check_runs
 from persona.engine.chat import ChatEngine
 from persona.engine.detok import StreamDecoder
 from persona.errors import ConfigError, PersonaError, first_line
@@ -148,7 +149,7 @@ class VllmScheduler:
         """The token ids after the soft prompt, fitted to the window as the engine fits them."""
         persona, config = job.persona, job.config
         if persona is not None:
-            persona.check_fits(self.engine.loaded.fingerprint)
+            check_runs(persona, self.engine.loaded.fingerprint, None, "vllm")
         if job.raw_prompt is None:
             ids, _ = self.engine.fit_window(
                 job.messages, persona, job.system, config.max_new_tokens

@@ -219,7 +219,7 @@ def measure_style(
 ) -> StyleReport:
     """Measure `persona` (and its written `description`) against the bare model; see the module doc."""
     config = config or StyleConfig()
-    persona.check_fits(engine.loaded.fingerprint)
+    engine.check_persona(persona)
     conditions = conditions_for(persona, description)
     total = StyleJudge.replies_needed(
         config, len([e for e in heldout if e.context]), len(conditions)

@@ -10,12 +10,15 @@ from persona.dialogue.encode import DEFAULT_MAX_LENGTH, DEFAULT_MAX_REPLY_TOKENS
 from persona.dialogue.examples import DEFAULT_CONTEXT_TURNS
 from persona.dialogue.split import DEFAULT_VALIDATION_FRACTION
 from persona.errors import ConfigError
+from persona.prompt.deep import KINDS
 from persona.prompt.init import INIT_CHOICES
 
 DEFAULT_STEPS = (
     60  # batch 8: ~500 replies seen; enough to beat both baselines on a few hundred lines
 )
 MAX_VIRTUAL_TOKENS = 512
+# each kind's learning rate where --lr is not given, picked by validation NLL (docs/methods.md)
+DEFAULT_LR = {"soft": 0.03, "deep": 0.02}
 
 
 @dataclass
@@ -23,7 +26,8 @@ class TrainConfig:
     num_virtual_tokens: int = 20
     steps: int | None = None  # exclusive with epochs; neither means DEFAULT_STEPS
     epochs: float | None = None
-    lr: float = 0.03  # picked over 0.01 by validation NLL with and without the description (docs/methods.md)
+    kind: str = "soft"  # soft: input-layer prompt | deep: keys and values at every layer
+    lr: float | None = None  # None: the kind's DEFAULT_LR
     batch_size: int = 8
     seed: int = 0
     init: str = "auto"  # text (from --description) | vocab | random; auto = text when described
@@ -41,6 +45,10 @@ class TrainConfig:
     example_repeats: int = 4
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.kind]
         _int_at_least(
             "num_virtual_tokens", "--virtual-tokens", self.num_virtual_tokens, 1, MAX_VIRTUAL_TOKENS
         )

@@ -32,6 +32,7 @@ from persona.dialogue.examples import Example
 from persona.dialogue.split import seeded_sample
 from persona.errors import ConfigError, DialogueError
 from persona.model.device import model_device
+from persona.prompt.deep import KVLayout
 from persona.prompt.render import Renderer
 from persona.train.batching import collate
 from persona.train.loss import labelled_losses, labelled_nll
@@ -54,6 +55,7 @@ def mean_nll(
     pad_id: int,
     batch_size: int = 8,
     ranks: Ranks | None = None,
+    layout: KVLayout | None = None,
 ) -> tuple[float, int]:
     """(NLL per labelled token, number of labelled tokens), in length-sorted batches, no gradients.
 
@@ -69,7 +71,7 @@ def mean_nll(
             ids, mask, labels = (
                 tensor.to(device) for tensor in collate([encoded[i] for i in batch], pad_id)
             )  # (B, T) each
-            batch_total, batch_count = labelled_nll(model, prompt, ids, mask, labels)
+            batch_total, batch_count = labelled_nll(model, prompt, ids, mask, labels, layout=layout)
             totals.append(batch_total)
             count += batch_count
     total = sum(torch.stack(totals).tolist()) if totals else 0.0  # summed on the host, in double
@@ -90,6 +92,7 @@ def example_nll(
     batch_size: int = 8,
     ranks: Ranks | None = None,
     bar: tqdm | None = None,
+    layout: KVLayout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(NLL summed over each example's labelled tokens (E,) float64, their number (E,) int64), on the host.
 
@@ -107,7 +110,9 @@ def example_nll(
             ids, mask, labels = (
                 tensor.to(device) for tensor in collate([encoded[i] for i in batch], pad_id)
             )  # (B, T) each
-            batch_sums, batch_counts = _row_nll(model, prompt, ids, mask, labels)  # (B,) each
+            batch_sums, batch_counts = _row_nll(
+                model, prompt, ids, mask, labels, layout
+            )  # (B,) each
             scored.append(batch)
             sums.append(batch_sums)
             counts.append(batch_counts)
@@ -177,13 +182,14 @@ def prepare_evaluation(
 
 def score(
     model: Any,
-    prompt: torch.Tensor,  # (N, D)
+    prompt: torch.Tensor,  # (N, D), or (N, W) for a deep prompt of `layout`
     held_out: EvaluationSet,
     *,
     pad_id: int,
     batch_size: int = 8,
     ranks: Ranks | None = None,
     progress: bool = False,
+    layout: KVLayout | None = None,
 ) -> dict[str, Any]:
     """The held-out NLL per reply token under each condition, with 95% intervals.
 
@@ -217,6 +223,7 @@ def score(
                 batch_size=batch_size,
                 ranks=ranks,
                 bar=bar,
+                layout=layout if key == "soft_prompt" else None,
             )
     nll: dict[str, float | None] = dict.fromkeys(CONDITIONS)
     interval: dict[str, list[float] | None] = dict.fromkeys(CONDITIONS)
@@ -242,7 +249,7 @@ def evaluate(
     model: Any,
     renderer: Renderer,
     examples: Sequence[Example],
-    prompt: torch.Tensor,  # (N, D)
+    prompt: torch.Tensor,  # (N, D), or (N, W) for a deep prompt of `layout`
     *,
     description: str | None,
     pad_id: int,
@@ -253,6 +260,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     persona_system: str | None = None,
+    layout: KVLayout | None = None,
 ) -> dict[str, Any]:
     """Render and score in one go (see `prepare_evaluation` for the sample, `score` for the result)."""
     held_out = prepare_evaluation(
@@ -265,7 +273,15 @@ def evaluate(
         seed=seed,
         persona_system=persona_system,
     )
-    return score(model, prompt, held_out, pad_id=pad_id, batch_size=batch_size, progress=progress)
+    return score(
+        model,
+        prompt,
+        held_out,
+        pad_id=pad_id,
+        batch_size=batch_size,
+        progress=progress,
+        layout=layout,
+    )
 
 
 def _batches(encoded: Sequence[EncodedExample], batch_size: int) -> list[list[int]]:
@@ -280,9 +296,12 @@ def _row_nll(
     input_ids: torch.Tensor,  # (B, T)
     attention_mask: torch.Tensor,  # (B, T)
     labels: torch.Tensor,  # (B, T) IGNORE_INDEX where there is no target
+    layout: KVLayout | None = None,  # the prompt is a deep one
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`labelled_nll` kept apart by row: (NLL summed over each row's labelled positions (B,), their number (B,))."""
-    losses, wanted = labelled_losses(model, prompt, input_ids, attention_mask, labels)  # (K,)
+    losses, wanted = labelled_losses(
+        model, prompt, input_ids, attention_mask, labels, layout=layout
+    )  # (K,)
     rows = wanted.nonzero()[:, 0]  # (K,) the row of each target, in the order `losses` has them
     sums = losses.new_zeros(input_ids.shape[0]).index_add_(0, rows, losses)  # (B,)
     return sums, wanted.sum(dim=1)  # (B,), (B,)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from persona.dialogue.encode import EncodedExample
 from persona.model.device import model_device
+from persona.prompt.deep import KVLayout
 from persona.train.batching import collate, reply_tokens, schedule
 from persona.train.checkpoint import Checkpoint, save_checkpoint
 from persona.train.config import TrainConfig
@@ -88,11 +89,13 @@ def train_loop(
     description: str = "training",
     batches: list[list[int]] | None = None,
     ranks: Ranks | None = None,
+    layout: KVLayout | None = None,
 ) -> LoopResult:
     """Optimise the prompt for `total_steps` steps; only the prompt ever requires grad.
 
     The prompt and AdamW's state stay float32 on the model's device whatever the weights' dtype;
     under a data-parallel launch (`ranks`) every rank runs this with the same arguments.
+    `layout`: the prompt is a deep one (N, W), keys and values for a KV cache of this layout.
     """
     ranks = ranks or Ranks()
     device = model_device(model)
@@ -132,7 +135,7 @@ def train_loop(
                 step_started = time.perf_counter()
                 examples = [train[i] for i in batches[state.step]]  # the global batch
                 loss, stop = _step(
-                    model, prompt, optimizer, examples, pad_id, ranks, interrupt.is_set()
+                    model, prompt, optimizer, examples, pad_id, ranks, interrupt.is_set(), layout
                 )
                 if not ranks.distributed:  # alone, a Ctrl-C during the step counts at once
                     stop = interrupt.is_set()
@@ -148,6 +151,7 @@ def train_loop(
                         pad_id=pad_id,
                         batch_size=config.batch_size,
                         ranks=ranks,
+                        layout=layout,
                     )
                 state.history.append(record)
                 state.seconds = time.perf_counter() - started
@@ -201,6 +205,7 @@ def _step(
     pad_id: int,
     ranks: Ranks,
     stop_requested: bool,
+    layout: KVLayout | None = None,
 ) -> tuple[float, bool]:
     """One optimiser step on the global batch: (its mean NLL per reply token, whether any rank was
     asked to stop). The loss and the stop flag travel with the gradient: one collective, one
@@ -212,7 +217,9 @@ def _step(
         ids, mask, labels = (
             tensor.to(prompt.device, non_blocking=True) for tensor in collate(mine, pad_id)
         )  # (b, T) each: this rank's rows, moved once
-        total, _ = labelled_nll(model, prompt, ids, mask, labels)  # () summed NLL of the rows
+        total, _ = labelled_nll(
+            model, prompt, ids, mask, labels, layout=layout
+        )  # () summed NLL of the rows
         loss = total / count  # () this rank's part of the global mean
         loss.backward()
     else:  # a global batch smaller than the world: this rank adds nothing

@@ -11,6 +11,9 @@ mean token cross-entropy:
   which autograd forms where the keys and values are repeated);
 * the vocabulary projection (a large share of the cost for a small model: V x D per position,
   forward and backward) is applied only to the hidden states whose next token is a reply label.
+
+A deep prompt (`layout` given, see persona.prompt.deep) has no input rows to run: its keys and
+values go straight into every layer's cache, shared by the rows in the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 from persona.errors import ModelError
 from persona.model.calling import cache_argument_name
+from persona.prompt.deep import KVLayout, prefilled_cache
 from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
 
 
@@ -44,13 +48,15 @@ def labelled_nll(
     labels: torch.Tensor,  # (B, T) IGNORE_INDEX where there is no target
     *,
     share_prompt: bool = True,
+    layout: KVLayout | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(sum of token NLLs over labelled positions, number of labelled positions).
 
     share_prompt=False runs every row on the whole [P ; ids] (the reference the shared form is tested against).
+    `layout`: the prompt is a deep one (N, W) for a KV cache of this layout.
     """
     losses, wanted = labelled_losses(
-        model, prompt, input_ids, attention_mask, labels, share_prompt=share_prompt
+        model, prompt, input_ids, attention_mask, labels, share_prompt=share_prompt, layout=layout
     )
     return losses.sum(), int(wanted.sum())
 
@@ -63,6 +69,7 @@ def labelled_losses(
     labels: torch.Tensor,  # (B, T) IGNORE_INDEX where there is no target
     *,
     share_prompt: bool = True,
+    layout: KVLayout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the NLL of every labelled token (K,), in row-major order; which positions they are (B, L-1)).
 
@@ -70,12 +77,25 @@ def labelled_losses(
     """
     decoder, head = decoder_and_head(model)
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
+    deep = prompt is not None and layout is not None
     cache = (
         _shareable_cache(decoder)
-        if prompt is not None and share_prompt and input_ids.shape[0] > 1
+        if prompt is not None and share_prompt and input_ids.shape[0] > 1 and not deep
         else None
     )
-    if cache is not None:
+    if deep:
+        batch = input_ids.shape[0]
+        prefix = prefilled_cache(model, prompt, layout, batch)  # N positions in every layer
+        mask = torch.cat(
+            [attention_mask.new_ones(batch, prompt.shape[0]), attention_mask], dim=1
+        )  # (B, N+T)
+        hidden = decoder(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            use_cache=True,
+            **{cache_argument_name(decoder): prefix},
+        ).last_hidden_state  # (B, T, D): the rows' own positions, labels as they are
+    elif cache is not None:
         hidden = _hidden_after_shared_prompt(
             decoder, prompt, embeds, attention_mask, cache
         )  # (B, N+T, D)

@@ -16,8 +16,9 @@ from persona.dialogue.encode import encode_examples
 from persona.dialogue.examples import Example, build_examples, resolve_speaker
 from persona.dialogue.split import split_by_conversation
 from persona.dialogue.types import Dialogue
-from persona.errors import DialogueError
+from persona.errors import DialogueError, ModelError
 from persona.model.loader import LoadedModel
+from persona.prompt.deep import KVLayout, prefix_from_embeddings
 from persona.prompt.init import initial_prompt
 from persona.prompt.render import Renderer
 from persona.prompt.softprompt import SoftPrompt
@@ -62,6 +63,17 @@ def trained_system(config: TrainConfig, description: str | None) -> str | None:
     """The system message the prompt trains under: the description where the config asks for it."""
     text = (description or "").strip()
     return text if config.description_as_system and text else None
+
+
+def deep_layout(loaded: LoadedModel) -> KVLayout:
+    """The KV layout a deep prompt for `loaded` holds; ModelError where the model has no plain one."""
+    layout = KVLayout.of_config(loaded.model.config)
+    if layout is None:
+        raise ModelError(
+            f"{loaded.model_id} names no plain key/value cache layout (layers, kv heads, head size); "
+            "train a soft persona for it (--kind soft)"
+        )
+    return layout
 
 
 def train_persona(
@@ -122,6 +134,9 @@ def train_persona(
         description=description,
         seed=config.seed,
     )  # (N, D)
+    layout = deep_layout(loaded) if config.kind == "deep" else None
+    if layout is not None:  # a deep prompt starts as what the model computes for that start
+        start = prefix_from_embeddings(loaded.model, start)  # (N, W)
     total_steps = config.total_steps(len(train_encoded))
     identity = {
         "source_sha256": dialogue.sha256,
@@ -153,6 +168,7 @@ def train_persona(
         on_step=on_step,
         description=f"training {name}",
         ranks=ranks,
+        layout=layout,
     )
     metrics = score(
         loaded.model,
@@ -162,6 +178,7 @@ def train_persona(
         batch_size=config.batch_size,
         ranks=ranks,
         progress=progress,
+        layout=layout,
     )
     prompt = SoftPrompt(
         embeddings=result.prompt,
@@ -171,6 +188,8 @@ def train_persona(
         init=init,
         base_model=loaded.model_id,
         system=system or "",
+        kind=config.kind,
+        layout=layout,
     )
     training = {
         "source": dialogue.source,

@@ -55,7 +55,7 @@ class PersonaChatApp(App[None]):
         generation_config(None, **self.overrides)  # ConfigError now, not at the first reply
         self.model_label = str(engine.loaded.model_id)
         self.session = ChatSession(library, str(engine.loaded.fingerprint))
-        self.personas = PersonaSelector(library, engine.loaded.fingerprint)
+        self.personas = PersonaSelector(library, engine.loaded.fingerprint, engine.check_persona)
         if resume is not None:
             self.session.resume(None if resume == "latest" else resume)
         if persona is not None:

@@ -3,6 +3,7 @@ checks made before switching."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from persona.engine.config import PersonaDefaults
@@ -14,9 +15,13 @@ class PersonaSelector:
     """Holds the active persona; a prompt and defaults fetched once are kept, so switching back
     costs nothing."""
 
-    def __init__(self, library: Any, fingerprint: Any) -> None:
+    def __init__(
+        self, library: Any, fingerprint: Any, check: Callable[[Any], None] | None = None
+    ) -> None:
         self.library = library
         self.fingerprint = fingerprint
+        # refuses a prompt the engine cannot run (ChatEngine.check_persona); else the model check
+        self.check = check or (lambda prompt: prompt.check_fits(fingerprint))
         self.name: str | None = None
         self.prompt: Any = None  # SoftPrompt | None
         self.defaults = PersonaDefaults()  # the speaker's own; empty for no persona
@@ -41,7 +46,7 @@ class PersonaSelector:
                 raise NotFoundError(
                     f"there is no persona named {name!r}; `persona list` shows the library, /personas opens the picker"
                 ) from None
-            prompt.check_fits(self.fingerprint)
+            self.check(prompt)
             cached = self._prompts[name] = (prompt, self.library.get_defaults(name))
         self.name, (self.prompt, self.defaults) = name, cached
 
