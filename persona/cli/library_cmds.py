@@ -173,7 +173,7 @@ def run_list(args: argparse.Namespace) -> int:
         [
             p.name,
             str(p.active_version),
-            f"{p.num_virtual_tokens}x{p.hidden_size}",
+            _shape(p),
             _short(p.model_id, 28) or "-",
             _nll(p.metrics),
             ",".join(p.tags),
@@ -183,6 +183,12 @@ def run_list(args: argparse.Namespace) -> int:
     ]
     print(_table(["NAME", "VER", "PROMPT", "MODEL", "NLL", "TAGS", "DESCRIPTION"], rows))
     return 0
+
+
+def _shape(record: Any) -> str:
+    """A prompt's shape in a table: N x D, and `deep` for keys and values at every layer."""
+    shape = f"{record.num_virtual_tokens}x{record.hidden_size}"
+    return f"{shape} deep" if record.kind == "deep" else shape
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -202,7 +208,12 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  tags:        {', '.join(info.tags)}")
     for label, text in describe(info.defaults):
         print(f"  {label + ':':<12} {text}")
-    if active is not None:
+    if active is not None and active.kind == "deep":
+        print(
+            f"  prompt:      deep: keys and values of {active.num_virtual_tokens} virtual tokens at every "
+            f"layer ({active.dtype}), init {active.init}; runs on --backend torch only"
+        )
+    elif active is not None:
         print(
             f"  prompt:      {active.num_virtual_tokens} virtual tokens x {active.hidden_size} ({active.dtype}), init {active.init}"
         )
@@ -244,7 +255,7 @@ def run_show(args: argparse.Namespace) -> int:
             [
                 ("*" if v.active else " ") + str(v.version),
                 v.created.strftime("%Y-%m-%d %H:%M"),
-                f"{v.num_virtual_tokens}x{v.hidden_size}",
+                _shape(v),
                 v.init,
                 _nll(metrics),
                 f"{hard:.2f}" if isinstance(hard, (int, float)) else "-",

@@ -468,13 +468,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from persona.model.device import resolve_device
     from persona.model.loader import load_model
+    from persona.prompt.deep import KVLayout
     from persona.prompt.render import Renderer
     from persona.train.batching import pad_token_id
     from persona.train.evaluate import evaluate
 
     loaded = load_model(args.model, device=resolve_device(args.device))
     startup.ready()
-    prompt.check_fits(loaded.fingerprint)
+    prompt.check_fits(loaded.fingerprint, KVLayout.of_config(loaded.model.config))
     metrics = evaluate(
         loaded.model,
         Renderer(loaded.tokenizer),
@@ -485,6 +486,7 @@ def run_eval(args: argparse.Namespace) -> int:
         sample=args.eval_sample or None,
         progress=not args.quiet,
         persona_system=prompt.system or None,
+        layout=prompt.layout,
         **limits,
     )
     style = None

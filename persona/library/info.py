@@ -41,6 +41,7 @@ class VersionInfo:
     metrics: dict[str, Any] | None
     created: datetime
     active: bool = False
+    kind: str = "soft"  # soft | deep (persona.prompt.deep)
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
@@ -64,6 +65,7 @@ class PersonaInfo:
     versions: list[VersionInfo] = field(default_factory=list)
     # what `persona set` stored: PersonaDefaults.to_dict(), only the settings that are set
     defaults: dict[str, Any] = field(default_factory=dict)
+    kind: str = "soft"  # the active version's: soft | deep
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)

@@ -83,6 +83,7 @@ class PersonaLibrary(ConversationStore):
                 version=(latest or 0) + 1,
                 num_virtual_tokens=prompt.num_virtual_tokens,
                 hidden_size=prompt.hidden_size,
+                kind=prompt.kind,
                 dtype="float32",
                 sha256=prompt.sha256,
                 model_id=model_id or prompt.base_model,

@@ -23,6 +23,7 @@ KNOWN_REVISIONS: tuple[str, ...] = (
     "0002_tags_and_cut_short",
     "0003_tensors_apart",
     "0004_persona_defaults",
+    "0005_prompt_kind",
 )
 HEAD_REVISION = KNOWN_REVISIONS[-1]
 SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -80,6 +80,8 @@ class PromptVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     num_virtual_tokens: Mapped[int] = mapped_column(Integer)  # N
     hidden_size: Mapped[int] = mapped_column(Integer)  # D
+    # soft: (N, D) input embeddings | deep: keys and values at every layer (revision 0005)
+    kind: Mapped[str] = mapped_column(String(10), default="soft", server_default="soft")
     dtype: Mapped[str] = mapped_column(String(20), default="float32")
     sha256: Mapped[str] = mapped_column(String(64))  # of the raw (N, D) float32 values
     model_id: Mapped[str] = mapped_column(Text, default="")

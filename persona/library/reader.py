@@ -30,11 +30,12 @@ if TYPE_CHECKING:
     from persona.prompt.softprompt import SoftPrompt
 
 _PERSONA_COLUMNS = """p.id, p.name, p.description, p.created, p.updated, p.active_version,
-    v.num_virtual_tokens, v.hidden_size, v.model_id, v.fingerprint, v.metrics_json, p.defaults_json"""
+    v.num_virtual_tokens, v.hidden_size, v.model_id, v.fingerprint, v.metrics_json, p.defaults_json,
+    v.kind"""
 _PERSONAS = f"""SELECT {_PERSONA_COLUMNS} FROM personas p
     LEFT JOIN prompt_versions v ON v.persona_id = p.id AND v.version = p.active_version"""
 _VERSIONS = """SELECT version, num_virtual_tokens, hidden_size, dtype, sha256, model_id, fingerprint,
-    fingerprint_json, init, training_json, metrics_json, created
+    fingerprint_json, init, training_json, metrics_json, created, kind
     FROM prompt_versions WHERE persona_id = ? ORDER BY version"""
 _PROMPT = """SELECT t.data, v.sha256, v.model_id, v.fingerprint_json FROM prompt_versions v
     JOIN prompt_tensors t ON t.version_id = v.id WHERE v.persona_id = ? AND v.version = ?"""
@@ -82,6 +83,7 @@ def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
         fingerprint=row.fingerprint or "",
         metrics=load_record(row.metrics_json),
         defaults=load_record(row.defaults_json) or {},
+        kind=row.kind or "soft",
     )
 
 
@@ -105,6 +107,7 @@ def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
             fingerprint=fingerprint or "",
             metrics=load_record(metrics_json),
             defaults=load_record(defaults_json) or {},
+            kind=kind or "soft",
         )
         for (
             persona_id,
@@ -119,6 +122,7 @@ def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
             fingerprint,
             metrics_json,
             defaults_json,
+            kind,
         ) in rows
     ]
 

@@ -124,6 +124,7 @@ def version_info(row: Any, active_version: int) -> VersionInfo:
         metrics=load_record(row.metrics_json),
         created=aware(row.created),
         active=row.version == active_version,
+        kind=row.kind or "soft",
     )
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from persona.engine.backend import check_runs
 from persona.engine.config import PersonaDefaults
 from persona.errors import LibraryError, NotFoundError, PersonaError, PromptMismatchError
 from persona.library.library import DEFAULT_PERSONA_KEY, PersonaLibrary
 from persona.model.fingerprint import Fingerprint
+from persona.prompt.deep import KVLayout
 from persona.prompt.softprompt import SoftPrompt
 from persona.serve.errors import APIError
 
@@ -35,12 +36,13 @@ class Catalog:
         library: PersonaLibrary,
         fingerprint: Fingerprint,
         model_id: str,
-        check: Callable[[SoftPrompt], None] | None = None,
+        layout: KVLayout | None = None,
+        backend: str = "torch",
     ) -> None:
         self.library = library
         self.fingerprint = fingerprint
-        # what the serving backend refuses (a deep persona on vLLM); else the model check alone
-        self.check = check or (lambda prompt: prompt.check_fits(fingerprint))
+        # the serving backend's KV layout: None where it runs soft prompts only (vLLM, llama.cpp)
+        self.layout, self.backend = layout, backend
         self.base_id = base_model_id(model_id)
         self.started = int(time.time())
 
@@ -61,6 +63,8 @@ class Catalog:
         ]
         for info in self.library.list_personas():
             if not self._fits(info.fingerprint, info.hidden_size):
+                continue
+            if info.kind == "deep" and self.layout is None:  # this backend cannot run it
                 continue
             listed.append(
                 {
@@ -112,7 +116,7 @@ class Catalog:
                 if versioned is None:
                     raise
                 prompt = self.library.get_prompt(versioned["name"], int(versioned["version"]))
-            self.check(prompt)
+            check_runs(prompt, self.fingerprint, self.layout, self.backend)
         except NotFoundError as exc:
             raise APIError(
                 404,

@@ -17,13 +17,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
-from persona.engine.backend import check_runs
 from persona.engine.chat import ChatEngine
 from persona.errors import ConfigError
 from persona.library import open_library
@@ -125,12 +123,13 @@ def start(args: argparse.Namespace) -> Running:
             scheduler = make_scheduler(scheduler_kind, engine, args.max_queue)
             description = f"{loaded.model_id} ({loaded.precision}, {scheduler_kind})"
         loaded = engine.loaded
-        check = engine.check_persona
-        if args.backend == "vllm":  # vLLM takes input-layer prompt embeddings only
-            check = partial(check_runs, fingerprint=loaded.fingerprint, layout=None, backend="vllm")
+        backend = engine.backend  # vLLM's gateway engine only renders: vLLM runs soft prompts only
+        layout, backend_name = (
+            (None, "vllm") if args.backend == "vllm" else (backend.layout, backend.name)
+        )
         state = ServeState(
             scheduler=scheduler,
-            catalog=Catalog(library, loaded.fingerprint, loaded.model_id, check),
+            catalog=Catalog(library, loaded.fingerprint, loaded.model_id, layout, backend_name),
             limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
             api_key=api_key,
             max_body_bytes=args.max_body_bytes,
