@@ -12,9 +12,10 @@ AdamW at a constant learning rate, on the same frozen model (transformers' SmolL
   the description's token embeddings;
 - soft prompt + description: 20 virtual tokens trained with the written description as the system
   message, which stays there in chat (`--description-as-system`);
-- deep prompt (prefix tuning / P-tuning v2): 20 learned keys and values at every layer, started
-  from the keys and values the model computes for the description's tokens (real text, as the soft
-  prompt starts from the description's embeddings);
+- deep prompt (prefix tuning / P-tuning v2, `persona train --kind deep`): 20 learned keys and
+  values at every layer, started from the keys and values the model computes for the description's
+  tokens (real text, as the soft prompt starts from the description's embeddings); and the same
+  behind the description as the system message;
 - LoRA r=8, alpha 16, on q_proj and v_proj through PEFT, as a reference (it changes the model);
 - untrained references: the written description as the system message, and no prompt.
 
@@ -41,8 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,12 +52,9 @@ from persona.dialogue.examples import Example  # noqa: E402
 from persona.dialogue.sources import read_source  # noqa: E402
 from persona.dialogue.split import seeded_sample  # noqa: E402
 from persona.engine.chat import ChatEngine  # noqa: E402
-from persona.engine.torch_backend import TorchBackend  # noqa: E402
-from persona.model.calling import cache_argument_name  # noqa: E402
-from persona.model.llama import KVCache  # noqa: E402
 from persona.model.loader import LoadedModel, load_model  # noqa: E402
+from persona.prompt.deep import KVLayout, prefix_from_embeddings  # noqa: E402
 from persona.prompt.init import initial_prompt  # noqa: E402
-from persona.prompt.inject import IGNORE_INDEX  # noqa: E402
 from persona.prompt.render import Renderer  # noqa: E402
 from persona.prompt.softprompt import SoftPrompt  # noqa: E402
 from persona.style.data import speaker_examples  # noqa: E402
@@ -68,7 +64,7 @@ from persona.train.batching import collate, pad_token_id, schedule  # noqa: E402
 from persona.train.config import TrainConfig  # noqa: E402
 from persona.train.evaluate import mean_nll  # noqa: E402
 from persona.train.loop import train_loop  # noqa: E402
-from persona.train.loss import decoder_and_head, labelled_nll  # noqa: E402
+from persona.train.loss import labelled_nll  # noqa: E402
 from persona.train.spec import load_spec  # noqa: E402
 
 PERSONAS = Path(__file__).resolve().parent.parent / "personas"
@@ -78,6 +74,7 @@ SWEEP = {  # learning rates tried per trained method
     "soft20": (0.01, 0.03),
     "soft20+description": (0.01, 0.03),
     "deep20": (0.005, 0.02),
+    "deep20+description": (0.005, 0.02),
     "lora8": (0.001, 0.004),
 }
 SHARES_LR = {"soft50": "soft20", "soft100": "soft20"}  # same method, more tokens: soft20's rate
@@ -87,6 +84,7 @@ ORDER = (  # as run (the most telling first) and as tabled
     "soft20",
     "soft20+description",
     "deep20",
+    "deep20+description",
     "lora8",
     "soft50",
     "soft100",
@@ -135,81 +133,6 @@ def load_dataset(name: str, heldout_sample: int) -> Dataset:
         seeded_sample(validation, VALIDATION_CAP, 0),
         seeded_sample(heldout, heldout_sample, 0),
     )
-
-
-# ---- the deep prompt: keys and values at every layer --------------------------------------------
-
-
-def text_keys_values(model: Any, tokenizer: Any, text: str, count: int) -> list[torch.Tensor]:
-    """[keys, values] per layer, each (1, H_kv, count, d): what the model computes for the first
-    `count` tokens of `text` (cycled when shorter), the deep prompt's starting point."""
-    from transformers import DynamicCache
-
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = [ids[i % len(ids)] for i in range(count)]
-    decoder, _ = decoder_and_head(model)
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        decoder(
-            input_ids=torch.tensor([ids]),
-            use_cache=True,
-            **{cache_argument_name(decoder): cache},
-        )
-    tensors = []
-    for layer in cache.layers:
-        tensors += [layer.keys.detach().clone(), layer.values.detach().clone()]
-    return tensors
-
-
-def prefilled_cache(model: Any, tensors: Sequence[torch.Tensor], batch: int) -> Any:
-    """A DynamicCache holding the deep prompt for `batch` rows (gradients flow into `tensors`)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    for layer in range(len(tensors) // 2):
-        keys, values = tensors[2 * layer], tensors[2 * layer + 1]
-        cache.update(
-            keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer
-        )  # (B, H_kv, N, d) each
-    return cache
-
-
-def deep_nll(
-    model: Any,
-    tensors: Sequence[torch.Tensor],
-    ids: torch.Tensor,  # (B, T)
-    mask: torch.Tensor,  # (B, T)
-    labels: torch.Tensor,  # (B, T)
-) -> tuple[torch.Tensor, int]:
-    """(sum of reply-token NLLs, count) with the deep prompt in every layer's cache."""
-    decoder, head = decoder_and_head(model)
-    batch, count = ids.shape[0], tensors[0].shape[2]
-    cache = prefilled_cache(model, tensors, batch)
-    full_mask = torch.cat([mask.new_ones(batch, count), mask], dim=1)  # (B, N+T)
-    hidden = decoder(
-        input_ids=ids,
-        attention_mask=full_mask,
-        use_cache=True,
-        **{cache_argument_name(decoder): cache},
-    ).last_hidden_state  # (B, T, D)
-    targets = labels[:, 1:]  # (B, T-1)
-    wanted = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][wanted]).float()  # (K, V)
-    return F.cross_entropy(logits, targets[wanted], reduction="sum"), int(wanted.sum())
-
-
-class DeepPromptBackend(TorchBackend):
-    """persona's own decoder with the deep prompt already in every new cache."""
-
-    def __init__(self, model: Any, tensors: Sequence[torch.Tensor]) -> None:
-        super().__init__(model)
-        self.tensors = [tensor.detach().clone() for tensor in tensors]
-
-    def new_cache(self) -> Any:
-        cache = KVCache()
-        for layer in range(len(self.tensors) // 2):
-            cache.update(layer, self.tensors[2 * layer], self.tensors[2 * layer + 1], 0)
-        return cache
 
 
 def same_logits(reference: Any, engine: ChatEngine, ids: list[int], what: str) -> None:
@@ -333,13 +256,21 @@ class Bench:
         size = len(self.data.description.encode()) if written else 0
         return Trained(0.0, float("nan"), nll, 0.0, size, self.engine, condition)
 
-    def soft(self, count: int, with_description: bool, lr: float) -> Trained:
+    def prompt(self, kind: str, count: int, with_description: bool, lr: float) -> Trained:
+        """A persona as `persona train --kind KIND` makes it, on this benchmark's batches: a soft
+        prompt from the description's embeddings, or a deep one from the keys and values the model
+        computes for them."""
         model = self.loaded.model
         start, init = initial_prompt(
             model, self.loaded.tokenizer, count, method="text", description=self.data.description
-        )
+        )  # (N, D)
+        layout = KVLayout.of_config(model.config) if kind == "deep" else None
+        if layout is not None:
+            start = prefix_from_embeddings(model, start)  # (N, W)
         train = self.encoded("train", with_description)
-        config = TrainConfig(**{**self.config.to_dict(), "num_virtual_tokens": count, "lr": lr})
+        config = TrainConfig(
+            **{**self.config.to_dict(), "num_virtual_tokens": count, "lr": lr, "kind": kind}
+        )
         result = train_loop(
             model,
             start,
@@ -349,22 +280,33 @@ class Bench:
             pad_id=self.pad_id,
             total_steps=len(self.batches()),
             progress=True,
-            description=f"soft{count}{'+description' if with_description else ''} lr {lr}",
+            description=f"{kind}{count}{'+description' if with_description else ''} lr {lr}",
             batches=self.batches(),
+            layout=layout,
         )
         prompt = SoftPrompt(
             result.prompt,
-            name=f"soft{count}",
+            name=f"{kind}{count}",
             description=self.data.description,
             fingerprint=self.loaded.fingerprint,
             init=init,
             system=self.data.description if with_description else "",
+            kind=kind,
+            layout=layout,
         )
         validation, _ = mean_nll(
-            model, result.prompt, self.encoded("validation", with_description), pad_id=self.pad_id
+            model,
+            result.prompt,
+            self.encoded("validation", with_description),
+            pad_id=self.pad_id,
+            layout=layout,
         )
         heldout, _ = mean_nll(
-            model, result.prompt, self.encoded("heldout", with_description), pad_id=self.pad_id
+            model,
+            result.prompt,
+            self.encoded("heldout", with_description),
+            pad_id=self.pad_id,
+            layout=layout,
         )
         return Trained(
             lr,
@@ -372,42 +314,8 @@ class Bench:
             heldout,
             result.tokens / result.train_seconds,
             len(prompt.to_bytes()),
-            self.engine,
+            self.engine,  # persona's own decoder: it runs both kinds
             Condition("persona", persona=prompt),
-        )
-
-    def deep(self, count: int, lr: float) -> Trained:
-        model = self.loaded.model
-        tensors = [
-            torch.nn.Parameter(t)
-            for t in text_keys_values(model, self.loaded.tokenizer, self.data.description, count)
-        ]
-
-        def loss(
-            ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-        ) -> tuple[torch.Tensor, int]:
-            return deep_nll(model, tensors, ids, mask, labels)
-
-        train = self.encoded("train", False)
-        seconds, tokens = fit(tensors, loss, train, self.batches(), lr, self.pad_id)
-        validation = batched_nll(loss, self.encoded("validation", False), self.pad_id)
-        heldout = batched_nll(loss, self.encoded("heldout", False), self.pad_id)
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "deep.safetensors"
-            save_file({f"t{i}": t.detach().contiguous() for i, t in enumerate(tensors)}, path)
-            size = path.stat().st_size
-        engine = ChatEngine(self.native, backend=DeepPromptBackend(self.native.model, tensors))
-        ids = self.encoded("heldout", False)[0].input_ids
-        decoder, head = decoder_and_head(model)
-
-        def reference(batch: torch.Tensor) -> torch.Tensor:
-            cache = prefilled_cache(model, [t.detach() for t in tensors], 1)
-            hidden = decoder(input_ids=batch, use_cache=True, past_key_values=cache)
-            return head(hidden.last_hidden_state[0, -1])
-
-        same_logits(reference, engine, ids, "deep prompt")
-        return Trained(
-            lr, validation, heldout, tokens / seconds, size, engine, Condition("persona", system="")
         )
 
     def lora(self, rank: int, lr: float) -> Trained:
@@ -482,11 +390,10 @@ class Bench:
         )
 
     def train(self, method: str, lr: float) -> Trained:
-        if method.startswith("soft"):
-            count = int(method[4:].split("+")[0])
-            return self.soft(count, method.endswith("+description"), lr)
-        if method.startswith("deep"):
-            return self.deep(int(method[4:]), lr)
+        for kind in ("soft", "deep"):
+            if method.startswith(kind):
+                count = int(method[4:].split("+")[0])
+                return self.prompt(kind, count, method.endswith("+description"), lr)
         if method.startswith("lora"):
             return self.lora(int(method[4:]), lr)
         raise ValueError(method)
