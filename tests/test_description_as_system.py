@@ -203,8 +203,10 @@ def test_the_command_line_defaults_are_the_measures_own() -> None:
     from persona.cli import train_cmds
     from persona.prompt.deep import KINDS
     from persona.style.report import StyleConfig
+    from persona.train.config import SCHEDULES
     from persona.train.evaluate import DEFAULT_EVAL_SAMPLE
 
     assert train_cmds.DEFAULT_EVAL_SAMPLE == DEFAULT_EVAL_SAMPLE
     assert train_cmds.DEFAULT_STYLE_SAMPLE == StyleConfig().sample
     assert train_cmds.PROMPT_KINDS == KINDS
+    assert train_cmds.LR_SCHEDULES == SCHEDULES

@@ -20,6 +20,7 @@ FORMAT_CHOICES = ("auto", "txt", "jsonl", "csv")
 DEFAULT_EVAL_SAMPLE = 200  # as persona.train.evaluate (not imported: no torch at module level)
 DEFAULT_STYLE_SAMPLE = 32  # as persona.style.report.StyleConfig
 PROMPT_KINDS = ("soft", "deep")  # as persona.prompt.deep.KINDS
+LR_SCHEDULES = ("constant", "cosine")  # as persona.train.config.SCHEDULES
 NO_STYLE = -1  # --style-sample none
 
 
@@ -94,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="LR",
         help="AdamW learning rate (default 0.03; 0.02 for --kind deep)",
+    )
+    train.add_argument(
+        "--schedule",
+        choices=LR_SCHEDULES,
+        help="learning rate over the run: constant (default), or cosine: a 10%% warm-up, then down "
+        "to a tenth of --lr",
     )
     train.add_argument("--batch-size", type=int, metavar="B", help="examples per step (default 8)")
     train.add_argument(
@@ -234,6 +241,7 @@ def run_train(args: argparse.Namespace) -> int:
             "steps",
             "epochs",
             "lr",
+            "schedule",
             "batch_size",
             "seed",
             "init",

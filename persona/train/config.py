@@ -19,6 +19,9 @@ DEFAULT_STEPS = (
 MAX_VIRTUAL_TOKENS = 512
 # each kind's learning rate where --lr is not given, picked by validation NLL (docs/methods.md)
 DEFAULT_LR = {"soft": 0.03, "deep": 0.02}
+SCHEDULES = ("constant", "cosine")
+WARMUP_FRACTION = 0.1  # of the steps, for the cosine schedule
+FINAL_LR_FRACTION = 0.1  # the cosine schedule ends at this share of --lr
 
 
 @dataclass
@@ -43,6 +46,9 @@ class TrainConfig:
     description_as_system: bool = True
     # each written example exchange (a spec's `examples`) joins the training examples this often
     example_repeats: int = 4
+    # the learning rate over the run: constant, or cosine (a 10% linear warm-up, then down to a
+    # tenth of --lr at the last step)
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,6 +86,10 @@ class TrainConfig:
         if not (_finite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay!r}")
         _int_at_least("example_repeats", "example_repeats", self.example_repeats, 1, 1000)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         if not isinstance(self.description_as_system, bool):
             raise ConfigError(
                 f"description_as_system must be true or false, got {self.description_as_system!r}"
@@ -91,6 +101,18 @@ class TrainConfig:
             per_epoch = math.ceil(num_train_examples / self.batch_size)
             return max(1, math.ceil(self.epochs * per_epoch))
         return self.steps if self.steps is not None else DEFAULT_STEPS
+
+    def step_lr(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimiser step `step` (0-based) of `total_steps`."""
+        assert self.lr is not None  # set in __post_init__
+        if self.schedule == "constant" or total_steps <= 1:
+            return self.lr
+        warmup = max(1, round(WARMUP_FRACTION * total_steps))
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - 1 - warmup)  # 0 .. 1
+        floor = FINAL_LR_FRACTION * self.lr
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def validation_interval(self, total_steps: int) -> int:
         return self.eval_every or max(1, math.ceil(total_steps / 4))

@@ -133,6 +133,8 @@ def train_loop(
         try:
             while state.step < total_steps:
                 step_started = time.perf_counter()
+                for group in optimizer.param_groups:  # from the step alone: a resume needs no state
+                    group["lr"] = config.step_lr(state.step, total_steps)
                 examples = [train[i] for i in batches[state.step]]  # the global batch
                 loss, stop = _step(
                     model, prompt, optimizer, examples, pad_id, ranks, interrupt.is_set(), layout
