@@ -27,3 +27,27 @@ def test_eval_refuses_a_style_sample_that_is_not_a_count_or_full(value: str, cap
         main(["eval", "voice", "log.txt", "--style-sample", value])
     assert stop.value.code == 2
     assert "--style-sample" in capsys.readouterr().err
+
+
+def test_a_style_measure_that_fails_leaves_the_trained_persona_stored_and_says_so(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+) -> None:
+    from persona.cli import train_cmds
+    from persona.errors import ModelError
+    from tests.test_cli_train import train_args, write_log
+
+    def failing(*args, **kwargs):
+        raise ModelError("the reply model could not be loaded")
+
+    monkeypatch.setattr(train_cmds, "_style_report", failing)
+    args = train_args(write_log(tmp_path), tiny_model_dir)
+    args[args.index("--style-sample") + 1] = "4"
+    assert main(args) == 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "warning: the style measure failed (the reply model could not be loaded)" in err
+    assert "'bob' version 1 is stored without it" in err
+    library = open_library()
+    try:
+        assert "style" not in (library.get_persona("bob").versions[0].metrics or {})
+    finally:
+        library.close()

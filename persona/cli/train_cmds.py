@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from persona.cli import startup
-from persona.errors import ConfigError, DialogueError
+from persona.errors import ConfigError, DialogueError, PersonaError, first_line
 
 FORMAT_CHOICES = ("auto", "txt", "jsonl", "csv")
 DEFAULT_EVAL_SAMPLE = 200  # as persona.train.evaluate (not imported: no torch at module level)
@@ -374,6 +374,13 @@ def _style_after_training(
             file=sys.stderr,
         )
         return 130
+    except PersonaError as exc:  # the persona is good and stored: say so, and what failed
+        print(
+            f"persona: warning: the style measure failed ({first_line(exc)}); {name!r} version "
+            f"{version} is stored without it (`persona eval {name} LOG` measures it)",
+            file=sys.stderr,
+        )
+        return 0
     library = open_library(args.library)
     try:
         library.set_metrics(name, version, {"style": style.to_dict()})
