@@ -14,10 +14,24 @@ from persona.errors import ConfigError, PromptMismatchError
 from persona.library import open_library
 from persona.model.fingerprint import Fingerprint
 from persona.prompt.blend import blend_prompts, concat, interpolate
+from persona.prompt.deep import KVLayout, prefilled_cache, prefix_from_embeddings, split_prefix
 from persona.prompt.softprompt import SoftPrompt
 from tests.library_helpers import FINGERPRINT, make_prompt
 
 CAP = 512
+TINY_LAYOUT = KVLayout(layers=2, kv_heads=2, head_dim=8)  # the tiny Llama's KV cache
+
+
+def make_deep(seed: int, tokens: int = 5, layout: KVLayout = TINY_LAYOUT, name: str = "deep"):
+    """A random deep prompt (N, W) of `layout` for the model FINGERPRINT names."""
+    generator = torch.Generator().manual_seed(seed)
+    return SoftPrompt(
+        torch.randn(tokens, layout.width, generator=generator),  # (N, W)
+        name=name,
+        fingerprint=FINGERPRINT,
+        kind="deep",
+        layout=layout,
+    )
 
 
 def blend(prompts, method="interpolate", **options):
@@ -81,6 +95,75 @@ def test_the_first_written_system_message_is_kept():
     b.system, c.system = "You are B.", "You are C."
     assert blend([a, b, c]).prompt.system == "You are B."
     assert blend([a, a]).prompt.system == ""
+
+
+def test_deep_prompts_interpolate_as_their_keys_and_values_do():
+    a, b = make_deep(1, name="a"), make_deep(2, name="b")
+    mixed = blend([a, b], weights=[1, 3]).prompt
+    assert (mixed.kind, mixed.layout, mixed.fingerprint) == ("deep", TINY_LAYOUT, FINGERPRINT)
+    for (keys, values), (a_keys, a_values), (b_keys, b_values) in zip(
+        split_prefix(mixed.embeddings, TINY_LAYOUT),
+        split_prefix(a.embeddings, TINY_LAYOUT),
+        split_prefix(b.embeddings, TINY_LAYOUT),
+        strict=True,
+    ):  # (1, H, N, d) each, every layer
+        torch.testing.assert_close(keys, 0.25 * a_keys + 0.75 * b_keys, rtol=0, atol=1e-6)
+        torch.testing.assert_close(values, 0.25 * a_values + 0.75 * b_values, rtol=0, atol=1e-6)
+
+
+def test_concatenated_deep_prompts_are_the_sources_caches_one_after_the_other():
+    """A deep prompt's rows are positions: stacking rows stacks every layer's keys and values."""
+    a, b = make_deep(1, tokens=3, name="a"), make_deep(2, tokens=4, name="b")
+    mixed = blend([a, b], method="concat").prompt
+    assert (mixed.kind, mixed.layout, mixed.num_virtual_tokens) == ("deep", TINY_LAYOUT, 7)
+    for joined, first, second in zip(
+        split_prefix(mixed.embeddings, TINY_LAYOUT),
+        split_prefix(a.embeddings, TINY_LAYOUT),
+        split_prefix(b.embeddings, TINY_LAYOUT),
+        strict=True,
+    ):
+        for part in (0, 1):  # keys, then values: (1, H, 3+4, d)
+            assert torch.equal(joined[part], torch.cat([first[part], second[part]], dim=2))
+
+
+def test_a_concatenated_deep_blend_runs_as_the_joined_caches_do(tiny):
+    """In the engine, the blend speaks as the model does after both sources' caches, joined."""
+    from transformers import DynamicCache
+
+    from persona.engine.chat import ChatEngine
+    from persona.model.calling import cache_argument_name
+
+    generator = torch.Generator().manual_seed(6)
+    layout = KVLayout.of_config(tiny.model.config)
+    sources = [
+        SoftPrompt(
+            prefix_from_embeddings(
+                tiny.model, torch.randn(n, tiny.fingerprint.hidden_size, generator=generator)
+            ),  # (n, W)
+            name=name,
+            fingerprint=tiny.fingerprint,
+            kind="deep",
+            layout=layout,
+        )
+        for name, n in (("ada", 3), ("bob", 2))
+    ]
+    mixed = blend(sources, method="concat").prompt
+    ids = tiny.tokenizer("Hello there, how are you").input_ids
+    joined = DynamicCache(config=tiny.model.config)
+    caches = [prefilled_cache(tiny.model, p.embeddings, layout, 1) for p in sources]
+    for layer in range(layout.layers):
+        joined.update(
+            torch.cat([c.layers[layer].keys for c in caches], dim=2),  # (1, H, 3+2, d)
+            torch.cat([c.layers[layer].values for c in caches], dim=2),
+            layer,
+        )
+    backend = ChatEngine(tiny).backend
+    ours = backend.prefill(backend.new_cache(), ids, mixed.embeddings, kind="deep")  # (V,)
+    with torch.no_grad():
+        theirs = tiny.model(
+            input_ids=torch.tensor([ids]), **{cache_argument_name(tiny.model): joined}
+        ).logits  # (1, T, V)
+    torch.testing.assert_close(ours, theirs[0, -1], rtol=0, atol=1e-6)
 
 
 # ---- refusals ----------------------------------------------------------------------------------
@@ -172,6 +255,29 @@ def test_prompts_of_different_models_are_refused_for_either_method():
         with pytest.raises(PromptMismatchError, match="blend only personas of one model") as caught:
             blend([a, b], method)
         assert str(FINGERPRINT) in str(caught.value) and str(other) in str(caught.value)
+
+
+@pytest.mark.parametrize("method", ["interpolate", "concat"])
+def test_soft_and_deep_prompts_never_mix(method):
+    soft, deep = make_prompt(1, name="soft"), make_deep(2, name="deep")
+    for prompts in ([soft, deep], [deep, soft]):
+        with pytest.raises(PromptMismatchError) as caught:
+            blend(prompts, method)
+        message = str(caught.value)
+        assert "\n" not in message and "blend only personas of one kind" in message
+        assert "'soft' is a soft prompt" in message or "'deep' is a deep prompt" in message
+
+
+def test_deep_prompts_of_two_layouts_are_refused_even_of_one_width():
+    other = KVLayout(layers=1, kv_heads=4, head_dim=8)  # 64 columns, as TINY_LAYOUT
+    a, b = make_deep(1, name="a"), make_deep(2, layout=other, name="b")
+    assert a.width == b.width
+    for method in ("interpolate", "concat"):
+        with pytest.raises(PromptMismatchError) as caught:
+            blend([a, b], method)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert "'b' holds keys and values for 1x4x8" in message and "'a' for 2x2x8" in message
 
 
 # ---- the command, on a library with the starters ------------------------------------------------
@@ -349,3 +455,25 @@ def test_a_blend_replies_as_its_blended_prompt_does(capsys, tmp_path, tiny, tiny
     blended = reply_json(capsys, tiny_model_dir, "mix")
     assert blended["reply"]
     assert blended["reply"] == reply_json(capsys, tiny_model_dir, str(file))["reply"]
+
+
+def test_the_command_blends_deep_personas_into_a_deep_one(capsys):
+    library = open_library()
+    try:
+        for prompt in (make_deep(1, tokens=3, name="ada"), make_deep(2, tokens=4, name="bob")):
+            library.add_version(prompt.name, prompt)
+        library.add_version("cy", make_prompt(3, name="cy"))
+    finally:
+        library.close()
+    code, out, err = run(capsys, "blend", "ada", "bob", "--method", "concat", "--name", "mix")
+    assert code == 0, err
+    assert "concat of ada v1 (3 tokens), bob v1 (4 tokens)" in out and "(7x32 deep)" in out
+    library = open_library()
+    try:
+        stored = library.get_prompt("mix")
+    finally:
+        library.close()
+    assert (stored.kind, stored.layout, stored.num_virtual_tokens) == ("deep", TINY_LAYOUT, 7)
+
+    code, _, err = run(capsys, "blend", "ada", "cy", "--name", "x")
+    assert_one_line_error(code, err, "'cy' is a soft prompt and 'ada' a deep one", "one kind")

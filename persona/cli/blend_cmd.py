@@ -11,8 +11,9 @@ from typing import Any
 
 DESCRIPTION = (
     "Make a new persona from the active versions of two or more personas of the library, all "
-    "trained for one model, and store it as persona NAME (version 1, or the next version if NAME "
-    "exists). interpolate: the weighted mean of prompts of one length; concat: every prompt's "
+    "trained for one model and all of one kind (soft or deep), and store it as persona NAME "
+    "(version 1, or the next version if NAME exists). interpolate: the weighted mean of prompts "
+    "of one length; concat: every prompt's "
     "virtual tokens one after the other, in the order given. The sources' own defaults "
     "(`persona set`) are not carried over: set the blend's with `persona set NAME ...`."
 )
@@ -90,9 +91,11 @@ def run_blend(args: argparse.Namespace) -> int:
         )
     finally:
         library.close()
+    shape = f"{info.num_virtual_tokens}x{info.hidden_size}" + (
+        " deep" if info.kind == "deep" else ""
+    )
     print(
-        f"stored persona {args.name!r} version {info.version}: {describe_blend(record)} "
-        f"({info.num_virtual_tokens}x{info.hidden_size})"
+        f"stored persona {args.name!r} version {info.version}: {describe_blend(record)} ({shape})"
     )
     return 0
 

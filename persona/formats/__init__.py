@@ -1,4 +1,5 @@
-"""Soft-prompt file formats: our own safetensors file, PEFT prompt-tuning adapters, KoboldAI zips.
+"""Persona file formats: our own safetensors file, PEFT adapters (prompt tuning for a soft persona,
+prefix tuning for a deep one), KoboldAI zips (soft personas only).
 
 `read_prompt(path)` detects the format; `write_prompt(prompt, path, fmt)` exports. Every reader
 refuses pickles and bounds sizes, and every round trip is exact.
@@ -32,7 +33,7 @@ def detect_format(path: Path) -> str:
         if (path / "adapter_config.json").is_file():
             return "peft"
         raise PromptFormatError(
-            f"{path}: a directory without adapter_config.json; expected a PEFT prompt-tuning adapter"
+            f"{path}: a directory without adapter_config.json; expected a PEFT prompt- or prefix-tuning adapter"
         )
     if path.name == "adapter_config.json":
         return "peft"

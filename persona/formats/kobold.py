@@ -1,5 +1,7 @@
 """KoboldAI soft-prompt zips: `tensor.npy` (N, D) float16/float32 and `meta.json`.
 
+KoboldAI takes input-layer embeddings only: a deep persona has no KoboldAI form.
+
 A zip from the internet is untrusted: nothing is extracted to disk, member names that climb out
 (`../`, absolute paths) are refused, every member's size is bounded before and while reading, and
 the array is read with `allow_pickle=False` after its header has been checked for object dtype.
@@ -98,6 +100,12 @@ def write_kobold_zip(
     prompt: SoftPrompt, path: Path, *, force: bool = False, author: str = ""
 ) -> Path:
     """Export as a KoboldAI zip (float32, so the round trip is exact); file mode 0600."""
+    if prompt.kind != "soft":
+        raise PromptFormatError(
+            f"{prompt.name!r} is a deep persona (keys and values at every layer), but a KoboldAI soft "
+            "prompt holds input-layer embeddings only; export it with --format peft (a PREFIX_TUNING "
+            "adapter) or --format persona"
+        )
     refuse_existing(path, force)
     array = io.BytesIO()
     np.save(array, prompt.embeddings.numpy(), allow_pickle=False)  # (N, D) float32

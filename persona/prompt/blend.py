@@ -1,8 +1,14 @@
-"""Blend soft prompts of one model into a new one.
+"""Blend prompts of one model into a new one.
 
 interpolate: P = sum_i w_i P_i over prompts of one shape (N, D); weights positive, summing to 1.
 concat:      P = [P_1 ; P_2 ; ...], shape (N_1 + N_2 + ..., D): every source's virtual tokens, in
              the order given, so the model attends to each of them as they were trained.
+
+Deep prompts (N, W) blend the same way: each row is one virtual position's keys and values at
+every layer (persona.prompt.deep), so a mean of rows is a mean of keys and values, and stacked rows
+are the sources' caches one after the other. Their keys keep the rotary positions they were made
+at, though: after a concat the conversation meets each source further away than it was trained at
+(by the other sources' lengths). A soft and a deep prompt, or deep prompts of two layouts, never mix.
 """
 
 from __future__ import annotations
@@ -43,14 +49,14 @@ def normalised_weights(weights: Sequence[float] | None, count: int) -> list[floa
 
 
 def interpolate(embeddings: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """The weighted sum of same-shaped (N, D) matrices, accumulated in float64."""
+    """The weighted sum of same-shaped (N, D) or (N, W) matrices, accumulated in float64."""
     stacked = torch.stack(list(embeddings)).to(torch.float64)  # (K, N, D)
     scale = torch.tensor(list(weights), dtype=torch.float64).view(-1, 1, 1)  # (K, 1, 1)
     return (stacked * scale).sum(dim=0).to(torch.float32)  # (N, D)
 
 
 def concat(embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The rows of every (N_i, D) matrix, one matrix after the other."""
+    """The rows of every (N_i, D) or (N_i, W) matrix, one matrix after the other."""
     return torch.cat(list(embeddings), dim=0)  # (N_1 + N_2 + ..., D)
 
 
@@ -86,6 +92,7 @@ def blend_prompts(
     first = prompts[0]
     for prompt in prompts:
         prompt.check_consistent()
+        _check_same_kind(prompt, first)
         if prompt.fingerprint != first.fingerprint or prompt.hidden_size != first.hidden_size:
             raise PromptMismatchError(
                 f"persona {prompt.name!r} was trained for model {prompt.fingerprint or 'unknown'} "
@@ -113,10 +120,10 @@ def blend_prompts(
     applied: list[float | None]
     if method == "interpolate":
         applied = [*normalised_weights(weights, len(prompts))]
-        embeddings = interpolate([p.embeddings for p in prompts], applied)  # (N, D)
+        embeddings = interpolate([p.embeddings for p in prompts], applied)  # (N, D) or (N, W)
     else:
         applied = [None] * len(prompts)
-        embeddings = concat([p.embeddings for p in prompts])  # (N_1 + N_2 + ..., D)
+        embeddings = concat([p.embeddings for p in prompts])  # (N_1 + N_2 + ..., D) or (.., W)
     prompt = SoftPrompt(
         embeddings=embeddings,
         name=name,
@@ -125,8 +132,26 @@ def blend_prompts(
         init=INIT,
         base_model=first.base_model,
         system=next((p.system for p in prompts if p.system), ""),
+        kind=first.kind,
+        layout=first.layout,
     )
     return Blend(prompt, applied)
+
+
+def _check_same_kind(prompt: SoftPrompt, first: SoftPrompt) -> None:
+    """Refuse, in one line, a soft prompt blended with a deep one, or deep prompts of two layouts:
+    their rows are not the same kind of thing."""
+    if prompt.kind != first.kind:
+        raise PromptMismatchError(
+            f"persona {prompt.name!r} is a {prompt.kind} prompt and {first.name!r} a {first.kind} one: "
+            "a soft prompt's rows are input embeddings, a deep one's keys and values at every layer; "
+            "blend only personas of one kind"
+        )
+    if prompt.layout != first.layout:
+        raise PromptMismatchError(
+            f"deep persona {prompt.name!r} holds keys and values for {prompt.layout} (layers x kv heads "
+            f"x head dim), {first.name!r} for {first.layout}; blend only personas of one model"
+        )
 
 
 def blend_record(
