@@ -229,3 +229,52 @@ def test_persona_train_kind_deep_stores_a_deep_persona_that_chat_and_show_use(
     ]  # fmt: skip
     assert main(reply) == 0
     assert json.loads(capsys.readouterr().out)["reply"]
+
+
+def store(prompt: SoftPrompt, name: str, path=None) -> None:
+    library = open_library(path)
+    try:
+        library.add_version(name, prompt)
+    finally:
+        library.close()
+
+
+def test_a_server_on_persona_s_backend_serves_a_deep_persona_to_an_openai_client(
+    tiny_model_dir, tiny, deep_pair
+) -> None:
+    from openai import OpenAI
+
+    from tests.serving import running_server
+
+    soft, deep = deep_pair
+    store(deep, "deepbard")
+    with running_server("--model", str(tiny_model_dir)) as running:
+        client = OpenAI(base_url=running.url, api_key="none", max_retries=0, timeout=60)
+        assert "deepbard" in [m.id for m in client.models.list().data]
+        answer = client.chat.completions.create(
+            model="deepbard", messages=HELLO, temperature=0, max_tokens=12
+        )
+    # a batching server computes in float32, as `tiny` does
+    assert answer.choices[0].message.content == ChatEngine(tiny).reply(HELLO, deep, GREEDY)
+
+
+def test_a_vllm_server_neither_lists_nor_runs_a_deep_persona(tiny, deep_pair) -> None:
+    from persona.serve.catalog import Catalog
+    from persona.serve.errors import APIError
+
+    soft, deep = deep_pair
+    store(deep, "deepbard")
+    store(soft, "softbard")
+    library = open_library()
+    try:
+        catalog = Catalog(library, tiny.fingerprint, "/models/tiny", None, "vllm")
+        listed = [m["id"] for m in catalog.models()]
+        assert "softbard" in listed and "deepbard" not in listed
+        assert catalog.resolve("softbard") is not None
+        with pytest.raises(APIError) as caught:
+            catalog.resolve("deepbard")
+        assert caught.value.status == 400 and "the vllm backend cannot run" in str(caught.value)
+        torch_catalog = Catalog(library, tiny.fingerprint, "/models/tiny", deep.layout, "torch")
+        assert "deepbard" in [m["id"] for m in torch_catalog.models()]
+    finally:
+        library.close()
