@@ -67,6 +67,7 @@ def _weights(text: str) -> list[float]:
 
 def run_blend(args: argparse.Namespace) -> int:
     from persona.library import open_library
+    from persona.library.info import prompt_shape
     from persona.prompt.blend import blend_prompts, blend_record, default_description
     from persona.train.config import MAX_VIRTUAL_TOKENS
 
@@ -91,11 +92,9 @@ def run_blend(args: argparse.Namespace) -> int:
         )
     finally:
         library.close()
-    shape = f"{info.num_virtual_tokens}x{info.hidden_size}" + (
-        " deep" if info.kind == "deep" else ""
-    )
     print(
-        f"stored persona {args.name!r} version {info.version}: {describe_blend(record)} ({shape})"
+        f"stored persona {args.name!r} version {info.version}: {describe_blend(record)} "
+        f"({prompt_shape(info)})"
     )
     return 0
 

@@ -15,6 +15,7 @@ from typing import Any
 from persona.cli.blend_cmd import describe_blend
 from persona.cli.defaults_cmd import describe
 from persona.errors import AlreadyExistsError, ConfigError
+from persona.library.info import prompt_shape
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = add(
         "export",
-        "export a persona's soft prompt as our file, a PEFT adapter or a KoboldAI zip",
+        "export a persona's prompt as our file, a PEFT adapter (prompt or prefix tuning) or a KoboldAI zip",
         run_export,
     )
     parser.add_argument("name", metavar="NAME")
@@ -90,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = add(
         "import",
-        "import a soft prompt (our .safetensors, a PEFT adapter directory or a KoboldAI .zip)",
+        "import a prompt (our .safetensors, a PEFT prompt- or prefix-tuning adapter directory, or a KoboldAI .zip)",
         run_import,
     )
     parser.add_argument("path", metavar="PATH", type=Path)
@@ -173,7 +174,7 @@ def run_list(args: argparse.Namespace) -> int:
         [
             p.name,
             str(p.active_version),
-            _shape(p),
+            prompt_shape(p),
             _short(p.model_id, 28) or "-",
             _nll(p.metrics),
             ",".join(p.tags),
@@ -183,12 +184,6 @@ def run_list(args: argparse.Namespace) -> int:
     ]
     print(_table(["NAME", "VER", "PROMPT", "MODEL", "NLL", "TAGS", "DESCRIPTION"], rows))
     return 0
-
-
-def _shape(record: Any) -> str:
-    """A prompt's shape in a table: N x D, and `deep` for keys and values at every layer."""
-    shape = f"{record.num_virtual_tokens}x{record.hidden_size}"
-    return f"{shape} deep" if record.kind == "deep" else shape
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -255,7 +250,7 @@ def run_show(args: argparse.Namespace) -> int:
             [
                 ("*" if v.active else " ") + str(v.version),
                 v.created.strftime("%Y-%m-%d %H:%M"),
-                _shape(v),
+                prompt_shape(v),
                 v.init,
                 _nll(metrics),
                 f"{hard:.2f}" if isinstance(hard, (int, float)) else "-",
@@ -325,9 +320,7 @@ def run_export(args: argparse.Namespace) -> int:
     finally:
         lib.close()
     path = write_prompt(prompt, args.path, args.format, force=args.force)
-    print(
-        f"exported {prompt.name!r} ({prompt.num_virtual_tokens}x{prompt.hidden_size}) to {path} as {args.format}"
-    )
+    print(f"exported {prompt.name!r} ({prompt_shape(prompt)}) to {path} as {args.format}")
     if prompt.system and args.format != "persona":
         print(
             f"note: {prompt.name!r} was trained to speak after its description as the system "
@@ -371,9 +364,7 @@ def run_import(args: argparse.Namespace) -> int:
         )
     finally:
         lib.close()
-    print(
-        f"imported {name!r} ({version.num_virtual_tokens}x{version.hidden_size}) from {fmt} file {args.path}"
-    )
+    print(f"imported {name!r} ({prompt_shape(version)}) from {fmt} file {args.path}")
     return 0
 
 

@@ -98,3 +98,10 @@ class MessageInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
+
+
+def prompt_shape(record: Any) -> str:
+    """A prompt's shape as persona prints it: N x D, and `deep` for keys and values at every layer
+    (D is `?` for a deep prompt of unknown model). `record`: a SoftPrompt, PersonaInfo or VersionInfo."""
+    shape = f"{record.num_virtual_tokens}x{record.hidden_size or '?'}"
+    return f"{shape} deep" if record.kind == "deep" else shape

@@ -61,13 +61,17 @@ class KVLayout:
         heads = getattr(text, "num_attention_heads", None)
         hidden = getattr(text, "hidden_size", None)
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        head_dim = getattr(text, "head_dim", None) or (
-            hidden // heads if hidden and heads else None
-        )
+        head_dim = getattr(text, "head_dim", None)
+        if not head_dim and _positive_int(hidden) and _positive_int(heads):
+            head_dim = hidden // heads
         values = (layers, kv_heads, head_dim)
-        if not all(isinstance(v, int) and v > 0 for v in values):
+        if not all(_positive_int(v) for v in values):
             return None
         return cls(*values)  # type: ignore[arg-type]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def split_prefix(prompt: torch.Tensor, layout: KVLayout) -> list[tuple[torch.Tensor, torch.Tensor]]:
