@@ -200,7 +200,9 @@ def test_persona_train_kind_deep_stores_a_deep_persona_that_chat_and_show_use(
     log = write_log(tmp_path)
     args = train_args(log, tiny_model_dir, "--description", "a bard", "--kind", "deep")
     assert main(args) == 0
-    assert "stored persona 'bob' version 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "stored persona 'bob' version 1" in out
+    assert "  deep prompt " in out and "deep prompt - written" in out  # the row is named for it
     library = open_library()
     try:
         prompt = library.get_prompt("bob")

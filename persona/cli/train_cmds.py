@@ -430,7 +430,9 @@ def _store(
     trained.checkpoint.unlink(missing_ok=True)
     if output is not None:
         trained.prompt.save(output)
-    _print_metrics(trained.metrics, f"held-out ({trained.training['evaluated_on']})")
+    _print_metrics(
+        trained.metrics, f"held-out ({trained.training['evaluated_on']})", trained.prompt.kind
+    )
     print(
         f"stored persona {name!r} version {info.version}"
         + (f"; prompt written to {output}" if output else "")
@@ -517,7 +519,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        _print_metrics(metrics, f"{args.name} on {dialogue.source}")
+        _print_metrics(metrics, f"{args.name} on {dialogue.source}", prompt.kind)
         if style is not None:
             _print_style(style)
     return 0
@@ -578,7 +580,9 @@ def _print_style(report: Any) -> None:
     print(f"  real lines      {share_text(report.real_lines_share)} (check: high)")
 
 
-def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+def _print_metrics(metrics: dict[str, Any], title: str, kind: str = "soft") -> None:
+    """The held-out NLL table; the persona's row is named for its kind (soft or deep prompt)."""
+    persona = f"{kind} prompt"
     nll = metrics["nll"]
     interval = metrics.get("interval") or {}
     scored = metrics["examples"]
@@ -591,7 +595,7 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     for key, label in (
         ("no_prompt", "no prompt"),
         ("hard_prompt", "written description"),
-        ("soft_prompt", "soft prompt"),
+        ("soft_prompt", persona),
     ):
         value = nll.get(key)
         bounds = interval.get(key)
@@ -603,4 +607,4 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
         difference = (metrics.get("difference") or {}).get(key)
         if difference:
             mean, low, high = difference
-            print(f"  soft prompt - {label:<10} {mean:+.4f}  [{low:+.4f}, {high:+.4f}]")
+            print(f"  {persona} - {label:<10} {mean:+.4f}  [{low:+.4f}, {high:+.4f}]")
