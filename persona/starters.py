@@ -21,6 +21,7 @@ from persona.errors import ConfigError, PromptFormatError
 from persona.model.files import header_metadata, parse_header
 from persona.model.fingerprint import Fingerprint
 from persona.prompt.fileformat import TENSOR_KEY, values_sha256
+from persona.prompt.layout import KINDS, KVLayout
 
 try:
     import tomllib
@@ -38,14 +39,15 @@ PREFERRED_DEFAULTS = ("falstaff", "hamlet")  # the chat opens with the first of 
 
 @dataclass
 class PromptFile:
-    """A soft-prompt file read without torch: its bytes and what the library records about it."""
+    """A prompt file read without torch: its bytes and what the library records about it."""
 
     data: bytes  # the whole safetensors file, stored as is
     num_virtual_tokens: int  # N
-    hidden_size: int  # D
-    sha256: str  # of the raw (N, D) float32 values, as SoftPrompt.sha256
+    hidden_size: int  # D of the model (0 for a deep prompt that records none)
+    sha256: str  # of the raw (N, D) or (N, W) float32 values, as SoftPrompt.sha256
     metadata: dict[str, str]
     fingerprint: Fingerprint | None
+    kind: str = "soft"  # soft | deep (persona.prompt.deep)
 
 
 @dataclass
@@ -95,7 +97,8 @@ def find_starters(folder: Path = STARTERS_DIR) -> list[Starter]:
 
 
 def read_prompt_file(path: Path) -> PromptFile:
-    """Parse our single-file format (a `prompt_embeddings` F32 (N, D) tensor + string metadata)."""
+    """Parse our single-file format (a `prompt_embeddings` F32 (N, D) or, deep, (N, W) tensor +
+    string metadata)."""
     data = path.read_bytes()
     try:
         header, data_start = parse_header(data)
@@ -113,11 +116,23 @@ def read_prompt_file(path: Path) -> PromptFile:
     fingerprint = (
         Fingerprint.from_json(metadata["fingerprint"]) if metadata.get("fingerprint") else None
     )
-    if fingerprint is not None and fingerprint.hidden_size != width:
+    kind = metadata.get("kind", "soft")
+    if kind not in KINDS:
+        raise PromptFormatError(f"{path}: unknown prompt kind {kind!r}")
+    if kind == "deep":  # keys and values at every layer: its layout says how wide
+        layout = KVLayout.parse(metadata.get("layout", ""))
+        if layout.width != width:
+            raise PromptFormatError(
+                f"{path}: tensor width {width} disagrees with its layout {layout} ({layout.width})"
+            )
+        hidden_size = fingerprint.hidden_size if fingerprint is not None else 0
+    elif fingerprint is not None and fingerprint.hidden_size != width:
         raise PromptFormatError(
             f"{path}: tensor width {width} disagrees with its model {fingerprint}"
         )
-    return PromptFile(data, rows, width, values_sha256(values), metadata, fingerprint)
+    else:
+        hidden_size = width
+    return PromptFile(data, rows, hidden_size, values_sha256(values), metadata, fingerprint, kind)
 
 
 def load_starters(folder: Path = STARTERS_DIR) -> list[StarterPrompt]:

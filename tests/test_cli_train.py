@@ -54,7 +54,7 @@ def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2
     log = write_log(tmp_path)
     assert main(train_args(log, tiny_model_dir, "--description", "a bard")) == 0
     out = capsys.readouterr().out
-    assert "no prompt" in out and "written description" in out and "soft prompt" in out
+    assert "no prompt" in out and "written description" in out and "deep prompt" in out
     assert "stored persona 'bob' version 1" in out
 
     assert main(train_args(log, tiny_model_dir)) == 0

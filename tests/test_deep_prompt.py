@@ -223,6 +223,7 @@ def test_persona_train_kind_deep_stores_a_deep_persona_that_chat_and_show_use(
     assert main(["show", "bob"]) == 0
     out = capsys.readouterr().out
     assert "deep: keys and values of 4 virtual tokens at every layer" in out
+    assert "fingerprint:" in out and "trained on:" in out  # the rest of the version, as for any
     assert main(["list"]) == 0
     assert "4x32 deep" in capsys.readouterr().out
     reply = [

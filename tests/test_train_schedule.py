@@ -28,9 +28,9 @@ def test_cosine_warms_up_peaks_at_lr_and_ends_at_a_tenth() -> None:
     assert TrainConfig(lr=0.03, schedule="cosine").step_lr(0, 1) == 0.03  # one step: no schedule
 
 
-def test_a_deep_prompt_defaults_to_its_own_rate_and_an_unknown_schedule_is_refused() -> None:
-    assert TrainConfig().lr == 0.03
-    assert TrainConfig(kind="deep").lr == 0.02
+def test_each_kind_defaults_to_its_own_rate_and_an_unknown_schedule_is_refused() -> None:
+    assert TrainConfig().kind == "deep" and TrainConfig().lr == 0.02
+    assert TrainConfig(kind="soft").lr == 0.03
     assert TrainConfig(kind="deep", lr=0.05).lr == 0.05
     with pytest.raises(
         ConfigError, match="--schedule must be one of constant, cosine, got 'linear'"

@@ -203,15 +203,16 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  tags:        {', '.join(info.tags)}")
     for label, text in describe(info.defaults):
         print(f"  {label + ':':<12} {text}")
-    if active is not None and active.kind == "deep":
-        print(
-            f"  prompt:      deep: keys and values of {active.num_virtual_tokens} virtual tokens at every "
-            f"layer ({active.dtype}), init {active.init}; runs on --backend torch only"
-        )
-    elif active is not None:
-        print(
-            f"  prompt:      {active.num_virtual_tokens} virtual tokens x {active.hidden_size} ({active.dtype}), init {active.init}"
-        )
+    if active is not None:
+        if active.kind == "deep":
+            print(
+                f"  prompt:      deep: keys and values of {active.num_virtual_tokens} virtual tokens at "
+                f"every layer ({active.dtype}), init {active.init}; runs on --backend torch only"
+            )
+        else:
+            print(
+                f"  prompt:      {active.num_virtual_tokens} virtual tokens x {active.hidden_size} ({active.dtype}), init {active.init}"
+            )
         print(f"  model:       {active.model_id or 'unknown'}")
         print(f"  fingerprint: {active.fingerprint or 'unknown'}")
         print(f"  sha256:      {active.sha256}")

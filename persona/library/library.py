@@ -282,6 +282,7 @@ def _add_starters(session: Session, starters: Sequence[StarterPrompt]) -> list[s
                 version=1,
                 num_virtual_tokens=prompt.num_virtual_tokens,
                 hidden_size=prompt.hidden_size,
+                kind=prompt.kind,
                 dtype="float32",
                 sha256=prompt.sha256,
                 model_id=prompt.metadata.get("base_model", ""),

@@ -29,7 +29,9 @@ class TrainConfig:
     num_virtual_tokens: int = 20
     steps: int | None = None  # exclusive with epochs; neither means DEFAULT_STEPS
     epochs: float | None = None
-    kind: str = "soft"  # soft: input-layer prompt | deep: keys and values at every layer
+    # deep: keys and values at every layer, better on every measure of docs/methods.md but run by
+    # persona's own backend only | soft: input-layer embeddings, which every backend runs
+    kind: str = "deep"
     lr: float | None = None  # None: the kind's DEFAULT_LR
     batch_size: int = 8
     seed: int = 0
