@@ -1,6 +1,8 @@
 """`persona serve --backend vllm` in front of a real vLLM server (its CPU build, from .venv-vllm,
-which `make vllm` creates) on the default model: greedy replies of the starter personas equal
-persona's own float32 engine's, and the start-up checks refuse a model that is not the server's.
+which `make vllm` creates) on the default model: greedy replies of soft personas (the starters'
+descriptions, as the system message and as the prompt's starting embeddings) equal persona's own
+float32 engine's; the deep starters are neither listed nor run; and the start-up checks refuse a
+model that is not the server's.
 
 Marked `vllm` (left out of the default run: vLLM takes about a minute to start here); run with
 `pytest -m vllm`. Skipped, saying why, where .venv-vllm is absent or vLLM does not start.
@@ -27,7 +29,8 @@ pytestmark = pytest.mark.vllm
 
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 START_TIMEOUT_S = 600  # a CPU server compiles its kernels at the first start
-PERSONAS = ("falstaff", "hamlet", "juliet")
+STARTERS = ("falstaff", "hamlet", "juliet")  # deep: vLLM takes input-layer prompts only
+PERSONAS = tuple(f"{name}-soft" for name in STARTERS)
 CONVERSATIONS = [
     [{"role": "user", "content": "What do you think of honour?"}],
     [
@@ -108,14 +111,47 @@ def with_starters(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return real_home
 
 
+def soft_personas(engine, library_path: Path | None = None) -> None:
+    """A soft persona per starter in the library: 20 virtual tokens of its description's embeddings
+    (where `persona train --kind soft` starts), speaking after the description."""
+    from persona.library import open_library
+    from persona.prompt.init import initial_prompt
+    from persona.prompt.softprompt import SoftPrompt
+
+    library = open_library(library_path)
+    try:
+        for starter, name in zip(STARTERS, PERSONAS, strict=True):
+            description = library.get_persona(starter).description
+            start, init = initial_prompt(
+                engine.loaded.model, engine.tokenizer, 20, method="text", description=description
+            )  # (20, D)
+            prompt = SoftPrompt(
+                start,
+                name=name,
+                description=description,
+                fingerprint=engine.loaded.fingerprint,
+                init=init,
+                system=description,
+            )
+            library.add_version(name, prompt)
+    finally:
+        library.close()
+
+
 def test_greedy_replies_through_vllm_equal_persona_s_float32_engine(vllm_url, with_starters):
     from persona.engine.chat import ChatEngine
     from persona.engine.config import GenerationConfig
     from persona.model.loader import load_chat_model
 
+    engine = ChatEngine(load_chat_model(precision="fp32"))
+    soft_personas(engine)
     served: dict[tuple[str, int], tuple[str, int, int]] = {}
     with running_server("--backend", "vllm", "--vllm-url", vllm_url) as running:
         api = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)
+        listed = {model.id for model in api.models.list().data}
+        assert set(PERSONAS) <= listed and not listed & set(STARTERS)  # deep: not listed
+        with pytest.raises(openai.BadRequestError, match="the vllm backend cannot run"):
+            api.chat.completions.create(model="hamlet", messages=CONVERSATIONS[0], **GREEDY)
         for name in PERSONAS:
             for index, messages in enumerate(CONVERSATIONS):
                 reply = api.chat.completions.create(model=name, messages=messages, **GREEDY)
@@ -126,12 +162,11 @@ def test_greedy_replies_through_vllm_equal_persona_s_float32_engine(vllm_url, wi
                     usage.completion_tokens,
                 )
         streamed = api.chat.completions.create(
-            model="hamlet", messages=CONVERSATIONS[0], stream=True, **GREEDY
+            model=PERSONAS[1], messages=CONVERSATIONS[0], stream=True, **GREEDY
         )
         pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
         library = running.library
         prompts = {name: library.get_prompt(name) for name in PERSONAS}
-    engine = ChatEngine(load_chat_model(precision="fp32"))
     config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=32)
     for (name, index), (text, prompt_tokens, completion_tokens) in served.items():
         prompt = prompts[name]
@@ -139,7 +174,7 @@ def test_greedy_replies_through_vllm_equal_persona_s_float32_engine(vllm_url, wi
         assert text == local, (name, index)
         assert prompt_tokens == engine.last.prompt_tokens + prompt.num_virtual_tokens
         assert completion_tokens == engine.last.new_tokens
-    assert pieces == served["hamlet", 0][0]
+    assert pieces == served[PERSONAS[1], 0][0]
 
 
 def another_matrix(directory: Path, target: Path) -> Path:
