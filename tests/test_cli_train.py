@@ -127,6 +127,19 @@ def test_spec_file_trains_with_paths_relative_to_it_and_writes_the_prompt_file(
 
     saved = SoftPrompt.load(tmp_path / "bob.safetensors")
     assert saved.name == "bob-spec" and saved.num_virtual_tokens == 3
+    assert saved.kind == "deep"  # the default kind
+
+    # the same recipe under another name, as another kind: the recipe's own file is left alone
+    again = ["train", "--spec", str(spec), "--model", str(tiny_model_dir), "--quiet"]
+    capsys.readouterr()
+    assert main([*again, "--name", "bob-soft", "--kind", "soft"]) == 0
+    assert SoftPrompt.load(tmp_path / "bob.safetensors").sha256 == saved.sha256
+    assert "prompt written" not in capsys.readouterr().out
+    library = open_library()
+    try:
+        assert library.get_prompt("bob-soft").kind == "soft"
+    finally:
+        library.close()
 
 
 def test_ctrl_c_leaves_no_persona_and_resume_finishes_it(

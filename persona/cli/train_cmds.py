@@ -272,7 +272,8 @@ def run_train(args: argparse.Namespace) -> int:
     heldout_source = args.heldout or (spec.heldout if spec else None)
     fmt = args.format or (spec.format if spec else "auto")
     base = spec.base if spec and not args.log else None
-    output = args.output or (spec.prompt_path() if spec else None)
+    # the recipe's own prompt file is the recipe's persona: a run under another name leaves it alone
+    output = args.output or (spec.prompt_path() if spec and name == spec.name else None)
 
     dialogue = read_source(
         source, fmt, _columns(args), base=base
