@@ -26,7 +26,7 @@ from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.engine.torch_backend import TorchBackend
 from persona.model.loader import load_model
-from persona.prompt.inject import IGNORE_INDEX, prepend_prompt
+from persona.prompt.inject import IGNORE_INDEX
 from persona.prompt.render import Renderer
 from persona.prompt.softprompt import SoftPrompt
 from persona.train.spec import load_spec
@@ -57,6 +57,7 @@ def heldout_sets(renderer: Renderer, limit: int) -> list[tuple[SoftPrompt, list]
             renderer,
             examples,
             "persona",
+            system=prompt.system or None,  # as the persona was trained and as chat renders it
             max_length=config.max_length,
             max_reply_tokens=config.max_reply_tokens,
         )
@@ -64,20 +65,17 @@ def heldout_sets(renderer: Renderer, limit: int) -> list[tuple[SoftPrompt, list]
     return sets
 
 
-def incremental_nll(model, prompt: torch.Tensor, encoded: list) -> tuple[float, int]:
-    """NLL per reply token, computed as chat computes it: context in one pass, then token by token."""
+def incremental_nll(model, prompt: SoftPrompt, encoded: list) -> tuple[float, int]:
+    """NLL per reply token, computed as chat computes it: the persona and the context in one
+    prefill, then token by token (either kind of persona: the backend puts it in front)."""
     total, count = 0.0, 0
-    embed = model.get_input_embeddings()
+    backend = TorchBackend(model)
     with torch.inference_mode():
         for example in encoded:
             first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
             ids = example.input_ids
-            cache = TorchBackend(model).new_cache()
-            context = embed(torch.tensor([ids[:first]]))  # (1, T0, D)
-            context, _, _ = prepend_prompt(prompt, context)
-            logits = model(
-                inputs_embeds=context, cache=cache, use_cache=True, logits_to_keep=1
-            ).logits[0, -1]
+            cache = backend.new_cache()
+            logits = backend.prefill(cache, ids[:first], prompt.embeddings, kind=prompt.kind)
             for position in range(first, len(ids)):
                 if (
                     example.labels[position] != IGNORE_INDEX
@@ -85,10 +83,7 @@ def incremental_nll(model, prompt: torch.Tensor, encoded: list) -> tuple[float, 
                     total -= float(torch.log_softmax(logits.float(), dim=-1)[ids[position]])
                     count += 1
                 if position + 1 < len(ids):
-                    step = torch.tensor([[ids[position]]])
-                    logits = model(
-                        input_ids=step, cache=cache, use_cache=True, logits_to_keep=1
-                    ).logits[0, -1]
+                    logits = backend.prefill(cache, [ids[position]])  # (V,)
     return total / count, count
 
 
@@ -114,8 +109,8 @@ def main() -> None:
     print(f"  {'persona':12s} {'tokens':>7s} {'fp32':>7s} {'int8':>7s} {'change':>8s}")
     worst = 0.0
     for prompt, encoded in heldout_sets(renderer, args.examples):
-        base, tokens = incremental_nll(fp32.model, prompt.embeddings, encoded)
-        quant, _ = incremental_nll(int8.model, prompt.embeddings, encoded)
+        base, tokens = incremental_nll(fp32.model, prompt, encoded)
+        quant, _ = incremental_nll(int8.model, prompt, encoded)
         change = (quant - base) / base
         worst = max(worst, abs(change))
         print(f"  {prompt.name:12s} {tokens:7d} {base:7.4f} {quant:7.4f} {change:+8.2%}")
