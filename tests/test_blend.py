@@ -307,7 +307,7 @@ def test_blend_stores_a_persona_with_its_recipe(capsys, starters_library):
     )
     assert code == 0
     assert out == (
-        "stored persona 'fj' version 1: interpolate of falstaff v1 (0.70), juliet v1 (0.30) (20x576)\n"
+        "stored persona 'fj' version 1: interpolate of falstaff v1 (0.70), juliet v1 (0.30) (20x576 deep)\n"
     )
     library = open_library(starters_library)
     try:
@@ -316,8 +316,8 @@ def test_blend_stores_a_persona_with_its_recipe(capsys, starters_library):
         info = library.get_persona("fj")
     finally:
         library.close()
-    expected = 0.7 * falstaff.embeddings + 0.3 * juliet.embeddings  # (20, 576)
-    torch.testing.assert_close(stored.embeddings, expected, rtol=0, atol=1e-6)
+    expected = 0.7 * falstaff.embeddings + 0.3 * juliet.embeddings  # (20, W): deep starters
+    torch.testing.assert_close(stored.embeddings, expected, rtol=1e-6, atol=1e-6)  # float32 rounding
     assert stored.fingerprint == falstaff.fingerprint
     assert info.description == "A blend of falstaff and juliet"
     record = info.versions[0].training

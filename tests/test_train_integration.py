@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from persona.dialogue import Example, encode_examples
+from persona.prompt.deep import KVLayout
 from persona.prompt.inject import IGNORE_INDEX
 from persona.prompt.render import Renderer
 from persona.prompt.softprompt import SoftPrompt
@@ -80,7 +81,7 @@ def test_committed_falstaff_prompt_fits_the_default_model_and_beats_no_prompt(
     default_model,
 ) -> None:
     falstaff = SoftPrompt.load(FALSTAFF_FILE)
-    falstaff.check_fits(default_model.fingerprint)
+    falstaff.check_fits(default_model.fingerprint, KVLayout.of_config(default_model.model.config))
     renderer = Renderer(default_model.tokenizer)
     pad_id = pad_token_id(default_model.tokenizer)
     examples = [Example([{"role": "user", "content": c}], r, 0) for c, r in MERRY_WIVES]
@@ -90,7 +91,8 @@ def test_committed_falstaff_prompt_fits_the_default_model_and_beats_no_prompt(
     soft, _ = mean_nll(
         default_model.model,
         falstaff.embeddings,
-        encode_examples(renderer, examples, "falstaff"),
+        encode_examples(renderer, examples, "falstaff", system=falstaff.system or None),
         pad_id=pad_id,
+        layout=falstaff.layout,  # a deep prompt: keys and values at every layer
     )
     assert soft < bare

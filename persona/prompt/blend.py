@@ -92,13 +92,13 @@ def blend_prompts(
     first = prompts[0]
     for prompt in prompts:
         prompt.check_consistent()
-        _check_same_kind(prompt, first)
         if prompt.fingerprint != first.fingerprint or prompt.hidden_size != first.hidden_size:
             raise PromptMismatchError(
                 f"persona {prompt.name!r} was trained for model {prompt.fingerprint or 'unknown'} "
                 f"(width {prompt.hidden_size}), {first.name!r} for {first.fingerprint or 'unknown'} "
                 f"(width {first.hidden_size}); blend only personas of one model"
             )
+        _check_same_kind(prompt, first)
     if method == "interpolate":
         for prompt in prompts:
             if prompt.num_virtual_tokens != first.num_virtual_tokens:

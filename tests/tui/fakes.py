@@ -30,6 +30,10 @@ class ScriptedEngine:
         self.loaded = SimpleNamespace(model_id=self.model_id, fingerprint=self.fingerprint)
         self.last = GenerationStats()
 
+    def check_persona(self, persona: Any) -> None:
+        """As ChatEngine's on persona's own backend: the model check (it runs either kind)."""
+        persona.check_fits(self.fingerprint)
+
     def stream(
         self,
         messages: Sequence[Any],
@@ -76,6 +80,9 @@ class PausingEngine:
     @property
     def last(self) -> GenerationStats:
         return self.engine.last
+
+    def check_persona(self, persona: Any) -> None:
+        self.engine.check_persona(persona)
 
     def stream(
         self,
