@@ -71,16 +71,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--kind",
         choices=PROMPT_KINDS,
-        help="soft: learned input embeddings, runs on every backend (default); deep: learned keys "
-        "and values at every layer (prefix tuning), closer to the character but for persona's own "
-        "backend only (docs/methods.md)",
+        help="deep (default): learned keys and values at every layer (prefix tuning), the closest "
+        "to the character, run by persona's own backend; soft: learned input embeddings, which "
+        "every backend runs, vLLM and llama.cpp included (docs/methods.md)",
     )
     train.add_argument(
         "--virtual-tokens",
         dest="num_virtual_tokens",
         type=int,
         metavar="N",
-        help="soft prompt length (default 20)",
+        help="virtual tokens of the prompt (default 20)",
     )
     length = train.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, metavar="N", help="optimiser steps (default 60)")
