@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lr",
         type=float,
         metavar="LR",
-        help="AdamW learning rate (default 0.03; 0.02 for --kind deep)",
+        help="AdamW learning rate (default 0.02; 0.03 for --kind soft)",
     )
     train.add_argument(
         "--schedule",
