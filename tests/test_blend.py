@@ -317,7 +317,9 @@ def test_blend_stores_a_persona_with_its_recipe(capsys, starters_library):
     finally:
         library.close()
     expected = 0.7 * falstaff.embeddings + 0.3 * juliet.embeddings  # (20, W): deep starters
-    torch.testing.assert_close(stored.embeddings, expected, rtol=1e-6, atol=1e-6)  # float32 rounding
+    torch.testing.assert_close(
+        stored.embeddings, expected, rtol=1e-6, atol=1e-6
+    )  # float32 rounding
     assert stored.fingerprint == falstaff.fingerprint
     assert info.description == "A blend of falstaff and juliet"
     record = info.versions[0].training
