@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS: dict[str, list[str]] = {  # name -> the flags added to the spec's own command
     "base": [],  # the spec as it is (the starters: 40 steps, about one epoch, constant rate)
+    "cosine": ["--schedule", "cosine"],
     "steps120": ["--steps", "120"],
     "steps120-cosine": ["--steps", "120", "--schedule", "cosine"],
     "context4": ["--context-turns", "4"],
