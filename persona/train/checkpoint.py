@@ -114,9 +114,14 @@ def load_checkpoint(path: Path) -> Checkpoint:
         ) from None
 
 
+PRE_KIND_DEFAULTS = {"kind": "soft", "schedule": "constant"}
+
+
 def check_resumable(checkpoint: Checkpoint, identity: dict[str, Any]) -> None:
     """Refuse to continue a checkpoint made from other data, speaker, model or settings."""
     saved = checkpoint.identity
+    if "config" in saved:  # settings added since the checkpoint was made took these values then
+        saved = {**saved, "config": {**PRE_KIND_DEFAULTS, **saved["config"]}}
     for key in sorted(set(saved) | set(identity)):
         if key == "config":
             for name in sorted(set(saved.get(key, {})) | set(identity.get(key, {}))):
