@@ -21,6 +21,7 @@ from persona.engine.scheduler import Request, Scheduler
 from persona.errors import PromptFormatError, PromptMismatchError
 from persona.library import open_library
 from persona.prompt.deep import KVLayout, join_prefix, prefix_from_embeddings, split_prefix
+from persona.prompt.init import initial_prompt
 from persona.prompt.softprompt import SoftPrompt
 from persona.train.loss import labelled_nll
 from tests.test_cli_train import train_args, write_log
@@ -214,10 +215,10 @@ def test_persona_train_kind_deep_stores_a_deep_persona_that_chat_and_show_use(
     assert (prompt.kind, prompt.layout, prompt.num_virtual_tokens) == ("deep", layout, 4)
     assert info.versions[0].kind == listed["bob"].kind == "deep"
     assert info.versions[0].training["config"]["lr"] == 0.02  # the deep prompt's own default
-    start = prefix_from_embeddings(
-        tiny.model, tiny.model.get_input_embeddings().weight[:4]
-    )  # any start: the trained one moved from where it began
+    rows, _ = initial_prompt(tiny.model, tiny.tokenizer, 4, method="text", description="a bard")
+    start = prefix_from_embeddings(tiny.model, rows)  # where training began: the description's
     assert prompt.embeddings.shape == start.shape
+    assert not torch.allclose(prompt.embeddings, start)  # and the trained prompt moved from it
     assert ChatEngine(tiny).reply(HELLO, prompt, GREEDY)  # chat runs it
 
     assert main(["show", "bob"]) == 0

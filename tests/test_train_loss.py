@@ -116,12 +116,12 @@ def test_models_whose_cache_is_not_plain_keys_and_values_cannot_share_the_prompt
 
     plain = copy.deepcopy(tiny.model.config)
     assert (
-        loss._shareable_cache(SimpleNamespace(config=plain)) is not None
+        loss.shareable_cache(SimpleNamespace(config=plain)) is not None
     )  # the tiny Llama shares it
     hybrid = copy.deepcopy(tiny.model.config)
     hybrid.layer_types = ["full_attention", layer_type]
     hybrid.sliding_window = 4
-    assert loss._shareable_cache(SimpleNamespace(config=hybrid)) is None
+    assert loss.shareable_cache(SimpleNamespace(config=hybrid)) is None
 
 
 def test_a_model_that_cannot_share_the_prompt_trains_on_the_plain_pass(tiny, monkeypatch) -> None:
@@ -135,7 +135,7 @@ def test_a_model_that_cannot_share_the_prompt_trains_on_the_plain_pass(tiny, mon
     hook = tiny.model.model.register_forward_pre_hook(
         lambda _m, _a, kw: shapes.append(tuple(kw["inputs_embeds"].shape[:2])), with_kwargs=True
     )
-    monkeypatch.setattr(loss, "_shareable_cache", lambda decoder: None)  # as for such a model
+    monkeypatch.setattr(loss, "shareable_cache", lambda decoder: None)  # as for such a model
     try:
         with torch.no_grad():
             _, count = labelled_nll(tiny.model, prompt, ids, mask, labels)

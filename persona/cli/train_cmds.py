@@ -486,14 +486,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from persona.model.device import resolve_device
     from persona.model.loader import load_model
-    from persona.prompt.deep import KVLayout
     from persona.prompt.render import Renderer
     from persona.train.batching import pad_token_id
     from persona.train.evaluate import evaluate
+    from persona.train.run import deep_layout
 
     loaded = load_model(args.model, device=resolve_device(args.device))
     startup.ready()
-    prompt.check_fits(loaded.fingerprint, KVLayout.of_config(loaded.model.config))
+    # a deep persona needs a model whose cache it fits: refused in one line, as training refuses it
+    prompt.check_fits(loaded.fingerprint, deep_layout(loaded) if prompt.kind == "deep" else None)
     metrics = evaluate(
         loaded.model,
         Renderer(loaded.tokenizer),

@@ -79,7 +79,7 @@ def labelled_losses(
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
     deep = prompt is not None and layout is not None
     cache = (
-        _shareable_cache(decoder)
+        shareable_cache(decoder)
         if prompt is not None and share_prompt and input_ids.shape[0] > 1 and not deep
         else None
     )
@@ -120,7 +120,7 @@ def labelled_losses(
     return F.cross_entropy(logits, targets[wanted], reduction="none"), wanted  # (K,), (B, L-1)
 
 
-def _shareable_cache(decoder: Any) -> Any | None:
+def shareable_cache(decoder: Any) -> Any | None:
     """An empty KV cache for `decoder` whose every layer holds plain keys and values, else None.
 
     Only such a cache is an exact stand-in for running the prompt in every row: a batch can repeat
@@ -154,7 +154,7 @@ def _hidden_after_shared_prompt(
 ) -> torch.Tensor:
     """The decoder's last hidden states over [P ; embeds] for every row, P's computed once.
 
-    prompt (N, D) runs as a batch of one into `cache` (empty, see _shareable_cache); its keys and
+    prompt (N, D) runs as a batch of one into `cache` (empty, see shareable_cache); its keys and
     values, repeated for each row, are what the rows' own tokens (B, T, D) then attend to, at
     positions N.., padding masked as usual.
     """

@@ -27,7 +27,7 @@ from persona.train.checkpoint import check_resumable, checkpoint_path, load_chec
 from persona.train.config import TrainConfig
 from persona.train.evaluate import DEFAULT_EVAL_SAMPLE, prepare_evaluation, score
 from persona.train.loop import train_loop
-from persona.train.loss import _shareable_cache, decoder_and_head
+from persona.train.loss import decoder_and_head, shareable_cache
 from persona.train.ranks import Ranks
 
 MIN_EXAMPLES = 10
@@ -70,7 +70,7 @@ def deep_layout(loaded: LoadedModel) -> KVLayout:
     """The KV layout a deep prompt for `loaded` holds; ModelError where the model has no plain one."""
     layout = KVLayout.of_config(loaded.model.config)
     decoder, _ = decoder_and_head(loaded.model)
-    if layout is None or _shareable_cache(decoder) is None:  # hybrid, sliding, latent caches
+    if layout is None or shareable_cache(decoder) is None:  # hybrid, sliding, latent caches
         raise ModelError(
             f"{loaded.model_id} names no plain key/value cache layout (layers, kv heads, head size); "
             "train a soft persona for it (--kind soft)"
