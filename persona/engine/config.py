@@ -20,7 +20,7 @@ RULES: dict[str, str] = {
     "temperature": "must be 0 (greedy) or more",
     "top_p": "must be in (0, 1]",
     "top_k": "must be 0 (off) or more",
-    "repetition_penalty": "must be above 0",
+    "repetition_penalty": "must be at least 0.001",
     "max_new_tokens": "must be at least 1",
     "stop": f"takes up to {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters",
     "greeting": f"must be non-empty text of at most {MAX_GREETING_CHARS} characters",
@@ -29,6 +29,8 @@ RULES: dict[str, str] = {
 
 # below this temperature, sampling is greedy (as vLLM does): logits / 1e-79 are infinite
 GREEDY_BELOW = 1e-5
+# a smaller penalty divides a seen token's logit into infinity, and sampling into NaN
+MIN_REPETITION_PENALTY = 1e-3
 
 
 @dataclass
@@ -44,7 +46,11 @@ class GenerationConfig:
         _check(self.temperature >= 0, "temperature", self.temperature)
         _check(0 < self.top_p <= 1, "top_p", self.top_p)
         _check(self.top_k >= 0, "top_k", self.top_k)
-        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty)
+        _check(
+            self.repetition_penalty >= MIN_REPETITION_PENALTY,
+            "repetition_penalty",
+            self.repetition_penalty,
+        )
         _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens)
 
     @property
