@@ -39,8 +39,8 @@ from serve import (
 )
 
 from persona.cli.main import build_parser
-from persona.serve.scheduler_batch import DEFAULT_MAX_ROWS
-from persona.serve.scheduler_serial import ROWS as SERIAL_ROWS
+from persona.engine.contract import DEFAULT_MAX_ROWS
+from persona.engine.serial import ROWS as SERIAL_ROWS
 
 ROWS = {"batch": DEFAULT_MAX_ROWS, "serial": SERIAL_ROWS}  # replies a scheduler runs at once
 BURST_TOKENS = 4  # a burst's requests are short: they only need to hold their rows a moment

@@ -65,8 +65,8 @@ def add_persona(library_path, name: str, fingerprint, seed: int, description: st
         library.close()
 
 
-def serve_state(scheduler, library_path, *, limits=None, **fields):
-    """A ServeState over `scheduler`, its personas from the library at `library_path`, for a model
+def serve_state(runner, library_path, *, limits=None, **fields):
+    """A ServeState over `runner`, its personas from the library at `library_path`, for a model
     with the tiny test model's width."""
     from persona.library import open_library
     from persona.model.fingerprint import Fingerprint
@@ -76,7 +76,7 @@ def serve_state(scheduler, library_path, *, limits=None, **fields):
 
     fingerprint = fields.pop("fingerprint", Fingerprint("LlamaForCausalLM", 32, 382, "0" * 16))
     catalog = Catalog(open_library(library_path), fingerprint, "/models/tiny")
-    return ServeState(scheduler=scheduler, catalog=catalog, limits=limits or Limits(), **fields)
+    return ServeState(runner=runner, catalog=catalog, limits=limits or Limits(), **fields)
 
 
 @contextmanager
@@ -101,5 +101,5 @@ def serving_app(state) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
-        state.scheduler.close()
+        state.runner.close()
         state.catalog.library.close()

@@ -94,7 +94,7 @@ def client(server):
 def engine(tiny_model_dir):
     from persona.engine.chat import ChatEngine
     from persona.model.loader import load_chat_model
-    from persona.serve.run import serving_precision
+    from persona.engine.runners import serving_precision
 
     precision = serving_precision("auto", "torch", "batch")  # what the server chose
     return ChatEngine(

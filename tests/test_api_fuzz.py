@@ -99,14 +99,14 @@ def api(request, tiny_model_dir, tmp_path_factory):
     from persona.engine.chat import ChatEngine
     from persona.model.loader import load_chat_model
     from persona.serve.app import create_app
-    from persona.serve.run import make_scheduler
+    from persona.engine.runners import runner_for
     from persona.serve.schemas import Limits
 
     loaded = load_chat_model(tiny_model_dir)
     library = tmp_path_factory.mktemp("fuzz-home") / "library.db"
     add_persona(library, "hamlet", loaded.fingerprint, seed=3)
     state = serve_state(
-        make_scheduler(request.param, ChatEngine(loaded), max_queue=4),
+        runner_for(ChatEngine(loaded), request.param, max_queue=4),
         library,
         limits=Limits(max_tokens=3, max_messages=8),
         fingerprint=loaded.fingerprint,
@@ -114,7 +114,7 @@ def api(request, tiny_model_dir, tmp_path_factory):
     )
     with TestClient(create_app(state), raise_server_exceptions=False) as client:
         yield client
-    state.scheduler.close()
+    state.runner.close()
     state.catalog.library.close()
 
 

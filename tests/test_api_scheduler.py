@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from persona.engine.stops import StopScanner
-from persona.serve.scheduler_serial import SerialScheduler
+from persona.engine.serial import SerialRunner
 from tests.serving import serve_state, serving_app
 
 
@@ -47,8 +47,13 @@ class SlowEngine:
         self.release = threading.Event()
         self.cancelled = threading.Event()
         self.last = SimpleNamespace(prompt_tokens=0, new_tokens=0, finish_reason="")
+        self.backend = SimpleNamespace(name="torch", layout=None)
 
-    def stream(self, messages, persona, config, *, system=None, cancel=None):
+    def prepare(self, request):
+        request.ids = [1, 2, 3, 4, 5]
+        return request.ids, 0
+
+    def run(self, request, *, cancel=None):
         self.last = SimpleNamespace(prompt_tokens=5, new_tokens=0, finish_reason="length")
         for index, piece in enumerate(["Hel", "lo", " there"]):
             if index and not self._wait(cancel):
@@ -68,7 +73,7 @@ class SlowEngine:
 @pytest.fixture
 def slow(tmp_path):
     engine = SlowEngine()
-    state = serve_state(SerialScheduler(engine, max_queue=0), tmp_path / "library.db")
+    state = serve_state(SerialRunner(engine, max_queue=0), tmp_path / "library.db")
     with serving_app(state) as url:
         yield engine, openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
     engine.release.set()

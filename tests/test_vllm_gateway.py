@@ -166,7 +166,7 @@ def test_the_gateway_sends_the_prompt_in_front_of_the_conversation_and_decodes_t
         reply = client(running).chat.completions.create(
             model="tester", messages=HELLO, temperature=0, max_tokens=30, seed=7, top_p=0.5
         )
-        engine = running.state.scheduler.engine
+        engine = running.state.runner.engine
         ids, _ = engine.fit_window(HELLO, persona, None, 30)
     assert reply.choices[0].message.content == tiny.tokenizer.decode(
         tokens, skip_special_tokens=True
@@ -228,9 +228,9 @@ def test_a_client_that_leaves_cancels_the_upstream_request(tiny_model_dir, stubs
         stream.close()
         assert stub.aborted.wait(10)
         deadline = time.monotonic() + 5
-        while running.state.scheduler.metrics()["active_rows"] and time.monotonic() < deadline:
+        while running.state.runner.metrics()["active_rows"] and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert running.state.scheduler.metrics()["active_rows"] == 0
+        assert running.state.runner.metrics()["active_rows"] == 0
 
 
 def test_each_request_goes_to_the_server_with_the_fewest_in_flight(tiny_model_dir, stubs, tokens):
@@ -319,7 +319,7 @@ def test_the_gateway_flags_are_checked(tiny_model_dir, stubs):
 
 def test_the_dtype_names_of_the_command_line_are_the_wire_dtypes():
     from persona.cli.serve_cmd import VLLM_DTYPES
-    from persona.serve.vllm_upstream import PROBE_TOLERANCE
-    from persona.serve.vllm_wire import WIRE_DTYPES
+    from persona.engine.vllm.upstream import PROBE_TOLERANCE
+    from persona.engine.vllm.wire import WIRE_DTYPES
 
     assert tuple(WIRE_DTYPES) == VLLM_DTYPES and tuple(PROBE_TOLERANCE) == VLLM_DTYPES

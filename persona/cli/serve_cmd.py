@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from persona.engine.contract import DEFAULT_MAX_QUEUE
+
 DEFAULT_PORT = 8400
-VLLM_DTYPES = ("float32", "bfloat16", "float16")  # persona.serve.vllm_wire.WIRE_DTYPES, sans torch
+VLLM_DTYPES = ("float32", "bfloat16", "float16")  # persona.engine.vllm.wire.WIRE_DTYPES, sans torch
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,9 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-queue",
         type=_count(0),
-        default=16,
+        default=DEFAULT_MAX_QUEUE,
         metavar="N",
-        help="requests that may wait for a free row; more are refused with 429 (default: 16)",
+        help="requests that may wait for a free row; more are refused with 429 "
+        f"(default: {DEFAULT_MAX_QUEUE})",
     )
     parser.add_argument(
         "--max-tokens",

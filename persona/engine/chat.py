@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from persona.engine.backend import Backend, Cache, backend_for, check_runs
 from persona.engine.config import GenerationConfig
+from persona.engine.contract import Request
 from persona.engine.detok import StreamDecoder
 from persona.engine.rows import Row, advance, common_prefix
 from persona.errors import ConfigError
@@ -84,13 +85,21 @@ class ChatEngine:
         cancel: threading.Event | None = None,
     ) -> Iterator[str]:
         """Yield the reply to `messages` piece by piece; stats of the call end up in `self.last`."""
-        config = config or GenerationConfig()
-        if persona is not None:
-            self.check_persona(persona)
         if not messages or not messages[-1]["content"].strip():
             raise ConfigError("the message is empty; type something to send")
+        request = Request(messages, persona, config or GenerationConfig(), system)
+        _, dropped = self.prepare(request)
+        yield from self.run(request, cancel=cancel, dropped=dropped)
+
+    def run(
+        self, request: Request, *, cancel: threading.Event | None = None, dropped: int = 0
+    ) -> Iterator[str]:
+        """Yield the reply to a prepared request (`prepare` filled in its ids) piece by piece,
+        one at a time; stats of the call end up in `self.last`."""
+        if request.ids is None:
+            raise ValueError("prepare the request first: its ids are not known")
         with self._lock:
-            yield from self._generate(list(messages), persona, config, system, cancel)
+            yield from self._generate(request, cancel, dropped)
 
     def reply(
         self,
@@ -129,23 +138,77 @@ class ChatEngine:
         max_new_tokens: int,
     ) -> tuple[list[int], int]:
         """(token ids after the soft prompt, turns dropped): the conversation rendered, dropping the
-        oldest turns (never the system message or the last one) until it fits the window."""
+        oldest turns (never the system message or the last one) until it fits the window.
+
+        Turns are dropped a user turn and its reply at a time, oldest first. Fewer turns never
+        render longer, so the fewest drops that fit are found by bisection: a handful of renders
+        for a conversation of thousands of turns, where one render per dropped turn took seconds."""
         budget = self.window_budget(persona, max_new_tokens)
         system_messages = [m for m in messages if m["role"] == "system"][:1]
         turns = [m for m in messages if m["role"] != "system"]
-        dropped = 0
-        while True:
-            ids = self.renderer.render([*system_messages, *turns], persona, system=system)
-            if len(ids) <= budget:
-                return ids, dropped
-            if len(turns) <= 1:
-                raise ConfigError(
-                    f"the message is {len(ids)} tokens with its prompt, more than the {budget} "
-                    f"that fit the model's window ({self.max_context} tokens, {max_new_tokens} "
-                    "kept for the reply); shorten it or lower max_tokens"
+        starts = [0]  # where the kept turns start after each drop
+        while len(turns) - starts[-1] > 1:
+            rest = turns[starts[-1] :]
+            starts.append(starts[-1] + (2 if len(rest) > 2 and rest[0]["role"] == "user" else 1))
+
+        rendered: dict[int, list[int]] = {}
+
+        def render(dropped: int) -> list[int]:  # the ids with the first `dropped` drops made
+            if dropped not in rendered:
+                kept = turns[starts[dropped] :]
+                rendered[dropped] = self.renderer.render(
+                    [*system_messages, *kept], persona, system=system
                 )
-            turns = turns[2:] if len(turns) > 2 and turns[0]["role"] == "user" else turns[1:]
-            dropped += 1
+            return rendered[dropped]
+
+        if len(render(0)) <= budget:
+            return render(0), 0
+        most = len(starts) - 1
+        if len(render(most)) > budget:
+            raise ConfigError(
+                f"the message is {len(render(most))} tokens with its prompt, more than the "
+                f"{budget} that fit the model's window ({self.max_context} tokens, "
+                f"{max_new_tokens} kept for the reply); shorten it or lower max_tokens"
+            )
+        low, high = 1, most  # render(high) fits, render(low - 1) does not
+        while low < high:
+            middle = (low + high) // 2
+            if len(render(middle)) <= budget:
+                high = middle
+            else:
+                low = middle + 1
+        return render(high), high
+
+    def prepare(self, request: Request) -> tuple[list[int], int]:
+        """Check a request and fill in `request.ids`, the token ids that follow its persona's
+        prompt: its conversation rendered and fitted to the window, or its raw text tokenised.
+        Every runner calls this on submit, so a request that cannot run is refused at once.
+        Returns (the ids, how many of the oldest turns were left out to fit)."""
+        if request.persona is not None:
+            self.check_persona(request.persona)
+        max_new = request.config.max_new_tokens
+        if request.text is None and request.ids is not None:  # token ids given as they are
+            ids = list(request.ids)
+        elif request.text is None:
+            if not request.messages:
+                raise ConfigError("the conversation is empty; send at least one message")
+            request.ids, dropped = self.fit_window(
+                request.messages, request.persona, request.system, max_new
+            )
+            return request.ids, dropped
+        else:
+            ids = list(self.tokenizer.encode(request.text, add_special_tokens=False))
+        if not ids:
+            raise ConfigError("prompt is empty; send some text to continue")
+        budget = self.window_budget(request.persona, max_new)
+        if len(ids) > budget:
+            raise ConfigError(
+                f"the prompt is {len(ids)} tokens, more than the {budget} that fit the model's "
+                f"window ({self.max_context} tokens, {max_new} kept for the reply); shorten it "
+                "or lower max_tokens"
+            )
+        request.ids = ids
+        return ids, 0
 
     def clear_cache(self) -> None:
         self._caches.clear()
@@ -153,20 +216,14 @@ class ChatEngine:
     # ---- internals ------------------------------------------------------------------------------
 
     def _generate(
-        self,
-        messages: list[Message],
-        persona: SoftPrompt | None,
-        config: GenerationConfig,
-        system: str | None,
-        cancel: threading.Event | None,
+        self, request: Request, cancel: threading.Event | None, dropped: int
     ) -> Iterator[str]:
         start = time.perf_counter()
-        stats = GenerationStats()
+        stats = GenerationStats(dropped_messages=dropped)
         self.last = stats
-        num_virtual = persona.num_virtual_tokens if persona is not None else 0
-        ids, stats.dropped_messages = self.fit_window(
-            messages, persona, system, config.max_new_tokens
-        )
+        persona, config = request.persona, request.config
+        ids = list(request.ids or [])
+        num_virtual = request.num_virtual_tokens
         stats.prompt_tokens = len(ids)
         entry = self._cache_for(persona)
         common = common_prefix(entry.ids, ids)

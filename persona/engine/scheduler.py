@@ -18,59 +18,31 @@ bytes. Each row computes what it would alone: its own persona, cache, positions 
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 from persona.engine.backend import Backend, Cache
 from persona.engine.chat import ChatEngine
-from persona.engine.config import GenerationConfig
+from persona.engine.contract import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_ROWS,
+    SHUTTING_DOWN,
+    Request,
+    Sink,
+    Ticket,
+    deliver,
+    prompt_tokens,
+    queue_full,
+    watch_stops,
+)
 from persona.engine.detok import StreamDecoder
+from persona.engine.rate import TokenRate
 from persona.engine.rows import Row, advance, common_prefix
 from persona.errors import ConfigError, PersonaError, QueueFull, first_line
-from persona.prompt.render import Message
-from persona.prompt.softprompt import SoftPrompt
 
 DEFAULT_PREFILL_CHUNK = 256  # tokens a turn encodes: how long joining prompts hold up the rest
 DEFAULT_PREFIX_CACHE_BYTES = 512 * 1024 * 1024
-
-
-class Sink(Protocol):
-    """Where a request's reply goes, called from the scheduler's thread."""
-
-    def piece(self, text: str) -> None: ...
-
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """The reply ended: stop | length | cancelled."""
-        ...
-
-    def error(self, error: PersonaError) -> None:
-        """The reply failed (the server shut down, or the model's computation failed); no finish
-        follows."""
-        ...
-
-
-@dataclass
-class Request:
-    messages: Sequence[Message]
-    persona: SoftPrompt | None
-    config: GenerationConfig
-    system: str | None = None
-    ids: list[int] | None = None  # the token ids after the soft prompt; rendered on submit if None
-
-
-@dataclass
-class Ticket:
-    """A submitted request; `cancel()` frees its row at the next step (a client that went away)."""
-
-    request: Request
-    sink: Sink
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        self.cancelled.set()
 
 
 @dataclass
@@ -144,25 +116,30 @@ class Scheduler:
         self,
         engine: ChatEngine,
         *,
-        max_rows: int = 32,
-        max_queue: int = 64,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
     ) -> None:
+        if max_queue < 0:
+            raise ConfigError(f"max_queue={max_queue!r} must be 0 or more")
+        if max_rows < 1:
+            raise ConfigError(f"max_rows={max_rows!r} must be 1 or more")
         self.engine = engine
         self.backend: Backend = engine.backend
+        self.name = self.backend.name
+        self.layout = self.backend.layout
         self.max_rows = max(1, min(max_rows, self.backend.max_rows))  # llama.cpp: one at a time
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
-        self.tokens_total = 0
+        self.rate = TokenRate()
         self.requests_total = 0
         self._waiting: deque[Ticket] = deque()
         self._encoding: list[_Active] = []  # admitted, prompt not fully in the cache yet
         self._decoding: list[_Active] = []
         self._wake = threading.Condition()
         self._closed = False
-        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps
         self._thread = threading.Thread(target=self._run, name="persona-scheduler", daemon=True)
         self._thread.start()
 
@@ -171,52 +148,30 @@ class Scheduler:
     def submit(
         self, request: Request, sink: Sink, cancelled: threading.Event | None = None
     ) -> Ticket:
-        """Queue a request; its text goes to `sink` from the scheduler's thread. Raises QueueFull.
-
-        `cancelled`: an event of the caller's that, once set, ends the request (as Ticket.cancel)."""
-        if request.persona is not None:
-            self.engine.check_persona(request.persona)
-        if request.ids is None:  # here, so that a conversation too long is refused at once
-            request.ids, _ = self.engine.fit_window(
-                request.messages, request.persona, request.system, request.config.max_new_tokens
-            )
-        else:
-            self._check_fits_window(request)
-        ticket = Ticket(request, sink, cancelled if cancelled is not None else threading.Event())
+        """Queue a request; its text goes to `sink` from the scheduler's thread (the contract of
+        persona.engine.contract). Raises QueueFull, or the request's own refusal."""
+        self.engine.prepare(request)  # here, so that a conversation too long is refused at once
+        cancelled = cancelled if cancelled is not None else threading.Event()
+        ticket = Ticket(request, watch_stops(request, sink, cancelled), cancelled)
         with self._wake:
             if self._closed:
-                raise QueueFull("the server is shutting down; retry on another")
+                raise QueueFull(SHUTTING_DOWN)
             free_rows = self.max_rows - len(self._encoding) - len(self._decoding)
             if len(self._waiting) >= self.max_queue + max(0, free_rows):  # a free row is no wait
-                raise QueueFull(
-                    f"{len(self._waiting)} requests are waiting already (the queue holds "
-                    f"{self.max_queue}); retry in a moment"
-                )
+                raise queue_full(len(self._waiting), self.max_queue)
             self._waiting.append(ticket)
             self.requests_total += 1
             self._wake.notify()
         return ticket
 
-    def _check_fits_window(self, request: Request) -> None:
-        budget = self.engine.window_budget(request.persona, request.config.max_new_tokens)
-        if len(request.ids or []) > budget:
-            raise ConfigError(
-                f"the prompt is {len(request.ids or [])} tokens, more than the {budget} that fit "
-                f"the model's window ({self.engine.max_context} tokens, "
-                f"{request.config.max_new_tokens} kept for the reply); shorten it or lower max_tokens"
-            )
-
     def metrics(self) -> dict[str, float]:
         with self._wake:
-            now = time.monotonic()
-            recent = [(t, n) for t, n in self._recent if now - t <= 10.0]
-            span = now - recent[0][0] if recent else 0.0
             return {
                 "queue_depth": float(len(self._waiting)),
                 "active_rows": float(len(self._encoding) + len(self._decoding)),
-                "tokens_total": float(self.tokens_total),
+                "tokens_total": float(self.rate.total),
                 "requests_total": float(self.requests_total),
-                "tokens_per_second": sum(n for _, n in recent) / span if span > 0 else 0.0,
+                "tokens_per_second": self.rate.per_second(),
                 "prefix_cache_bytes": float(self.prefix_cache.nbytes),
                 "prefix_cache_hits": float(self.prefix_cache.hits),
             }
@@ -246,13 +201,13 @@ class Scheduler:
                 active.row.finish_reason = "cancelled"
                 self._finish(active)
             for ticket in left_waiting:
-                _deliver(ticket, "finish", "cancelled", 0, 0)
+                deliver(ticket, "finish", "cancelled", 0, 0)
             for ticket in admitted:
                 self._start(ticket)
             self._prefill_some()
             self._decode_step()
         for ticket in stopped:
-            _deliver(ticket, "error", QueueFull("the server is shutting down; retry on another"))
+            deliver(ticket, "error", QueueFull(SHUTTING_DOWN))
 
     def _take_cancelled(self) -> tuple[list[_Active], list[Ticket]]:
         """Rows and waiting requests whose client went away, removed (call with the lock held)."""
@@ -291,7 +246,7 @@ class Scheduler:
                 cache, held, ids, request.config, self.engine.stop_ids, device=self.backend.device
             )
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
-            _deliver(ticket, "error", _failure(exc))
+            deliver(ticket, "error", _failure(exc))
             return
         active = _Active(ticket, row, key, StreamDecoder(self.engine.tokenizer))
         with self._wake:
@@ -315,7 +270,7 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
                 with self._wake:
                     self._encoding.remove(active)
-                _deliver(active.ticket, "error", _failure(exc))
+                deliver(active.ticket, "error", _failure(exc))
                 continue
             row.ids.extend(chunk)
             budget -= len(chunk)
@@ -334,17 +289,14 @@ class Scheduler:
             return
         produced = sum(token is not None for _, token in chosen)
         with self._wake:  # counted before any client hears of its tokens
-            self.tokens_total += produced
-            self._recent.append((time.monotonic(), produced))
-            while len(self._recent) > 256:
-                self._recent.popleft()
+            self.rate.add(produced)
             self._decoding = [active for active, _ in chosen if not active.row.finished]
         going: list[tuple[_Active, int]] = []
         for active, token in chosen:
             if token is not None:
                 piece = active.decoder.push(token)
                 if piece:
-                    _deliver(active.ticket, "piece", piece)
+                    deliver(active.ticket, "piece", piece)
             if active.row.finished:
                 self._finish(active)
             else:
@@ -369,16 +321,17 @@ class Scheduler:
                 pass
         tail = active.decoder.finish()  # characters held back while they could still change
         if tail:
-            _deliver(active.ticket, "piece", tail)
-        _deliver(
-            active.ticket, "finish", row.finish_reason, len(active.row.prompt), len(row.token_ids)
+            deliver(active.ticket, "piece", tail)
+        request = active.ticket.request
+        deliver(
+            active.ticket, "finish", row.finish_reason, prompt_tokens(request), len(row.token_ids)
         )
 
     def _fail_decoding(self, exc: BaseException) -> None:
         with self._wake:
             failed, self._decoding = self._decoding, []
         for active in failed:
-            _deliver(active.ticket, "error", _failure(exc))
+            deliver(active.ticket, "error", _failure(exc))
 
 
 def _failure(exc: BaseException) -> PersonaError:
@@ -387,11 +340,3 @@ def _failure(exc: BaseException) -> PersonaError:
     if isinstance(exc, PersonaError):
         return exc
     return PersonaError(f"{type(exc).__name__}: {first_line(exc)}")
-
-
-def _deliver(ticket: Ticket, event: str, *args: object) -> None:
-    """Call a sink; a sink that raises loses its own reply, never the others'."""
-    try:
-        getattr(ticket.sink, event)(*args)
-    except Exception:  # noqa: BLE001, S110 - the sink's own fault, and nothing is left to tell
-        ticket.cancelled.set()

@@ -1,6 +1,7 @@
-"""The HTTP API: OpenAI's routes on FastAPI, speaking to a scheduler (persona.serve.scheduler).
+"""The HTTP API: OpenAI's routes on FastAPI, speaking to a runner (persona.engine.contract).
 
-A request is validated (schemas.py), its persona resolved (catalog.py), then submitted as a Job.
+A request is validated (schemas.py), its persona resolved (catalog.py), then submitted to the
+runner as a `Request`, with a `ReplyStream` (stream.py) as its sink.
 The response starts only once the first piece of the reply (or its end, or its error) is there,
 so that a request the engine refuses still gets its own status instead of a broken stream.
 """
@@ -13,20 +14,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from persona.errors import ConfigError, PersonaError, first_line
-from persona.prompt.render import Message
-from persona.prompt.softprompt import SoftPrompt
+from persona.engine.contract import Request, Runner
+from persona.errors import ConfigError, PersonaError, QueueFull, first_line
 from persona.serve.archive import ConversationArchive
 from persona.serve.catalog import Catalog
 from persona.serve.errors import APIError, error_body, install_handlers
 from persona.serve.guard import Activity, ApiKey, BodyLimit, Observe
 from persona.serve.metrics import RequestCounter, prometheus_text
 from persona.serve.responses import DONE_EVENT, Reply, sse, usage
-from persona.serve.scheduler import Generation, Job, QueueFull, Scheduler
 from persona.serve.schemas import (
     ChatRequest,
     CompletionRequest,
@@ -37,6 +37,7 @@ from persona.serve.schemas import (
     refuse_unsupported,
     stop_strings,
 )
+from persona.serve.stream import ReplyStream
 
 IDENTITY_HEADER = "x-persona-identity"  # `persona reply`: the model, precision, backend it needs
 DISCONNECT_POLL_S = 0.5  # how often a request waiting for its first piece checks its client
@@ -44,7 +45,7 @@ DISCONNECT_POLL_S = 0.5  # how often a request waiting for its first piece check
 
 @dataclass
 class ServeState:
-    scheduler: Scheduler
+    runner: Runner
     catalog: Catalog
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
@@ -69,7 +70,7 @@ def create_app(state: ServeState) -> Any:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        text = prometheus_text(state.scheduler.metrics(), state.requests)
+        text = prometheus_text(state.runner.metrics(), state.requests)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
@@ -85,26 +86,26 @@ def create_app(state: ServeState) -> Any:
         return state.catalog.entry(model, prompt)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        local = _check_identity(request, state)
+    async def chat_completions(body: ChatRequest, http: HTTPRequest) -> Any:
+        local = _check_identity(http, state)
         refuse_unsupported(body)
         messages, system = chat_messages(body, state.limits)
         persona, defaults = await run_in_threadpool(state.catalog.resolve_with_defaults, body.model)
         config = generation_config(body, state.limits, defaults)
-        job = Job(messages, persona, system, config, stop_strings(body, defaults))
+        request = Request(messages, persona, config, system, stop_strings(body, defaults))
         reply = Reply(body.model, chat=True, system_fingerprint=state.record.get("model", ""))
-        return await _respond(state, request, job, body, reply, local)
+        return await _respond(state, http, request, body, reply, local)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
-        _check_identity(request, state)
+    async def completions(body: CompletionRequest, http: HTTPRequest) -> Any:
+        _check_identity(http, state)
         refuse_unsupported(body)
         prompt = completion_prompt(body)
         persona, defaults = await run_in_threadpool(state.catalog.resolve_with_defaults, body.model)
         config = generation_config(body, state.limits, defaults)
-        job = Job([], persona, None, config, stop_strings(body, defaults), raw_prompt=prompt)
+        request = Request([], persona, config, None, stop_strings(body, defaults), text=prompt)
         reply = Reply(body.model, chat=False, system_fingerprint=state.record.get("model", ""))
-        return await _respond(state, request, job, body, reply, False)
+        return await _respond(state, http, request, body, reply, False)
 
     app = Observe(
         ApiKey(BodyLimit(app, state.max_body_bytes), state.api_key), state.requests, state.activity
@@ -112,10 +113,10 @@ def create_app(state: ServeState) -> Any:
     return app
 
 
-def _check_identity(request: Request, state: ServeState) -> bool:
+def _check_identity(http: HTTPRequest, state: ServeState) -> bool:
     """True for `persona reply` (it names what it needs); a 409 when this server serves another
     model, precision or backend, so that it answers locally instead."""
-    header = request.headers.get(IDENTITY_HEADER)
+    header = http.headers.get(IDENTITY_HEADER)
     if header is None:
         return False
     try:
@@ -132,50 +133,49 @@ def _check_identity(request: Request, state: ServeState) -> bool:
 
 
 async def _respond(
-    state: ServeState, request: Request, job: Job, body: Any, reply: Reply, local: bool
+    state: ServeState, http: HTTPRequest, request: Request, body: Any, reply: Reply, local: bool
 ) -> Any:
+    stream = ReplyStream()
     try:
-        generation = state.scheduler.submit(job)
+        await run_in_threadpool(state.runner.submit, request, stream, stream.cancelled)
     except QueueFull as exc:
         raise APIError(
             429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after_s)}
         ) from None
     except ConfigError as exc:
         raise APIError(400, str(exc), code="invalid_value") from None
-    pieces = generation.pieces().__aiter__()
-    first = await _next_piece(pieces, generation, request)  # errors come here with their status
+    pieces = stream.pieces().__aiter__()
+    first = await _next_piece(pieces, stream, http)  # errors come here with their status
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _events(
-            state, request, job, generation, pieces, first, reply, include_usage, local
-        )
+        events = _events(state, http, request, stream, pieces, first, reply, include_usage, local)
         return StreamingResponse(
             events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
     text = [] if first is None else [first]
     while first is not None:
-        first = await _next_piece(pieces, generation, request)
+        first = await _next_piece(pieces, stream, http)
         if first is not None:
             text.append(first)
     whole = "".join(text)
-    await _archive(state, job, whole, generation)
-    counts = usage(generation.prompt_tokens, generation.completion_tokens)
-    return JSONResponse(reply.whole(whole, _finish_reason(generation), counts))
+    await _archive(state, request, whole, stream)
+    counts = usage(stream.prompt_tokens, stream.completion_tokens)
+    return JSONResponse(reply.whole(whole, _finish_reason(stream), counts))
 
 
 async def _next_piece(
-    pieces: AsyncIterator[str], generation: Generation, request: Request
+    pieces: AsyncIterator[str], stream: ReplyStream, http: HTTPRequest
 ) -> str | None:
-    """The next piece (None at the end), cancelling the generation if the client leaves while
-    it waits; the generation's error as an APIError with its status."""
+    """The next piece (None at the end), cancelling the stream if the client leaves while
+    it waits; the stream's error as an APIError with its status."""
     waiting = asyncio.ensure_future(pieces.__anext__())
     try:
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
             if done:
                 return waiting.result()
-            if await request.is_disconnected():
-                generation.cancel()
+            if await http.is_disconnected():
+                stream.cancel()
                 raise APIError(499, "the client closed the connection", code="client_closed")
     except StopAsyncIteration:
         return None
@@ -194,9 +194,9 @@ async def _next_piece(
 
 async def _events(
     state: ServeState,
+    http: HTTPRequest,
     request: Request,
-    job: Job,
-    generation: Generation,
+    stream: ReplyStream,
     pieces: AsyncIterator[str],
     first: str | None,
     reply: Reply,
@@ -212,53 +212,48 @@ async def _events(
             yield reply.chunk(piece, with_usage=include_usage)
             piece = await anext(pieces, None)
     except Exception as exc:  # the response has started: the error goes in the stream
-        yield sse(
-            error_body(500, f"generation failed: {first_line(exc)}", code="generation_failed")
-        )
+        yield sse(error_body(500, f"stream failed: {first_line(exc)}", code="generation_failed"))
         return
     finally:
-        if not generation.done:
-            generation.cancel()  # the client left mid-reply: free the row
-    yield reply.chunk(finish_reason=_finish_reason(generation), with_usage=include_usage)
+        if not stream.done:
+            stream.cancel()  # the client left mid-reply: free the row
+    yield reply.chunk(finish_reason=_finish_reason(stream), with_usage=include_usage)
     if include_usage:
-        extra = {"x_persona": _record(state, job, generation)} if local else None
-        yield reply.usage_chunk(
-            usage(generation.prompt_tokens, generation.completion_tokens), extra
-        )
+        extra = {"x_persona": _record(state, request, stream)} if local else None
+        yield reply.usage_chunk(usage(stream.prompt_tokens, stream.completion_tokens), extra)
     yield DONE_EVENT
-    await _archive(state, job, "".join(text), generation)
+    await _archive(state, request, "".join(text), stream)
 
 
-def _finish_reason(generation: Generation) -> str:
-    return "length" if generation.finish_reason == "length" else "stop"
+def _finish_reason(stream: ReplyStream) -> str:
+    return "length" if stream.finish_reason == "length" else "stop"
 
 
-def _record(state: ServeState, job: Job, generation: Generation) -> dict[str, Any]:
+def _record(state: ServeState, request: Request, stream: ReplyStream) -> dict[str, Any]:
     """What `persona reply --json` prints besides the reply, for the local client."""
     prompt = (
-        state.prompt_text(job.messages, job.persona, system=job.system)
+        state.prompt_text(request.messages, request.persona, system=request.system)
         if state.prompt_text is not None
         else None
     )
     return {
         **state.record,
-        "persona": job.persona.name if job.persona is not None else None,
+        "persona": request.persona.name if request.persona is not None else None,
         "prompt": prompt,
-        "finish_reason": generation.finish_reason,
+        "finish_reason": stream.finish_reason,
     }
 
 
-async def _archive(state: ServeState, job: Job, text: str, generation: Generation) -> None:
-    if state.archive is None or job.raw_prompt is not None:
+async def _archive(state: ServeState, request: Request, text: str, stream: ReplyStream) -> None:
+    if state.archive is None or request.text is not None:
         return
-    persona: SoftPrompt | None = job.persona
-    messages: list[Message] = job.messages
+    persona = request.persona
     await run_in_threadpool(
         state.archive.save,
-        messages,
-        job.system,
+        list(request.messages),
+        request.system,
         text,
         persona.name if persona is not None else None,
-        token_count=generation.completion_tokens,
-        cut_short=generation.finish_reason != "stop",
+        token_count=stream.completion_tokens,
+        cut_short=stream.finish_reason != "stop",
     )

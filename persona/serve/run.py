@@ -22,20 +22,14 @@ from typing import Any
 
 import uvicorn
 
-from persona.engine.chat import ChatEngine
+from persona.engine.runners import RunnerChoice, open_runner
 from persona.errors import ConfigError
 from persona.library import open_library
-from persona.model.loader import load_chat_model
 from persona.serve.app import ServeState, create_app
 from persona.serve.archive import ConversationArchive
 from persona.serve.catalog import Catalog
 from persona.serve.identity import identity, socket_path
-from persona.serve.scheduler_batch import BatchScheduler
-from persona.serve.scheduler_serial import SerialScheduler
-from persona.serve.scheduler_vllm import VllmScheduler
 from persona.serve.schemas import Limits
-from persona.serve.vllm_model import load_gateway_engine
-from persona.serve.vllm_upstream import connect
 
 API_KEY_ENV = "PERSONA_API_KEY"
 GRACEFUL_SHUTDOWN_S = 5
@@ -77,7 +71,7 @@ class Running:
     library: Any
 
     def close(self) -> None:
-        self.state.scheduler.close()
+        self.state.runner.close()
         for sock in self.sockets:
             sock.close()
         self.path.unlink(missing_ok=True)
@@ -95,41 +89,30 @@ def start(args: argparse.Namespace) -> Running:
             f"--host {args.host} is reachable from other machines; give an API key with "
             f"--api-key or ${API_KEY_ENV} (or keep the default --host 127.0.0.1)"
         )
-    if args.backend != "vllm":
-        for flag, given in (
-            ("--vllm-url", args.vllm_url is not None),
-            ("--vllm-dtype", args.vllm_dtype is not None),
-        ):
-            if given:
-                raise ConfigError(f"{flag} needs --backend vllm")
+    choice = RunnerChoice(  # refuses flags that mean nothing together, before anything loads
+        model=args.model,
+        backend=args.backend,
+        precision=args.precision,
+        gguf=args.gguf,
+        device=args.device,
+        scheduler=args.scheduler,
+        max_queue=args.max_queue,
+        vllm_urls=list(args.vllm_url or []),
+        vllm_dtype=args.vllm_dtype,
+    )
     path = socket_path()
     refuse_second_server(path)
     sockets = [bind_tcp(args.host, args.port)]
     library = None
     try:
         library = open_library(args.library)
-        if args.backend == "vllm":
-            engine, scheduler, description = start_vllm(args)
-        else:
-            scheduler_kind = args.scheduler or "batch"
-            loaded = load_chat_model(
-                args.model,
-                precision=serving_precision(args.precision, args.backend, scheduler_kind),
-                backend=args.backend,
-                gguf=args.gguf,
-                device=args.device,
-            )
-            engine = ChatEngine(loaded)
-            scheduler = make_scheduler(scheduler_kind, engine, args.max_queue)
-            description = f"{loaded.model_id} ({loaded.precision}, {scheduler_kind})"
-        loaded = engine.loaded
-        backend = engine.backend  # vLLM's gateway engine only renders: vLLM runs soft prompts only
-        layout, backend_name = (
-            (None, "vllm") if args.backend == "vllm" else (backend.layout, backend.name)
-        )
+        opened = open_runner(choice, _warn)
+        loaded, runner = opened.engine.loaded, opened.runner
         state = ServeState(
-            scheduler=scheduler,
-            catalog=Catalog(library, loaded.fingerprint, loaded.model_id, layout, backend_name),
+            runner=runner,
+            catalog=Catalog(
+                library, loaded.fingerprint, loaded.model_id, runner.layout, runner.name
+            ),
             limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
             api_key=api_key,
             max_body_bytes=args.max_body_bytes,
@@ -139,7 +122,7 @@ def start(args: argparse.Namespace) -> Running:
                 "model_id": loaded.model_id,
                 "precision": loaded.precision,
             },
-            prompt_text=engine.prompt_text,
+            prompt_text=opened.engine.prompt_text,
             archive=(
                 ConversationArchive(library, str(loaded.fingerprint))
                 if args.save_conversations
@@ -149,7 +132,7 @@ def start(args: argparse.Namespace) -> Running:
         try:
             sockets.append(bind_unix(path))
         except ConfigError:
-            state.scheduler.close()
+            state.runner.close()
             raise
     except BaseException:
         for sock in sockets:
@@ -172,58 +155,14 @@ def start(args: argparse.Namespace) -> Running:
         sockets=sockets,
         path=path,
         url=f"http://{shown}:{port}/v1",
-        description=description,
+        description=opened.description,
         state=state,
         library=library,
     )
 
 
-def start_vllm(args: argparse.Namespace) -> tuple[ChatEngine, Any, str]:
-    """The gateway in front of vLLM servers: the tokenizer and embedding matrix only, every
-    server checked (docs/vllm.md). (engine, scheduler, description)"""
-    if not args.vllm_url:
-        raise ConfigError(
-            "--backend vllm needs --vllm-url URL[,URL...]: vLLM servers started with "
-            "--enable-prompt-embeds on the same model (see docs/vllm.md)"
-        )
-    for flag, given in (
-        ("--precision", args.precision != "auto"),
-        ("--scheduler", args.scheduler is not None),
-        ("--gguf", args.gguf is not None),
-    ):
-        if given:
-            raise ConfigError(
-                f"{flag} is for a model run here; with --backend vllm the vLLM servers compute "
-                "(tell the gateway their --dtype with --vllm-dtype)"
-            )
-    dtype = args.vllm_dtype or "float32"  # None: not given (refused without --backend vllm)
-    engine = load_gateway_engine(args.model, dtype)
-    urls = [url for given in args.vllm_url for url in given.split(",") if url.strip()]
-    upstreams = connect(urls, engine, dtype, warn=_warn)
-    scheduler = VllmScheduler(engine, upstreams, dtype=dtype, max_queue=args.max_queue, log=_warn)
-    alive = sum(upstream.alive for upstream in upstreams)
-    servers = f"{alive} vLLM server" + ("s" if alive != 1 else "")
-    return engine, scheduler, f"{engine.loaded.model_id} ({dtype} on {servers})"
-
-
 def _warn(line: str) -> None:
     print(f"persona: {line}", file=sys.stderr, flush=True)
-
-
-def serving_precision(precision: str, backend: str, scheduler: str) -> str:
-    """What `--precision auto` means for a server: float32 where rows are batched (a batched step
-    reads each float weight once for all rows, where int8 runs its kernel once per row, to give
-    every token its own activation scale), else what it means for chat."""
-    if precision == "auto" and backend == "torch" and scheduler == "batch":
-        return "fp32"
-    return precision
-
-
-def make_scheduler(name: str, engine: Any, max_queue: int) -> Any:
-    """`batch` (continuous batching, the default) or `serial` (one reply at a time)."""
-    if name == "batch":
-        return BatchScheduler(engine, max_queue=max_queue)
-    return SerialScheduler(engine, max_queue=max_queue)
 
 
 def is_loopback(host: str) -> bool:

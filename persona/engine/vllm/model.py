@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from persona.engine.backend import Cache
 from persona.engine.chat import ChatEngine
 from persona.errors import ModelError, first_line
 from persona.model import llama
@@ -26,6 +27,7 @@ from persona.model.files import WEIGHTS_FILE
 from persona.model.fingerprint import remembered_fingerprint, weights_key
 from persona.model.loader import LoadedModel, _load_tokenizer
 from persona.model.location import resolve_model_path
+from persona.prompt.deep import KVLayout
 
 EMBEDDING_KEY = "model.embed_tokens.weight"
 WEIGHTS_INDEX = "model.safetensors.index.json"  # a checkpoint in shards names the embedding's one
@@ -47,10 +49,13 @@ class ModelFacts:
 
 
 class EmbeddingBackend:
-    """The backend contract's `embed` on the matrix alone; everything that computes refuses."""
+    """The backend contract (persona.engine.backend) on the embedding matrix alone: `embed` works,
+    everything that computes refuses in one line (the vLLM servers compute)."""
 
+    name = "vllm"
     max_rows = 0
     device = torch.device("cpu")
+    layout: KVLayout | None = None  # vLLM takes soft personas only, as input embeddings
 
     def __init__(self, embedding: torch.Tensor) -> None:
         self.embedding = embedding  # (V, D) float32
@@ -58,19 +63,29 @@ class EmbeddingBackend:
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         return self.embedding[torch.tensor(list(ids), dtype=torch.long)]  # (T, D)
 
-    def new_cache(self) -> Any:
+    def new_cache(self) -> Cache:
         raise ModelError(NO_MODEL)
 
-    def prefill(self, cache: Any, ids: Sequence[int], prompt: Any = None) -> torch.Tensor:
+    def prefill(
+        self,
+        cache: Cache,
+        ids: Sequence[int],
+        prompt: torch.Tensor | None = None,
+        *,
+        kind: str = "soft",
+    ) -> torch.Tensor:
         raise ModelError(NO_MODEL)
 
-    def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
+    def decode(self, tokens: Sequence[int], caches: Sequence[Cache]) -> torch.Tensor:
         raise ModelError(NO_MODEL)
 
-    def crop(self, cache: Any, length: int) -> None:
+    def crop(self, cache: Cache, length: int) -> None:
         raise ModelError(NO_MODEL)
 
-    def copy(self, cache: Any) -> Any:
+    def copy(self, cache: Cache) -> Cache:
+        raise ModelError(NO_MODEL)
+
+    def cache_bytes(self, cache: Cache) -> int:
         raise ModelError(NO_MODEL)
 
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import httpx2 as httpx  # httpx, as huggingface_hub and openai install it
 
 from persona.engine.chat import ChatEngine
+from persona.engine.vllm.wire import COMPLETIONS, ENABLE_EMBEDS_HINT, encode_embeds, error_message
 from persona.errors import ConfigError, first_line
-from persona.serve.vllm_wire import COMPLETIONS, ENABLE_EMBEDS_HINT, encode_embeds, error_message
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. The capital of France is"
 PROBE_TOKENS = 4

@@ -1,11 +1,11 @@
-"""VllmScheduler: the serve contract (persona.serve.scheduler) on vLLM servers over HTTP.
+"""VllmRunner: the generation contract (persona.engine.contract) on vLLM servers over HTTP.
 
 persona stays the gateway: it renders each conversation with its own renderer, embeds the ids
 with the model's own matrix, puts the persona's soft prompt in front (`prepend_prompt`), and
 streams `[P ; E[ids]]` to a vLLM server as `prompt_embeds`. vLLM batches, pages the KV cache and
 scales out. The token ids that come back are decoded here with persona's tokenizer and stream
 decoder, so the text is exactly what persona's own engine makes of the same tokens; stop strings
-are cut by the Generation, as for every scheduler.
+are cut as every runner cuts them (`watch_stops`).
 
 The requests run as tasks on an event loop of this scheduler's own thread (the HTTP loop only
 submits). Each goes to the live server with the fewest requests in flight; a server that cannot
@@ -24,15 +24,21 @@ from typing import Any
 
 import httpx2 as httpx  # httpx, as huggingface_hub and openai install it
 
-from persona.engine.backend import check_runs
 from persona.engine.chat import ChatEngine
+from persona.engine.contract import (
+    DEFAULT_MAX_QUEUE,
+    SHUTTING_DOWN,
+    Request,
+    Sink,
+    Ticket,
+    deliver,
+    prompt_tokens,
+    watch_stops,
+)
 from persona.engine.detok import StreamDecoder
-from persona.errors import ConfigError, PersonaError, first_line
-from persona.prompt.softprompt import SoftPrompt
-from persona.serve.metrics import TokenRate
-from persona.serve.scheduler import Generation, Job, QueueFull
-from persona.serve.vllm_upstream import Upstream, UpstreamUnreachable, check_upstream, choose
-from persona.serve.vllm_wire import (
+from persona.engine.rate import TokenRate
+from persona.engine.vllm.upstream import Upstream, UpstreamUnreachable, check_upstream, choose
+from persona.engine.vllm.wire import (
     COMPLETIONS,
     completion_body,
     encode_embeds,
@@ -40,6 +46,8 @@ from persona.serve.vllm_wire import (
     prompt_embeds,
     refused,
 )
+from persona.errors import ConfigError, PersonaError, QueueFull, first_line
+from persona.prompt.softprompt import SoftPrompt
 
 UPSTREAM_ROWS = 256  # requests a vLLM server runs at once by default (its --max-num-seqs)
 CANCEL_POLL_S = 0.1  # how often the loop looks for clients that left
@@ -56,14 +64,17 @@ class _Unreachable(Exception):
     """The server could not be reached before anything of the reply came: try another."""
 
 
-class VllmScheduler:
+class VllmRunner:
+    name = "vllm"
+    layout = None  # vLLM takes soft personas, as input embeddings
+
     def __init__(
         self,
         engine: ChatEngine,
         upstreams: list[Upstream],
         *,
         dtype: str = "float32",
-        max_queue: int = 16,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         recheck: Callable[[str], Upstream] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -85,7 +96,7 @@ class VllmScheduler:
         self._lock = threading.Lock()
         self._in_flight = 0  # submitted, not finished
         self._closed = False
-        self._active: dict[asyncio.Task[Any], Generation] = {}  # touched on the loop only
+        self._active: dict[asyncio.Task[Any], Ticket] = {}  # touched on the loop only
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="persona-vllm", daemon=True
@@ -97,12 +108,15 @@ class VllmScheduler:
 
     # ---- the contract ---------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> Generation:
-        ids = self._prompt_ids(job)  # a conversation too long is refused here, with a 400
-        generation = Generation(job.stop)
-        with self._lock:
+    def submit(
+        self, request: Request, sink: Sink, cancelled: threading.Event | None = None
+    ) -> Ticket:
+        self.engine.prepare(request)  # a conversation too long is refused here, with a 400
+        cancelled = cancelled if cancelled is not None else threading.Event()
+        ticket = Ticket(request, watch_stops(request, sink, cancelled), cancelled)
+        with self._lock:  # scheduled under the lock, so that close() cannot stop the loop first
             if self._closed:
-                raise QueueFull("the server is shutting down", retry_after_s=1)
+                raise QueueFull(SHUTTING_DOWN, retry_after_s=1)
             alive = sum(upstream.alive for upstream in self.upstreams)
             if alive and self._in_flight >= alive * UPSTREAM_ROWS + self.max_queue:
                 raise QueueFull(
@@ -111,12 +125,12 @@ class VllmScheduler:
                     retry_after_s=1,
                 )
             if not alive:
-                generation.fail(NoUpstream(self._none_alive()))
-                return generation
+                deliver(ticket, "error", NoUpstream(self._none_alive()))
+                return ticket
             self._in_flight += 1
             self.requests_total += 1
-        asyncio.run_coroutine_threadsafe(self._run(job, ids, generation), self._loop)
-        return generation
+            asyncio.run_coroutine_threadsafe(self._run(ticket), self._loop)
+        return ticket
 
     def metrics(self) -> dict[str, float]:
         with self._lock:
@@ -145,48 +159,24 @@ class VllmScheduler:
 
     # ---- one request ----------------------------------------------------------------------------
 
-    def _prompt_ids(self, job: Job) -> list[int]:
-        """The token ids after the soft prompt, fitted to the window as the engine fits them."""
-        persona, config = job.persona, job.config
-        if persona is not None:
-            check_runs(persona, self.engine.loaded.fingerprint, None, "vllm")
-        if job.raw_prompt is None:
-            ids, _ = self.engine.fit_window(
-                job.messages, persona, job.system, config.max_new_tokens
-            )
-            return ids
-        ids = list(self.engine.tokenizer.encode(job.raw_prompt, add_special_tokens=False))
-        if not ids:
-            raise ConfigError("prompt is empty; send some text to continue")
-        virtual = persona.num_virtual_tokens if persona is not None else 0
-        budget = self.engine.max_context - virtual - config.max_new_tokens
-        if len(ids) > budget:
-            raise ConfigError(
-                f"the prompt is {len(ids)} tokens, more than the {budget} that fit the model's "
-                f"window ({self.engine.max_context} tokens, {config.max_new_tokens} kept for the "
-                "reply); shorten it or lower max_tokens"
-            )
-        return ids
-
-    async def _run(self, job: Job, ids: list[int], generation: Generation) -> None:
+    async def _run(self, ticket: Ticket) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._active[task] = generation
-        persona = job.persona
-        prompt_tokens = len(ids) + (persona.num_virtual_tokens if persona is not None else 0)
-        reply = _Reply(generation, StreamDecoder(self.engine.tokenizer), self)
+        self._active[task] = ticket
+        request = ticket.request
+        reply = _Reply(ticket, StreamDecoder(self.engine.tokenizer), self)
         try:
             # megabytes for a long conversation on a wide model: off this loop, which streams
             encoded = await asyncio.get_running_loop().run_in_executor(
-                None, self._encode, ids, persona
+                None, self._encode, list(request.ids or []), request.persona
             )
-            body = completion_body("", encoded, job.config, self.engine.stop_ids)
+            body = completion_body("", encoded, request.config, self.engine.stop_ids)
             tried: set[str] = set()
             while True:
                 candidates = [u for u in self.upstreams if u.url not in tried]
                 upstream = choose(candidates)
                 if upstream is None:
-                    generation.fail(NoUpstream(self._none_alive()))
+                    deliver(ticket, "error", NoUpstream(self._none_alive()))
                     return
                 tried.add(upstream.url)
                 try:
@@ -196,17 +186,17 @@ class VllmScheduler:
                     continue
                 break
             reply.end()
-            generation.finish(prompt_tokens, reply.produced, reply.reason)
+            deliver(ticket, "finish", reply.reason, prompt_tokens(request), reply.produced)
         except asyncio.CancelledError:
             if self._closed:
-                generation.fail(QueueFull("the server is shutting down"))
-            elif not generation.done:
+                deliver(ticket, "error", QueueFull(SHUTTING_DOWN))
+            else:
                 reply.end()
-                generation.finish(prompt_tokens, reply.produced, "cancelled")
+                deliver(ticket, "finish", "cancelled", prompt_tokens(request), reply.produced)
         except PersonaError as exc:
-            generation.fail(exc)
+            deliver(ticket, "error", exc)
         except Exception as exc:  # noqa: BLE001 - a bug fails its request, not the server
-            generation.fail(PersonaError(f"generation failed: {first_line(exc)}"))
+            deliver(ticket, "error", PersonaError(f"generation failed: {first_line(exc)}"))
         finally:
             del self._active[task]
             with self._lock:
@@ -242,7 +232,7 @@ class VllmScheduler:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Unreachable(first_line(exc)) from None
         except httpx.HTTPError as exc:  # it went away mid-request
-            if reply.produced == 0 and not reply.generation.stopping.is_set():
+            if reply.produced == 0 and not reply.ticket.cancelled.is_set():
                 raise _Unreachable(first_line(exc)) from None
             self._mark_down(upstream, first_line(exc))
             raise PersonaError(
@@ -276,8 +266,8 @@ class VllmScheduler:
     async def _cancel_departed(self) -> None:
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
-            for task, generation in list(self._active.items()):
-                if generation.stopping.is_set() and not task.done():
+            for task, ticket in list(self._active.items()):
+                if ticket.cancelled.is_set() and not task.done():
                     task.cancel()  # closes the upstream stream: vLLM aborts the request
 
     async def _bring_back(self) -> None:
@@ -310,14 +300,12 @@ class VllmScheduler:
 
 
 class _Reply:
-    """The token ids vLLM streams for one request, decoded into its Generation."""
+    """The token ids vLLM streams for one request, decoded into its ticket's sink."""
 
-    def __init__(
-        self, generation: Generation, decoder: StreamDecoder, scheduler: VllmScheduler
-    ) -> None:
-        self.generation = generation
+    def __init__(self, ticket: Ticket, decoder: StreamDecoder, runner: VllmRunner) -> None:
+        self.ticket = ticket
         self.decoder = decoder
-        self.scheduler = scheduler
+        self.runner = runner
         self.produced = 0  # tokens of the reply, the end-of-turn token excluded
         self.reason = "stop"
         self._ended = False
@@ -330,18 +318,22 @@ class _Reply:
             token_ids = choice.get("token_ids")
             if token_ids is None:  # a vLLM that does not return ids: its own text
                 self.produced += 1 if choice.get("text") else 0
-                if choice.get("text") and not self.generation.emit(choice["text"]):
+                if choice.get("text"):
+                    deliver(self.ticket, "piece", choice["text"])
+                if self.ticket.cancelled.is_set():
                     return False
                 continue
             for token in token_ids:
-                if token in self.scheduler.engine.stop_ids:
+                if token in self.runner.engine.stop_ids:
                     continue  # vLLM returns the end-of-turn token; persona's engine does not
                 self.produced += 1
-                self.scheduler.rate.add(1)
+                self.runner.rate.add(1)
                 piece = self.decoder.push(int(token))
-                if piece and not self.generation.emit(piece):
+                if piece:
+                    deliver(self.ticket, "piece", piece)
+                if self.ticket.cancelled.is_set():
                     return False
-        return not self.generation.stopping.is_set()
+        return not self.ticket.cancelled.is_set()
 
     def end(self) -> None:
         """Characters the decoder held back while they could still change."""
@@ -350,4 +342,4 @@ class _Reply:
         self._ended = True
         tail = self.decoder.finish()
         if tail:
-            self.generation.emit(tail)
+            deliver(self.ticket, "piece", tail)

@@ -1,0 +1,130 @@
+"""Which runner serves: the one place that turns a server's choice of backend into a `Runner`.
+
+- `torch` (persona's own decoder, or transformers for other architectures): continuous batching
+  (`Scheduler`), or one reply at a time (`SerialRunner`, `--scheduler serial`);
+- `llama` (llama.cpp, one sequence): one reply at a time;
+- `vllm`: the gateway to vLLM servers (`VllmRunner`), which compute; this process only renders.
+
+Every one of them meets the generation contract (persona.engine.contract); nothing above this
+module asks which one it talks to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from persona.engine.chat import ChatEngine
+from persona.engine.contract import DEFAULT_MAX_QUEUE, Runner
+from persona.engine.scheduler import Scheduler
+from persona.engine.serial import SerialRunner
+from persona.errors import ConfigError
+
+BACKENDS = ("torch", "llama", "vllm")
+SCHEDULERS = ("batch", "serial")
+
+
+@dataclass
+class RunnerChoice:
+    """What a server runs on; refuses combinations that mean nothing, naming the flag."""
+
+    model: str | None = None
+    backend: str = "torch"
+    precision: str = "auto"
+    gguf: str | None = None
+    device: str = "cpu"
+    scheduler: str | None = None  # batch | serial; None: batch where the backend batches
+    max_queue: int = DEFAULT_MAX_QUEUE
+    vllm_urls: list[str] = field(default_factory=list)
+    vllm_dtype: str | None = None  # what the vLLM servers compute in; None: float32
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} must be one of {', '.join(BACKENDS)}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler={self.scheduler!r} must be batch or serial")
+        if self.max_queue < 0:
+            raise ConfigError(f"max_queue={self.max_queue!r} must be 0 or more")
+        if self.backend != "vllm":
+            for flag, given in (
+                ("--vllm-url", bool(self.vllm_urls)),
+                ("--vllm-dtype", self.vllm_dtype is not None),
+            ):
+                if given:
+                    raise ConfigError(f"{flag} needs --backend vllm")
+            return
+        for flag, given in (
+            ("--precision", self.precision != "auto"),
+            ("--scheduler", self.scheduler is not None),
+            ("--gguf", self.gguf is not None),
+        ):
+            if given:
+                raise ConfigError(
+                    f"{flag} is for a model run here; with --backend vllm the vLLM servers "
+                    "compute (tell the gateway their --dtype with --vllm-dtype)"
+                )
+
+
+@dataclass
+class Opened:
+    engine: ChatEngine  # renders, fits the window, knows the model's fingerprint
+    runner: Runner
+    description: str  # for the server's first line: model, precision, how it runs
+
+
+def open_runner(choice: RunnerChoice, log: Callable[[str], None]) -> Opened:
+    """Load what `choice` names and start its runner (warnings go to `log`)."""
+    if choice.backend == "vllm":
+        return _open_vllm(choice, log)
+    from persona.model.loader import load_chat_model
+
+    scheduler = choice.scheduler or "batch"
+    loaded = load_chat_model(
+        choice.model,
+        precision=serving_precision(choice.precision, choice.backend, scheduler),
+        backend=choice.backend,
+        gguf=choice.gguf,
+        device=choice.device,
+    )
+    engine = ChatEngine(loaded)
+    runner = runner_for(engine, scheduler, choice.max_queue)
+    return Opened(engine, runner, f"{loaded.model_id} ({loaded.precision}, {scheduler})")
+
+
+def runner_for(engine: ChatEngine, scheduler: str, max_queue: int = DEFAULT_MAX_QUEUE) -> Runner:
+    """`batch` (continuous batching, the default) or `serial` (one reply at a time) over
+    `engine`'s backend. A backend that runs one sequence at a time batches rows of one."""
+    if scheduler == "batch":
+        return Scheduler(engine, max_queue=max_queue)
+    return SerialRunner(engine, max_queue=max_queue)
+
+
+def serving_precision(precision: str, backend: str, scheduler: str) -> str:
+    """What `--precision auto` means for a server: float32 where rows are batched (a batched step
+    reads each float weight once for all rows, where int8 runs its kernel once per row, to give
+    every token its own activation scale), else what it means for chat."""
+    if precision == "auto" and backend == "torch" and scheduler == "batch":
+        return "fp32"
+    return precision
+
+
+def _open_vllm(choice: RunnerChoice, log: Callable[[str], None]) -> Opened:
+    """The gateway in front of vLLM servers: the tokenizer and embedding matrix only, every
+    server checked (docs/vllm.md)."""
+    from persona.engine.vllm.gateway import VllmRunner
+    from persona.engine.vllm.model import load_gateway_engine
+    from persona.engine.vllm.upstream import connect
+
+    if not choice.vllm_urls:
+        raise ConfigError(
+            "--backend vllm needs --vllm-url URL[,URL...]: vLLM servers started with "
+            "--enable-prompt-embeds on the same model (see docs/vllm.md)"
+        )
+    dtype = choice.vllm_dtype or "float32"
+    engine = load_gateway_engine(choice.model, dtype)
+    urls = [url for given in choice.vllm_urls for url in given.split(",") if url.strip()]
+    upstreams = connect(urls, engine, dtype, warn=log)
+    runner = VllmRunner(engine, upstreams, dtype=dtype, max_queue=choice.max_queue, log=log)
+    alive = sum(upstream.alive for upstream in upstreams)
+    servers = f"{alive} vLLM server" + ("s" if alive != 1 else "")
+    return Opened(engine, runner, f"{engine.loaded.model_id} ({dtype} on {servers})")

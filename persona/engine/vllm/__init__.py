@@ -1,0 +1,1 @@
+"""The gateway to vLLM servers: persona renders and tokenises, vLLM computes (docs/vllm.md)."""
