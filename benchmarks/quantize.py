@@ -24,7 +24,7 @@ from persona.dialogue.sources import read_source
 from persona.dialogue.split import split_by_conversation
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.engine.torch_backend import TorchBackend
+from persona.engine.torch_backend import torch_backend
 from persona.model.loader import load_model
 from persona.prompt.inject import IGNORE_INDEX
 from persona.prompt.render import Renderer
@@ -69,7 +69,7 @@ def incremental_nll(model, prompt: SoftPrompt, encoded: list) -> tuple[float, in
     """NLL per reply token, computed as chat computes it: the persona and the context in one
     prefill, then token by token (either kind of persona: the backend puts it in front)."""
     total, count = 0.0, 0
-    backend = TorchBackend(model)
+    backend = torch_backend(model)
     with torch.inference_mode():
         for example in encoded:
             first = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)

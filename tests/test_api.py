@@ -93,8 +93,8 @@ def client(server):
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     from persona.engine.chat import ChatEngine
-    from persona.model.loader import load_chat_model
     from persona.engine.runners import serving_precision
+    from persona.model.loader import load_chat_model
 
     precision = serving_precision("auto", "torch", "batch")  # what the server chose
     return ChatEngine(

@@ -97,9 +97,9 @@ def api(request, tiny_model_dir, tmp_path_factory):
     from starlette.testclient import TestClient
 
     from persona.engine.chat import ChatEngine
+    from persona.engine.runners import runner_for
     from persona.model.loader import load_chat_model
     from persona.serve.app import create_app
-    from persona.engine.runners import runner_for
     from persona.serve.schemas import Limits
 
     loaded = load_chat_model(tiny_model_dir)

@@ -4,13 +4,14 @@ Retry-After through the real openai client) and a client that leaves freeing its
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import openai
 import pytest
 
-from persona.engine.stops import StopScanner
 from persona.engine.serial import SerialRunner
+from persona.engine.stops import StopScanner
 from tests.serving import serve_state, serving_app
 
 
@@ -106,3 +107,36 @@ def test_a_client_that_leaves_mid_reply_frees_its_row(slow):
     engine.release.set()
     answer = client.chat.completions.create(model="tiny", messages=HELLO)
     assert answer.choices[0].message.content == "Hello there"
+
+
+def _status_counts(url: str) -> dict[str, int]:
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        status: int(count)
+        for status, count in re.findall(r'persona_requests_total\{status="(\d+)"\} (\d+)', text)
+    }
+
+
+def test_a_client_that_leaves_before_its_body_is_sent_is_not_counted_as_a_server_error(slow):
+    import socket
+    from urllib.parse import urlparse
+
+    engine, client = slow
+    engine.release.set()
+    url = str(client.base_url).rstrip("/")
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 500\r\n\r\n{"model": '
+        )  # the client leaves with most of its body unsent
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "499" not in _status_counts(url):
+        time.sleep(0.05)
+    counts = _status_counts(url)
+    assert counts.get("499") == 1
+    assert "500" not in counts

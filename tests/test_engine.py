@@ -88,6 +88,33 @@ def test_history_that_outgrows_the_window_drops_oldest_turns(each_tiny, tiny_pro
     assert isinstance(reply, str)
 
 
+def test_a_long_conversation_is_fitted_with_few_renders_to_the_same_turns(each_tiny, tiny_prompt):
+    """Dropping one turn per render took seconds of the server's event loop on a large body; the
+    fewest drops that fit are found by bisection, and they are the same drops as one at a time."""
+    engine = ChatEngine(each_tiny, max_context=200)
+    messages = [{"role": "system", "content": "Be brief."}]
+    for turn in range(100):
+        messages += [
+            {"role": "user", "content": f"Question {turn}: what is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+        ]
+    messages.append({"role": "user", "content": "And again?"})
+    render, calls = engine.renderer.render, []
+    engine.renderer.render = lambda *args, **kwargs: calls.append(1) or render(*args, **kwargs)
+    ids, dropped = engine.fit_window(messages, tiny_prompt, None, 10)
+    engine.renderer.render = render
+    assert len(calls) <= 12  # log2(100) + a few, where one render per drop took about 100
+    budget = engine.window_budget(tiny_prompt, 10)
+    turns = messages[1:]
+    expected = next(  # the reference: the fewest (question, answer) pairs dropped that fit
+        drop
+        for drop in range(len(turns) // 2 + 1)
+        if len(render([messages[0], *turns[2 * drop :]], tiny_prompt)) <= budget
+    )
+    assert dropped == expected > 0
+    assert ids == render([messages[0], *turns[2 * dropped :]], tiny_prompt)
+
+
 def test_one_message_too_long_for_the_window_is_a_clear_error(each_tiny):
     engine = ChatEngine(each_tiny, max_context=64)
     with pytest.raises(ConfigError, match="window"):

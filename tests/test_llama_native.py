@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona.engine.torch_backend import TorchBackend
+from persona.engine.torch_backend import torch_backend
 from persona.model import llama
 from persona.model.loader import load_model
 from persona.prompt.inject import prepend_prompt
@@ -101,7 +101,7 @@ def test_a_cache_grows_past_its_first_capacity_as_transformers_cache_does(pair):
         (3 + 7 * i) % 50 + 3 for i in range(150)
     ]  # past the first capacity (64) and its doubling
     with torch.no_grad():
-        cache, past = llama.KVCache(), TorchBackend(reference.model).new_cache()
+        cache, past = llama.KVCache(), torch_backend(reference.model).new_cache()
         steps = [
             native.model(input_ids=torch.tensor([[token]]), cache=cache).logits[0, -1]
             for token in ids
@@ -124,7 +124,7 @@ def test_left_padded_batch_with_position_ids_matches_transformers(pair):
     with torch.no_grad():
         outputs = []
         for loaded in (reference, native):
-            cache = TorchBackend(loaded.model).new_cache()
+            cache = torch_backend(loaded.model).new_cache()
             first = loaded.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -158,7 +158,7 @@ def test_int8_native_with_fused_projections_equals_int8_transformers(tiny_model_
         want = reference(input_ids=torch.tensor([ids]), use_cache=False).logits
         got = native(input_ids=torch.tensor([ids]), use_cache=False).logits
         torch.testing.assert_close(got, want, atol=ATOL, rtol=0)  # many rows: the dequantised path
-        cache, past = llama.KVCache(), TorchBackend(reference).new_cache()
+        cache, past = llama.KVCache(), torch_backend(reference).new_cache()
         for token in ids[:6]:  # one row at a time: fbgemm's kernel, fused against unfused
             step = native(input_ids=torch.tensor([[token]]), cache=cache).logits
             torch.testing.assert_close(

@@ -323,3 +323,55 @@ def test_the_dtype_names_of_the_command_line_are_the_wire_dtypes():
     from persona.engine.vllm.wire import WIRE_DTYPES
 
     assert tuple(WIRE_DTYPES) == VLLM_DTYPES and tuple(PROBE_TOLERANCE) == VLLM_DTYPES
+
+
+class Ended:
+    """A sink that records how its request ended."""
+
+    def __init__(self):
+        self.ended = threading.Event()
+        self.how = ""
+
+    def piece(self, text):
+        pass
+
+    def finish(self, reason, prompt_tokens, completion_tokens):
+        self.how = reason
+        self.ended.set()
+
+    def error(self, error):
+        self.how = f"error: {error}"
+        self.ended.set()
+
+
+def test_a_request_submitted_while_the_gateway_closes_still_ends(tiny_model_dir, stubs):
+    """close() racing submit() must not stop the gateway's loop between submit's check and its
+    scheduling of the request: that request would never end, and its client would wait forever."""
+    import asyncio
+
+    from persona.engine.config import GenerationConfig
+    from persona.engine.contract import Request
+    from persona.engine.vllm import gateway as module
+    from persona.engine.vllm.model import load_gateway_engine
+    from persona.engine.vllm.upstream import connect
+
+    engine = load_gateway_engine(str(tiny_model_dir), "float32")
+    stub = stubs(delay_s=0.05)
+    runner = module.VllmRunner(engine, connect([stub.url], engine, "float32", warn=print))
+    schedule, closing = asyncio.run_coroutine_threadsafe, []
+
+    def racing(coroutine, loop):
+        if not closing:  # the request's own scheduling: let close() run as far as it can first
+            closing.append(threading.Thread(target=runner.close))
+            closing[0].start()
+            time.sleep(0.5)
+        return schedule(coroutine, loop)
+
+    sink = Ended()
+    module.asyncio.run_coroutine_threadsafe = racing
+    try:
+        runner.submit(Request(HELLO, None, GenerationConfig(max_new_tokens=4)), sink)
+    finally:
+        module.asyncio.run_coroutine_threadsafe = schedule
+    closing[0].join(timeout=30)
+    assert sink.ended.wait(10), "the request never ended"

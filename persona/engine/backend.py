@@ -14,8 +14,12 @@ Every engine that runs a persona speaks only this small interface, whatever comp
 - `crop(cache, n)`: keep a row's first n positions; `copy(cache)`: an independent copy of it;
   `cache_bytes(cache)`: the memory it holds.
 
-Implementations: `persona.engine.torch_backend.TorchBackend` (persona's own decoder and any
-transformers causal LM) and `persona.engine.llamacpp_backend.LlamaCppBackend` (one row at a time).
+Implementations, each checked against `Backend` by the type checker (`backend_for` returns them as
+one) and by tests/test_contract.py:
+- `NativeBackend` and `TransformersBackend` (persona.engine.torch_backend): persona's own decoder,
+  and any transformers causal LM;
+- `LlamaCppBackend` (persona.engine.llamacpp_backend): llama.cpp, one row at a time;
+- `EmbeddingBackend` (persona.engine.vllm.model): the vLLM gateway's, which only embeds.
 `backend_for(loaded)` picks the one for a loaded model; `check_runs` refuses, in one line, a
 persona a backend cannot run.
 """
@@ -28,7 +32,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from persona.engine.llamacpp_backend import LlamaCppBackend
-from persona.engine.torch_backend import TorchBackend
+from persona.engine.torch_backend import torch_backend
 from persona.errors import PromptMismatchError
 from persona.model.fingerprint import Fingerprint
 from persona.model.llamacpp import LlamaCppModel
@@ -89,7 +93,7 @@ def backend_for(loaded: LoadedModel) -> Backend:
     """The backend that runs `loaded.model`."""
     if isinstance(loaded.model, LlamaCppModel):
         return LlamaCppBackend(loaded.model)
-    return TorchBackend(loaded.model)
+    return torch_backend(loaded.model)
 
 
 def check_runs(

@@ -2,8 +2,9 @@
 
 Two kinds of model stand behind it: persona's own Llama decoder (`persona.model.llama`, what chat
 loads for Llama-family checkpoints, int8 or float32) and any transformers causal LM (everything
-else, and training's model). Both take `model(input_ids=... | inputs_embeds=..., cache=...,
-logits_to_keep=1)`; they differ in their cache class and in what a batched decode step can do.
+else, and training's model), one class each: `NativeBackend` and `TransformersBackend`. Both take
+`model(input_ids=... | inputs_embeds=..., cache=..., logits_to_keep=1)`; they differ in their
+cache class and in what a batched decode step can do. `torch_backend(model)` picks one.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from persona.prompt.deep import KVLayout, split_prefix
 from persona.prompt.inject import prepend_prompt
 
 
-class TorchBackend:
+class _TorchBackend:
+    """What both kinds of PyTorch model share: embedding, prefill, cropping, copying."""
+
     name = "torch"
+    cache_argument = "cache"  # the keyword the model takes its cache by
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.native = isinstance(model, LlamaDecoder)
         self.layout = KVLayout.of_config(model.config)
-        self.cache_argument = "cache" if self.native else cache_argument_name(model)
         self.max_rows = 64
         self.device = model_device(model)
 
@@ -38,13 +40,6 @@ class TorchBackend:
             return self.model.get_input_embeddings()(
                 torch.tensor(list(ids), dtype=torch.long)
             )  # (T, D)
-
-    def new_cache(self) -> Any:
-        if self.native:
-            return KVCache()
-        from transformers import DynamicCache  # only models transformers itself runs get here
-
-        return DynamicCache()
 
     def prefill(
         self,
@@ -76,16 +71,14 @@ class TorchBackend:
         weight = self.model.get_input_embeddings().weight
         prompt = prompt.to(dtype=weight.dtype, device=self.device)  # (N, W)
         for layer, (keys, values) in enumerate(split_prefix(prompt, self.layout)):
-            if self.native:  # (1, H_kv, N, d) each
-                cache.update(layer, keys, values, 0)
-            else:
-                cache.update(keys, values, layer)
+            self._put_layer(cache, layer, keys, values)  # (1, H_kv, N, d) each
+
+    def _put_layer(self, cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
+        """One step for every row, one forward each (what a model without batched rows does)."""
         with torch.inference_mode():
-            if self.native and len(caches) > 1:
-                rows = torch.tensor(list(tokens), device=self.device)  # (B,)
-                return decode_rows(self.model, rows, caches)  # (B, V)
             rows = [
                 self._last_logits(cache, input_ids=torch.tensor([[token]], device=self.device))
                 for token, cache in zip(tokens, caches, strict=True)
@@ -95,18 +88,7 @@ class TorchBackend:
     def crop(self, cache: Any, length: int) -> None:
         surplus = cache.get_seq_length() - length
         if surplus > 0:
-            cache.crop(-surplus)  # transformers' caches take a count to drop, not a length
-
-    def cache_bytes(self, cache: Any) -> int:
-        if isinstance(cache, KVCache):
-            return cache.nbytes
-        tensors = [  # transformers' DynamicCache: keys and values of each layer
-            tensor
-            for layer in getattr(cache, "layers", [])
-            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
-            if isinstance(tensor, torch.Tensor)
-        ]
-        return sum(tensor.untyped_storage().nbytes() for tensor in tensors)
+            cache.crop(-surplus)  # both cache classes take a count to drop, not a length
 
     def copy(self, cache: Any) -> Any:
         return copy.deepcopy(cache)
@@ -114,3 +96,59 @@ class TorchBackend:
     def _last_logits(self, cache: Any, **inputs: torch.Tensor) -> torch.Tensor:
         out = self.model(**inputs, use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         return out.logits[:, -1, :]  # (1, V)
+
+
+class NativeBackend(_TorchBackend):
+    """persona's own Llama decoder (int8 or float32): its KVCache, and batched decode steps in
+    which every row keeps its own cache, length and persona (persona.model.llama_rows)."""
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def _put_layer(
+        self, cache: KVCache, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        cache.update(layer, keys, values, 0)
+
+    def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
+        if len(caches) == 1:
+            return super().decode(tokens, caches)
+        with torch.inference_mode():
+            rows = torch.tensor(list(tokens), device=self.device)  # (B,)
+            return decode_rows(self.model, rows, caches)  # (B, V)
+
+    def cache_bytes(self, cache: KVCache) -> int:
+        return cache.nbytes
+
+
+class TransformersBackend(_TorchBackend):
+    """Any transformers causal LM (other architectures, and training's model): its DynamicCache,
+    one forward per row and step."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.cache_argument = cache_argument_name(model)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache  # only models transformers itself runs get here
+
+        return DynamicCache()
+
+    def _put_layer(self, cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        cache.update(keys, values, layer)
+
+    def cache_bytes(self, cache: Any) -> int:
+        tensors = [  # keys and values of each layer
+            tensor
+            for layer in getattr(cache, "layers", [])
+            for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+            if isinstance(tensor, torch.Tensor)
+        ]
+        return sum(tensor.untyped_storage().nbytes() for tensor in tensors)
+
+
+def torch_backend(model: Any) -> NativeBackend | TransformersBackend:
+    """The backend for a PyTorch model: persona's own decoder, or transformers' model."""
+    if isinstance(model, LlamaDecoder):
+        return NativeBackend(model)
+    return TransformersBackend(model)

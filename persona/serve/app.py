@@ -24,7 +24,7 @@ from persona.errors import ConfigError, PersonaError, QueueFull, first_line
 from persona.serve.archive import ConversationArchive
 from persona.serve.catalog import Catalog
 from persona.serve.errors import APIError, error_body, install_handlers
-from persona.serve.guard import Activity, ApiKey, BodyLimit, Observe
+from persona.serve.guard import CLIENT_CLOSED, Activity, ApiKey, BodyLimit, Observe
 from persona.serve.metrics import RequestCounter, prometheus_text
 from persona.serve.responses import DONE_EVENT, Reply, sse, usage
 from persona.serve.schemas import (
@@ -176,7 +176,9 @@ async def _next_piece(
                 return waiting.result()
             if await http.is_disconnected():
                 stream.cancel()
-                raise APIError(499, "the client closed the connection", code="client_closed")
+                raise APIError(
+                    CLIENT_CLOSED, "the client closed the connection", code="client_closed"
+                )
     except StopAsyncIteration:
         return None
     except APIError:

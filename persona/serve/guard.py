@@ -126,6 +126,9 @@ class Activity:
         return 0.0 if self.in_flight else time.monotonic() - self.last
 
 
+CLIENT_CLOSED = 499  # what a request counts as when its client left before any answer
+
+
 class Observe:
     """Count every answer by status (for /metrics) and track activity (for --idle-exit)."""
 
@@ -138,7 +141,7 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status: dict[str, Any] = {"code": 500}
+        status: dict[str, Any] = {"code": None}
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -148,7 +151,11 @@ class Observe:
         self.activity.in_flight += 1
         try:
             await self.app(scope, receive, observed)
+        except Exception:
+            status["code"] = status["code"] or 500  # a fault of the server's, answered or not
+            raise
         finally:
             self.activity.in_flight -= 1
             self.activity.last = time.monotonic()
-            self.requests.count(status["code"])
+            # nothing was answered and nothing failed: the client left first (nginx's 499)
+            self.requests.count(status["code"] or CLIENT_CLOSED)
