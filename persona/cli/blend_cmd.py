@@ -108,7 +108,8 @@ def _active(library: Any, name: str) -> tuple[str, int, Any]:
 def describe_blend(record: dict[str, Any]) -> str:
     """A blend's training record in one line, as `persona blend` and `persona show` print it:
     'interpolate of falstaff v1 (0.70), juliet v1 (0.30)', 'concat of falstaff v1 (20 tokens), ...'."""
-    blend = record.get("blend") if isinstance(record.get("blend"), dict) else {}
+    found = record.get("blend")
+    blend: dict[str, Any] = found if isinstance(found, dict) else {}
     parts = []
     for source in blend.get("sources") or []:
         if not isinstance(source, dict):

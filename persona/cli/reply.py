@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona.cli import startup
 from persona.engine.config import GenerationConfig, PersonaDefaults, stop_strings
 from persona.engine.config import generation_config as effective_config
 from persona.errors import ConfigError
+
+if TYPE_CHECKING:  # torch-free at start: the reply may come from a running server
+    from persona.prompt.render import Message
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     )
     engine = ChatEngine(loaded)
     startup.ready()
-    messages = [{"role": "user", "content": message}]
+    messages: list[Message] = [{"role": "user", "content": message}]
     if persona is not None:
         engine.check_persona(persona)
     if args.json:

@@ -27,7 +27,7 @@ persona a backend cannot run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -48,8 +48,12 @@ class Cache(Protocol):
     def get_seq_length(self) -> int: ...
 
 
-class Backend(Protocol):
-    """A frozen causal LM that runs rows of `[soft prompt ; token ids]` (see the module docstring)."""
+CacheT = TypeVar("CacheT", bound=Cache)
+
+
+class Backend(Protocol[CacheT]):
+    """A frozen causal LM that runs rows of `[soft prompt ; token ids]` (see the module docstring),
+    each row's keys and values in a cache of the backend's own class, `CacheT`."""
 
     name: str  # what --backend calls it
     max_rows: int  # how many rows one decode() call can take (1: one conversation at a time)
@@ -60,11 +64,11 @@ class Backend(Protocol):
         """Input embeddings of `ids`: (T, D), in the dtype the model computes in."""
         ...
 
-    def new_cache(self) -> Cache: ...
+    def new_cache(self) -> CacheT: ...
 
     def prefill(
         self,
-        cache: Cache,
+        cache: CacheT,
         ids: Sequence[int],
         prompt: torch.Tensor | None = None,
         *,
@@ -74,22 +78,28 @@ class Backend(Protocol):
         the last position. `kind` is the prompt's: soft (N, D) or deep (N, W)."""
         ...
 
-    def decode(self, tokens: Sequence[int], caches: Sequence[Cache]) -> torch.Tensor:
+    def decode(self, tokens: Sequence[int], caches: Sequence[CacheT]) -> torch.Tensor:
         """Append tokens[i] to caches[i] for every row at once; logits (B, V)."""
         ...
 
-    def crop(self, cache: Cache, length: int) -> None:
+    def crop(self, cache: CacheT, length: int) -> None:
         """Keep the first `length` positions of `cache`."""
         ...
 
-    def copy(self, cache: Cache) -> Cache: ...
+    def copy(self, cache: CacheT) -> CacheT: ...
 
-    def cache_bytes(self, cache: Cache) -> int:
+    def cache_bytes(self, cache: CacheT) -> int:
         """Memory the cache holds (what a cache of caches is bounded by)."""
         ...
 
 
-def backend_for(loaded: LoadedModel) -> Backend:
+# A backend whose cache class the caller does not name: rows hand each backend back the caches it
+# made, so the engine and the scheduler hold "some backend and its caches" (Python has no
+# existential types; Any stands for the one cache class of that backend).
+AnyBackend = Backend[Any]
+
+
+def backend_for(loaded: LoadedModel) -> AnyBackend:
     """The backend that runs `loaded.model`."""
     if isinstance(loaded.model, LlamaCppModel):
         return LlamaCppBackend(loaded.model)

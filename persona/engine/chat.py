@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from persona.engine.backend import Backend, Cache, backend_for, check_runs
+from persona.engine.backend import AnyBackend, Cache, backend_for, check_runs
 from persona.engine.config import GenerationConfig
 from persona.engine.contract import Request
 from persona.engine.detok import StreamDecoder
@@ -60,7 +60,7 @@ class ChatEngine:
         *,
         cache_size: int = 4,
         max_context: int = DEFAULT_MAX_CONTEXT,
-        backend: Backend | None = None,
+        backend: AnyBackend | None = None,
     ) -> None:
         self.loaded = loaded
         self.backend = backend if backend is not None else backend_for(loaded)

@@ -15,11 +15,14 @@ import torch
 
 from persona.errors import ConfigError
 from persona.model.llamacpp import LlamaCppCache, LlamaCppModel
+from persona.prompt.layout import KVLayout
 
 
 class LlamaCppBackend:
     name = "llama"
-    layout = None  # input-layer prompts only: llama.cpp takes no keys and values from outside
+    layout: KVLayout | None = (
+        None  # input-layer prompts only: llama.cpp takes no keys and values from outside
+    )
     max_rows = 1
     device = torch.device("cpu")  # llama.cpp's logits are copied out to the CPU
 

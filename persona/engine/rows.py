@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from persona.engine.backend import Backend, Cache
+from persona.engine.backend import AnyBackend, Cache
 from persona.engine.config import GenerationConfig
 from persona.engine.sampling import Sampler
 
@@ -59,7 +59,7 @@ class Row:
         return token
 
 
-def advance(backend: Backend, rows: Sequence[Row], tokens: Sequence[int]) -> None:
+def advance(backend: AnyBackend, rows: Sequence[Row], tokens: Sequence[int]) -> None:
     """Run tokens[i] through rows[i]'s cache, every row in as few decode calls as the backend allows."""
     for begin in range(0, len(rows), backend.max_rows):
         chunk = rows[begin : begin + backend.max_rows]

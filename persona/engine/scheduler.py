@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from persona.engine.backend import Backend, Cache
+from persona.engine.backend import AnyBackend, Cache
 from persona.engine.chat import ChatEngine
 from persona.engine.contract import (
     DEFAULT_MAX_QUEUE,
@@ -126,7 +126,7 @@ class Scheduler:
         if max_rows < 1:
             raise ConfigError(f"max_rows={max_rows!r} must be 1 or more")
         self.engine = engine
-        self.backend: Backend = engine.backend
+        self.backend: AnyBackend = engine.backend
         self.name = self.backend.name
         self.layout = self.backend.layout
         self.max_rows = max(1, min(max_rows, self.backend.max_rows))  # llama.cpp: one at a time

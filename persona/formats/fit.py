@@ -32,7 +32,8 @@ def text_config(model_dir: Path) -> dict:
         raise ModelError(
             f"{config} is not a model config (a JSON {type(data).__name__}, expected an object)"
         )
-    return data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+    text_config = data.get("text_config")
+    return text_config if isinstance(text_config, dict) else data
 
 
 def model_width(model_dir: Path) -> int:

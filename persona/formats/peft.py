@@ -120,6 +120,7 @@ def _config_layout(config: dict, path: Path) -> KVLayout:
             f"{path}: {CONFIG_FILE} of a PREFIX_TUNING adapter needs positive num_layers, "
             f"num_attention_heads and token_dim, got {ascii(layers)}, {ascii(heads)}, {ascii(token_dim)}; re-save it"
         )
+    assert isinstance(layers, int) and isinstance(heads, int) and isinstance(token_dim, int)
     if token_dim % heads:
         raise PromptFormatError(
             f"{path}: {CONFIG_FILE} says token_dim={token_dim}, not a multiple of "

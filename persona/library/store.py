@@ -44,7 +44,9 @@ class Store:
     @staticmethod
     def sqlite(session: Session) -> sqlite3.Connection:
         """The sqlite3 connection under `session`, inside its transaction (for reader.py's SQL)."""
-        return session.connection().connection.driver_connection
+        connection = session.connection().connection.driver_connection
+        assert isinstance(connection, sqlite3.Connection)  # the library is SQLite, nothing else
+        return connection
 
     def close(self) -> None:
         self.engine.dispose()

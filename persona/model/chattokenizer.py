@@ -141,7 +141,7 @@ class ChatTokenizer:
         ):  # a tag only transformers defines ({% generation %}): let it render
             from transformers.utils.chat_template_utils import render_jinja_template
 
-            rendered, _ = render_jinja_template(
+            rendered, _ = render_jinja_template(  # type: ignore[str-unpack]  # stubs: a str; it returns a pair
                 conversations=[conversation],
                 chat_template=self.chat_template,
                 add_generation_prompt=add_generation_prompt,

@@ -256,7 +256,7 @@ def _read_tensors(handle: Any) -> Iterator[tuple[str, Any]]:
         data = torch.empty(
             size, dtype=torch.uint8
         )  # read straight into the tensor: one copy, GIL released
-        if handle.readinto(memoryview(data.numpy())) != size:
+        if handle.readinto(data.numpy().data) != size:
             raise ValueError(f"{key} is cut short")
         yield key, data.view(getattr(torch, DTYPES[dtype])).reshape(shape)
 

@@ -164,6 +164,7 @@ class LlamaCppModel:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         rows = input_ids if input_ids is not None else inputs_embeds
+        assert rows is not None  # exactly one of the two, checked above
         if rows.shape[0] != 1:
             raise ConfigError(
                 "the llama backend decodes one conversation at a time; use --backend torch for batches"
@@ -184,6 +185,7 @@ class LlamaCppModel:
                 batch.token[index] = token
         else:
             batch = self._embed_batch
+            assert inputs_embeds is not None
             embeddings = inputs_embeds[0].detach().to(torch.float32).contiguous()  # (N, D)
             if embeddings.shape[1] != self.hidden_size:
                 raise ConfigError(

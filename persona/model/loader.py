@@ -17,6 +17,7 @@ from persona.model import warmup
 from persona.model.fastload import load_streaming
 from persona.model.files import WEIGHTS_FILE, int8_cache_path
 from persona.model.fingerprint import Fingerprint, remembered_fingerprint, weights_key
+from persona.model.interfaces import CausalLM, Tokenizer
 from persona.model.location import (  # noqa: F401 - callers find where the model is here too
     COMPLETE_MARKER,
     DEFAULT_MODEL_ID,
@@ -34,8 +35,8 @@ CHAT_PRECISION_AUTO = "int8"
 
 @dataclass
 class LoadedModel:
-    model: Any  # a transformers causal LM, eval mode, every parameter frozen
-    tokenizer: Any
+    model: CausalLM  # eval mode, every parameter frozen
+    tokenizer: Tokenizer
     fingerprint: Fingerprint
     model_id: str  # human-readable: the default's name or the directory given
     precision: str = "fp32"  # fp32 | int8 (chat only) | bf16 (weights on a CUDA or MPS device)

@@ -68,7 +68,7 @@ def default_model_dir(progress: TextIO | None = sys.stderr) -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-        model.hf_quantizer = None  # dequantised already; lets save_pretrained write plain float32
+        model.hf_quantizer = None  # type: ignore[assignment]  # dequantised already; lets save_pretrained write plain float32
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging)

@@ -119,8 +119,9 @@ def blend_prompts(
         )
     applied: list[float | None]
     if method == "interpolate":
-        applied = [*normalised_weights(weights, len(prompts))]
-        embeddings = interpolate([p.embeddings for p in prompts], applied)  # (N, D) or (N, W)
+        normalised = normalised_weights(weights, len(prompts))
+        applied = [*normalised]
+        embeddings = interpolate([p.embeddings for p in prompts], normalised)  # (N, D) or (N, W)
     else:
         applied = [None] * len(prompts)
         embeddings = concat([p.embeddings for p in prompts])  # (N_1 + N_2 + ..., D) or (.., W)

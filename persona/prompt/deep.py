@@ -64,7 +64,7 @@ def prefix_from_embeddings(model: Any, embeddings: torch.Tensor) -> torch.Tensor
             use_cache=True,
             **{cache_argument_name(decoder): cache},
         )  # (1, N, D) in; every layer's keys and values into the cache
-    pairs = [(layer.keys, layer.values) for layer in cache.layers]  # (1, H, N, d) each
+    pairs = [(_tensor(layer, "keys"), _tensor(layer, "values")) for layer in cache.layers]
     return join_prefix(pairs).to(torch.float32)  # (N, W)
 
 
@@ -81,3 +81,12 @@ def prefilled_cache(model: Any, prompt: torch.Tensor, layout: KVLayout, batch: i
             keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1), layer
         )  # (B, H, N, d) each
     return cache
+
+
+def _tensor(layer: object, name: str) -> torch.Tensor:
+    """A plain cache layer's keys or values, (1, H, N, d); a layer without them (linear attention)
+    cannot hold a deep prompt, which the caller checked already."""
+    tensor = getattr(layer, name, None)
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"this model's cache layer {type(layer).__name__} holds no {name}")
+    return tensor

@@ -51,7 +51,7 @@ class KVLayout:
         hidden = getattr(text, "hidden_size", None)
         kv_heads = getattr(text, "num_key_value_heads", None) or heads
         head_dim = getattr(text, "head_dim", None)
-        if not head_dim and _positive_int(hidden) and _positive_int(heads):
+        if not head_dim and isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
             head_dim = hidden // heads
         values = (layers, kv_heads, head_dim)
         if not all(_positive_int(v) for v in values):

@@ -107,10 +107,9 @@ def create_app(state: ServeState) -> Any:
         reply = Reply(body.model, chat=False, system_fingerprint=state.record.get("model", ""))
         return await _respond(state, http, request, body, reply, False)
 
-    app = Observe(
+    return Observe(
         ApiKey(BodyLimit(app, state.max_body_bytes), state.api_key), state.requests, state.activity
     )
-    return app
 
 
 def _check_identity(http: HTTPRequest, state: ServeState) -> bool:

@@ -7,6 +7,7 @@ the parameter, as OpenAI's do.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,7 +62,7 @@ def error_response(error: APIError) -> JSONResponse:
     )
 
 
-def parameter_name(location: tuple[Any, ...] | list[Any]) -> str | None:
+def parameter_name(location: Sequence[Any]) -> str | None:
     """`("body", "messages", 0, "content")` -> "messages[0].content"; None for the body itself."""
     parts = [part for part in location if part != "body"]
     name = ""

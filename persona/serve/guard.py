@@ -22,7 +22,7 @@ OPEN_PATHS = ("/health",)  # answered without the API key (load balancers, `pers
 def is_local_socket(scope: Scope) -> bool:
     """The request came through the owner-only Unix socket (uvicorn gives its server as (path, None))."""
     server = scope.get("server")
-    return bool(server) and server[1] is None
+    return server is not None and server[1] is None
 
 
 async def send_error(

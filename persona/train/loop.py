@@ -102,6 +102,7 @@ def train_loop(
     prompt = torch.nn.Parameter(
         initial.detach().to(device=device, dtype=torch.float32).clone()
     )  # (N, D)
+    assert config.lr is not None  # TrainConfig.__post_init__ puts the kind's default there
     optimizer = torch.optim.AdamW([prompt], lr=config.lr, weight_decay=config.weight_decay)
     state = LoopState()
     if resume_from is not None:
@@ -228,6 +229,7 @@ def _step(
         loss = prompt.new_zeros(())
         prompt.grad = torch.zeros_like(prompt)
     if ranks.distributed:
+        assert prompt.grad is not None  # backward() ran, or the zeros above
         flat = torch.cat(
             [
                 prompt.grad.flatten(),

@@ -47,6 +47,7 @@ from persona.engine.vllm.wire import (
     refused,
 )
 from persona.errors import ConfigError, PersonaError, QueueFull, first_line
+from persona.prompt.layout import KVLayout
 from persona.prompt.softprompt import SoftPrompt
 
 UPSTREAM_ROWS = 256  # requests a vLLM server runs at once by default (its --max-num-seqs)
@@ -66,7 +67,7 @@ class _Unreachable(Exception):
 
 class VllmRunner:
     name = "vllm"
-    layout = None  # vLLM takes soft personas, as input embeddings
+    layout: KVLayout | None = None  # vLLM takes soft personas, as input embeddings
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -43,9 +43,9 @@ def encode_embeds(embeds: torch.Tensor, dtype: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def sampling(config: GenerationConfig, stop_ids: Sequence[int]) -> dict[str, Any]:
+def sampling(config: GenerationConfig, stop_ids: Collection[int]) -> dict[str, Any]:
     """The request fields for `config`, in vLLM's names. Stop strings are not sent: the
-    Generation cuts them, as it does for every scheduler; the end-of-turn ids are."""
+    runner cuts them, as every runner does (`watch_stops`); the end-of-turn ids are."""
     fields: dict[str, Any] = {
         "max_tokens": config.max_new_tokens,
         "temperature": config.temperature,
@@ -62,7 +62,7 @@ def sampling(config: GenerationConfig, stop_ids: Sequence[int]) -> dict[str, Any
 
 
 def completion_body(
-    served_name: str, embeds: str, config: GenerationConfig, stop_ids: Sequence[int]
+    served_name: str, embeds: str, config: GenerationConfig, stop_ids: Collection[int]
 ) -> dict[str, Any]:
     """A streamed completion of the embeddings; token ids come back with each piece, so the
     gateway decodes the text with its own tokenizer, exactly as persona's engine does."""
