@@ -31,7 +31,7 @@ from persona.style.report import StyleConfig, StyleReport, measure_style, share_
 from persona.train.spec import load_spec
 
 PERSONAS = Path(__file__).resolve().parent.parent / "personas"
-SHOWN = {"no_prompt": "no prompt", "written_prompt": "written prompt", "persona": "soft prompt"}
+SHOWN = {"no_prompt": "no prompt", "written_prompt": "written prompt", "persona": "persona"}
 
 
 def sample_size(text: str) -> int | None:

@@ -75,7 +75,7 @@ def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2
             "examples",
             "population",
         }
-        assert set(first.metrics["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
+        assert set(first.metrics["nll"]) == {"no_prompt", "written_prompt", "persona"}
         assert first.training["speaker"] == "BOB" and first.training["steps"] == 3
         assert len(first.training["source_sha256"]) == 64
         prompt = library.get_prompt("bob", 1)
@@ -107,7 +107,7 @@ def test_eval_json_has_exactly_the_documented_shape(tmp_path, tiny_model_dir, ca
     )
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"nll", "interval", "difference", "tokens", "examples", "population"}
-    assert set(result["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
+    assert set(result["nll"]) == {"no_prompt", "written_prompt", "persona"}
     assert all(isinstance(value, float) for value in result["nll"].values())
     assert result["examples"] == 24 and result["tokens"] > 24
 

@@ -51,8 +51,8 @@ def test_training_lowers_held_out_nll_below_no_prompt(tiny) -> None:
         tiny, bard_dialogue(), speaker="bob", name="bob", config=quick(steps=30), progress=False
     )
     nll = trained.metrics["nll"]
-    assert nll["soft_prompt"] < nll["no_prompt"] - 0.1
-    assert nll["hard_prompt"] is None  # no description, no written baseline
+    assert nll["persona"] < nll["no_prompt"] - 0.1
+    assert nll["written_prompt"] is None  # no description, no written baseline
     assert (
         trained.metrics["examples"] > 0 and trained.metrics["tokens"] > trained.metrics["examples"]
     )
@@ -72,7 +72,7 @@ def test_description_starts_from_its_text_and_adds_the_written_baseline(tiny) ->
         progress=False,
     )
     assert trained.prompt.init == "text" and trained.prompt.description == "a test voice"
-    assert isinstance(trained.metrics["nll"]["hard_prompt"], float)
+    assert isinstance(trained.metrics["nll"]["written_prompt"], float)
 
 
 def test_same_seed_gives_the_identical_prompt_and_another_seed_does_not(tiny) -> None:

@@ -598,8 +598,8 @@ def _print_metrics(metrics: dict[str, Any], title: str, kind: str = "soft") -> N
     )
     for key, label in (
         ("no_prompt", "no prompt"),
-        ("hard_prompt", "written description"),
-        ("soft_prompt", persona),
+        ("written_prompt", "written description"),
+        ("persona", persona),
     ):
         value = nll.get(key)
         bounds = interval.get(key)
@@ -607,7 +607,10 @@ def _print_metrics(metrics: dict[str, Any], title: str, kind: str = "soft") -> N
         if value is not None and bounds:
             shown += f"  [{bounds[0]:.4f}, {bounds[1]:.4f}]"
         print(f"  {label:<20} {shown}")
-    for key, label in (("soft_minus_none", "no prompt"), ("soft_minus_written", "written")):
+    for key, label in (
+        ("persona_minus_no_prompt", "no prompt"),
+        ("persona_minus_written_prompt", "written"),
+    ):
         difference = (metrics.get("difference") or {}).get(key)
         if difference:
             mean, low, high = difference

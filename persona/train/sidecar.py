@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     target = args.spec.with_suffix(".json")
     target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     nll = record["metrics"]["nll"]
-    written = "-" if nll["hard_prompt"] is None else f"{nll['hard_prompt']:.4f}"
+    written = "-" if nll.get("written_prompt") is None else f"{nll['written_prompt']:.4f}"
     print(
         f"wrote {target}: no prompt {nll['no_prompt']:.4f}, written {written}, "
-        f"persona {nll['soft_prompt']:.4f}"
+        f"persona {nll['persona']:.4f}"
     )
     return 0
 
