@@ -11,8 +11,8 @@ from persona.cli.main import main
 from persona.library import open_library
 from persona.prompt.render import Renderer
 from persona.prompt.softprompt import SoftPrompt
+from tests.helpers import train_args, write_log
 from tests.library_helpers import make_prompt
-from tests.test_cli_train import train_args, write_log
 
 DESCRIPTION = "You are Bob, a bard of few words."
 

@@ -14,24 +14,7 @@ from persona.train import TrainConfig
 from persona.train.checkpoint import checkpoint_path, load_checkpoint
 from persona.train.loop import TrainingInterrupted
 from persona.train.run import MIN_EXAMPLES, train_persona
-
-REPLIES = ["To be, or not to be, that is the question.", "I am not only witty in myself."]
-
-
-def bard_dialogue(conversations: int = 12) -> Dialogue:
-    """ALICE asks, BOB always answers in one of two fixed lines: easy to learn, even for the tiny model."""
-    convs = [
-        Conversation(
-            [
-                Turn("ALICE", f"Hello there! How are you today? {i}"),
-                Turn("BOB", REPLIES[i % 2]),
-                Turn("ALICE", "What is the capital of France?"),
-                Turn("BOB", REPLIES[(i + 1) % 2]),
-            ]
-        )
-        for i in range(conversations)
-    ]
-    return Dialogue(convs, source="bard.txt", sha256="ab" * 32)
+from tests.helpers import REPLIES, bard_dialogue
 
 
 def quick(**overrides) -> TrainConfig:
