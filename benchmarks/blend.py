@@ -26,11 +26,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from persona.dialogue.sources import read_source
+from persona.dialogue.split import split_speaker
 from persona.engine.chat import ChatEngine
 from persona.model.loader import load_chat_model
 from persona.prompt.blend import blend_prompts
 from persona.prompt.softprompt import SoftPrompt
-from persona.style.data import speaker_examples
 from persona.style.generate import NO_PROMPT, PERSONA, Condition
 from persona.style.identity import IDENTITY_QUESTIONS
 from persona.style.report import Answered, StyleConfig, StyleJudge, share_text
@@ -49,7 +49,7 @@ def judge_for(engine: ChatEngine, spec: PersonaSpec, config: StyleConfig, bar: t
     """The speaker's style measure: its classifier and held-out sample, as benchmarks/style.py splits."""
     train_config = spec.train_config()
     heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    train, held = speaker_examples(
+    split = split_speaker(
         read_source(spec.train, base=spec.base),
         spec.speaker,
         context_turns=train_config.context_turns,
@@ -57,6 +57,7 @@ def judge_for(engine: ChatEngine, spec: PersonaSpec, config: StyleConfig, bar: t
         seed=train_config.seed,
         heldout=heldout,
     )
+    train, held = split.train, split.heldout
     return StyleJudge(
         engine, speaker=spec.speaker, train=train, heldout=held, config=config, bar=bar
     )

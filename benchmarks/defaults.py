@@ -64,9 +64,9 @@ def run_variant(spec: Path, flags: list[str], scratch: Path) -> dict:
         "flags": flags,
         "minutes": round(minutes, 1),
         "steps": version["training"]["steps"],
-        "nll": metrics["nll"]["soft_prompt"],
-        "interval": metrics["interval"]["soft_prompt"],
-        "minus_written": metrics["difference"]["soft_minus_written"],
+        "nll": metrics["nll"]["persona"],
+        "interval": metrics["interval"]["persona"],
+        "minus_written": metrics["difference"]["persona_minus_written_prompt"],
         "share": (style.get("share") or {}).get("persona"),
         "named": named,
     }

@@ -40,7 +40,7 @@ def build(path: Path, personas: int, tokens: int, width: int) -> None:
     lib = open_library(path)
     metrics = json.dumps(
         {
-            "nll": {"no_prompt": 3.4, "hard_prompt": 3.0, "soft_prompt": 2.6},
+            "nll": {"no_prompt": 3.4, "written_prompt": 3.0, "persona": 2.6},
             "tokens": 5000,
             "examples": 120,
         }

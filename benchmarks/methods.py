@@ -50,14 +50,16 @@ from office import DESCRIPTIONS, office_logs  # noqa: E402
 from persona.dialogue.encode import EncodedExample, encode_examples  # noqa: E402
 from persona.dialogue.examples import Example  # noqa: E402
 from persona.dialogue.sources import read_source  # noqa: E402
-from persona.dialogue.split import seeded_sample  # noqa: E402
+from persona.dialogue.split import (
+    seeded_sample,  # noqa: E402
+    split_speaker,  # noqa: E402
+)
 from persona.engine.chat import ChatEngine  # noqa: E402
 from persona.model.loader import LoadedModel, load_model  # noqa: E402
 from persona.prompt.deep import KVLayout, prefix_from_embeddings  # noqa: E402
 from persona.prompt.init import initial_prompt  # noqa: E402
 from persona.prompt.render import Renderer  # noqa: E402
 from persona.prompt.softprompt import SoftPrompt  # noqa: E402
-from persona.style.data import speaker_examples  # noqa: E402
 from persona.style.generate import Condition  # noqa: E402
 from persona.style.report import StyleConfig, StyleJudge, share_text  # noqa: E402
 from persona.train.batching import collate, pad_token_id, schedule  # noqa: E402
@@ -115,16 +117,11 @@ def load_dataset(name: str, heldout_sample: int) -> Dataset:
         speaker, description = spec.speaker, spec.description
         train_dialogue = read_source(spec.train, base=spec.base)
         heldout_dialogue = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    train, validation = speaker_examples(
-        train_dialogue, speaker, context_turns=CONTEXT_TURNS, seed=0
+    split = split_speaker(
+        train_dialogue, speaker, context_turns=CONTEXT_TURNS, seed=0, heldout=heldout_dialogue
     )
-    if heldout_dialogue is not None:
-        _, heldout = speaker_examples(
-            train_dialogue, speaker, context_turns=CONTEXT_TURNS, heldout=heldout_dialogue
-        )
-    else:
-        heldout = validation
-    heldout = [example for example in heldout if example.context]
+    train, validation = split.train, split.validation
+    heldout = [example for example in split.heldout if example.context]
     return Dataset(
         name,
         speaker,

@@ -22,16 +22,16 @@ import time
 from pathlib import Path
 
 from persona.dialogue.sources import read_source
+from persona.dialogue.split import split_speaker
 from persona.engine.chat import ChatEngine
 from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
-from persona.style.data import speaker_examples
 from persona.style.identity import IDENTITY_QUESTIONS
 from persona.style.report import StyleConfig, StyleReport, measure_style, share_text
 from persona.train.spec import load_spec
 
 PERSONAS = Path(__file__).resolve().parent.parent / "personas"
-SHOWN = {"no_prompt": "no prompt", "written_prompt": "written prompt", "persona": "soft prompt"}
+SHOWN = {"no_prompt": "no prompt", "written_prompt": "written prompt", "persona": "persona"}
 
 
 def sample_size(text: str) -> int | None:
@@ -42,7 +42,7 @@ def measure(engine: ChatEngine, spec_path: Path, config: StyleConfig) -> StyleRe
     spec = load_spec(spec_path)
     train_config = spec.train_config()
     heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    train, held = speaker_examples(
+    split = split_speaker(
         read_source(spec.train, base=spec.base),
         spec.speaker,
         context_turns=train_config.context_turns,
@@ -50,6 +50,7 @@ def measure(engine: ChatEngine, spec_path: Path, config: StyleConfig) -> StyleRe
         seed=train_config.seed,
         heldout=heldout,
     )
+    train, held = split.train, split.heldout
     return measure_style(
         engine,
         SoftPrompt.load(spec.prompt_path()),

@@ -1,3 +1,3 @@
-"""persona: chat with trained soft-prompt personas on a frozen language model."""
+"""persona: chat with trained personas (deep or soft prompts) on a frozen language model."""
 
 __version__ = "0.1.0"

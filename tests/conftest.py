@@ -188,3 +188,90 @@ def real_home(isolated_home: Path, default_model_store: Path) -> Path:
     """A fresh PERSONA_HOME whose models folder already holds the converted default model."""
     (isolated_home / "models").symlink_to(default_model_store, target_is_directory=True)
     return isolated_home
+
+
+LLAMA2_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<<SYS>>{{ message['content'] }}<</SYS>>\n"
+    "{% elif message['role'] == 'user' %}[INST] {{ message['content'] }} [/INST]"
+    "{% else %} {{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer Llama checkpoint with a sentencepiece tokenizer (tokenizer.model, no
+    tokenizer.json), as older Llama-family models ship."""
+    spm = pytest.importorskip("sentencepiece")
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = tmp_path_factory.mktemp("spm-llama")
+    corpus = directory / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "tokenizer"),
+        vocab_size=120,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    # the layout of a sentencepiece Llama checkpoint: tokenizer.model, no tokenizer.json
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "chat_template": LLAMA2_STYLE_TEMPLATE,
+            }
+        )
+    )
+    config = LlamaConfig(
+        vocab_size=120,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    """A library file with two personas (hamlet has two versions, the first with a description,
+    metrics, a training record and a tag) and one conversation that both speak in."""
+    from persona.library import open_library
+    from tests.library_helpers import FINGERPRINT, METRICS, TRAINING, make_prompt
+
+    path = tmp_path / "library.db"
+    lib = open_library(path)
+    lib.add_version(
+        "hamlet",
+        make_prompt(seed=1),
+        description="the prince",
+        model_id="tiny",
+        metrics=METRICS,
+        training=TRAINING,
+        tags=["tragic"],
+    )
+    lib.add_version("hamlet", make_prompt(seed=2), model_id="tiny", metrics=METRICS)
+    lib.add_version("ophelia", make_prompt(seed=3, tokens=8), description="fair")
+    chat = lib.create_conversation("the castle", str(FINGERPRINT))
+    lib.add_message(chat, "user", "my lord?", None)
+    lib.add_message(chat, "assistant", "words, words, words", "hamlet", token_count=4)
+    lib.add_message(chat, "assistant", "O, woe is me", "ophelia", cut_short=True)
+    lib.close()
+    return path

@@ -14,7 +14,7 @@ FINGERPRINT = Fingerprint(
     embedding_sha256="0123456789abcdef",
 )
 METRICS = {
-    "nll": {"no_prompt": 3.5, "hard_prompt": 3.1, "soft_prompt": 2.25},
+    "nll": {"no_prompt": 3.5, "written_prompt": 3.1, "persona": 2.25},
     "tokens": 1200,
     "examples": 40,
 }

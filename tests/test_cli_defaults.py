@@ -7,35 +7,26 @@ import json
 import pytest
 
 from persona.library import open_library
+from tests.helpers import assert_one_line_error, run
 from tests.library_helpers import make_prompt
-from tests.test_cli_library import assert_one_line_error, run
-
-
-@pytest.fixture
-def library(tmp_path):
-    path = tmp_path / "library.db"
-    lib = open_library(path)
-    lib.add_version("falstaff", make_prompt(seed=1), description="fat knight")
-    lib.close()
-    return path
 
 
 def set_(capsys, library, *words: str) -> tuple[int, str, str]:
-    return run(capsys, "set", "falstaff", *words, "--library", str(library))
+    return run(capsys, "set", "hamlet", *words, "--library", str(library))
 
 
 def test_set_then_show_plain_and_json(capsys, library):
     code, out, _ = set_(
         capsys, library, "temperature=0.9", "top_p=0.95", "stop=Exit.", "greeting=Welcome, Hal!"
     )
-    assert code == 0 and "falstaff greeting: Welcome, Hal!" in out
+    assert code == 0 and "hamlet greeting: Welcome, Hal!" in out
     code, out, _ = set_(capsys, library, "max_tokens=120", 'stop=["Exit.", "Exeunt."]', "stop=Hal")
     assert code == 0
-    code, out, _ = run(capsys, "show", "falstaff", "--library", str(library))
+    code, out, _ = run(capsys, "show", "hamlet", "--library", str(library))
     assert "  defaults:    temperature 0.9, top_p 0.95, max_new_tokens 120" in out
     assert '  stop:        "Exit.", "Exeunt.", "Hal"' in out
     assert "  greeting:    Welcome, Hal!" in out
-    code, out, _ = run(capsys, "show", "falstaff", "--json", "--library", str(library))
+    code, out, _ = run(capsys, "show", "hamlet", "--json", "--library", str(library))
     assert json.loads(out)["defaults"] == {
         "temperature": 0.9,
         "top_p": 0.95,
@@ -53,7 +44,7 @@ def test_an_empty_value_unsets_and_reset_clears_all(capsys, library):
     assert code == 0 and "temperature" not in out and "stop" not in out and "Hail" in out
     code, out, _ = set_(capsys, library, "--reset")
     assert code == 0 and "no defaults of its own" in out
-    code, out, _ = run(capsys, "show", "falstaff", "--library", str(library))
+    code, out, _ = run(capsys, "show", "hamlet", "--library", str(library))
     assert "defaults:" not in out and "greeting:" not in out
 
 
@@ -74,15 +65,15 @@ def test_bad_settings_are_one_line_and_change_nothing(capsys, library, word, fra
     code, _, err = set_(capsys, library, "temperature=0.3", word)
     assert_one_line_error(code, err, *fragments)
     lib = open_library(library)
-    assert lib.get_defaults("falstaff").to_dict() == {"top_p": 0.5}
+    assert lib.get_defaults("hamlet").to_dict() == {"top_p": 0.5}
     lib.close()
 
 
 def test_set_needs_something_and_an_existing_persona(capsys, library):
     code, _, err = set_(capsys, library)
     assert_one_line_error(code, err, "nothing to set")
-    code, _, err = run(capsys, "set", "falstaf", "top_p=0.5", "--library", str(library))
-    assert_one_line_error(code, err, "no persona named 'falstaf'; did you mean 'falstaff'?")
+    code, _, err = run(capsys, "set", "hamlt", "top_p=0.5", "--library", str(library))
+    assert_one_line_error(code, err, "no persona named 'hamlt'; did you mean 'hamlet'?")
 
 
 def test_our_file_carries_the_defaults_and_peft_does_not(capsys, library, tmp_path):
@@ -90,15 +81,15 @@ def test_our_file_carries_the_defaults_and_peft_does_not(capsys, library, tmp_pa
     for fmt, target in (("persona", "f.safetensors"), ("peft", "f-adapter")):
         path = tmp_path / target
         assert (
-            run(
-                capsys, "export", "falstaff", str(path), "--format", fmt, "--library", str(library)
-            )[0]
+            run(capsys, "export", "hamlet", str(path), "--format", fmt, "--library", str(library))[
+                0
+            ]
             == 0
         )
         code, _, _ = run(capsys, "import", str(path), "--name", fmt, "--library", str(library))
         assert code == 0
     lib = open_library(library)
-    assert lib.get_defaults("persona") == lib.get_defaults("falstaff")
+    assert lib.get_defaults("persona") == lib.get_defaults("hamlet")
     assert lib.get_defaults("peft").to_dict() == {}
     assert "persona_defaults" not in lib.get_prompt("persona").extra  # kept apart from the tensor
     lib.close()

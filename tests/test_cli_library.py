@@ -11,46 +11,9 @@ import sys
 import pytest
 import torch
 
-from persona.cli.main import main
 from persona.library import open_library
+from tests.helpers import assert_one_line_error, run
 from tests.library_helpers import FINGERPRINT, METRICS, TRAINING, make_prompt
-
-
-@pytest.fixture
-def library(tmp_path):
-    """A library with two personas (hamlet has two versions) and one conversation."""
-    path = tmp_path / "library.db"
-    lib = open_library(path)
-    lib.add_version(
-        "hamlet",
-        make_prompt(seed=1),
-        description="the prince",
-        model_id="tiny",
-        metrics=METRICS,
-        training=TRAINING,
-        tags=["tragic"],
-    )
-    lib.add_version("hamlet", make_prompt(seed=2), model_id="tiny", metrics=METRICS)
-    lib.add_version("ophelia", make_prompt(seed=3, tokens=8), description="fair")
-    chat = lib.create_conversation("the castle", str(FINGERPRINT))
-    lib.add_message(chat, "user", "my lord?", None)
-    lib.add_message(chat, "assistant", "words, words, words", "hamlet", token_count=4)
-    lib.add_message(chat, "assistant", "O, woe is me", "ophelia", cut_short=True)
-    lib.close()
-    return path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 1
-    assert err.startswith("persona: error: ") and err.count("\n") == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_list_and_show_plain_and_json(capsys, library):

@@ -5,47 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from persona.cli.main import main
 from persona.library import open_library
-
-REPLIES = ["To be, or not to be, that is the question.", "I am not only witty in myself."]
-
-
-def write_log(tmp_path: Path, conversations: int = 12) -> Path:
-    blocks = [
-        f"ALICE: Hello there! How are you today? {i}\nBOB: {REPLIES[i % 2]}\nALICE: What is the capital of France?\nBOB: {REPLIES[(i + 1) % 2]}\n"
-        for i in range(conversations)
-    ]
-    path = tmp_path / "bard.txt"
-    path.write_text("\n".join(blocks), encoding="utf-8")
-    return path
-
-
-def train_args(log: Path, model: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        str(log),
-        "--speaker",
-        "bob",
-        "--name",
-        "bob",
-        "--model",
-        str(model),
-        "--virtual-tokens",
-        "4",
-        "--steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--quiet",
-        "--style-sample",
-        "none",  # the style measure has tests of its own (tests/test_style_cli.py)
-        *extra,
-    ]
+from tests.helpers import REPLIES, train_args, write_log
 
 
 def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2(
@@ -75,7 +40,7 @@ def test_train_stores_a_version_with_its_metrics_and_a_second_run_adds_version_2
             "examples",
             "population",
         }
-        assert set(first.metrics["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
+        assert set(first.metrics["nll"]) == {"no_prompt", "written_prompt", "persona"}
         assert first.training["speaker"] == "BOB" and first.training["steps"] == 3
         assert len(first.training["source_sha256"]) == 64
         prompt = library.get_prompt("bob", 1)
@@ -107,7 +72,7 @@ def test_eval_json_has_exactly_the_documented_shape(tmp_path, tiny_model_dir, ca
     )
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"nll", "interval", "difference", "tokens", "examples", "population"}
-    assert set(result["nll"]) == {"no_prompt", "hard_prompt", "soft_prompt"}
+    assert set(result["nll"]) == {"no_prompt", "written_prompt", "persona"}
     assert all(isinstance(value, float) for value in result["nll"].values())
     assert result["examples"] == 24 and result["tokens"] > 24
 

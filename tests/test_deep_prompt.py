@@ -24,7 +24,7 @@ from persona.prompt.deep import KVLayout, join_prefix, prefix_from_embeddings, s
 from persona.prompt.init import initial_prompt
 from persona.prompt.softprompt import SoftPrompt
 from persona.train.loss import labelled_nll
-from tests.test_cli_train import train_args, write_log
+from tests.helpers import train_args, write_log
 
 GREEDY = GenerationConfig(temperature=0.0, max_new_tokens=12)
 HELLO = [{"role": "user", "content": "Hello there! How are you today?"}]

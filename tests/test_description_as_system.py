@@ -11,8 +11,8 @@ from persona.cli.main import main
 from persona.library import open_library
 from persona.prompt.render import Renderer
 from persona.prompt.softprompt import SoftPrompt
+from tests.helpers import train_args, write_log
 from tests.library_helpers import make_prompt
-from tests.test_cli_train import train_args, write_log
 
 DESCRIPTION = "You are Bob, a bard of few words."
 
@@ -80,10 +80,8 @@ def test_training_by_default_keeps_the_description_as_system_and_eval_scores_it_
     assert main([*evaluate, "--json", "--style-sample", "none"]) == 0
     result = json.loads(capsys.readouterr().out)
     # eval renders the prompt under its system text, as training did: the same numbers
-    assert result["nll"]["soft_prompt"] == pytest.approx(
-        stored.metrics["nll"]["soft_prompt"], abs=1e-5
-    )
-    assert result["nll"]["hard_prompt"] != pytest.approx(result["nll"]["soft_prompt"], abs=1e-3)
+    assert result["nll"]["persona"] == pytest.approx(stored.metrics["nll"]["persona"], abs=1e-5)
+    assert result["nll"]["written_prompt"] != pytest.approx(result["nll"]["persona"], abs=1e-3)
 
     plain = train_args(log, tiny_model_dir, "--description", DESCRIPTION)
     assert main([*plain, "--no-description-as-system"]) == 0
@@ -124,12 +122,12 @@ def test_training_measures_style_after_storing_and_show_prints_it(
 def test_set_metrics_adds_keys_and_keeps_the_others() -> None:
     library = open_library()
     try:
-        info = library.add_version("voice", make_prompt(), metrics={"nll": {"soft_prompt": 1.0}})
+        info = library.add_version("voice", make_prompt(), metrics={"nll": {"persona": 1.0}})
         library.set_metrics("voice", info.version, {"style": {"share": {}}})
         metrics = library.get_persona("voice").versions[0].metrics
     finally:
         library.close()
-    assert metrics == {"nll": {"soft_prompt": 1.0}, "style": {"share": {}}}
+    assert metrics == {"nll": {"persona": 1.0}, "style": {"share": {}}}
 
 
 @pytest.mark.parametrize("fmt, target", [("persona", "v.safetensors"), ("peft", "v-adapter")])

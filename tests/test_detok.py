@@ -7,7 +7,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from persona.engine.detok import StreamDecoder
-from tests.test_sentencepiece_model import sentencepiece_model_dir  # noqa: F401 (a fixture)
 
 TEXTS = [
     "Hello there, how are you today?",

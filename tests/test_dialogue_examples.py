@@ -11,6 +11,7 @@ from persona.dialogue import (
     build_examples,
     encode_examples,
     split_by_conversation,
+    split_speaker,
 )
 from persona.dialogue.examples import Example
 from persona.errors import ConfigError, DialogueError
@@ -82,6 +83,27 @@ def test_split_of_a_single_conversation_holds_out_its_last_examples() -> None:
     examples = [Example([], f"r{i}", conversation=0) for i in range(10)]
     train, validation = split_by_conversation(examples, 0.2)
     assert [e.reply for e in validation] == ["r8", "r9"] and len(train) == 8
+
+
+def test_a_speakers_split_is_the_split_by_conversation_and_judges_on_a_heldout_log() -> None:
+    talk = [
+        [("HAL", f"h{c}"), ("JACK", f"j{c}"), ("HAL", f"h{c}b"), ("JACK", f"j{c}b")]
+        for c in range(10)
+    ]
+    dialogue = dialogue_of(*talk)
+    split = split_speaker(dialogue, "jack", context_turns=2, validation_fraction=0.2, seed=1)
+    examples = build_examples(dialogue, "JACK", context_turns=2)
+    assert split.speaker == "JACK"
+    assert (split.train, split.validation) == split_by_conversation(examples, 0.2, seed=1)
+    assert len(split.validation) == 4 and split.heldout == split.validation
+    other = dialogue_of([("FALSTAFF", "well"), ("JACK", "more sack"), ("JACK", "and more")])
+    judged = split_speaker(
+        dialogue, "jack", context_turns=2, validation_fraction=0.2, seed=1, heldout=other
+    )
+    assert [example.reply for example in judged.heldout] == ["more sack", "and more"]
+    assert (judged.train, judged.validation) == (split.train, split.validation)  # still the split
+    with pytest.raises(DialogueError, match=r"no lines by 'JACK'"):
+        split_speaker(dialogue, "JACK", context_turns=2, heldout=dialogue_of([("HAL", "x")]))
 
 
 def test_split_fraction_out_of_range_is_refused() -> None:

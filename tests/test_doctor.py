@@ -14,20 +14,6 @@ from persona.library import open_library
 from tests.library_helpers import make_prompt
 
 
-@pytest.fixture
-def library(tmp_path: Path) -> Path:
-    path = tmp_path / "library.db"
-    lib = open_library(path)
-    lib.add_version("hamlet", make_prompt(0), tags=["dane"])
-    lib.add_version("hamlet", make_prompt(1))
-    lib.add_version("ophelia", make_prompt(2))
-    conversation = lib.create_conversation("chat", "tiny")
-    lib.add_message(conversation, "user", "hello", None)
-    lib.add_message(conversation, "assistant", "well met", "hamlet")
-    lib.close()
-    return path
-
-
 def sql(path: Path, *statements: str) -> None:
     connection = sqlite3.connect(path, isolation_level=None)
     connection.execute("PRAGMA foreign_keys = OFF")
@@ -81,7 +67,7 @@ def test_a_tensor_that_fails_its_checksum_is_named_then_removed_after_a_backup(
         assert old.execute("SELECT count(*) FROM prompt_versions").fetchone()[0] == 3
     lib = open_library(library)
     assert [v.version for v in lib.get_persona("hamlet").versions] == [1]
-    assert lib.get_prompt("hamlet").sha256 == make_prompt(0).sha256
+    assert lib.get_prompt("hamlet").sha256 == make_prompt(seed=1).sha256
     lib.close()
 
 
@@ -103,7 +89,7 @@ def test_orphan_rows_and_a_missing_active_version_are_found_and_fixed(
     assert code == 0, out
     assert check_library(library) == []
     lib = open_library(library)
-    assert lib.get_persona("ophelia").active_version == 1 and len(lib.get_messages(1)) == 2
+    assert lib.get_persona("ophelia").active_version == 1 and len(lib.get_messages(1)) == 3
     lib.close()
 
 
@@ -163,12 +149,13 @@ def test_a_damaged_file_of_an_older_schema_is_rebuilt_without_losing_rows(
     try:
         assert [info.name for info in lib.list_personas()] == ["hamlet", "ophelia"]
         assert len(lib.get_persona("hamlet").versions) == 2
-        assert lib.get_persona("hamlet").tags == ["dane"]
+        assert lib.get_persona("hamlet").tags == ["tragic"]
         for name in ("hamlet", "ophelia"):
             lib.get_prompt(name)  # checksum-verified
         assert [(m.content, m.persona) for m in lib.get_messages(1)] == [
-            ("hello", None),
-            ("well met", "hamlet"),
+            ("my lord?", None),
+            ("words, words, words", "hamlet"),
+            ("O, woe is me", "ophelia"),
         ]
     finally:
         lib.close()

@@ -101,8 +101,8 @@ def test_the_nll_is_mean_nlls_with_an_interval_and_paired_differences(tiny, soft
 
     expected = {
         "no_prompt": mean_nll(tiny.model, None, held_out.bare, pad_id=pad_id),
-        "hard_prompt": mean_nll(tiny.model, None, held_out.written, pad_id=pad_id),
-        "soft_prompt": mean_nll(tiny.model, soft_prompt, held_out.with_prompt, pad_id=pad_id),
+        "written_prompt": mean_nll(tiny.model, None, held_out.written, pad_id=pad_id),
+        "persona": mean_nll(tiny.model, soft_prompt, held_out.with_prompt, pad_id=pad_id),
     }
     for key, (nll, tokens) in expected.items():
         assert result["nll"][key] == pytest.approx(nll, rel=1e-6)
@@ -112,9 +112,12 @@ def test_the_nll_is_mean_nlls_with_an_interval_and_paired_differences(tiny, soft
     assert result["examples"] == result["population"] == 40
 
     nll = result["nll"]
-    for key, baseline in (("soft_minus_none", "no_prompt"), ("soft_minus_written", "hard_prompt")):
+    for key, baseline in (
+        ("persona_minus_no_prompt", "no_prompt"),
+        ("persona_minus_written_prompt", "written_prompt"),
+    ):
         mean, low, high = result["difference"][key]
-        assert mean == pytest.approx(nll["soft_prompt"] - nll[baseline], rel=1e-9)
+        assert mean == pytest.approx(nll["persona"] - nll[baseline], rel=1e-9)
         assert low < mean < high
 
 
@@ -131,13 +134,13 @@ def test_the_intervals_agree_with_a_bootstrap_over_the_same_replies(tiny, soft_p
     draws = torch.randint(0, 40, (4000, 40), generator=torch.Generator().manual_seed(0))
     tokens = counts[draws].sum(dim=1)  # (4000,)
     resampled = {
-        "soft_prompt": soft[draws].sum(dim=1) / tokens,
+        "persona": soft[draws].sum(dim=1) / tokens,
         "no_prompt": bare[draws].sum(dim=1) / tokens,
     }  # (4000,) each
-    resampled["soft_minus_none"] = resampled["soft_prompt"] - resampled["no_prompt"]
+    resampled["persona_minus_no_prompt"] = resampled["persona"] - resampled["no_prompt"]
     reported = {
         **result["interval"],
-        "soft_minus_none": result["difference"]["soft_minus_none"][1:],
+        "persona_minus_no_prompt": result["difference"]["persona_minus_no_prompt"][1:],
     }
     for key, values in resampled.items():
         low, high = reported[key]
@@ -152,12 +155,14 @@ def test_the_interval_narrows_with_more_replies(tiny, soft_prompt) -> None:
     def widths(sample: int | None) -> list[float]:
         held_out = prepare_evaluation(renderer, examples, description=None, sample=sample)
         result = score(tiny.model, soft_prompt, held_out, pad_id=pad_id)
-        assert result["nll"]["hard_prompt"] is None and result["interval"]["hard_prompt"] is None
-        assert result["difference"]["soft_minus_written"] is None
-        _, low, high = result["difference"]["soft_minus_none"]
+        assert (
+            result["nll"]["written_prompt"] is None and result["interval"]["written_prompt"] is None
+        )
+        assert result["difference"]["persona_minus_written_prompt"] is None
+        _, low, high = result["difference"]["persona_minus_no_prompt"]
         return [high - low] + [
             result["interval"][key][1] - result["interval"][key][0]
-            for key in ("no_prompt", "soft_prompt")
+            for key in ("no_prompt", "persona")
         ]
 
     few, many = widths(8), widths(None)

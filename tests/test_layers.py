@@ -6,7 +6,7 @@ or inside a function (TYPE_CHECKING imports never run and are left out).
 
 from __future__ import annotations
 
-from tests.test_import_cycles import import_graph
+from tests.import_graph import import_graph
 
 # part -> the parts it may import (besides itself); bottom to top, as docs/architecture.md draws it
 MAY_IMPORT: dict[str, set[str]] = {

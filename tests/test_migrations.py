@@ -141,8 +141,8 @@ def test_a_library_made_at_the_first_revision_migrates_with_nothing_lost(tmp_pat
         2,
         [],
     )
-    assert info.versions[0].metrics == {
-        "nll": {"soft_prompt": 2.25, "no_prompt": 3.5, "hard_prompt": 3.1},
+    assert info.versions[0].metrics == {  # read with today's names
+        "nll": {"persona": 2.25, "no_prompt": 3.5, "written_prompt": 3.1},
         "tokens": 1200,
         "examples": 40,
     }

@@ -89,11 +89,14 @@ def test_committed_numbers_beat_both_baselines_on_unseen_text(name: str) -> None
     ):  # a persona that cannot beat a baseline says why, and is still shipped
         assert len(record["exception"]) > 20
         return
-    assert nll["soft_prompt"] < nll["no_prompt"]
-    assert nll["soft_prompt"] < nll["hard_prompt"]
+    assert nll["persona"] < nll["no_prompt"]
+    assert nll["persona"] < nll["written_prompt"]
     # and beyond the noise: the paired 95% intervals of the differences lie below zero
     difference = record["metrics"]["difference"]
-    assert difference["soft_minus_none"][2] < 0 and difference["soft_minus_written"][2] < 0
+    assert (
+        difference["persona_minus_no_prompt"][2] < 0
+        and difference["persona_minus_written_prompt"][2] < 0
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -128,7 +131,7 @@ def test_a_new_library_gets_the_starters_and_a_default(tmp_path: Path, with_star
         assert library.get_setting("default_persona") in personas
         for name in SHIPPED:
             assert personas[name].description
-            assert personas[name].metrics["nll"]["soft_prompt"] > 0
+            assert personas[name].metrics["nll"]["persona"] > 0
             stored = library.get_prompt(name)  # checksum-verified read
             assert torch.equal(
                 stored.embeddings, SoftPrompt.load(STARTERS_DIR / f"{name}.safetensors").embeddings
@@ -183,7 +186,7 @@ def test_persona_list_and_show_carry_descriptions_and_the_three_numbers(
     assert "Hamlet" in listing  # the one-line description
     assert main(["show", "hamlet", "--library", path, "--json"]) == 0
     shown = capsys.readouterr().out
-    for key in ("no_prompt", "hard_prompt", "soft_prompt"):
+    for key in ("no_prompt", "written_prompt", "persona"):
         assert f'"{key}"' in shown
 
 
@@ -259,6 +262,38 @@ def test_install_reads_prompts_exactly_and_skips_untrained_and_existing(tmp_path
         )  # no preferred starter here: the first by name
     finally:
         library.close()
+
+
+def test_a_sidecar_written_before_the_conditions_were_renamed_reads_with_todays_names(
+    tmp_path: Path,
+) -> None:
+    """Held-out NLL once called the persona's row `soft_prompt` and the written prompt's
+    `hard_prompt`; a starter shipped then still installs, and reads as the style report names them."""
+    folder = tmp_path / "personas"
+    folder.mkdir()
+    write_starter(folder, "ada", 1)
+    old = {
+        "nll": {"no_prompt": 3.5, "hard_prompt": 3.1, "soft_prompt": 2.25},
+        "interval": {"no_prompt": [3.4, 3.6], "hard_prompt": [3.0, 3.2], "soft_prompt": [2.2, 2.3]},
+        "difference": {"soft_minus_none": [-1.25, -1.3, -1.2], "soft_minus_written": None},
+        "tokens": 1200,
+        "examples": 40,
+    }
+    (folder / "ada.json").write_text(
+        json.dumps({"metrics": old, "training": TRAINING}), encoding="utf-8"
+    )
+    library = open_library(tmp_path / "library.db")
+    try:
+        assert library.install_starters(load_starters(folder)) == ["ada"]
+        metrics = library.get_persona("ada").versions[0].metrics
+    finally:
+        library.close()
+    assert metrics["nll"] == {"no_prompt": 3.5, "written_prompt": 3.1, "persona": 2.25}
+    assert metrics["interval"]["persona"] == [2.2, 2.3]
+    assert metrics["difference"] == {
+        "persona_minus_no_prompt": [-1.25, -1.3, -1.2],
+        "persona_minus_written_prompt": None,
+    }
 
 
 def test_a_start_killed_while_creating_the_library_leaves_it_to_be_created_again(

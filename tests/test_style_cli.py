@@ -34,7 +34,7 @@ def test_a_style_measure_that_fails_leaves_the_trained_persona_stored_and_says_s
 ) -> None:
     from persona.cli import train_cmds
     from persona.errors import ModelError
-    from tests.test_cli_train import train_args, write_log
+    from tests.helpers import train_args, write_log
 
     def failing(*args, **kwargs):
         raise ModelError("the reply model could not be loaded")

@@ -8,10 +8,11 @@ import random
 import pytest
 
 from persona.dialogue.split import seeded_sample as sample
+from persona.dialogue.split import split_speaker
 from persona.dialogue.types import Conversation, Dialogue, Turn
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.style.data import speaker_examples, split_in_halves
+from persona.style.data import split_in_halves
 from persona.style.generate import (
     CONDITIONS,
     NO_PROMPT,
@@ -49,9 +50,8 @@ def small_config() -> StyleConfig:
 def test_the_report_has_every_field_and_survives_json(
     tiny_native, tiny_prompt, small_config, capsys
 ):
-    train, heldout = speaker_examples(
-        play(), "sir toby", context_turns=2, validation_fraction=0.3, seed=0
-    )
+    split = split_speaker(play(), "sir toby", context_turns=2, validation_fraction=0.3, seed=0)
+    train, heldout = split.train, split.heldout
     report = measure_style(
         ChatEngine(tiny_native),
         tiny_prompt,
@@ -98,20 +98,20 @@ def test_no_description_means_no_written_condition(tiny_prompt):
 
 
 def test_the_heldout_log_replaces_the_validation_split():
-    train, heldout = speaker_examples(
+    split = split_speaker(
         play(), "SIR TOBY", context_turns=2, validation_fraction=0.3, heldout=play(2, seed=9)
     )
-    assert len(heldout) == 6 and len(train) > len(heldout)
+    assert len(split.heldout) == 6 and len(split.train) > len(split.heldout)
 
 
 def test_a_sample_is_seeded_and_bounded():
-    train, _ = speaker_examples(play(), "SIR TOBY", context_turns=2, validation_fraction=0.3)
+    train = split_speaker(play(), "SIR TOBY", context_turns=2, validation_fraction=0.3).train
     assert sample(train, 5, seed=1) == sample(train, 5, seed=1) != sample(train, 5, seed=2)
     assert len(sample(train, 5, seed=1)) == 5 and sample(train, None, seed=1) == train
 
 
 def test_a_log_measured_on_its_own_is_split_in_halves_by_conversation():
-    examples = speaker_examples(play(), "SIR TOBY", context_turns=2, validation_fraction=0.0)[0]
+    examples = split_speaker(play(), "SIR TOBY", context_turns=2, validation_fraction=0.0).train
     train, heldout = split_in_halves(examples)
     assert len(train) + len(heldout) == len(examples)
     assert not {e.conversation for e in train} & {e.conversation for e in heldout}

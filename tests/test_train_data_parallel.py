@@ -17,7 +17,7 @@ from persona.prompt.softprompt import SoftPrompt
 from persona.train import TrainConfig
 from persona.train.checkpoint import checkpoint_path, load_checkpoint
 from persona.train.run import train_persona
-from tests.test_cli_train import write_log
+from tests.helpers import write_log
 
 STOP_AFTER = Path(__file__).parent / "train_stop_after.py"
 SETTINGS = {"num_virtual_tokens": 4, "lr": 0.05, "seed": 7, "validation_fraction": 0.2}

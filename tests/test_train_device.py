@@ -18,8 +18,7 @@ from persona.train.batching import collate, pad_token_id, reply_tokens
 from persona.train.loop import train_loop
 from persona.train.loss import labelled_nll
 from persona.train.ranks import Ranks
-from tests.test_cli_train import train_args, write_log
-from tests.test_train_loop import bard_dialogue
+from tests.helpers import bard_dialogue, train_args, write_log
 
 
 def no_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:

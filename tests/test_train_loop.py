@@ -14,24 +14,7 @@ from persona.train import TrainConfig
 from persona.train.checkpoint import checkpoint_path, load_checkpoint
 from persona.train.loop import TrainingInterrupted
 from persona.train.run import MIN_EXAMPLES, train_persona
-
-REPLIES = ["To be, or not to be, that is the question.", "I am not only witty in myself."]
-
-
-def bard_dialogue(conversations: int = 12) -> Dialogue:
-    """ALICE asks, BOB always answers in one of two fixed lines: easy to learn, even for the tiny model."""
-    convs = [
-        Conversation(
-            [
-                Turn("ALICE", f"Hello there! How are you today? {i}"),
-                Turn("BOB", REPLIES[i % 2]),
-                Turn("ALICE", "What is the capital of France?"),
-                Turn("BOB", REPLIES[(i + 1) % 2]),
-            ]
-        )
-        for i in range(conversations)
-    ]
-    return Dialogue(convs, source="bard.txt", sha256="ab" * 32)
+from tests.helpers import REPLIES, bard_dialogue
 
 
 def quick(**overrides) -> TrainConfig:
@@ -51,8 +34,8 @@ def test_training_lowers_held_out_nll_below_no_prompt(tiny) -> None:
         tiny, bard_dialogue(), speaker="bob", name="bob", config=quick(steps=30), progress=False
     )
     nll = trained.metrics["nll"]
-    assert nll["soft_prompt"] < nll["no_prompt"] - 0.1
-    assert nll["hard_prompt"] is None  # no description, no written baseline
+    assert nll["persona"] < nll["no_prompt"] - 0.1
+    assert nll["written_prompt"] is None  # no description, no written baseline
     assert (
         trained.metrics["examples"] > 0 and trained.metrics["tokens"] > trained.metrics["examples"]
     )
@@ -72,7 +55,7 @@ def test_description_starts_from_its_text_and_adds_the_written_baseline(tiny) ->
         progress=False,
     )
     assert trained.prompt.init == "text" and trained.prompt.description == "a test voice"
-    assert isinstance(trained.metrics["nll"]["hard_prompt"], float)
+    assert isinstance(trained.metrics["nll"]["written_prompt"], float)
 
 
 def test_same_seed_gives_the_identical_prompt_and_another_seed_does_not(tiny) -> None:

@@ -134,12 +134,12 @@ def _print_json(value: Any) -> None:
 
 
 def _nll(metrics: dict | None) -> str:
-    """'2.31 (none 3.40)': held-out NLL with the soft prompt, and without any prompt."""
+    """'2.31 (none 3.40)': held-out NLL with the persona, and without any prompt."""
     nll = (metrics or {}).get("nll") or {}
-    soft, none = nll.get("soft_prompt"), nll.get("no_prompt")
-    if not isinstance(soft, (int, float)):
+    persona, none = nll.get("persona"), nll.get("no_prompt")
+    if not isinstance(persona, (int, float)):
         return "-"
-    return f"{soft:.2f}" + (f" (none {none:.2f})" if isinstance(none, (int, float)) else "")
+    return f"{persona:.2f}" + (f" (none {none:.2f})" if isinstance(none, (int, float)) else "")
 
 
 def _short(text: str, width: int) -> str:
@@ -246,7 +246,7 @@ def run_show(args: argparse.Namespace) -> int:
     for v in info.versions:
         metrics = v.metrics or {}
         nll = metrics.get("nll") or {}
-        hard = nll.get("hard_prompt")
+        written = nll.get("written_prompt")
         rows.append(
             [
                 ("*" if v.active else " ") + str(v.version),
@@ -254,7 +254,7 @@ def run_show(args: argparse.Namespace) -> int:
                 prompt_shape(v),
                 v.init,
                 _nll(metrics),
-                f"{hard:.2f}" if isinstance(hard, (int, float)) else "-",
+                f"{written:.2f}" if isinstance(written, (int, float)) else "-",
                 str(metrics.get("examples", "-")),
             ]
         )

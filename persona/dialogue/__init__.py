@@ -4,7 +4,7 @@ from persona.dialogue.columns import Columns
 from persona.dialogue.encode import EncodedExample, encode_example, encode_examples
 from persona.dialogue.examples import Example, build_examples, resolve_speaker
 from persona.dialogue.reader import FORMATS, read_dialogue
-from persona.dialogue.split import split_by_conversation
+from persona.dialogue.split import SpeakerSplit, split_by_conversation, split_speaker
 from persona.dialogue.types import Conversation, Dialogue, Turn
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Dialogue",
     "EncodedExample",
     "Example",
+    "SpeakerSplit",
     "Turn",
     "build_examples",
     "encode_example",
@@ -21,4 +22,5 @@ __all__ = [
     "read_dialogue",
     "resolve_speaker",
     "split_by_conversation",
+    "split_speaker",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from persona.dialogue.examples import Example
+from persona.dialogue.examples import Example, build_examples, resolve_speaker
+from persona.dialogue.types import Dialogue
 from persona.errors import ConfigError
 
 DEFAULT_VALIDATION_FRACTION = 0.1
@@ -41,6 +43,41 @@ def split_by_conversation(
     train = [e for e in examples if e.conversation not in held]
     validation = [e for e in examples if e.conversation in held]
     return train, validation
+
+
+@dataclass(frozen=True)
+class SpeakerSplit:
+    """One speaker's replies split as `persona train` splits them."""
+
+    speaker: str  # as written in the log
+    train: list[Example]  # what the prompt learns from
+    validation: list[Example]  # the conversations held out of `train` (the validation loss)
+    heldout: list[
+        Example
+    ]  # what the persona is judged on: a held-out log's replies, else validation
+
+
+def split_speaker(
+    dialogue: Dialogue,
+    speaker: str | None,
+    *,
+    context_turns: int,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    seed: int = 0,
+    heldout: Dialogue | None = None,
+) -> SpeakerSplit:
+    """`speaker`'s replies in `dialogue`, split by conversation; judged on `heldout`'s replies by
+    the same speaker where a held-out log is given. Training, its evaluation and the style measure
+    all split through here, so they agree on which replies were never trained on."""
+    name = resolve_speaker(dialogue, speaker)
+    examples = build_examples(dialogue, name, context_turns)
+    train, validation = split_by_conversation(examples, validation_fraction, seed)
+    judged = (
+        build_examples(heldout, resolve_speaker(heldout, speaker), context_turns)
+        if heldout is not None
+        else validation
+    )
+    return SpeakerSplit(name, train, validation, judged)
 
 
 def seeded_sample(items: Sequence[Example], size: int | None, seed: int) -> list[Example]:

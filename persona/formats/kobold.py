@@ -39,10 +39,6 @@ ALLOWED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 PERSONA_KEYS = ("persona_fingerprint", "persona_init", "persona_base_model")
 
 
-def is_kobold_zip(path: Path) -> bool:
-    return path.is_file() and zipfile.is_zipfile(path)
-
-
 def read_kobold_zip(path: Path) -> SoftPrompt:
     try:
         with zipfile.ZipFile(path) as archive:

@@ -37,10 +37,6 @@ PEFT_TYPES = {"soft": "PROMPT_TUNING", "deep": "PREFIX_TUNING"}  # persona kind 
 KINDS_OF_PEFT_TYPES = {peft_type: kind for kind, peft_type in PEFT_TYPES.items()}
 
 
-def is_peft_adapter(path: Path) -> bool:
-    return path.is_dir() and (path / CONFIG_FILE).is_file()
-
-
 def read_peft_adapter(path: Path) -> SoftPrompt:
     """Import a PEFT PROMPT_TUNING (soft) or PREFIX_TUNING (deep) adapter directory saved by
     `save_pretrained` (safetensors only)."""

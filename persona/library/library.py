@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +17,11 @@ from persona.library.models import Persona, PersonaTag, PromptTensor, PromptVers
 from persona.library.records import (
     check_name,
     check_tags,
+    current_metric_names,
     defaults_from_json,
     dump_defaults,
     dump_record,
+    load_metrics,
     not_found,
     version_info,
 )
@@ -156,9 +157,7 @@ class PersonaLibrary(ConversationStore):
             )
             if row is None:
                 raise self._no_version(session, persona, version)
-            metrics = json.loads(row.metrics_json) if row.metrics_json else {}
-            if not isinstance(metrics, dict):
-                metrics = {}
+            metrics = load_metrics(row.metrics_json) or {}
             row.metrics_json = dump_record({**metrics, **updates}, "metrics")
             return version_info(row, version)
 
@@ -290,7 +289,7 @@ def _add_starters(session: Session, starters: Sequence[StarterPrompt]) -> list[s
                 fingerprint_json=prompt.fingerprint.to_json() if prompt.fingerprint else "",
                 init=prompt.metadata.get("init", "text"),
                 training_json=dump_record(starter.training, "training"),
-                metrics_json=dump_record(starter.metrics, "metrics"),
+                metrics_json=dump_record(current_metric_names(starter.metrics), "metrics"),
                 created=now,
                 tensor=PromptTensor(data=prompt.data),
             )

@@ -19,6 +19,7 @@ from persona.library.info import ConversationInfo, MessageInfo, PersonaInfo
 from persona.library.records import (
     aware,
     defaults_from_json,
+    load_metrics,
     load_record,
     message_info,
     not_found,
@@ -81,7 +82,7 @@ def _persona_info(row: Any, tags: list[str]) -> PersonaInfo:
         hidden_size=row.hidden_size or 0,
         model_id=row.model_id or "",
         fingerprint=row.fingerprint or "",
-        metrics=load_record(row.metrics_json),
+        metrics=load_metrics(row.metrics_json),
         defaults=load_record(row.defaults_json) or {},
         kind=row.kind or "soft",
     )
@@ -105,7 +106,7 @@ def list_personas(connection: sqlite3.Connection) -> list[PersonaInfo]:
             hidden_size=width or 0,
             model_id=model_id or "",
             fingerprint=fingerprint or "",
-            metrics=load_record(metrics_json),
+            metrics=load_metrics(metrics_json),
             defaults=load_record(defaults_json) or {},
             kind=kind or "soft",
         )

@@ -87,6 +87,36 @@ def load_record(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+# held-out NLL once named its conditions otherwise than the style report; a record stored then
+# reads with today's names, the style report's: no_prompt, written_prompt, persona
+_OLD_METRIC_NAMES = {
+    "hard_prompt": "written_prompt",
+    "soft_prompt": "persona",
+    "soft_minus_none": "persona_minus_no_prompt",
+    "soft_minus_written": "persona_minus_written_prompt",
+}
+_NAMED_SECTIONS = ("nll", "interval", "difference")  # the parts of a metrics record keyed by them
+
+
+def current_metric_names(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A metrics record with today's condition names (`soft_prompt` read as `persona`, ...)."""
+    if metrics is None:
+        return None
+    current = dict(metrics)
+    for section in _NAMED_SECTIONS:
+        named = current.get(section)
+        if isinstance(named, dict) and any(key in _OLD_METRIC_NAMES for key in named):
+            current[section] = {
+                _OLD_METRIC_NAMES.get(key, key): value for key, value in named.items()
+            }
+    return current
+
+
+def load_metrics(text: str | None) -> dict[str, Any] | None:
+    """A stored metrics record, with today's condition names."""
+    return current_metric_names(load_record(text))
+
+
 def dump_defaults(defaults: PersonaDefaults) -> str | None:
     """The defaults column: JSON of what is set, NULL when nothing is."""
     record = defaults.to_dict()
@@ -121,7 +151,7 @@ def version_info(row: Any, active_version: int) -> VersionInfo:
         fingerprint_json=row.fingerprint_json,
         init=row.init,
         training=load_record(row.training_json),
-        metrics=load_record(row.metrics_json),
+        metrics=load_metrics(row.metrics_json),
         created=aware(row.created),
         active=row.version == active_version,
         kind=row.kind or "soft",

@@ -1,31 +1,14 @@
-"""The speaker's lines split as training splits them: the classifier learns from the training
-part, the measure runs on the held-out part (a held-out log where one is given)."""
+"""The speaker's lines for the style measure: the classifier learns from the training part of
+`persona.dialogue.split.split_speaker`, the measure runs on its held-out part; a log measured on
+its own is split in halves."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from persona.dialogue.examples import Example, build_examples, resolve_speaker
-from persona.dialogue.split import DEFAULT_VALIDATION_FRACTION, split_by_conversation
-from persona.dialogue.types import Dialogue
+from persona.dialogue.examples import Example
+from persona.dialogue.split import split_by_conversation
 from persona.errors import DialogueError
-
-
-def speaker_examples(
-    dialogue: Dialogue,
-    speaker: str | None,
-    *,
-    context_turns: int,
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-    seed: int = 0,
-    heldout: Dialogue | None = None,
-) -> tuple[list[Example], list[Example]]:
-    """(training examples, held-out examples), the same split `persona train` makes."""
-    examples = build_examples(dialogue, resolve_speaker(dialogue, speaker), context_turns)
-    train, validation = split_by_conversation(examples, validation_fraction, seed)
-    if heldout is not None:
-        validation = build_examples(heldout, resolve_speaker(heldout, speaker), context_turns)
-    return train, validation
 
 
 def with_context(examples: Sequence[Example], what: str) -> list[Example]:

@@ -34,17 +34,20 @@ from persona.errors import ConfigError, DialogueError
 from persona.model.device import model_device
 from persona.prompt.deep import KVLayout
 from persona.prompt.render import Renderer
+from persona.style.generate import NO_PROMPT, PERSONA, WRITTEN_PROMPT
 from persona.train.batching import collate
 from persona.train.loss import labelled_losses, labelled_nll
 from persona.train.ranks import Ranks
 
 DEFAULT_EVAL_SAMPLE = 200  # held-out replies scored per condition; None scores them all
 CONFIDENCE = 0.95  # of the intervals in the result
-CONDITIONS = {  # result key -> what it is, as the progress bar names it
-    "no_prompt": "no prompt",
-    "hard_prompt": "written description",
-    "soft_prompt": "soft prompt",
+CONDITIONS = {  # result key (the style report's names) -> what it is, as the progress bar names it
+    NO_PROMPT: "no prompt",
+    WRITTEN_PROMPT: "written description",
+    PERSONA: "persona",
 }
+PERSONA_MINUS_NO_PROMPT = f"{PERSONA}_minus_{NO_PROMPT}"
+PERSONA_MINUS_WRITTEN = f"{PERSONA}_minus_{WRITTEN_PROMPT}"
 
 
 def mean_nll(
@@ -193,17 +196,18 @@ def score(
 ) -> dict[str, Any]:
     """The held-out NLL per reply token under each condition, with 95% intervals.
 
-    `{"nll": {"no_prompt", "hard_prompt", "soft_prompt"}, "interval": {the same: [low, high]},
-    "difference": {"soft_minus_none", "soft_minus_written": [mean, low, high]}, "tokens",
-    "examples" (scored), "population" (scorable)}`; without a description "hard_prompt" and
-    "soft_minus_written" are None, and with one example every interval is None.
+    `{"nll": {"no_prompt", "written_prompt", "persona"}, "interval": {the same: [low, high]},
+    "difference": {"persona_minus_no_prompt", "persona_minus_written_prompt": [mean, low, high]},
+    "tokens", "examples" (scored), "population" (scorable)}`; without a description
+    "written_prompt" and "persona_minus_written_prompt" are None, and with one example every
+    interval is None.
     `progress` shows one bar over every batch of every condition on stderr (rank 0's only).
     """
     ranks = ranks or Ranks()
-    runs = {"no_prompt": (None, held_out.bare)}  # in the order they are reported
+    runs = {NO_PROMPT: (None, held_out.bare)}  # in the order they are reported
     if held_out.written is not None:
-        runs["hard_prompt"] = (None, held_out.written)
-    runs["soft_prompt"] = (prompt, held_out.with_prompt)
+        runs[WRITTEN_PROMPT] = (None, held_out.written)
+    runs[PERSONA] = (prompt, held_out.with_prompt)
     total = sum(len(ranks.share(_batches(encoded, batch_size))) for _, encoded in runs.values())
     per_example: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # key -> (E,), (E,)
     with tqdm(
@@ -223,23 +227,23 @@ def score(
                 batch_size=batch_size,
                 ranks=ranks,
                 bar=bar,
-                layout=layout if key == "soft_prompt" else None,
+                layout=layout if key == PERSONA else None,
             )
     nll: dict[str, float | None] = dict.fromkeys(CONDITIONS)
     interval: dict[str, list[float] | None] = dict.fromkeys(CONDITIONS)
     for key, (sums, counts) in per_example.items():
         estimate, influence = _ratio(sums, counts)
         nll[key], interval[key] = estimate.item(), _interval(estimate, influence)
-    written = per_example.get("hard_prompt")
-    soft = per_example["soft_prompt"]
+    written = per_example.get(WRITTEN_PROMPT)
+    persona = per_example[PERSONA]
     return {
         "nll": nll,
         "interval": interval,
         "difference": {
-            "soft_minus_none": _difference(soft, per_example["no_prompt"]),
-            "soft_minus_written": None if written is None else _difference(soft, written),
+            PERSONA_MINUS_NO_PROMPT: _difference(persona, per_example[NO_PROMPT]),
+            PERSONA_MINUS_WRITTEN: None if written is None else _difference(persona, written),
         },
-        "tokens": int(per_example["no_prompt"][1].sum()),
+        "tokens": int(per_example[NO_PROMPT][1].sum()),
         "examples": held_out.examples,
         "population": held_out.population,
     }

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from persona.dialogue.encode import encode_examples
-from persona.dialogue.examples import Example, build_examples, resolve_speaker
-from persona.dialogue.split import split_by_conversation
+from persona.dialogue.examples import Example
+from persona.dialogue.split import split_speaker
 from persona.dialogue.types import Dialogue
 from persona.errors import DialogueError, ModelError
 from persona.model.loader import LoadedModel
@@ -100,16 +100,18 @@ def train_persona(
     """
     config = config or TrainConfig()
     began = time.perf_counter()
-    speaker_name = resolve_speaker(dialogue, speaker)
-    examples = build_examples(dialogue, speaker_name, config.context_turns)
-    check_enough(examples, speaker_name, dialogue.source)
-    train, validation = split_by_conversation(examples, config.validation_fraction, config.seed)
-    learned = [*train, *written_examples(written or [], config.example_repeats)]
-    test = (
-        build_examples(heldout, resolve_speaker(heldout, speaker), config.context_turns)
-        if heldout
-        else validation
+    split = split_speaker(
+        dialogue,
+        speaker,
+        context_turns=config.context_turns,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        heldout=heldout,
     )
+    speaker_name = split.speaker
+    train, validation, test = split.train, split.validation, split.heldout
+    check_enough([*train, *validation], speaker_name, dialogue.source)
+    learned = [*train, *written_examples(written or [], config.example_repeats)]
     if not test:
         raise DialogueError(
             f"no held-out lines by {speaker_name!r} to evaluate on; use --validation-fraction above 0"

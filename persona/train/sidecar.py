@@ -25,17 +25,19 @@ def heldout_scenes(spec: PersonaSpec) -> list[str]:
 
     A play's scene headings do not repeat the act, so each title says which scene of the play it is.
     """
-    from persona.dialogue.examples import build_examples, resolve_speaker
     from persona.dialogue.sources import read_source
-    from persona.dialogue.split import split_by_conversation
+    from persona.dialogue.split import split_speaker
 
     config = spec.train_config()
     dialogue = read_source(spec.train, spec.format, base=spec.base)
-    examples = build_examples(
-        dialogue, resolve_speaker(dialogue, spec.speaker), config.context_turns
+    split = split_speaker(
+        dialogue,
+        spec.speaker,
+        context_turns=config.context_turns,
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
     )
-    _, validation = split_by_conversation(examples, config.validation_fraction, config.seed)
-    held = sorted({example.conversation for example in validation})
+    held = sorted({example.conversation for example in split.validation})
     total = len(dialogue.conversations)
     return [
         f"{dialogue.conversations[index].title} (scene {index + 1} of {total})" for index in held
@@ -81,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     target = args.spec.with_suffix(".json")
     target.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     nll = record["metrics"]["nll"]
-    written = "-" if nll["hard_prompt"] is None else f"{nll['hard_prompt']:.4f}"
+    written = "-" if nll.get("written_prompt") is None else f"{nll['written_prompt']:.4f}"
     print(
         f"wrote {target}: no prompt {nll['no_prompt']:.4f}, written {written}, "
-        f"persona {nll['soft_prompt']:.4f}"
+        f"persona {nll['persona']:.4f}"
     )
     return 0
 
