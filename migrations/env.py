@@ -38,6 +38,6 @@ if context.is_offline_mode():
 elif config.attributes.get("connection") is not None:
     run_with(config.attributes["connection"])
 else:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
         run_with(connection)
