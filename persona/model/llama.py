@@ -16,7 +16,7 @@ logits_to_keep=1)`; `.logits` of the result is (B, kept, V).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,7 +57,7 @@ class Body(nn.Module):
     def __init__(self, config: Any, device: Any = None) -> None:
         super().__init__()
         # an explicit weight: initialising one on the meta device would import torch._dynamo (seconds)
-        self.embed_tokens = nn.Embedding(
+        self.embed_tokens: nn.Module = nn.Embedding(
             config.vocab_size,
             config.hidden_size,
             _weight=torch.zeros(config.vocab_size, config.hidden_size, device=device),
@@ -109,7 +109,7 @@ class LlamaDecoder(nn.Module):
         fuse_int8_projections, load_state_dict and moves (to(), float(), ...). Weights changed in
         place need nothing.
         """
-        self._decode_plan = make_plan(self.model.layers)
+        self._decode_plan = make_plan(self.decoder_layers)
         return self._decode_plan is not None
 
     def drop_decode_plan(self) -> None:
@@ -126,7 +126,7 @@ class LlamaDecoder(nn.Module):
         decode step over the layers as they now are. Fuses nothing unless the projections are all
         Int8Linear (float32 keeps its memory-mapped weights)."""
         self.drop_decode_plan()
-        for layer in self.model.layers:
+        for layer in self.decoder_layers:
             attention, mlp = layer.self_attn, layer.mlp
             if attention.qkv_proj is None and all(
                 type(getattr(attention, name)) is Int8Linear
@@ -176,6 +176,11 @@ class LlamaDecoder(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache()
 
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The layers, as what they are (nn.ModuleList types its items as any Module)."""
+        return [cast(DecoderLayer, layer) for layer in self.model.layers]
+
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embed_tokens
 
@@ -195,7 +200,7 @@ class LlamaDecoder(nn.Module):
         past_key_values: KVCache | None = None,
         logits_to_keep: int = 0,
         use_cache: bool = True,
-        **_: Any,
+        **_unused: Any,
     ) -> CausalOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -258,6 +263,7 @@ def _attention_mask(
     causal = keys[None, :] <= queries[:, None]  # (T, S)
     if not padded:
         return causal[None, None]  # (1, 1, T, S)
+    assert attention_mask is not None  # `padded` says there is one
     allowed = causal[None] & attention_mask[:, :total].bool()[:, None, :]  # (B, T, S)
     allowed |= (keys[None, :] == queries[:, None])[None]
     return allowed[:, None]

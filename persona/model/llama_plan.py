@@ -99,7 +99,8 @@ def _row_call(linear: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def make_plan(layers: Iterable[DecoderLayer]) -> DecodePlan | None:
     """The decode plan over `layers` as they are now, or None where the step does not apply."""
-    planned_layers, skipped = [], []
+    planned_layers: list[Any] = []
+    skipped: list[nn.Module] = []
     for layer in layers:
         planned = plan_layer(layer)
         if planned is None:

@@ -171,6 +171,7 @@ class StyleJudge:
     def replies_needed(config: StyleConfig, heldout: int, conditions: int) -> int:
         """Generations for `conditions` conditions on `heldout` answerable lines, negatives included."""
         chosen = heldout if config.sample is None else min(config.sample, heldout)
+        assert config.negatives is not None  # StyleConfig.__post_init__ fills it in
         return config.negatives + conditions * (chosen + len(IDENTITY_QUESTIONS))
 
     def answer(self, engine: ChatEngine, condition: Condition) -> Answered:

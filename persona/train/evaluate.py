@@ -170,14 +170,24 @@ def prepare_evaluation(
             "no held-out line answers an earlier turn, so there is nothing to score; use a longer log"
         )
     chosen = seeded_sample(population, sample, seed)
-    limits = {"max_length": max_length, "max_reply_tokens": max_reply_tokens}
+
+    def encode(persona: str | None, system: str | None = None) -> list[EncodedExample]:
+        return encode_examples(
+            renderer,
+            chosen,
+            persona,
+            system=system,
+            max_length=max_length,
+            max_reply_tokens=max_reply_tokens,
+        )
+
     written = None
     if description and description.strip():
-        written = encode_examples(renderer, chosen, None, system=description.strip(), **limits)
+        written = encode(None, system=description.strip())
     return EvaluationSet(
-        bare=encode_examples(renderer, chosen, None, **limits),
+        bare=encode(None),
         written=written,
-        with_prompt=encode_examples(renderer, chosen, "persona", system=persona_system, **limits),
+        with_prompt=encode("persona", system=persona_system),
         examples=len(chosen),
         population=len(population),
     )
@@ -204,7 +214,10 @@ def score(
     `progress` shows one bar over every batch of every condition on stderr (rank 0's only).
     """
     ranks = ranks or Ranks()
-    runs = {NO_PROMPT: (None, held_out.bare)}  # in the order they are reported
+    # condition -> (the prompt in front, or None; its examples), in the order they are reported
+    runs: dict[str, tuple[torch.Tensor | None, list[EncodedExample]]] = {
+        NO_PROMPT: (None, held_out.bare)
+    }
     if held_out.written is not None:
         runs[WRITTEN_PROMPT] = (None, held_out.written)
     runs[PERSONA] = (prompt, held_out.with_prompt)

@@ -83,7 +83,7 @@ def labelled_losses(
         if prompt is not None and share_prompt and input_ids.shape[0] > 1 and not deep
         else None
     )
-    if deep:
+    if prompt is not None and layout is not None:  # deep
         batch = input_ids.shape[0]
         prefix = prefilled_cache(model, prompt, layout, batch)  # N positions in every layer
         mask = torch.cat(
@@ -95,18 +95,22 @@ def labelled_losses(
             use_cache=True,
             **{cache_argument_name(decoder): prefix},
         ).last_hidden_state  # (B, T, D): the rows' own positions, labels as they are
-    elif cache is not None:
+    elif prompt is not None and cache is not None:
         hidden = _hidden_after_shared_prompt(
             decoder, prompt, embeds, attention_mask, cache
         )  # (B, N+T, D)
-        _, _, labels = prepend_prompt(
+        _, _, padded_labels = prepend_prompt(
             prompt, embeds[:, :0], None, labels
         )  # (B, N+T): the labels alone need the prompt's columns
+        assert padded_labels is not None  # labels in, labels out
+        labels = padded_labels
     else:
         if prompt is not None:
-            embeds, attention_mask, labels = prepend_prompt(
+            embeds, padded_mask, padded_labels = prepend_prompt(
                 prompt, embeds, attention_mask, labels
             )  # (B, N+T, ...)
+            assert padded_mask is not None and padded_labels is not None  # given, so returned
+            attention_mask, labels = padded_mask, padded_labels
         hidden = decoder(
             inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state  # (B, L, D)
