@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_union
+from sklearn.pipeline import FeatureUnion, Pipeline, make_union
 
 from persona.errors import DialogueError
 
@@ -21,6 +21,14 @@ SPEAKER_THRESHOLD = 0.5  # a text is attributed to the speaker when P(speaker) i
 
 def normalised(text: str) -> str:
     return " ".join(text.split())
+
+
+def style_features() -> FeatureUnion:
+    """Word 1-2 grams and character 2-4 grams within words, each weighted by TF-IDF."""
+    return make_union(
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True),
+    )
 
 
 class StyleClassifier:
@@ -36,13 +44,9 @@ class StyleClassifier:
             )
         self.positives = len(positives)
         self.negatives = len(negatives)
-        features = make_union(
-            TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True),
-        )
         self.pipeline = Pipeline(
             [
-                ("features", features),
+                ("features", style_features()),
                 (
                     "model",
                     LogisticRegression(C=c, class_weight="balanced", max_iter=2000),
