@@ -159,8 +159,13 @@ def _check_text(name: str, value: Any) -> None:
 
 
 def _check_list(name: str, value: Any) -> None:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+    if not isinstance(value, list):
         raise PromptFormatError(f"card field {name!r} must be a list of texts, got {_kind(value)}")
+    wrong = next((item for item in value if not isinstance(item, str)), "")
+    if not isinstance(wrong, str):
+        raise PromptFormatError(
+            f"card field {name!r} must be a list of texts, got a list holding {_kind(wrong)}"
+        )
     if len(value) > MAX_LIST_ITEMS:
         raise PromptFormatError(
             f"card field {name!r} holds {len(value)} items; at most {MAX_LIST_ITEMS} are accepted"
@@ -178,7 +183,7 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return "text"
     if isinstance(value, list):
-        return "a list with something other than text" if value else "an empty list"
+        return "a list"
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
