@@ -85,6 +85,7 @@ def test_import_of_a_foreign_card_shows_description_greeting_and_examples(
     code, out, err = run(capsys, "import", str(card), "--model", str(tiny_model_dir))
     assert code == 0, err
     assert "imported 'Mara Voss'" in out and "3 example exchange(s)" in out
+    assert "persona train --card" in out and "--name 'Mara Voss'" in out
 
     code, out, _ = run(capsys, "show", "Mara Voss")
     assert code == 0
@@ -94,7 +95,7 @@ def test_import_of_a_foreign_card_shows_description_greeting_and_examples(
     assert "examples:" in out and "3 written exchange(s)" in out
     assert "User: Who are you?" in out
     assert "Mara Voss: Captain Mara Voss, of the airship Kestrel." in out
-    assert "imported:    from" in out and "(card)" in out
+    assert "imported:    from" in out and "(card, untrained)" in out
 
     library = open_library()
     try:
@@ -289,5 +290,30 @@ def test_train_card_with_too_few_examples_says_so_and_stores_nothing(
     library = open_library()
     try:
         assert not library.has_persona("Bob")
+    finally:
+        library.close()
+
+
+def test_the_exported_card_names_the_model_persona_serve_serves_its_prompt_under(
+    tmp_path, tiny, tiny_model_dir, capsys
+) -> None:
+    from persona.serve.catalog import Catalog
+
+    card = write_json(tmp_path / "bob.json", many_examples_card())
+    assert run(capsys, "import", str(card), "--model", str(tiny_model_dir))[0] == 0
+    assert run(capsys, *train_card_args(card, tiny_model_dir, "--kind", "soft"))[0] == 0
+    newest, older = tmp_path / "new.png", tmp_path / "old.json"
+    assert run(capsys, "export", "Bob", str(newest), "--format", "card")[0] == 0
+    assert run(capsys, "export", "Bob", str(older), "--format", "card", "--version", "1")[0] == 0
+
+    library = open_library()
+    try:
+        catalog = Catalog(library, tiny.fingerprint, str(tiny_model_dir))
+        served = [model["id"] for model in catalog.models()]
+        for path, model, trained in ((newest, "Bob", True), (older, "Bob@1", False)):
+            reference = read_card(path).extensions["persona"]
+            assert reference["model"] == model and reference["trained"] is trained
+            assert catalog.resolve(reference["model"]).sha256 == reference["prompt_sha256"]
+        assert "Bob" in served
     finally:
         library.close()

@@ -4,6 +4,7 @@ card`, and the card's lines in `persona show` (docs/cards.md)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -62,7 +63,8 @@ def run_card_import(args: argparse.Namespace) -> int:
         f"imported {mapped.name!r} from the character card {args.path}: description, "
         f"{'a greeting' if mapped.greeting else 'no greeting'}, {len(mapped.examples)} example "
         f"exchange(s), {len(mapped.tags)} tag(s). Version 1 is its description as an untrained "
-        f"prompt; train it with `persona train --card {args.path} --name {mapped.name}`"
+        f"prompt; train it with `persona train --card {shlex.quote(str(args.path))} --name "
+        f"{shlex.quote(mapped.name)}`"
     )
     return 0
 

@@ -225,7 +225,10 @@ def run_show(args: argparse.Namespace) -> int:
         if "blend" in record:
             print(f"  blended:     {describe_blend(record)}")
         elif "imported_from" in record:
-            print(f"  imported:    from {record['imported_from']} ({record.get('format', '?')})")
+            untrained = ", untrained" if record.get("trained") is False else ""
+            print(
+                f"  imported:    from {record['imported_from']} ({record.get('format', '?')}{untrained})"
+            )
         elif record:
             print(
                 f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
