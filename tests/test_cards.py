@@ -177,3 +177,22 @@ def test_a_field_of_the_wrong_type_is_named(value, fragment) -> None:
     with pytest.raises(PromptFormatError) as caught:
         parse_card(value)
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_v3_nickname_stands_for_char() -> None:
+    card = parse_card(
+        {
+            "spec": "chara_card_v3",
+            "data": {
+                "name": "Margaret Thistlewood",
+                "nickname": "Maggie",
+                "description": "{{char}} bakes.",
+                "first_mes": "{{char}} here!",
+                "mes_example": "<START>\n{{user}}: Hi\nMargaret Thistlewood: Hello, says {{char}}.",
+            },
+        }
+    )
+    mapped = persona_from_card(card)
+    assert mapped.name == "Margaret Thistlewood"
+    assert mapped.description == "Maggie bakes." and mapped.greeting == "Maggie here!"
+    assert mapped.examples == [("Hi", "Hello, says Maggie.")]

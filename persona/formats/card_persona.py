@@ -43,9 +43,9 @@ class CardPersona:
 
 
 def persona_from_card(card: Card) -> CardPersona:
-    name = card.name.strip()
-    conversations = example_conversations(card.mes_example, name)
-    greeting = fill_names(card.first_mes, name).strip() or None
+    name, shown = card.name.strip(), speaking_name(card)
+    conversations = example_conversations(card.mes_example, name, shown)
+    greeting = fill_names(card.first_mes, shown).strip() or None
     notes = []
     if greeting is not None and len(greeting) > MAX_GREETING_CHARS:
         notes.append(
@@ -67,13 +67,19 @@ def persona_from_card(card: Card) -> CardPersona:
 def card_description(card: Card) -> str:
     """The persona's description: the card's description, then its personality and scenario as
     SillyTavern's default story string lays them out, names filled in."""
-    name = card.name.strip()
+    name = speaking_name(card)
     parts = [card.description.strip()]
     if card.personality.strip():
         parts.append(f"{name}'s personality: {card.personality.strip()}")
     if card.scenario.strip():
         parts.append(f"Scenario: {card.scenario.strip()}")
     return fill_names("\n\n".join(part for part in parts if part), name)
+
+
+def speaking_name(card: Card) -> str:
+    """What `{{char}}` stands for: a V3 card's nickname where it has one (as V3 says), else its name."""
+    nickname = card.other.get("nickname") if card.spec != "v1" else None
+    return nickname.strip() if isinstance(nickname, str) and nickname.strip() else card.name.strip()
 
 
 def card_record(card: Card) -> dict[str, Any]:

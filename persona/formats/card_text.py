@@ -30,16 +30,20 @@ def fill_names(text: str, char: str, user: str = USER_NAME) -> str:
     return _USER_MACRO.sub(lambda _: user, text)
 
 
-def example_conversations(mes_example: str, char: str) -> list[list[Turn]]:
-    """The `<START>`-separated blocks of `mes_example` as turns, names filled in. A line that starts
-    with `{{user}}:`, `{{char}}:` or `NAME:` (the character's name) begins a turn, other lines
-    continue the one before; text before the first such line of a block is dropped."""
-    own = re.compile(r"^\s*" + re.escape(char) + r"\s*:\s?(.*)$", re.IGNORECASE)
+def example_conversations(
+    mes_example: str, char: str, shown: str | None = None
+) -> list[list[Turn]]:
+    """The `<START>`-separated blocks of `mes_example` as turns, names filled in (`{{char}}` as
+    `shown`, a V3 card's nickname, else `char`). A line that starts with `{{user}}:`, `{{char}}:`
+    or `NAME:` (the character's name or nickname) begins a turn, other lines continue the one
+    before; text before the first such line of a block is dropped."""
+    names = "|".join(re.escape(name) for name in dict.fromkeys([char, shown or char]))
+    own = re.compile(r"^\s*(?:" + names + r")\s*:\s?(.*)$", re.IGNORECASE)
     conversations: list[list[Turn]] = []
     turns: list[list[str]] = []  # [role, text] while the block is read
     for line in mes_example.replace("\r\n", "\n").split("\n"):
         if _START.match(line):
-            conversations.append(_finish(turns, char))
+            conversations.append(_finish(turns, shown or char))
             turns = []
             continue
         user, mine = _USER_LINE.match(line), _CHAR_LINE.match(line) or own.match(line)
@@ -49,7 +53,7 @@ def example_conversations(mes_example: str, char: str) -> list[list[Turn]]:
             turns.append(["char", mine.group(1)])
         elif turns:
             turns[-1][1] += "\n" + line
-    conversations.append(_finish(turns, char))
+    conversations.append(_finish(turns, shown or char))
     return [turns for turns in conversations if turns]
 
 
