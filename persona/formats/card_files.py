@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -20,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from persona.errors import PromptFormatError
 from persona.formats.card import Card, card_json, parse_card
 from persona.formats.files import read_bounded, refuse_existing, writing_to
+from persona.paths import write_private_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -109,15 +108,7 @@ def write_card(
     else:
         data = (card_json(card, v3=True) + "\n").encode("utf-8")
     with writing_to(path):
-        handle, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    return path
+        return write_private_atomic(path, data)
 
 
 def png_chunks(data: bytes, source: str) -> list[tuple[bytes, bytes]]:
