@@ -317,3 +317,29 @@ def test_the_exported_card_names_the_model_persona_serve_serves_its_prompt_under
         assert "Bob" in served
     finally:
         library.close()
+
+
+def test_a_card_with_nothing_but_a_name_imports_shows_and_exports(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
+    card = write_json(tmp_path / "bare.json", {"name": "Nobody"})  # a V1 card at its smallest
+    code, out, err = run(capsys, "import", str(card), "--model", str(tiny_model_dir))
+    assert code == 0, err
+    assert "no greeting, 0 example exchange(s)" in out
+    code, out, _ = run(capsys, "show", "Nobody")
+    assert code == 0 and "examples:" not in out and "init vocab" in out
+    assert run(capsys, "export", "Nobody", str(tmp_path / "n.json"), "--format", "card")[0] == 0
+    exported = read_card(tmp_path / "n.json")
+    assert exported.name == "Nobody" and exported.description == "" and exported.first_mes == ""
+
+
+def test_a_card_name_the_library_cannot_take_asks_for_name(
+    tmp_path, tiny_model_dir, capsys
+) -> None:
+    card = write_json(tmp_path / "odd.json", {"name": "Line\nbreak"})
+    code, _, err = run(capsys, "import", str(card), "--model", str(tiny_model_dir))
+    assert code == 1 and err.count("\n") == 1 and "--name" in err
+    code, _, err = run(
+        capsys, "import", str(card), "--name", "linebreak", "--model", str(tiny_model_dir)
+    )
+    assert code == 0, err
