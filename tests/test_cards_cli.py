@@ -343,3 +343,21 @@ def test_a_card_name_the_library_cannot_take_asks_for_name(
         capsys, "import", str(card), "--name", "linebreak", "--model", str(tiny_model_dir)
     )
     assert code == 0, err
+
+
+def test_train_card_with_two_logs_reads_them_as_one(tmp_path, tiny_model_dir, capsys) -> None:
+    from tests.test_cli_train import write_log
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = write_log(tmp_path / "a"), write_log(tmp_path / "b", conversations=6)
+    card = write_json(tmp_path / "bob.json", V2_CARD)
+    code, _, err = run(capsys, *train_card_args(card, tiny_model_dir, str(first), str(second)))
+    assert code == 0, err
+    library = open_library()
+    try:
+        training = library.get_persona("Bob").versions[0].training
+    finally:
+        library.close()
+    assert training["source"] == f"{first} + {second}"
+    assert training["train_examples"] + training["validation_examples"] == 2 * (12 + 6)

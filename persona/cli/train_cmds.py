@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     train.add_argument(
-        "log", metavar="LOG", nargs="?", help="the dialogue log (not needed with --spec)"
+        "log",
+        metavar="LOG",
+        nargs="*",
+        help="the dialogue log; several are read as one (not needed with --spec or --card)",
     )
     train.add_argument(
         "--spec",
@@ -237,7 +240,7 @@ def _columns(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from persona.dialogue.sources import read_source
+    from persona.dialogue.sources import read_source, read_sources
     from persona.train.spec import PersonaSpec, load_spec
 
     if args.card is not None and args.spec is not None:
@@ -246,7 +249,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.card is not None:
         from persona.train.card import read_card_spec
 
-        spec = read_card_spec(args.card, args.log, args.speaker)
+        spec = read_card_spec(args.card, " + ".join(args.log) or None, args.speaker)
     overrides = {
         key: getattr(args, key)
         for key in (
@@ -274,7 +277,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     name = args.name or (spec.name if spec else None)
-    source = args.log or (spec.train if spec else None)
+    source = " + ".join(args.log) or (spec.train if spec else None)
     if not source:
         raise ConfigError("name the dialogue LOG to train on (or pass --spec personas/NAME.toml)")
     if not name:
@@ -293,8 +296,8 @@ def run_train(args: argparse.Namespace) -> int:
     # the recipe's own prompt file is the recipe's persona: a run under another name leaves it alone
     output = args.output or (spec.prompt_path() if spec and name == spec.name else None)
 
-    dialogue = (spec.own_dialogue() if spec else None) or read_source(
-        source, fmt, _columns(args), base=base
+    dialogue = (spec.own_dialogue() if spec else None) or read_sources(
+        args.log or [source], fmt, _columns(args), base=base
     )  # bad logs fail here, before the model loads
     heldout = (
         read_source(
