@@ -90,6 +90,11 @@ def test_a_file_of_gigabytes_is_refused_before_reading(tmp_path) -> None:
     refused(path, "far too large")
 
 
+def test_a_png_of_a_million_empty_chunks(tmp_path) -> None:
+    empty = chunk(b"teXt", b"")  # an ancillary chunk nobody knows: 12 bytes each
+    refused(write(tmp_path, "many.png", png(empty * 1_000_000)), "more than 100000 chunks")
+
+
 def test_a_compressed_text_chunk_that_unpacks_to_a_bomb(tmp_path) -> None:
     bomb = zlib.compress(b"A" * (64 * 1024 * 1024), 9)  # 64 MiB of base64 letters, 64 KiB packed
     refused(

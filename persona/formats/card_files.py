@@ -27,6 +27,7 @@ MAX_CARD_JSON_BYTES = 8 * 1024 * 1024  # the card's JSON, after base64 or unzipp
 MAX_TEXT_CHUNK_BYTES = 12 * 1024 * 1024  # base64 of MAX_CARD_JSON_BYTES, with room
 MAX_CHARX_ENTRIES = 10_000
 MAX_CHARX_UNPACKED = 1024 * 1024 * 1024  # what all members of a CharX together say they unpack to
+MAX_PNG_CHUNKS = 100_000  # a picture has a handful; millions of empty ones are an attack
 CARD_KEYS = ("ccv3", "chara")  # the V3 chunk wins over the V2 one, as both specs say
 TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 CARD_SUFFIXES = (".png", ".json", ".charx")
@@ -139,6 +140,10 @@ def png_chunks(data: bytes, source: str) -> list[tuple[bytes, bytes]]:
         chunks.append((kind, body))
         if kind == b"IEND":
             return chunks
+        if len(chunks) > MAX_PNG_CHUNKS:
+            raise PromptFormatError(
+                f"{source}: a PNG of more than {MAX_PNG_CHUNKS} chunks is not a card picture"
+            )
         offset = end
 
 
