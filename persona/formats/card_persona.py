@@ -78,7 +78,8 @@ def card_description(card: Card) -> str:
 
 def speaking_name(card: Card) -> str:
     """What `{{char}}` stands for: a V3 card's nickname where it has one (as V3 says), else its name."""
-    nickname = card.other.get("nickname") if card.spec != "v1" else None
+    nickname = card.other.get("nickname")  # V3's; read alike from any card, so a V1 card
+    # stored as V3 in the record maps to the same persona
     return nickname.strip() if isinstance(nickname, str) and nickname.strip() else card.name.strip()
 
 
