@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from persona.cli.blend_cmd import describe_blend
+from persona.cli.card_cmds import card_lines, run_card_export, run_card_import
 from persona.cli.defaults_cmd import describe
 from persona.errors import AlreadyExistsError, ConfigError
 from persona.library.info import prompt_shape
@@ -69,16 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = add(
         "export",
-        "export a persona's prompt as our file, a PEFT adapter (prompt or prefix tuning) or a KoboldAI zip",
+        "export a persona's prompt as our file, a PEFT adapter (prompt or prefix tuning) or a KoboldAI zip, "
+        "or the persona as a character card",
         run_export,
     )
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("path", metavar="PATH", type=Path)
     parser.add_argument(
         "--format",
-        choices=("persona", "peft", "kobold"),
+        choices=("persona", "peft", "kobold", "card"),
         default="persona",
-        help="persona: one .safetensors file (default); peft: an adapter directory; kobold: a .zip",
+        help="persona: one .safetensors file (default); peft: an adapter directory; kobold: a .zip; "
+        "card: a Character Card V3 .png (with a V2 chunk too) or .json naming the prompt (docs/cards.md)",
     )
     parser.add_argument(
         "--version",
@@ -91,7 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = add(
         "import",
-        "import a prompt (our .safetensors, a PEFT prompt- or prefix-tuning adapter directory, or a KoboldAI .zip)",
+        "import a prompt (our .safetensors, a PEFT prompt- or prefix-tuning adapter directory, or a KoboldAI .zip) "
+        "or a character card (.png, .json, .charx)",
         run_import,
     )
     parser.add_argument("path", metavar="PATH", type=Path)
@@ -100,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model",
         metavar="PATH",
-        help="check the prompt fits this model directory (default: $PERSONA_MODEL or the prepared default)",
+        help="check the prompt fits this model directory (default: $PERSONA_MODEL or the prepared default); "
+        "a card's starting prompt is made for it",
     )
 
     parser = add(
@@ -201,8 +206,8 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  description: {info.description}")
     if info.tags:
         print(f"  tags:        {', '.join(info.tags)}")
-    for label, text in describe(info.defaults):
-        print(f"  {label + ':':<12} {text}")
+    for label, text in describe(info.defaults) + card_lines(info):
+        print(f"  {label + ':' if label else '':<12} {text}")
     if active is not None:
         if active.kind == "deep":
             print(
@@ -220,7 +225,10 @@ def run_show(args: argparse.Namespace) -> int:
         if "blend" in record:
             print(f"  blended:     {describe_blend(record)}")
         elif "imported_from" in record:
-            print(f"  imported:    from {record['imported_from']} ({record.get('format', '?')})")
+            untrained = ", untrained" if record.get("trained") is False else ""
+            print(
+                f"  imported:    from {record['imported_from']} ({record.get('format', '?')}{untrained})"
+            )
         elif record:
             print(
                 f"  trained on:  {record.get('source', '?')} (speaker {record.get('speaker', '?')}), "
@@ -311,6 +319,12 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from persona.formats import write_prompt
 
+    if args.format == "card":
+        library = _open_for_reading(args)
+        try:
+            return run_card_export(args, library)
+        finally:
+            library.close()
     lib = _open(args)
     try:
         prompt = lib.get_prompt(args.name, args.prompt_version)
@@ -334,10 +348,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from persona.formats import detect_format, read_prompt
+    from persona.formats.card_files import card_kind
     from persona.formats.fit import check_width
     from persona.library.records import check_name
     from persona.model.location import ready_model_dir
 
+    if card_kind(args.path) is not None:
+        return run_card_import(args)
     fmt = detect_format(args.path)
     prompt = read_prompt(args.path)
     defaults = _take_defaults(prompt, args.path)

@@ -40,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     train.add_argument(
-        "log", metavar="LOG", nargs="?", help="the dialogue log (not needed with --spec)"
+        "log",
+        metavar="LOG",
+        nargs="*",
+        help="the dialogue log; several are read as one (not needed with --spec or --card)",
     )
     train.add_argument(
         "--spec",
@@ -49,9 +52,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a persona spec such as personas/falstaff.toml (flags override it)",
     )
     train.add_argument(
+        "--card",
+        metavar="CARD",
+        type=Path,
+        help="a character card (.png, .json or .charx): its name, description, tags and example "
+        "dialogues are the recipe; without LOG its example dialogues are what it learns "
+        "(docs/cards.md)",
+    )
+    train.add_argument(
         "--speaker",
         metavar="NAME",
-        help="whose lines to learn (default for chat exports: assistant)",
+        help="whose lines to learn (default for chat exports: assistant; with --card: the character)",
     )
     train.add_argument("--name", metavar="PERSONA", help="the persona name in the library")
     train.add_argument(
@@ -231,10 +242,16 @@ def _columns(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from persona.dialogue.sources import read_source
+    from persona.dialogue.sources import read_source, read_sources
     from persona.train.spec import PersonaSpec, load_spec
 
+    if args.card is not None and args.spec is not None:
+        raise ConfigError("--card and --spec are each a whole recipe; pass one of them")
     spec: PersonaSpec | None = load_spec(args.spec) if args.spec else None
+    if args.card is not None:
+        from persona.train.card import read_card_spec
+
+        spec = read_card_spec(args.card, " + ".join(args.log) or None, args.speaker)
     overrides = {
         key: getattr(args, key)
         for key in (
@@ -262,11 +279,15 @@ def run_train(args: argparse.Namespace) -> int:
 
         config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     name = args.name or (spec.name if spec else None)
-    source = args.log or (spec.train if spec else None)
+    source = " + ".join(args.log) or (spec.train if spec else None)
     if not source:
         raise ConfigError("name the dialogue LOG to train on (or pass --spec personas/NAME.toml)")
     if not name:
         raise ConfigError("name the persona with --name PERSONA (the name it gets in the library)")
+    if args.card is not None:
+        from persona.train.card import check_card_name
+
+        check_card_name(name)  # before training, not when storing it
     speaker = args.speaker or (spec.speaker if spec else None)
     description = (
         args.description if args.description is not None else (spec.description if spec else None)
@@ -277,8 +298,8 @@ def run_train(args: argparse.Namespace) -> int:
     # the recipe's own prompt file is the recipe's persona: a run under another name leaves it alone
     output = args.output or (spec.prompt_path() if spec and name == spec.name else None)
 
-    dialogue = read_source(
-        source, fmt, _columns(args), base=base
+    dialogue = (spec.own_dialogue() if spec else None) or read_sources(
+        args.log or [source], fmt, _columns(args), base=base
     )  # bad logs fail here, before the model loads
     heldout = (
         read_source(
@@ -424,10 +445,12 @@ def _store(
             trained.prompt,
             description=description or None,
             model_id=loaded.model_id,
-            training=trained.training,
+            training={**trained.training, **(spec.training_extra() if spec else {})},
             metrics=trained.metrics,
             tags=spec.tags if spec and spec.tags else None,
         )
+        if spec and spec.defaults_changes():
+            library.set_defaults(name, spec.defaults_changes())
     finally:
         library.close()
     trained.checkpoint.unlink(missing_ok=True)

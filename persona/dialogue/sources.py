@@ -6,6 +6,7 @@ wheel (see `shakespeare`); anything else is a path to a .txt, .jsonl or .csv log
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from persona.dialogue.columns import Columns
@@ -32,3 +33,23 @@ def read_source(
     if base is not None and not path.is_absolute():
         path = base / path
     return read_dialogue(path, format, columns)
+
+
+def read_sources(
+    sources: list[str],
+    format: str = "auto",
+    columns: Columns | None = None,
+    *,
+    base: Path | None = None,
+) -> Dialogue:
+    """Several sources as one dialogue: their conversations one after another, in order (one
+    source reads exactly as `read_source`)."""
+    parts = [read_source(source, format, columns, base=base) for source in sources]
+    if len(parts) == 1:
+        return parts[0]
+    joined = hashlib.sha256("".join(part.sha256 for part in parts).encode()).hexdigest()
+    return Dialogue(
+        conversations=[conversation for part in parts for conversation in part.conversations],
+        source=" + ".join(part.source for part in parts),
+        sha256=joined,
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import tomllib
@@ -28,6 +28,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` packa
 
 from persona.errors import ConfigError
 from persona.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from persona.dialogue.types import Dialogue
 
 TOP_LEVEL_KEYS = {
     "name",
@@ -69,6 +72,18 @@ class PersonaSpec:
         """The spec's [config], with command-line values (those not None) on top."""
         values = {**self.config, **{k: v for k, v in overrides.items() if v is not None}}
         return TrainConfig(**values)
+
+    def training_extra(self) -> dict[str, Any]:
+        """What the stored version's training record gets beside the run's (a card: the card)."""
+        return {}
+
+    def defaults_changes(self) -> dict[str, Any]:
+        """Persona defaults the recipe sets when the version is stored (a card: its greeting)."""
+        return {}
+
+    def own_dialogue(self) -> Dialogue | None:
+        """The dialogue the recipe carries itself (a card without a LOG), else None: read `train`."""
+        return None
 
 
 def load_spec(path: str | Path) -> PersonaSpec:
