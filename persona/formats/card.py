@@ -131,7 +131,8 @@ def parse_card(value: Any) -> Card:
     if spec == "v1":
         skip |= {"spec", "spec_version", "data", "metadata"}
     other = {k: v for k, v in data.items() if k not in skip and isinstance(k, str)}
-    return Card(**known, **lists, extensions=extensions, other=other, spec=spec)
+    checked: dict[str, Any] = {**known, **lists}  # every field checked above, by its kind
+    return Card(**checked, extensions=extensions, other=other, spec=spec)
 
 
 def card_json(card: Card, *, v3: bool = True) -> str:
