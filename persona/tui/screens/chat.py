@@ -14,7 +14,6 @@ import threading
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import ComposeResult
@@ -24,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker
 
+from persona.engine.contract import Request
 from persona.errors import PersonaError
 from persona.tui.commands import (
     CommandError,
@@ -41,14 +41,12 @@ from persona.tui.screens.conversations import ConversationsScreen
 from persona.tui.screens.help import HelpScreen
 from persona.tui.screens.persona_picker import PersonaPicker
 from persona.tui.session import Refused, Turn
+from persona.tui.state import ChatState
 from persona.tui.terminal import MIN_HEIGHT, MIN_WIDTH
 from persona.tui.widgets.chat_input import ChatInput
 from persona.tui.widgets.chat_log import ChatLog
 from persona.tui.widgets.message_bubble import MessageBubble, speaker_label
 from persona.tui.widgets.status_bar import StatusBar
-
-if TYPE_CHECKING:
-    from persona.tui.app import PersonaChatApp
 
 FLUSH_INTERVAL = 0.05  # seconds: the reply on screen is redrawn at most this often while it streams
 
@@ -78,8 +76,6 @@ class ChatScreen(Screen[None]):
     ChatScreen.too-small #messages, ChatScreen.too-small ChatInput, ChatScreen.too-small StatusBar { display: none; }
     """
 
-    app: PersonaChatApp
-
     class PiecesReady(Message):
         """The worker buffered text for `reply` (posted once until the screen takes it)."""
 
@@ -87,14 +83,15 @@ class ChatScreen(Screen[None]):
             super().__init__()
             self.reply = reply
 
-    def __init__(self) -> None:
+    def __init__(self, state: ChatState) -> None:
         super().__init__()
+        self.state = state
         self._reply: LiveReply | None = None
 
     # ---- layout ---------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield ChatLog(self.app.session.turns, id="messages")
+        yield ChatLog(self.state.session.turns, id="messages")
         yield ChatInput(id="input")
         yield StatusBar(id="status")
         yield Static(
@@ -103,7 +100,7 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(StatusBar).model = self.app.model_label
+        self.query_one(StatusBar).model = self.state.model_label
         self._refresh()
         self.query_one(ChatInput).focus()
 
@@ -113,13 +110,13 @@ class ChatScreen(Screen[None]):
     def _refresh(self) -> None:
         """The status line and the empty-chat hint, after the persona, settings or turns changed."""
         status = self.query_one(StatusBar)
-        status.persona = self.app.personas.name
-        config = self.app.config
+        status.persona = self.state.personas.name
+        config = self.state.config
         status.settings = (
             f"temp {config.temperature:g} · top_p {config.top_p:g} · max {config.max_new_tokens}"
         )
-        speaker = speaker_label("assistant", self.app.personas.name)
-        empty = not self.app.session.turns and not self.generating
+        speaker = speaker_label("assistant", self.state.personas.name)
+        empty = not self.state.session.turns and not self.generating
         self.query_one(ChatLog).hint(
             f"Say something to {speaker}. F2 picks a persona, /help lists the commands."
             if empty
@@ -128,7 +125,7 @@ class ChatScreen(Screen[None]):
 
     @property
     def generating(self) -> bool:
-        return self.app.session.replying
+        return self.state.session.replying
 
     # ---- messages in ----------------------------------------------------------------------------
 
@@ -143,7 +140,7 @@ class ChatScreen(Screen[None]):
             await self.run_command(command)
             return
         try:
-            turn = self.app.session.user_turn(event.text)
+            turn = self.state.session.user_turn(event.text)
         except Refused as exc:
             self.notify(str(exc), severity="warning")
             return
@@ -179,10 +176,10 @@ class ChatScreen(Screen[None]):
     async def switch_persona(self, name: str | None) -> None:
         """The next reply comes from `name`, with its defaults; the history stays (a conversation
         not started yet opens with `name`'s greeting instead)."""
-        personas = self.app.personas
+        personas = self.state.personas
         notice = personas.switch(name, replying=self.generating)
-        if self.app.session.greet(personas.greeting, personas.name):
-            await self.query_one(ChatLog).show(self.app.session.turns)
+        if self.state.session.greet(personas.greeting, personas.name):
+            await self.query_one(ChatLog).show(self.state.session.turns)
         self._refresh()
         self.notify(notice)
 
@@ -191,24 +188,24 @@ class ChatScreen(Screen[None]):
             if choice is not None:
                 await self._shown(self.switch_persona(choice.name))
 
-        personas = self.app.library.list_personas()
-        self.app.push_screen(PersonaPicker(personas, self.app.personas.name), picked)
+        personas = self.state.personas.available()
+        self.app.push_screen(PersonaPicker(personas, self.state.personas.name), picked)
 
     async def show_conversations(self) -> None:
         async def chosen(conversation_id: int | None) -> None:
             if conversation_id is not None:
                 await self._shown(self.open_conversation(conversation_id))
 
-        conversations = self.app.library.list_conversations()
-        current = self.app.session.conversation_id
+        conversations = self.state.library.list_conversations()
+        current = self.state.session.conversation_id
         self.app.push_screen(ConversationsScreen(conversations, current), chosen)
 
     async def open_conversation(self, conversation_id: int) -> None:
         await self.stop_reply()
-        session = self.app.session
+        session = self.state.session
         session.open(conversation_id)
         last = session.last_persona()
-        if last is not None and last != self.app.personas.name:
+        if last is not None and last != self.state.personas.name:
             await self._shown(self.switch_persona(last))
         await self.query_one(ChatLog).show(session.turns)
         self._refresh()
@@ -217,34 +214,34 @@ class ChatScreen(Screen[None]):
     async def new_conversation(self) -> None:
         await self.stop_reply()
         try:
-            self.app.session.save()
+            self.state.session.save()
         except PersonaError as exc:
             self.notify(f"{exc} (the last conversation is not fully saved)", severity="error")
-        self.app.session.start_new()
-        self.app.session.greet(self.app.personas.greeting, self.app.personas.name)
-        await self.query_one(ChatLog).show(self.app.session.turns)
+        self.state.session.start_new()
+        self.state.session.greet(self.state.personas.greeting, self.state.personas.name)
+        await self.query_one(ChatLog).show(self.state.session.turns)
         self._refresh()
         self.notify("new conversation")
 
     async def retry(self) -> None:
-        if self.app.session.drop_for_retry() is not None:
+        if self.state.session.drop_for_retry() is not None:
             await self.query_one(ChatLog).drop_last()
         await self._start_reply()
 
     async def undo(self) -> None:
-        removed = self.app.session.undo_exchange()
+        removed = self.state.session.undo_exchange()
         await self.query_one(ChatLog).drop_last(len(removed))
         self._refresh()
         self.notify(f"removed the last {'exchange' if len(removed) == 2 else 'message'}")
 
     async def change_setting(self, key: str, value: str) -> None:
         field_name, parsed = parse_setting(key, value)
-        self.app.set_override(field_name, parsed)  # ConfigError: out of range
+        self.state.set_override(field_name, parsed)  # ConfigError: out of range
         self._refresh()
         self.notify(f"{key} = {parsed}")
 
     async def export(self, path: str) -> None:
-        session = self.app.session
+        session = self.state.session
         saved_to = export_conversation(path, session.turns, session.conversation_id)
         self.notify(f"saved the conversation to {saved_to}")
 
@@ -259,45 +256,27 @@ class ChatScreen(Screen[None]):
     def _keep(self, turn: Turn) -> None:
         """Add a finished message to the session; if the library refuses, it is kept in memory."""
         try:
-            self.app.session.add(turn)
+            self.state.session.add(turn)
         except PersonaError as exc:
             self.notify(f"{exc} (kept here; saving again with the next message)", severity="error")
 
     async def _start_reply(self) -> None:
-        personas = self.app.personas
-        history = self.app.session.begin_reply()
-        reply = LiveReply(await self.query_one(ChatLog).begin_reply(personas.name))
+        request = self.state.begin_reply()
+        persona = self.state.personas.name
+        reply = LiveReply(await self.query_one(ChatLog).begin_reply(persona))
         self._reply = reply
         self.query_one(StatusBar).state = "writing…"
-        reply.worker = self._write(
-            reply, history, personas.prompt, personas.name, self.app.config, self.app.stops
-        )
+        reply.worker = self._write(reply, request, persona)
         self._refresh()
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
-    def _write(
-        self,
-        reply: LiveReply,
-        history: list[Any],
-        prompt: Any,
-        persona: str | None,
-        config: Any,
-        stops: list[str],
-    ) -> None:
+    def _write(self, reply: LiveReply, request: Request, persona: str | None) -> None:
         def hand_over(piece: str, tokens_per_second: float) -> None:
             if reply.pieces.push(piece, tokens_per_second):
                 self.post_message(self.PiecesReady(reply))  # thread-safe, and does not wait
 
-        outcome = write_reply(
-            self.app.engine,
-            history,
-            prompt,
-            persona,
-            config,
-            reply.cancel,
-            hand_over,
-            stops=stops,
-        )
+        runner = self.state.backend.runner
+        outcome = write_reply(runner, request, persona, reply.cancel, hand_over)
         try:
             self.app.call_from_thread(self._reply_done, reply, outcome)
         except RuntimeError:  # the app is already gone
@@ -322,7 +301,7 @@ class ChatScreen(Screen[None]):
         if rest.text:
             await reply.bubble.write(rest.text)
         self._reply = None
-        turn = self.app.session.end_reply(outcome)
+        turn = self.state.session.end_reply(outcome)
         status = self.query_one(StatusBar)
         status.state = outcome.end_state
         if outcome.tokens_per_second:
