@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from persona.cli import startup
 from persona.errors import ConfigError
@@ -51,6 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct, or $PERSONA_MODEL)",
     )
     parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="replies from a running `persona serve` (or any OpenAI-compatible server) at URL, "
+        "e.g. http://HOST:8000/v1; its personas are the ones it lists, the conversation is saved here",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="the server's API key, for --server (default: $PERSONA_API_KEY)",
+    )
+    parser.add_argument(
         "--resume",
         metavar="ID",
         nargs="?",
@@ -87,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
     generation_config(args)  # ConfigError before anything loads
     check_terminal()
+    if args.server is not None:
+        return _run_remote(args, given_settings(args))
 
     from persona.model import warmup
 
@@ -94,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         args.model, precision=args.precision, backend=args.backend
     )  # while torch is imported below
 
-    from persona.errors import NotFoundError
     from persona.library import open_library
 
     library = open_library(args.library)
@@ -102,12 +117,7 @@ def run(args: argparse.Namespace) -> int:
         if args.persona is not None:
             library.get_prompt(args.persona)  # NotFoundError now, not after the model has loaded
             library.get_defaults(args.persona)  # and defaults that no longer read
-        if isinstance(args.resume, int):
-            library.get_messages(args.resume)
-        elif args.resume == "latest" and not library.list_conversations():
-            raise NotFoundError(
-                "there is no saved conversation to resume; start one with `persona chat`"
-            )
+        _check_resume(library, args.resume)
 
         from persona.engine.chat import ChatEngine
         from persona.model.loader import load_chat_model
@@ -123,23 +133,60 @@ def run(args: argparse.Namespace) -> int:
         engine = ChatEngine(loaded)
         startup.ready()
 
-        from persona.tui.app import PersonaChatApp
+        from persona.tui.local import local_backend
 
         # only the flags given: the rest come from each persona's defaults, then the built-in ones
-        app = PersonaChatApp(
-            engine,
-            library,
-            persona=args.persona,
-            resume=args.resume,
-            overrides=given_settings(args),
-        )
-        app.run()
-        conversation_id = app.session.conversation_id
-        if conversation_id is not None:
-            print(
-                f"persona: conversation {conversation_id} is saved; continue it with `persona chat --resume {conversation_id}`",
-                file=sys.stderr,
-            )
-        return 0 if app.return_code in (None, 0) else int(app.return_code)
+        return _chat(local_backend(engine, library), library, args, given_settings(args))
     finally:
         library.close()
+
+
+def _run_remote(args: argparse.Namespace, given: dict[str, Any]) -> int:
+    """`persona chat --server URL`: the replies come from the server, torch is never imported."""
+    if args.model is not None:
+        raise ConfigError(
+            "--model names a model to load here; with --server the server's model answers"
+        )
+    from persona.engine.remote import API_KEY_ENV, RemoteRunner
+    from persona.library import open_library
+    from persona.tui.backend import remote_backend
+
+    runner = RemoteRunner(args.server, args.api_key or os.environ.get(API_KEY_ENV))
+    library = open_library(args.library)
+    try:
+        _check_resume(library, args.resume)
+        backend = remote_backend(runner, library)  # a server down or refusing: one line, here
+        startup.ready()
+        return _chat(backend, library, args, given)
+    finally:
+        runner.close()
+        library.close()
+
+
+def _chat(backend: Any, library: Any, args: argparse.Namespace, given: dict[str, Any]) -> int:
+    """Run the chat app until the user leaves; say where the conversation is saved."""
+    from persona.tui.app import PersonaChatApp
+
+    app = PersonaChatApp(
+        backend, library, persona=args.persona, resume=args.resume, overrides=given
+    )
+    app.run()
+    conversation_id = app.session.conversation_id
+    if conversation_id is not None:
+        print(
+            f"persona: conversation {conversation_id} is saved; continue it with `persona chat --resume {conversation_id}`",
+            file=sys.stderr,
+        )
+    return 0 if app.return_code in (None, 0) else int(app.return_code)
+
+
+def _check_resume(library: Any, resume: int | str | None) -> None:
+    """NotFoundError now for a conversation that cannot be resumed, not after the model loaded."""
+    from persona.errors import NotFoundError
+
+    if isinstance(resume, int):
+        library.get_messages(resume)
+    elif resume == "latest" and not library.list_conversations():
+        raise NotFoundError(
+            "there is no saved conversation to resume; start one with `persona chat`"
+        )

@@ -73,7 +73,7 @@ class RemoteRunner:
         self.rate = TokenRate()
         self.requests_total = 0
         self._lock = threading.Lock()
-        self._active: set[Ticket] = set()
+        self._active: dict[int, Ticket] = {}  # by id(): a Ticket is not hashable
         self._threads: set[threading.Thread] = set()
         self._closed = False
 
@@ -113,7 +113,7 @@ class RemoteRunner:
                 raise QueueFull(SHUTTING_DOWN, retry_after_s=1)
             if len(self._active) > self.max_queue:
                 raise queue_full(len(self._active), self.max_queue)
-            self._active.add(ticket)
+            self._active[id(ticket)] = ticket
             self.requests_total += 1
             thread = threading.Thread(
                 target=self._run, args=(ticket,), name="persona-remote", daemon=True
@@ -138,7 +138,7 @@ class RemoteRunner:
         with self._lock:
             self._closed = True
             threads = list(self._threads)
-            for ticket in self._active:
+            for ticket in self._active.values():
                 ticket.cancel()
         for thread in threads:
             thread.join(timeout=CONNECT_TIMEOUT_S)
@@ -155,7 +155,7 @@ class RemoteRunner:
             deliver(ticket, "error", PersonaError(f"{type(exc).__name__}: {first_line(exc)}"))
         finally:
             with self._lock:
-                self._active.discard(ticket)
+                self._active.pop(id(ticket), None)
                 self._threads.discard(threading.current_thread())
 
     def _stream(self, ticket: Ticket, counted: list[int]) -> None:
@@ -250,7 +250,7 @@ class RemoteRunner:
 def _parse(base_url: str) -> tuple[str, str, str, int | None, str]:
     """(the URL as shown, scheme, host, port, path prefix) of `http://HOST:PORT/v1`; a URL without
     a path means its `/v1`."""
-    url = base_url.strip().rstrip("/")
+    url = base_url.strip()
     if "://" not in url:
         url = "http://" + url
     parts = urllib.parse.urlsplit(url)
@@ -262,7 +262,7 @@ def _parse(base_url: str) -> tuple[str, str, str, int | None, str]:
         raise ConfigError(
             f"--server {base_url!r} is not a server's address; give one like http://HOST:PORT/v1"
         )
-    prefix = parts.path or "/v1"
+    prefix = parts.path.rstrip("/") or "/v1"
     return f"{parts.scheme}://{parts.netloc}{prefix}", parts.scheme, parts.hostname, port, prefix
 
 

@@ -7,10 +7,9 @@ cursor blink. Update after a deliberate change with `--snapshot-update`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import itertools
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
