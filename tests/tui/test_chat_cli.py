@@ -112,3 +112,19 @@ def test_only_the_flags_given_override_the_persona_s_defaults(
     assert app.overrides == {"top_p": 0.5}
     config = app.config
     assert (config.temperature, config.top_p, config.max_new_tokens) == (1.2, 0.5, 40)
+
+
+def test_a_server_that_is_down(a_terminal: None, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}/v1"
+    err = one_line_error(capsys, ["chat", "--server", url])
+    assert f"cannot reach the server at {url}" in err
+
+
+def test_a_server_address_that_is_not_one(
+    a_terminal: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "not a server's address" in one_line_error(capsys, ["chat", "--server", "ftp://x"])
