@@ -173,10 +173,13 @@ def _chat(backend: Any, library: Any, args: argparse.Namespace, given: dict[str,
     app.run()
     conversation_id = app.session.conversation_id
     if conversation_id is not None:
-        print(
-            f"persona: conversation {conversation_id} is saved; continue it with `persona chat --resume {conversation_id}`",
-            file=sys.stderr,
-        )
+        try:
+            print(
+                f"persona: conversation {conversation_id} is saved; continue it with `persona chat --resume {conversation_id}`",
+                file=sys.stderr,
+            )
+        except OSError:  # the terminal went away (it was hung up)
+            pass
     return 0 if app.return_code in (None, 0) else int(app.return_code)
 
 

@@ -7,6 +7,9 @@ own model, or a server), tests pass a tiny model (or a scripted engine) and a li
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -17,12 +20,15 @@ from persona.engine.config import GenerationConfig
 from persona.errors import PersonaError
 from persona.tui.backend import ChatBackend
 from persona.tui.commands import SlashCommand
+from persona.tui.hangup import HangUpWatch
 from persona.tui.messages import CommandRequested, PersonaRequested
 from persona.tui.personas import PersonaSource
 from persona.tui.screens.chat import ChatScreen
 from persona.tui.session import ChatSession, Library
 from persona.tui.state import ChatState
 
+HANG_UP_EXIT = 128 + signal.SIGHUP  # the exit status of a process that SIGHUP ended
+STOP_REPLY_WAIT_S = 5.0  # on a hang-up, how long the reply being written may take to stop
 PALETTE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("New conversation", "start a new conversation (Ctrl+N)", "new"),
     ("Retry", "regenerate the last reply (Ctrl+R)", "retry"),
@@ -52,6 +58,7 @@ class PersonaChatApp(App[None]):
         self.state = ChatState(
             backend, library, persona=persona, resume=resume, overrides=overrides
         )
+        self._hang_up_watch = HangUpWatch(self._hung_up)
 
     # the state's parts, by the names the rest of the client and its tests use
     @property
@@ -121,5 +128,30 @@ class PersonaChatApp(App[None]):
                 return
         self.exit()
 
+    def on_mount(self) -> None:
+        if not self.is_headless:  # a real terminal, which may go away
+            self._hang_up_watch.start(asyncio.get_running_loop())
+
+    def _hung_up(self) -> None:
+        self.run_worker(self.hang_up(), group="hang-up", exclusive=True)
+
+    async def hang_up(self) -> None:
+        """The terminal went away: stop the reply being written (it is saved, cut short), save
+        what is not saved yet, and end the process. Not through Textual's exit: that restores the
+        terminal, and writing to a dead one fails in Textual's writer thread and leaves its
+        shutdown waiting for it forever. There is nobody left to tell about a failure."""
+        try:
+            await asyncio.wait_for(self.chat.stop_reply(), STOP_REPLY_WAIT_S)
+        except asyncio.TimeoutError:
+            pass  # what was saved stays saved
+        try:
+            self.session.save()
+        except PersonaError:
+            pass
+        self.state.backend.close()
+        self.state.library.close()
+        os._exit(HANG_UP_EXIT)
+
     def on_unmount(self) -> None:
+        self._hang_up_watch.stop()
         self.state.backend.close()
