@@ -1,19 +1,21 @@
 """The chat screen: messages, input, status line; replies are written by a worker thread.
 
-The screen lays out widgets and reacts to messages. What it may do and what it keeps live in
-plain classes: the conversation in `ChatSession`, the speaker in `PersonaSelector`, the slash
-commands in `commands`, a reply's generation in `reply.write_reply`. A reply's pieces reach the
-screen through a `PieceBuffer`, so a slow redraw coalesces pieces instead of slowing generation.
-The finished reply is handed back with `call_from_thread`, which waits, so a reply is saved
-before its worker ends (quitting waits for that).
+The screen lays out widgets, shows what it is told and writes replies. What the chat does lives in
+plain classes: the decisions in `ChatController` (this screen is its `ChatView`), the conversation
+in `ChatSession`, the speaker in `PersonaSource`, the slash commands in `commands`, a reply's
+generation in `reply.write_reply`. A reply's pieces reach the screen through a `PieceBuffer`, so a
+slow redraw coalesces pieces instead of slowing generation. The finished reply is handed back with
+`call_from_thread`, which waits, so a reply is saved before its worker ends (quitting waits for
+that).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
@@ -24,23 +26,18 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker
 
 from persona.engine.contract import Request
-from persona.errors import PersonaError
 from persona.tui.commands import (
-    CommandError,
     SlashCommand,
-    is_command,
-    parse_command,
-    parse_setting,
-    run_command,
 )
-from persona.tui.export import export_conversation
-from persona.tui.messages import CommandRequested, PersonaChoice, PersonaRequested
+from persona.tui.controller import ChatController, Chosen
+from persona.tui.messages import CommandRequested, PersonaRequested
+from persona.tui.personas import Speaker
 from persona.tui.pieces import PieceBuffer
 from persona.tui.reply import ReplyOutcome, write_reply
 from persona.tui.screens.conversations import ConversationsScreen
 from persona.tui.screens.help import HelpScreen
 from persona.tui.screens.persona_picker import PersonaPicker
-from persona.tui.session import Refused, Turn
+from persona.tui.session import Turn
 from persona.tui.state import ChatState
 from persona.tui.terminal import MIN_HEIGHT, MIN_WIDTH
 from persona.tui.widgets.chat_input import ChatInput
@@ -86,6 +83,7 @@ class ChatScreen(Screen[None]):
     def __init__(self, state: ChatState) -> None:
         super().__init__()
         self.state = state
+        self.controller = ChatController(state, self)
         self._reply: LiveReply | None = None
 
     # ---- layout ---------------------------------------------------------------------------------
@@ -101,13 +99,37 @@ class ChatScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(StatusBar).model = self.state.model_label
-        self._refresh()
+        self.refresh_status()
         self.query_one(ChatInput).focus()
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < MIN_WIDTH or self.size.height < MIN_HEIGHT, "too-small")
 
-    def _refresh(self) -> None:
+    @property
+    def generating(self) -> bool:
+        return self.state.session.replying
+
+    # ---- messages in ----------------------------------------------------------------------------
+
+    async def on_chat_input_submitted(self, event: ChatInput.Submitted) -> None:
+        await self.controller.submit(event.text)
+
+    async def on_command_requested(self, message: CommandRequested) -> None:
+        await self.controller.run(message.command)
+
+    async def on_persona_requested(self, message: PersonaRequested) -> None:
+        await self.controller.shown(self.controller.switch_persona(message.name))
+
+    async def action_command(self, name: str) -> None:
+        await self.controller.run(SlashCommand(name))
+
+    def action_cancel_reply(self) -> None:
+        if self._reply is not None:
+            self._reply.cancel.set()
+
+    # ---- the view (ChatView) --------------------------------------------------------------------
+
+    def refresh_status(self) -> None:
         """The status line and the empty-chat hint, after the persona, settings or turns changed."""
         status = self.query_one(StatusBar)
         status.persona = self.state.personas.name
@@ -123,129 +145,27 @@ class ChatScreen(Screen[None]):
             else None
         )
 
-    @property
-    def generating(self) -> bool:
-        return self.state.session.replying
+    def clear_input(self) -> None:
+        self.query_one(ChatInput).clear()
 
-    # ---- messages in ----------------------------------------------------------------------------
+    async def show(self, turns: Sequence[Turn]) -> None:
+        await self.query_one(ChatLog).show(turns)
 
-    async def on_chat_input_submitted(self, event: ChatInput.Submitted) -> None:
-        if is_command(event.text):
-            try:
-                command = parse_command(event.text)
-            except CommandError as exc:
-                self.notify(str(exc), severity="error")
-                return
-            event.chat_input.clear()
-            await self.run_command(command)
-            return
-        try:
-            turn = self.state.session.user_turn(event.text)
-        except Refused as exc:
-            self.notify(str(exc), severity="warning")
-            return
-        event.chat_input.clear()
+    async def add(self, turn: Turn) -> None:
         await self.query_one(ChatLog).add(turn)
-        self._keep(turn)
-        await self._start_reply()
 
-    async def on_command_requested(self, message: CommandRequested) -> None:
-        await self.run_command(message.command)
+    async def drop_last(self, count: int = 1) -> None:
+        await self.query_one(ChatLog).drop_last(count)
 
-    async def on_persona_requested(self, message: PersonaRequested) -> None:
-        await self._shown(self.switch_persona(message.name))
+    def open_picker(self, speakers: list[Speaker], current: str | None, then: Chosen) -> None:
+        self.app.push_screen(PersonaPicker(speakers, current), then)
 
-    async def action_command(self, name: str) -> None:
-        await self.run_command(SlashCommand(name))
+    def open_conversations(
+        self, conversations: list[Any], current: int | None, then: Chosen
+    ) -> None:
+        self.app.push_screen(ConversationsScreen(conversations, current), then)
 
-    async def run_command(self, command: SlashCommand) -> None:
-        """Run a parsed slash command; what it refuses or fails at becomes a notification."""
-        await self._shown(run_command(self, command))
-
-    async def _shown(self, action: Awaitable[None]) -> None:
-        """The screen's edge: a refusal is a warning, any other PersonaError an error."""
-        try:
-            await action
-        except Refused as exc:
-            self.notify(str(exc), severity="warning")
-        except PersonaError as exc:
-            self.notify(str(exc), severity="error")
-
-    # ---- the commands (ChatActions) -------------------------------------------------------------
-
-    async def switch_persona(self, name: str | None) -> None:
-        """The next reply comes from `name`, with its defaults; the history stays (a conversation
-        not started yet opens with `name`'s greeting instead)."""
-        personas = self.state.personas
-        notice = personas.switch(name, replying=self.generating)
-        if self.state.session.greet(personas.greeting, personas.name):
-            await self.query_one(ChatLog).show(self.state.session.turns)
-        self._refresh()
-        self.notify(notice)
-
-    async def pick_persona(self) -> None:
-        async def picked(choice: PersonaChoice | None) -> None:
-            if choice is not None:
-                await self._shown(self.switch_persona(choice.name))
-
-        personas = self.state.personas.available()
-        self.app.push_screen(PersonaPicker(personas, self.state.personas.name), picked)
-
-    async def show_conversations(self) -> None:
-        async def chosen(conversation_id: int | None) -> None:
-            if conversation_id is not None:
-                await self._shown(self.open_conversation(conversation_id))
-
-        conversations = self.state.library.list_conversations()
-        current = self.state.session.conversation_id
-        self.app.push_screen(ConversationsScreen(conversations, current), chosen)
-
-    async def open_conversation(self, conversation_id: int) -> None:
-        await self.stop_reply()
-        session = self.state.session
-        session.open(conversation_id)
-        last = session.last_persona()
-        if last is not None and last != self.state.personas.name:
-            await self._shown(self.switch_persona(last))
-        await self.query_one(ChatLog).show(session.turns)
-        self._refresh()
-        self.notify(f"conversation {conversation_id}: {len(session.turns)} messages")
-
-    async def new_conversation(self) -> None:
-        await self.stop_reply()
-        try:
-            self.state.session.save()
-        except PersonaError as exc:
-            self.notify(f"{exc} (the last conversation is not fully saved)", severity="error")
-        self.state.session.start_new()
-        self.state.session.greet(self.state.personas.greeting, self.state.personas.name)
-        await self.query_one(ChatLog).show(self.state.session.turns)
-        self._refresh()
-        self.notify("new conversation")
-
-    async def retry(self) -> None:
-        if self.state.session.drop_for_retry() is not None:
-            await self.query_one(ChatLog).drop_last()
-        await self._start_reply()
-
-    async def undo(self) -> None:
-        removed = self.state.session.undo_exchange()
-        await self.query_one(ChatLog).drop_last(len(removed))
-        self._refresh()
-        self.notify(f"removed the last {'exchange' if len(removed) == 2 else 'message'}")
-
-    async def change_setting(self, key: str, value: str) -> None:
-        field_name, parsed = parse_setting(key, value)
-        self.state.set_override(field_name, parsed)  # ConfigError: out of range
-        self._refresh()
-        self.notify(f"{key} = {parsed}")
-
-    async def export(self, path: str) -> None:
-        session = self.state.session
-        saved_to = export_conversation(path, session.turns, session.conversation_id)
-        self.notify(f"saved the conversation to {saved_to}")
-
-    async def show_help(self) -> None:
+    def open_help(self) -> None:
         self.app.push_screen(HelpScreen())
 
     async def quit(self) -> None:
@@ -253,21 +173,14 @@ class ChatScreen(Screen[None]):
 
     # ---- replies --------------------------------------------------------------------------------
 
-    def _keep(self, turn: Turn) -> None:
-        """Add a finished message to the session; if the library refuses, it is kept in memory."""
-        try:
-            self.state.session.add(turn)
-        except PersonaError as exc:
-            self.notify(f"{exc} (kept here; saving again with the next message)", severity="error")
-
-    async def _start_reply(self) -> None:
+    async def start_reply(self) -> None:
         request = self.state.begin_reply()
         persona = self.state.personas.name
         reply = LiveReply(await self.query_one(ChatLog).begin_reply(persona))
         self._reply = reply
         self.query_one(StatusBar).state = "writing…"
         reply.worker = self._write(reply, request, persona)
-        self._refresh()
+        self.refresh_status()
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
     def _write(self, reply: LiveReply, request: Request, persona: str | None) -> None:
@@ -312,14 +225,10 @@ class ChatScreen(Screen[None]):
             await reply.bubble.remove()
             if outcome.finish_reason == "cancelled":
                 self.notify("stopped before the first word; nothing was kept", severity="warning")
-            self._refresh()
+            self.refresh_status()
             return
         await reply.bubble.finish(cut_short=outcome.cut_short, note=outcome.note)
-        self._keep(turn)
-
-    def action_cancel_reply(self) -> None:
-        if self._reply is not None:
-            self._reply.cancel.set()
+        self.controller.keep(turn)
 
     async def stop_reply(self) -> None:
         """Cancel a reply being written and wait until it is saved (marked cut short)."""
