@@ -52,7 +52,14 @@ def run(runner: RemoteRunner, request: Request, sink: Collect | None = None) -> 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: Any, tiny: Any, tiny_model_dir: Any) -> Any:
+    from persona.library import open_library
+
     home = serving_home(tmp_path_factory.mktemp("remote-home"), tiny.fingerprint)
+    library = open_library(home / "library.db")
+    try:  # what `persona set juliet --max-tokens 3` stores, on the server's side
+        library.set_defaults("juliet", {"max_new_tokens": 3})
+    finally:
+        library.close()
     running = tiny_server(home, tiny_model_dir)
     yield running
     running.stop()
@@ -79,6 +86,15 @@ def test_a_persona_named_by_its_model_id_streams_a_reply(runner: RemoteRunner) -
     assert "".join(again.pieces) == "".join(sink.pieces)  # greedy: the same persona, the same words
     other = run(runner, Request(ASK, None, GREEDY, model="juliet"))
     assert "".join(other.pieces) != "".join(sink.pieces)  # another persona answers otherwise
+
+
+def test_settings_left_at_the_built_in_defaults_are_the_servers_to_fill(
+    runner: RemoteRunner,
+) -> None:
+    sink = run(runner, Request(ASK, None, GenerationConfig(temperature=0), model="juliet"))
+    assert sink.ended[0] == "length" and sink.ended[2] == 3  # juliet's own limit on the server
+    sink = run(runner, Request(ASK, None, GREEDY, model="juliet"))
+    assert sink.ended[2] > 3  # a limit the chat gave is sent
 
 
 def test_a_stop_string_is_cut(runner: RemoteRunner) -> None:

@@ -65,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the server's API key, for --server (default: $PERSONA_API_KEY)",
     )
     parser.add_argument(
+        "--local",
+        action="store_true",
+        help="load the model here even if `persona serve` is running",
+    )
+    parser.add_argument(
         "--resume",
         metavar="ID",
         nargs="?",
@@ -102,7 +107,21 @@ def run(args: argparse.Namespace) -> int:
     generation_config(args)  # ConfigError before anything loads
     check_terminal()
     if args.server is not None:
-        return _run_remote(args, given_settings(args))
+        from persona.engine.remote import API_KEY_ENV, RemoteRunner
+
+        if args.model is not None:
+            raise ConfigError(
+                "--model names a model to load here; with --server the server's model answers"
+            )
+        runner = RemoteRunner(args.server, args.api_key or os.environ.get(API_KEY_ENV))
+        return _run_remote(args, given_settings(args), runner)
+    if not args.local:
+        from persona.serve.client import local_runner
+
+        # a running `persona serve` that serves this model and library answers: no model start
+        runner = local_runner(args)
+        if runner is not None:
+            return _run_remote(args, given_settings(args), runner, "persona serve")
 
     from persona.model import warmup
 
@@ -141,21 +160,18 @@ def run(args: argparse.Namespace) -> int:
         library.close()
 
 
-def _run_remote(args: argparse.Namespace, given: dict[str, Any]) -> int:
-    """`persona chat --server URL`: the replies come from the server, torch is never imported."""
-    if args.model is not None:
-        raise ConfigError(
-            "--model names a model to load here; with --server the server's model answers"
-        )
-    from persona.engine.remote import API_KEY_ENV, RemoteRunner
+def _run_remote(
+    args: argparse.Namespace, given: dict[str, Any], runner: Any, label: str | None = None
+) -> int:
+    """The chat with its replies from a server (`runner`, a RemoteRunner): torch is never
+    imported. `label`: how the status line names the server (default: its URL)."""
     from persona.library import open_library
     from persona.tui.backend import remote_backend
 
-    runner = RemoteRunner(args.server, args.api_key or os.environ.get(API_KEY_ENV))
     library = open_library(args.library)
     try:
         _check_resume(library, args.resume)
-        backend = remote_backend(runner, library)  # a server down or refusing: one line, here
+        backend = remote_backend(runner, library, label)  # down or refusing: one line, here
         startup.ready()
         return _chat(backend, library, args, given)
     finally:

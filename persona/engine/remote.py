@@ -17,10 +17,11 @@ import json
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from persona.engine.config import GenerationConfig
 from persona.engine.contract import (
     DEFAULT_MAX_QUEUE,
     SHUTTING_DOWN,
@@ -64,9 +65,15 @@ class RemoteRunner:
         max_queue: int = DEFAULT_MAX_QUEUE,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         stall_timeout: float = STALL_TIMEOUT_S,
+        connection: Callable[[float], http.client.HTTPConnection] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """`connection` (given the connect timeout) makes the HTTP connection another way than
+        to `base_url`'s host and port (a Unix socket); `headers` go with every request."""
         self.base_url, self._scheme, self._host, self._port, self._prefix = _parse(base_url)
         self.api_key = api_key or None
+        self._make_connection = connection
+        self._headers = dict(headers or {})
         self.max_queue = max_queue
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
@@ -217,6 +224,8 @@ class RemoteRunner:
     # ---- HTTP -----------------------------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
+        if self._make_connection is not None:
+            return self._make_connection(self.connect_timeout)
         kind = (
             http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
         )
@@ -225,7 +234,7 @@ class RemoteRunner:
     def _send(
         self, connection: http.client.HTTPConnection, method: str, route: str, body: str | None
     ) -> http.client.HTTPResponse:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self._headers}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if self.api_key:
@@ -267,15 +276,21 @@ def _parse(base_url: str) -> tuple[str, str, str, int | None, str]:
 
 
 def _body(request: Request) -> str:
-    config = asdict(request.config)
+    """The request as OpenAI's chat API takes it. Settings left at the built-in defaults are not
+    sent: the server fills in its own (the persona's defaults there, within its limits)."""
+    built_in = asdict(GenerationConfig())
+    settings = {
+        "max_tokens" if key == "max_new_tokens" else key: value
+        for key, value in asdict(request.config).items()
+        if value is not None and value != built_in[key]
+    }
     messages = list(request.messages)
     if request.system is not None:
         messages.insert(0, {"role": "system", "content": request.system})
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
-        "max_tokens": config.pop("max_new_tokens"),
-        **{key: value for key, value in config.items() if value is not None},
+        **settings,
         "stream": True,
         "stream_options": {"include_usage": True},
     }

@@ -27,9 +27,10 @@ class ChatBackend:
         self.runner.close()
 
 
-def remote_backend(runner: RemoteRunner, library: Any) -> ChatBackend:
+def remote_backend(runner: RemoteRunner, library: Any, label: str | None = None) -> ChatBackend:
     """Replies from `runner`'s server; its personas by name, their defaults from `library` where
-    it has them. Raises the server's one-line error when it cannot list its models."""
+    it has them. `label` names the server on the status line (default: its URL). Raises the
+    server's one-line error when it cannot list its models."""
     personas = RemotePersonas(runner, library)
-    label = f"{personas.base_id} @ {runner.base_url}"
+    label = f"{personas.base_id} @ {label or runner.base_url}"
     return ChatBackend(runner, personas, label, f"remote:{personas.base_id}")
