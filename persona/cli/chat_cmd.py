@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         from persona.serve.client import local_runner
 
         # a running `persona serve` that serves this model and library answers: no model start
-        runner = local_runner(args)
-        if runner is not None:
-            return _run_remote(args, given_settings(args), runner, "persona serve")
+        local = local_runner(args)
+        if local is not None:
+            return _run_remote(args, given_settings(args), local, "persona serve")
 
     from persona.model import warmup
 

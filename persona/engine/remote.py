@@ -41,6 +41,7 @@ from persona.errors import (
     RemoteError,
     first_line,
 )
+from persona.prompt.layout import KVLayout
 
 CONNECT_TIMEOUT_S = 5.0
 # The server answers once the reply's first piece is there (it may wait in the server's queue);
@@ -54,8 +55,8 @@ class RemoteRunner:
     """Replies from the server at `base_url` (`http://HOST:PORT/v1`); `api_key` is sent as a
     bearer token."""
 
-    name = "remote"
-    layout = None  # the server runs the personas: nothing here must fit a KV layout
+    name: str = "remote"
+    layout: KVLayout | None = None  # the server runs the personas: nothing must fit a KV layout
 
     def __init__(
         self,
@@ -186,7 +187,8 @@ class RemoteRunner:
                 raise
             if response.status != 200:
                 raise _refusal(self.base_url, response, request.model or "")
-            reason, usage, done = "stop", {}, False
+            reason, done = "stop", False
+            usage: dict[str, Any] = {}
             try:
                 for event in _events(response):
                     if event is None:  # data: [DONE]

@@ -8,7 +8,7 @@ refusal becomes a warning, any other PersonaError an error, both one line in the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from persona.errors import PersonaError
 from persona.tui.commands import (
@@ -24,13 +24,14 @@ from persona.tui.personas import Speaker
 from persona.tui.session import Refused, Turn
 from persona.tui.state import ChatState
 
+Severity = Literal["information", "warning", "error"]
 Chosen = Callable[[Any], Awaitable[None]]  # what a picker calls with the choice (None: none made)
 
 
 class ChatView(Protocol):
     """What the controller asks of the screen."""
 
-    def notify(self, message: str, *, severity: str = "information") -> None: ...
+    def notify(self, message: str, *, severity: Severity = "information") -> None: ...
     def refresh_status(self) -> None: ...
     def clear_input(self) -> None: ...
     async def show(self, turns: Sequence[Turn]) -> None: ...

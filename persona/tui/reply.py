@@ -48,16 +48,17 @@ class _Queued:
     """The sink of one reply: the runner's thread puts its events here, the worker takes them."""
 
     def __init__(self) -> None:
-        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
+        # a piece; (finish reason, completion tokens) at the end; or the error that ended it
+        self.events: queue.Queue[str | tuple[str, int] | PersonaError] = queue.Queue()
 
     def piece(self, text: str) -> None:
-        self.events.put(("piece", text))
+        self.events.put(text)
 
     def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> None:
-        self.events.put(("finish", (reason, completion_tokens)))
+        self.events.put((reason, completion_tokens))
 
     def error(self, error: PersonaError) -> None:
-        self.events.put(("error", error))
+        self.events.put(error)
 
 
 class _Speed:
@@ -98,24 +99,21 @@ def write_reply(
     except Exception as exc:  # noqa: BLE001 - a bug must not take the conversation with it
         return ReplyOutcome("", persona, "error", error=_bug(exc))
     while True:
-        kind, value = sink.events.get()
-        if kind == "piece":
-            assert isinstance(value, str)
-            pieces.append(value)
+        event = sink.events.get()
+        if isinstance(event, str):
+            pieces.append(event)
             tokens_per_second = speed(len(pieces))
-            on_piece(value, tokens_per_second)
+            on_piece(event, tokens_per_second)
             continue
         text = "".join(pieces)
-        if kind == "error":
-            error = str(value) if isinstance(value, PersonaError) else _bug(value)
+        if isinstance(event, PersonaError):
+            error = str(event)
             return ReplyOutcome(text, persona, "error", len(pieces), tokens_per_second, error)
-        reason, tokens = value  # type: ignore[misc]
+        reason, tokens = event
         if tokens:
             tokens_per_second = speed(tokens) or tokens_per_second
         return ReplyOutcome(text, persona, reason or "stop", tokens, tokens_per_second)
 
 
-def _bug(exc: object) -> str:
-    name = type(exc).__name__
-    detail = first_line(exc) if isinstance(exc, BaseException) else str(exc)
-    return f"generation failed ({name}: {detail}); the conversation so far is saved"
+def _bug(exc: Exception) -> str:
+    return f"generation failed ({type(exc).__name__}: {first_line(exc)}); the conversation so far is saved"

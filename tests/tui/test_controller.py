@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from persona.tui.controller import ChatController, Chosen
+from persona.tui.controller import ChatController, Chosen, Severity
 from persona.tui.local import local_backend
 from persona.tui.personas import Speaker
 from persona.tui.session import Turn
@@ -27,7 +27,7 @@ class RecordingView:
         self.replies = 0
         self.picker: tuple[list[Speaker], str | None, Chosen] | None = None
 
-    def notify(self, message: str, *, severity: str = "information") -> None:
+    def notify(self, message: str, *, severity: Severity = "information") -> None:
         self.notices.append((severity, message))
 
     def refresh_status(self) -> None:
