@@ -55,6 +55,7 @@ def main() -> None:
     from persona.prompt.init import initial_prompt
     from persona.prompt.softprompt import SoftPrompt
     from persona.tui.app import PersonaChatApp
+    from persona.tui.local import local_backend
 
     loaded = load_model(None)
     with tempfile.TemporaryDirectory() as scratch:
@@ -76,7 +77,8 @@ def main() -> None:
                 library.add_version(name, prompt, model_id=loaded.model_id)
             first, second = DESCRIBED
         overrides = {"temperature": 0, "max_new_tokens": 80}
-        app = PersonaChatApp(ChatEngine(loaded), library, overrides=overrides)
+        backend = local_backend(ChatEngine(loaded), library)
+        app = PersonaChatApp(backend, library, overrides=overrides)
         asyncio.run(drive(app, first, second))
         library.close()
     print(Path(__file__).parent / "chat.svg")

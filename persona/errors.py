@@ -44,6 +44,10 @@ class QueueFull(PersonaError):
         self.retry_after_s = retry_after_s
 
 
+class RemoteError(PersonaError):
+    """A server replies come from cannot be reached, refused the request or failed it."""
+
+
 class ConfigError(PersonaError, ValueError):
     """A configuration value is out of range; the message names the field and quotes the value."""
 

@@ -4,10 +4,14 @@ parses them, and personas that fit the tiny model."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from persona.cli.main import build_parser
 
@@ -103,3 +107,79 @@ def serving_app(state) -> Iterator[str]:
         sock.close()
         state.runner.close()
         state.catalog.library.close()
+
+
+class ServerProcess:
+    """`persona serve FLAGS...` as a process of its own, its data dir `home`, on a free loopback
+    port; `url` is its API's base URL once it listens."""
+
+    def __init__(self, home: Path, flags: list[str]) -> None:
+        env = {**os.environ, "PERSONA_HOME": str(home), "PERSONA_NO_STARTERS": "1"}
+        env.pop("PERSONA_API_KEY", None)
+        self.home = home
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "persona", "serve", "--port", "0", *flags],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.url = ""
+        ready = threading.Event()
+
+        def drain() -> None:  # read stderr to the end, so the server never blocks on it
+            for line in self.process.stderr:
+                self.lines.append(line)
+                found = re.search(r"at (http://\S+/v1) ", line)
+                if found:
+                    self.url = found.group(1)
+                    ready.set()
+            ready.set()
+
+        self.reader = threading.Thread(target=drain, daemon=True)
+        self.reader.start()
+        ready.wait(180)
+        assert self.url, "".join(self.lines)
+        self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        """The address is printed as the server starts; wait until it answers."""
+        import urllib.request
+
+        health = self.url.removesuffix("/v1") + "/health"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(health, timeout=5):
+                    return
+            except OSError:
+                assert time.monotonic() < deadline, "".join(self.lines)
+                assert self.process.poll() is None, "".join(self.lines)
+                time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.process.terminate()  # SIGTERM: a clean stop
+        code = self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return code
+
+
+API_KEY = "test-key-1234"
+SERVED = {
+    "falstaff": "a fat old knight",
+    "juliet": "of Verona",
+}  # the personas a test server serves
+
+
+def serving_home(home: Path, fingerprint) -> Path:
+    """A data dir whose library holds the SERVED personas, for a server on the tiny model."""
+    for seed, (name, description) in enumerate(SERVED.items(), start=1):
+        add_persona(home / "library.db", name, fingerprint, seed=seed, description=description)
+    return home
+
+
+def tiny_server(home: Path, model_dir: Path, *flags: str) -> ServerProcess:
+    """A server on the tiny model with the API key API_KEY and short replies."""
+    return ServerProcess(
+        home, ["--model", str(model_dir), "--api-key", API_KEY, "--max-tokens", "64", *flags]
+    )

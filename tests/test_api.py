@@ -5,59 +5,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import subprocess
-import sys
-import threading
 import urllib.parse
-from pathlib import Path
 
 import openai
 import pytest
 
 from persona.library import open_library
-from tests.serving import add_persona
+from tests.serving import ServerProcess, add_persona
 
 API_KEY = "test-key-1234"
 MAX_BODY_BYTES = 65536
 GREEDY = {"temperature": 0, "max_tokens": 12}
-
-
-class ServerProcess:
-    def __init__(self, home: Path, flags: list[str]) -> None:
-        env = {**os.environ, "PERSONA_HOME": str(home), "PERSONA_NO_STARTERS": "1"}
-        env.pop("PERSONA_API_KEY", None)
-        self.home = home
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "persona", "serve", "--port", "0", *flags],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self.url = ""
-        ready = threading.Event()
-
-        def drain() -> None:  # read stderr to the end, so the server never blocks on it
-            for line in self.process.stderr:
-                self.lines.append(line)
-                found = re.search(r"at (http://\S+/v1) ", line)
-                if found:
-                    self.url = found.group(1)
-                    ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=drain, daemon=True)
-        self.reader.start()
-        ready.wait(180)
-        assert self.url, "".join(self.lines)
-
-    def stop(self) -> int:
-        self.process.terminate()  # SIGTERM: a clean stop
-        code = self.process.wait(timeout=60)
-        self.reader.join(timeout=10)
-        return code
 
 
 @pytest.fixture(scope="module")

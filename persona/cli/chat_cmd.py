@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from persona.cli import startup
 from persona.errors import ConfigError
@@ -51,6 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct, or $PERSONA_MODEL)",
     )
     parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="replies from a running `persona serve` (or any OpenAI-compatible server) at URL, "
+        "e.g. http://HOST:8000/v1; its personas are the ones it lists, the conversation is saved here",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="the server's API key, for --server (default: $PERSONA_API_KEY)",
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="load the model here even if `persona serve` is running",
+    )
+    parser.add_argument(
         "--resume",
         metavar="ID",
         nargs="?",
@@ -87,6 +106,22 @@ def run(args: argparse.Namespace) -> int:
 
     generation_config(args)  # ConfigError before anything loads
     check_terminal()
+    if args.server is not None:
+        from persona.engine.remote import API_KEY_ENV, RemoteRunner
+
+        if args.model is not None:
+            raise ConfigError(
+                "--model names a model to load here; with --server the server's model answers"
+            )
+        runner = RemoteRunner(args.server, args.api_key or os.environ.get(API_KEY_ENV))
+        return _run_remote(args, given_settings(args), runner)
+    if not args.local:
+        from persona.serve.client import local_runner
+
+        # a running `persona serve` that serves this model and library answers: no model start
+        local = local_runner(args)
+        if local is not None:
+            return _run_remote(args, given_settings(args), local, "persona serve")
 
     from persona.model import warmup
 
@@ -94,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
         args.model, precision=args.precision, backend=args.backend
     )  # while torch is imported below
 
-    from persona.errors import NotFoundError
     from persona.library import open_library
 
     library = open_library(args.library)
@@ -102,12 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if args.persona is not None:
             library.get_prompt(args.persona)  # NotFoundError now, not after the model has loaded
             library.get_defaults(args.persona)  # and defaults that no longer read
-        if isinstance(args.resume, int):
-            library.get_messages(args.resume)
-        elif args.resume == "latest" and not library.list_conversations():
-            raise NotFoundError(
-                "there is no saved conversation to resume; start one with `persona chat`"
-            )
+        _check_resume(library, args.resume)
 
         from persona.engine.chat import ChatEngine
         from persona.model.loader import load_chat_model
@@ -123,23 +152,60 @@ def run(args: argparse.Namespace) -> int:
         engine = ChatEngine(loaded)
         startup.ready()
 
-        from persona.tui.app import PersonaChatApp
+        from persona.tui.local import local_backend
 
         # only the flags given: the rest come from each persona's defaults, then the built-in ones
-        app = PersonaChatApp(
-            engine,
-            library,
-            persona=args.persona,
-            resume=args.resume,
-            overrides=given_settings(args),
-        )
-        app.run()
-        conversation_id = app.session.conversation_id
-        if conversation_id is not None:
+        return _chat(local_backend(engine, library), library, args, given_settings(args))
+    finally:
+        library.close()
+
+
+def _run_remote(
+    args: argparse.Namespace, given: dict[str, Any], runner: Any, label: str | None = None
+) -> int:
+    """The chat with its replies from a server (`runner`, a RemoteRunner): torch is never
+    imported. `label`: how the status line names the server (default: its URL)."""
+    from persona.library import open_library
+    from persona.tui.backend import remote_backend
+
+    library = open_library(args.library)
+    try:
+        _check_resume(library, args.resume)
+        backend = remote_backend(runner, library, label)  # down or refusing: one line, here
+        startup.ready()
+        return _chat(backend, library, args, given)
+    finally:
+        runner.close()
+        library.close()
+
+
+def _chat(backend: Any, library: Any, args: argparse.Namespace, given: dict[str, Any]) -> int:
+    """Run the chat app until the user leaves; say where the conversation is saved."""
+    from persona.tui.app import PersonaChatApp
+
+    app = PersonaChatApp(
+        backend, library, persona=args.persona, resume=args.resume, overrides=given
+    )
+    app.run()
+    conversation_id = app.session.conversation_id
+    if conversation_id is not None:
+        try:
             print(
                 f"persona: conversation {conversation_id} is saved; continue it with `persona chat --resume {conversation_id}`",
                 file=sys.stderr,
             )
-        return 0 if app.return_code in (None, 0) else int(app.return_code)
-    finally:
-        library.close()
+        except OSError:  # the terminal went away (it was hung up)
+            pass
+    return 0 if app.return_code in (None, 0) else int(app.return_code)
+
+
+def _check_resume(library: Any, resume: int | str | None) -> None:
+    """NotFoundError now for a conversation that cannot be resumed, not after the model loaded."""
+    from persona.errors import NotFoundError
+
+    if isinstance(resume, int):
+        library.get_messages(resume)
+    elif resume == "latest" and not library.list_conversations():
+        raise NotFoundError(
+            "there is no saved conversation to resume; start one with `persona chat`"
+        )

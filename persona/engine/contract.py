@@ -12,6 +12,9 @@ HTTP server, `persona reply` and the chat client speak only this.
 - Setting `cancelled` (or `Ticket.cancel()`) ends the request at the runner's next step, with
   `finish("cancelled", ...)`.
 - Stop strings (`Request.stop`) are cut by the runner (`watch_stops`), so a sink never sees one.
+- The persona is a loaded prompt (`Request.persona`) for a runner that computes the reply here; a
+  runner that asks a server (`RemoteRunner`) knows it by name only: `Request.model` is the model
+  id the server lists it under (`/v1/models`), and `persona` stays None.
 
 The facts every runner shares live here once: the queue and row defaults, how prompt tokens are
 counted (`prompt_tokens`) and the refusal of a full queue.
@@ -40,7 +43,8 @@ SHUTTING_DOWN = "the server is shutting down; retry on another"
 
 @dataclass
 class Request:
-    """One reply to make, validated and resolved (the persona is a loaded prompt, or None)."""
+    """One reply to make, validated and resolved (the persona is a loaded prompt, or None; for a
+    remote runner, `model` names it as the server knows it)."""
 
     messages: Sequence[Message]
     persona: SoftPrompt | None
@@ -49,6 +53,7 @@ class Request:
     stop: list[str] = field(default_factory=list)  # stop strings, cut before the sink sees them
     text: str | None = None  # a raw text to continue (/v1/completions) instead of `messages`
     ids: list[int] | None = None  # the token ids after the prompt; the runner fills it on submit
+    model: str | None = None  # the server's model id for the persona (or bare model): remote only
 
     @property
     def num_virtual_tokens(self) -> int:

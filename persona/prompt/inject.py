@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from persona.prompt.labels import IGNORE_INDEX
+
+__all__ = ["IGNORE_INDEX", "prepend_prompt"]
 
 
 def prepend_prompt(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, TypedDict
 
 from persona.errors import ModelError, PersonaError
-from persona.prompt.inject import IGNORE_INDEX
+from persona.prompt.labels import IGNORE_INDEX
 
 
 class Message(TypedDict):

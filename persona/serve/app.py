@@ -74,7 +74,8 @@ def create_app(state: ServeState) -> Any:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(http: HTTPRequest) -> dict[str, Any]:
+        _check_identity(http, state)  # a local client learns at once whether this server fits
         return {"object": "list", "data": await run_in_threadpool(state.catalog.models)}
 
     @app.get("/v1/models/{model:path}")
@@ -113,8 +114,9 @@ def create_app(state: ServeState) -> Any:
 
 
 def _check_identity(http: HTTPRequest, state: ServeState) -> bool:
-    """True for `persona reply` (it names what it needs); a 409 when this server serves another
-    model, precision or backend, so that it answers locally instead."""
+    """True for a local client, `persona reply` or `persona chat` (it names what it needs); a 409
+    when this server serves another model, precision or backend, so that it answers locally
+    instead."""
     header = http.headers.get(IDENTITY_HEADER)
     if header is None:
         return False

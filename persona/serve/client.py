@@ -1,4 +1,5 @@
-"""`persona reply` through a running `persona serve`: the OpenAI API over the owner-only socket.
+"""`persona reply` and `persona chat` through a running `persona serve`: the OpenAI API over the
+owner-only socket.
 
 A start costs seconds (torch's import alone takes two to three on a 2-core machine); a script that
 calls `persona reply` many times pays it every time. When a server is running and serves the
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from persona.engine.remote import RemoteRunner
 from persona.errors import PersonaError
 from persona.serve.identity import identity, socket_path
 
@@ -29,7 +31,8 @@ ACCEPT_TIMEOUT_S = 20.0
 # Once streaming, a reply sends a piece every few tokens; this long without a line, it has stalled.
 STALL_TIMEOUT_S = 60.0
 IDENTITY_HEADER = "X-Persona-Identity"  # checked by persona.serve.app
-FALL_BACK = (409, 429, 503)  # another model here, a full queue, a server shutting down
+FALL_BACK = (409, 429, 503)
+LOCAL_URL = "http://localhost/v1"  # the socket's API, as URLs and messages name it  # another model here, a full queue, a server shutting down
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -52,6 +55,25 @@ class UnixConnection(http.client.HTTPConnection):
 
 class _NotTaken(Exception):
     """The server did not answer within ACCEPT_TIMEOUT_S."""
+
+
+def local_runner(args: argparse.Namespace) -> RemoteRunner | None:
+    """A runner over the local server when one is running and serves the model, precision,
+    backend and library `args` ask for (`persona chat` without --local); None otherwise."""
+    path = socket_path()
+    if not path.exists():
+        return None
+    runner = RemoteRunner(
+        LOCAL_URL,
+        connection=lambda timeout: UnixConnection(path, timeout),
+        headers={IDENTITY_HEADER: json.dumps(identity(args))},
+        connect_timeout=CONNECT_TIMEOUT_S,
+    )
+    try:
+        runner.models()  # a 409 when it serves something else; refused: a stale socket
+    except PersonaError:
+        return None
+    return runner
 
 
 def reply_via_server(args: argparse.Namespace, message: str, given: dict[str, Any]) -> int | None:

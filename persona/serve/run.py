@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from persona.engine.remote import API_KEY_ENV
 from persona.engine.runners import RunnerChoice, open_runner
 from persona.errors import ConfigError
 from persona.library import open_library
@@ -31,7 +32,6 @@ from persona.serve.catalog import Catalog
 from persona.serve.identity import identity, socket_path
 from persona.serve.schemas import Limits
 
-API_KEY_ENV = "PERSONA_API_KEY"
 GRACEFUL_SHUTDOWN_S = 5
 BACKLOG = 128
 

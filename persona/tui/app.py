@@ -1,28 +1,34 @@
-"""PersonaChatApp: holds the engine, the library, the conversation, the active persona and the
-settings the user gave.
+"""PersonaChatApp: the chat client's app. It holds a `ChatState` (where replies come from, the
+library, the conversation, the speaker, the settings) and shows it on one `ChatScreen`.
 
-A reply's settings are, highest first: what the user gave (the `persona chat` flags given, `/set`),
-the speaking persona's own defaults (`persona set`), the built-in ones; switching persona switches
-the middle layer and keeps the first. The engine and the library are constructor arguments: the
-CLI passes the real ones, tests pass a tiny model (or a scripted engine) and a library in a temp dir.
+The backend and the library are constructor arguments: the CLI passes the real ones (the chat's
+own model, or a server), tests pass a tiny model (or a scripted engine) and a library in a temp dir.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
-from persona.engine.config import GenerationConfig, generation_config, stop_strings
+from persona.engine.config import GenerationConfig
 from persona.errors import PersonaError
+from persona.tui.backend import ChatBackend
 from persona.tui.commands import SlashCommand
+from persona.tui.hangup import HangUpWatch
 from persona.tui.messages import CommandRequested, PersonaRequested
-from persona.tui.personas import PersonaSelector
+from persona.tui.personas import PersonaSource
 from persona.tui.screens.chat import ChatScreen
 from persona.tui.session import ChatSession, Library
+from persona.tui.state import ChatState
 
+HANG_UP_EXIT = 128 + signal.SIGHUP  # the exit status of a process that SIGHUP ended
+STOP_REPLY_WAIT_S = 5.0  # on a hang-up, how long the reply being written may take to stop
 PALETTE_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("New conversation", "start a new conversation (Ctrl+N)", "new"),
     ("Retry", "regenerate the last reply (Ctrl+R)", "retry"),
@@ -38,55 +44,45 @@ class PersonaChatApp(App[None]):
 
     def __init__(
         self,
-        engine: Any,
+        backend: ChatBackend,
         library: Library,
         *,
         persona: str | None = None,
         resume: int | Literal["latest"] | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        """`overrides`: GenerationConfig fields the user gave (None: not given). Raise PersonaError
-        (before anything is drawn) for an unknown persona or conversation, or a bad override."""
+        """See `ChatState`: PersonaError (before anything is drawn) for an unknown persona or
+        conversation, or a bad override. The app closes `backend` when it ends."""
         super().__init__()
         self._quit_despite_unsaved = False
-        self.engine = engine
-        self.library = library
-        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-        generation_config(None, **self.overrides)  # ConfigError now, not at the first reply
-        self.model_label = str(engine.loaded.model_id)
-        self.session = ChatSession(library, str(engine.loaded.fingerprint))
-        self.personas = PersonaSelector(library, engine.loaded.fingerprint, engine.check_persona)
-        if resume is not None:
-            self.session.resume(None if resume == "latest" else resume)
-        if persona is not None:
-            self.personas.select(persona)
-        elif resume is not None and self.session.last_persona() is not None:
-            if not self.personas.select_quietly(self.session.last_persona()):
-                self.personas.select_default()
-        else:
-            self.personas.select_default()
-        if resume is None:
-            self.session.greet(self.personas.greeting, self.personas.name)
+        self.state = ChatState(
+            backend, library, persona=persona, resume=resume, overrides=overrides
+        )
+        self._hang_up_watch = HangUpWatch(self._hung_up)
+
+    # the state's parts, by the names the rest of the client and its tests use
+    @property
+    def library(self) -> Library:
+        return self.state.library
+
+    @property
+    def session(self) -> ChatSession:
+        return self.state.session
+
+    @property
+    def personas(self) -> PersonaSource:
+        return self.state.personas
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return self.state.overrides
 
     @property
     def config(self) -> GenerationConfig:
-        """The next reply's settings: the user's over the speaking persona's over the built-in."""
-        return generation_config(self.personas.defaults, **self.overrides)
-
-    @property
-    def stops(self) -> list[str]:
-        """The stop strings that end the next reply: the speaking persona's."""
-        return stop_strings(self.personas.defaults)
-
-    def set_override(self, field: str, value: Any) -> None:
-        """The user sets `field` (None: back to the persona's or the built-in value) for the rest
-        of the session; ConfigError, and nothing changed, for a value out of range."""
-        overrides = {k: v for k, v in {**self.overrides, field: value}.items() if v is not None}
-        generation_config(self.personas.defaults, **overrides)
-        self.overrides = overrides
+        return self.state.config
 
     def get_default_screen(self) -> Screen[Any]:
-        return ChatScreen()
+        return ChatScreen(self.state)
 
     @property
     def chat(self) -> ChatScreen:
@@ -107,7 +103,7 @@ class PersonaChatApp(App[None]):
             lambda: chat.post_message(PersonaRequested(None)),
         )
         try:
-            personas = self.library.list_personas()
+            personas = self.personas.available()
         except PersonaError:
             personas = []
         for info in personas:
@@ -131,3 +127,31 @@ class PersonaChatApp(App[None]):
                 )
                 return
         self.exit()
+
+    def on_mount(self) -> None:
+        if not self.is_headless:  # a real terminal, which may go away
+            self._hang_up_watch.start(asyncio.get_running_loop())
+
+    def _hung_up(self) -> None:
+        self.run_worker(self.hang_up(), group="hang-up", exclusive=True)
+
+    async def hang_up(self) -> None:
+        """The terminal went away: stop the reply being written (it is saved, cut short), save
+        what is not saved yet, and end the process. Not through Textual's exit: that restores the
+        terminal, and writing to a dead one fails in Textual's writer thread and leaves its
+        shutdown waiting for it forever. There is nobody left to tell about a failure."""
+        try:
+            await asyncio.wait_for(self.chat.stop_reply(), STOP_REPLY_WAIT_S)
+        except asyncio.TimeoutError:
+            pass  # what was saved stays saved
+        try:
+            self.session.save()
+        except PersonaError:
+            pass
+        self.state.backend.close()
+        self.state.library.close()
+        os._exit(HANG_UP_EXIT)
+
+    def on_unmount(self) -> None:
+        self._hang_up_watch.stop()
+        self.state.backend.close()

@@ -1,8 +1,8 @@
 """Slash commands: `/persona NAME`, `/set temperature 0.3`, ... parsed into plain records.
 
 Parsing is separate from doing, so the grammar is tested without a terminal. Each command's spec
-names the handler that runs it against `ChatActions` (the chat screen, or a fake in tests); the
-chat screen's keys and the command palette run commands too, so each action has one path.
+names the handler that runs it against `ChatActions` (the `ChatController`, or a fake in tests);
+the chat screen's keys and the command palette run commands too, so each action has one path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class CommandError(ConfigError):
 
 
 class ChatActions(Protocol):
-    """What slash commands do; the chat screen implements it."""
+    """What slash commands do; `persona.tui.controller.ChatController` implements it."""
 
     async def switch_persona(self, name: str | None) -> None: ...
     async def pick_persona(self) -> None: ...

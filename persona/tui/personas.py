@@ -1,31 +1,41 @@
-"""Which persona speaks next: the name, its soft prompt, its own defaults (`persona set`), and the
-checks made before switching."""
+"""Which persona speaks next: the name, what the runner needs to run it, its own defaults
+(`persona set`), and the checks made before switching.
+
+Two sources of speakers stand behind one base class: `PersonaSelector`, the personas of the local
+library run on the chat's own model (the request carries the loaded soft prompt), and
+`RemotePersonas`, those a server lists at `/v1/models` (the request names one by its model id).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from persona.engine.config import PersonaDefaults
+from persona.engine.config import GenerationConfig, PersonaDefaults
+from persona.engine.contract import Request
 from persona.errors import NotFoundError, PersonaError
 from persona.library.settings import DEFAULT_PERSONA_KEY
+from persona.prompt.render import Message
+
+NO_PERSONA = "the model's own voice (no persona)"
 
 
-class PersonaSelector:
-    """Holds the active persona; a prompt and defaults fetched once are kept, so switching back
-    costs nothing."""
+@dataclass(frozen=True)
+class Speaker:
+    """A persona the picker lists."""
 
-    def __init__(
-        self, library: Any, fingerprint: Any, check: Callable[[Any], None] | None = None
-    ) -> None:
-        self.library = library
-        self.fingerprint = fingerprint
-        # refuses a prompt the engine cannot run (ChatEngine.check_persona); else the model check
-        self.check = check or (lambda prompt: prompt.check_fits(fingerprint))
+    name: str
+    description: str = ""
+
+
+class PersonaSource:
+    """The active speaker, and how a reply asks for it. Subclasses say who exists (`select`,
+    `available`, `default_name`) and what a request carries (`request`)."""
+
+    def __init__(self) -> None:
         self.name: str | None = None
-        self.prompt: Any = None  # SoftPrompt | None
         self.defaults = PersonaDefaults()  # the speaker's own; empty for no persona
-        self._prompts: dict[str, tuple[Any, PersonaDefaults]] = {}
 
     @property
     def greeting(self) -> str | None:
@@ -33,8 +43,66 @@ class PersonaSelector:
         return self.defaults.greeting
 
     def select(self, name: str | None) -> None:
-        """Make `name` (None: no persona) the speaker; PersonaError if unknown, made for another
-        model, or its stored defaults no longer read."""
+        """Make `name` (None: no persona) the speaker; PersonaError if it cannot speak here."""
+        raise NotImplementedError
+
+    def available(self) -> list[Speaker]:
+        """The personas that may speak, for the picker and the command palette."""
+        raise NotImplementedError
+
+    def default_name(self) -> str | None:
+        """Who speaks when nobody was named (None: the model's own voice)."""
+        raise NotImplementedError
+
+    def request(
+        self, messages: Sequence[Message], config: GenerationConfig, stops: list[str]
+    ) -> Request:
+        """The next reply to `messages`, from the speaker."""
+        raise NotImplementedError
+
+    def switch(self, name: str | None, *, replying: bool = False) -> str:
+        """`select`, and say what changed: the next replies come from `name` (after the one being
+        written, when `replying`)."""
+        self.select(name)
+        who = name or NO_PERSONA
+        return f"next replies{' (after this reply)' if replying else ''}: {who}"
+
+    def select_default(self) -> None:
+        """The default speaker when it is usable, else no persona."""
+        try:
+            name = self.default_name()
+        except PersonaError:
+            name = None
+        self.select_quietly(name)
+
+    def select_quietly(self, name: str | None) -> bool:
+        """Try `name`; on any PersonaError fall back to no persona. True when `name` was selected."""
+        try:
+            self.select(name)
+            return True
+        except PersonaError:
+            self.select(None)
+            return False
+
+
+class PersonaSelector(PersonaSource):
+    """The local library's personas, on the chat's own model; a prompt and defaults fetched once
+    are kept, so switching back costs nothing."""
+
+    def __init__(
+        self, library: Any, fingerprint: Any, check: Callable[[Any], None] | None = None
+    ) -> None:
+        super().__init__()
+        self.library = library
+        self.fingerprint = fingerprint
+        # refuses a prompt the engine cannot run (ChatEngine.check_persona); else the model check
+        self.check = check or (lambda prompt: prompt.check_fits(fingerprint))
+        self.prompt: Any = None  # SoftPrompt | None
+        self._prompts: dict[str, tuple[Any, PersonaDefaults]] = {}
+
+    def select(self, name: str | None) -> None:
+        """Also PersonaError for a persona made for another model, or whose stored defaults no
+        longer read."""
         if name is None:
             self.name, self.prompt, self.defaults = None, None, PersonaDefaults()
             return
@@ -50,26 +118,13 @@ class PersonaSelector:
             cached = self._prompts[name] = (prompt, self.library.get_defaults(name))
         self.name, (self.prompt, self.defaults) = name, cached
 
-    def switch(self, name: str | None, *, replying: bool = False) -> str:
-        """`select`, and say what changed: the next replies come from `name` (after the one being
-        written, when `replying`)."""
-        self.select(name)
-        who = name or "the model's own voice (no persona)"
-        return f"next replies{' (after this reply)' if replying else ''}: {who}"
+    def available(self) -> list[Speaker]:
+        return [Speaker(info.name, info.description) for info in self.library.list_personas()]
 
-    def select_default(self) -> None:
-        """The library's `default_persona` when it is set and usable, else no persona."""
-        try:
-            name = self.library.get_setting(DEFAULT_PERSONA_KEY)
-        except PersonaError:
-            name = None
-        self.select_quietly(name)
+    def default_name(self) -> str | None:
+        return self.library.get_setting(DEFAULT_PERSONA_KEY)
 
-    def select_quietly(self, name: str | None) -> bool:
-        """Try `name`; on any PersonaError fall back to no persona. True when `name` was selected."""
-        try:
-            self.select(name)
-            return True
-        except PersonaError:
-            self.select(None)
-            return False
+    def request(
+        self, messages: Sequence[Message], config: GenerationConfig, stops: list[str]
+    ) -> Request:
+        return Request(list(messages), self.prompt, config, stop=stops)

@@ -24,11 +24,25 @@ class ScriptedEngine:
     tokens_per_second: float = 42.0
     calls: list[tuple[list[Any], str | None]] = field(default_factory=list)
     configs: list[Any] = field(default_factory=list)  # the GenerationConfig of each call
-    closed: int = 0  # replies whose reader stopped reading before the end
+    closed: int = 0  # replies ended before the end of their text (cancelled, or no longer read)
+    hold_after: int | None = None  # after this many words, wait (up to 5 s) until cancelled
 
     def __post_init__(self) -> None:
         self.loaded = SimpleNamespace(model_id=self.model_id, fingerprint=self.fingerprint)
+        self.backend = SimpleNamespace(name="scripted", layout=None)
         self.last = GenerationStats()
+
+    def prepare(self, request: Any) -> tuple[list[int], int]:
+        """What SerialRunner calls on submit: the persona check (no tokens to count)."""
+        if request.persona is not None:
+            self.check_persona(request.persona)
+        request.ids = []
+        return [], 0
+
+    def run(
+        self, request: Any, *, cancel: threading.Event | None = None, **_: Any
+    ) -> Iterator[str]:
+        return self.stream(request.messages, request.persona, request.config, cancel=cancel)
 
     def check_persona(self, persona: Any) -> None:
         """As ChatEngine's on persona's own backend: the model check (it runs either kind)."""
@@ -54,6 +68,11 @@ class ScriptedEngine:
         for index, word in enumerate(words):
             if cancel is not None and cancel.is_set():
                 stats.finish_reason = "cancelled"
+                self.closed += 1
+                return
+            if index == self.hold_after and cancel is not None and cancel.wait(5):
+                stats.finish_reason = "cancelled"
+                self.closed += 1
                 return
             stats.new_tokens += 1
             try:
@@ -74,6 +93,7 @@ class PausingEngine:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.loaded = engine.loaded
+        self.backend = engine.backend
         self.first_piece = threading.Event()
         self.release = threading.Event()
 
@@ -83,6 +103,24 @@ class PausingEngine:
 
     def check_persona(self, persona: Any) -> None:
         self.engine.check_persona(persona)
+
+    def prepare(self, request: Any) -> tuple[list[int], int]:
+        return self.engine.prepare(request)
+
+    def run(
+        self, request: Any, *, cancel: threading.Event | None = None, **_: Any
+    ) -> Iterator[str]:
+        """The real engine's reply, held after its first visible piece."""
+        request.config = replace(request.config, max_new_tokens=200)
+        self.engine.prepare(request)  # the ids again, for the longer reply's window
+        text = ""
+        for piece in self.engine.run(request, cancel=cancel):
+            yield piece
+            text += piece
+            if text.strip() and not self.first_piece.is_set():
+                self.first_piece.set()
+                while not self.release.is_set() and not (cancel is not None and cancel.is_set()):
+                    self.release.wait(0.01)
 
     def stream(
         self,

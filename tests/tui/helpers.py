@@ -21,6 +21,14 @@ KEY_NAMES = {
 }
 
 
+def local_app(engine: Any, library: Any, **kwargs: Any) -> Any:
+    """The chat app on `engine` (a ChatEngine, or a fake one) through a SerialRunner."""
+    from persona.tui.app import PersonaChatApp
+    from persona.tui.local import local_backend
+
+    return PersonaChatApp(local_backend(engine, library), library, **kwargs)
+
+
 async def ready(pilot: Pilot[Any], rounds: int = 200) -> None:
     """Wait until the chat screen is up and its input has focus."""
     for _ in range(rounds):

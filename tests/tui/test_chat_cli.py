@@ -112,3 +112,42 @@ def test_only_the_flags_given_override_the_persona_s_defaults(
     assert app.overrides == {"top_p": 0.5}
     config = app.config
     assert (config.temperature, config.top_p, config.max_new_tokens) == (1.2, 0.5, 40)
+
+
+def test_a_server_that_is_down(a_terminal: None, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{free.getsockname()[1]}/v1"
+    err = one_line_error(capsys, ["chat", "--server", url])
+    assert f"cannot reach the server at {url}" in err
+
+
+def test_a_server_address_that_is_not_one(
+    a_terminal: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "not a server's address" in one_line_error(capsys, ["chat", "--server", "ftp://x"])
+
+
+def test_a_remote_chat_never_imports_torch(tmp_path: Path) -> None:
+    """Everything `persona chat --server` runs, up to a server that is down, and the chat app."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from persona.cli import chat_cmd\n"
+        "chat_cmd.check_terminal = lambda: None\n"
+        "from persona.cli.main import main\n"
+        "code = main(['chat', '--server', 'http://127.0.0.1:9/v1'])\n"
+        "import persona.tui.app, persona.tui.backend\n"
+        "print(code, sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PERSONA_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.stdout.strip() == "1 []", done.stdout + done.stderr
+    assert "cannot reach the server" in done.stderr

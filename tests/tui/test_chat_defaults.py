@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 
 from persona.engine.config import GenerationConfig
-from persona.tui.app import PersonaChatApp
 from tests.tui.fakes import ScriptedEngine
-from tests.tui.helpers import bubbles, notifications, ready, send, status_line
+from tests.tui.helpers import bubbles, local_app, notifications, ready, send, status_line
 
 SIZE = (100, 40)
 BUILT_IN = GenerationConfig()
@@ -45,7 +44,7 @@ def settings(config: GenerationConfig) -> tuple[float, float, int]:
 async def test_a_persona_replies_with_its_own_settings(
     scripted: ScriptedEngine, characters: Any
 ) -> None:
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         assert "temp 1.2 · top_p 0.9 · max 40" in status_line(app)
         await send(pilot, "who are you")
@@ -55,7 +54,7 @@ async def test_a_persona_replies_with_its_own_settings(
 async def test_a_flag_given_wins_over_the_persona_and_the_rest_stay_its_own(
     scripted: ScriptedEngine, characters: Any
 ) -> None:
-    app = PersonaChatApp(
+    app = local_app(
         scripted, characters, persona="pirate", overrides={"temperature": 0.0, "top_k": None}
     )
     async with app.run_test(size=SIZE) as pilot:
@@ -67,7 +66,7 @@ async def test_a_flag_given_wins_over_the_persona_and_the_rest_stay_its_own(
 async def test_switching_persona_switches_its_settings_and_keeps_the_users(
     scripted: ScriptedEngine, characters: Any
 ) -> None:
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/set max_tokens 12")
         await send(pilot, "who are you")
@@ -88,7 +87,7 @@ async def test_switching_persona_switches_its_settings_and_keeps_the_users(
 
 
 async def test_a_bad_set_changes_nothing(scripted: ScriptedEngine, characters: Any) -> None:
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/set top_p 7")
         assert any("top_p=7.0" in text for severity, text in notifications(app))
@@ -100,7 +99,7 @@ async def test_a_stop_string_ends_the_reply_unseen_even_across_pieces(
     scripted: ScriptedEngine, characters: Any
 ) -> None:
     characters.set_defaults("pirate", {"stop": ["sea dog", "never said"]})
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "who are you")  # the reply comes as "… old", " sea", " dog,"
         label, _, text = bubbles(app)[-1]
@@ -119,7 +118,7 @@ async def test_the_greeting_opens_the_conversation_and_the_model_sees_it(
     scripted: ScriptedEngine, characters: Any
 ) -> None:
     characters.set_defaults("pirate", {"greeting": PIRATE_GREETING})
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert bubbles(app) == [("pirate", "assistant", PIRATE_GREETING)]
@@ -138,7 +137,7 @@ async def test_the_greeting_opens_the_conversation_and_the_model_sees_it(
     ]
     assert characters.list_conversations()[0].title == "a ship"
 
-    resumed = PersonaChatApp(scripted, characters, resume="latest")
+    resumed = local_app(scripted, characters, resume="latest")
     async with resumed.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert [text for _, _, text in bubbles(resumed)].count(PIRATE_GREETING) == 1
@@ -146,7 +145,7 @@ async def test_the_greeting_opens_the_conversation_and_the_model_sees_it(
 
 async def test_a_greeting_alone_is_not_saved(scripted: ScriptedEngine, characters: Any) -> None:
     characters.set_defaults("pirate", {"greeting": PIRATE_GREETING})
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await send(pilot, "/retry")
@@ -165,7 +164,7 @@ async def test_switching_persona_before_speaking_swaps_the_greeting(
 ) -> None:
     characters.set_defaults("pirate", {"greeting": PIRATE_GREETING})
     characters.set_defaults("poet", {"greeting": POET_GREETING})
-    app = PersonaChatApp(scripted, characters, persona="pirate")
+    app = local_app(scripted, characters, persona="pirate")
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/persona poet")
         assert bubbles(app) == [("poet", "assistant", POET_GREETING)]

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from persona.engine.config import GenerationConfig
-from persona.tui.app import PersonaChatApp
 from tests.tui.fakes import PausingEngine
 from tests.tui.helpers import (
     bubbles,
     input_text,
+    local_app,
     notifications,
     ready,
     send,
@@ -33,7 +33,7 @@ def saved(library: Any, conversation_id: int | None) -> list[tuple[str, str | No
 
 
 async def test_send_streams_a_reply_and_saves_both_messages(engine: Any, library: Any) -> None:
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello there")
         shown = bubbles(app)
@@ -63,7 +63,7 @@ async def test_pieces_appear_while_the_reply_is_still_being_written(
     engine: Any, library: Any
 ) -> None:
     pausing = PausingEngine(engine)
-    app = PersonaChatApp(pausing, library, overrides=GREEDY)
+    app = local_app(pausing, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello", wait=False)
         await wait_for(pilot, pausing.first_piece)
@@ -82,7 +82,7 @@ async def test_pieces_appear_while_the_reply_is_still_being_written(
 async def test_switching_persona_mid_conversation_labels_each_reply(
     engine: Any, two_personas: Any
 ) -> None:
-    app = PersonaChatApp(engine, two_personas, persona="pirate", overrides=GREEDY)
+    app = local_app(engine, two_personas, persona="pirate", overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "who are you")
         await send(pilot, "/persona poet")
@@ -99,7 +99,7 @@ async def test_switching_persona_mid_conversation_labels_each_reply(
 
 
 async def test_picker_lists_personas_and_switches(engine: Any, two_personas: Any) -> None:
-    app = PersonaChatApp(engine, two_personas, overrides=GREEDY)
+    app = local_app(engine, two_personas, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f2")
         await pilot.pause()
@@ -117,7 +117,7 @@ async def test_picker_lists_personas_and_switches(engine: Any, two_personas: Any
 
 
 async def test_picker_with_no_personas_offers_the_model_voice(engine: Any, library: Any) -> None:
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f2")
         await pilot.pause()
@@ -134,7 +134,7 @@ async def test_escape_stops_the_reply_and_keeps_it_marked_cut_short(
     engine: Any, library: Any
 ) -> None:
     pausing = PausingEngine(engine)
-    app = PersonaChatApp(pausing, library, overrides=GREEDY)
+    app = local_app(pausing, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "tell me a long story", wait=False)
         await wait_for(pilot, pausing.first_piece)
@@ -153,7 +153,7 @@ async def test_escape_stops_the_reply_and_keeps_it_marked_cut_short(
 
 async def test_quitting_during_a_reply_saves_it_cut_short(engine: Any, library: Any) -> None:
     pausing = PausingEngine(engine)
-    app = PersonaChatApp(pausing, library, overrides=GREEDY)
+    app = local_app(pausing, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello", wait=False)
         await wait_for(pilot, pausing.first_piece)
@@ -166,7 +166,7 @@ async def test_quitting_during_a_reply_saves_it_cut_short(engine: Any, library: 
 
 
 async def test_retry_replaces_the_last_reply(engine: Any, two_personas: Any) -> None:
-    app = PersonaChatApp(engine, two_personas, persona="pirate", overrides=GREEDY)
+    app = local_app(engine, two_personas, persona="pirate", overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello")
         await send(pilot, "/persona poet")
@@ -179,7 +179,7 @@ async def test_retry_replaces_the_last_reply(engine: Any, two_personas: Any) -> 
 
 
 async def test_undo_drops_the_last_exchange(engine: Any, library: Any) -> None:
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "first")
         await send(pilot, "second")
@@ -195,12 +195,12 @@ async def test_undo_drops_the_last_exchange(engine: Any, library: Any) -> None:
 async def test_resume_shows_the_saved_conversation_and_continues_it(
     engine: Any, two_personas: Any
 ) -> None:
-    first = PersonaChatApp(engine, two_personas, persona="pirate", overrides=GREEDY)
+    first = local_app(engine, two_personas, persona="pirate", overrides=GREEDY)
     async with first.run_test(size=SIZE) as pilot:
         await send(pilot, "ahoy")
     conversation_id = first.session.conversation_id
 
-    resumed = PersonaChatApp(engine, two_personas, resume="latest", overrides=GREEDY)
+    resumed = local_app(engine, two_personas, resume="latest", overrides=GREEDY)
     async with resumed.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert speakers(resumed) == ["you", "pirate"]
@@ -214,7 +214,7 @@ async def test_resume_shows_the_saved_conversation_and_continues_it(
 
 
 async def test_conversations_screen_opens_an_older_conversation(engine: Any, library: Any) -> None:
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "the first conversation")
         first_id = app.session.conversation_id
@@ -242,7 +242,7 @@ async def test_conversations_screen_opens_an_older_conversation(engine: Any, lib
 async def test_a_bad_command_is_a_notification_not_a_crash(
     engine: Any, library: Any, command: str, message: str
 ) -> None:
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, command)
         errors = [text for severity, text in notifications(app) if severity == "error"]
@@ -253,7 +253,7 @@ async def test_a_bad_command_is_a_notification_not_a_crash(
 
 
 async def test_set_changes_the_generation_settings(engine: Any, library: Any) -> None:
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/set max_tokens 3")
         await send(pilot, "/set temperature 0.3")
@@ -267,7 +267,7 @@ async def test_export_writes_markdown_and_json(
 ) -> None:
     import json
 
-    app = PersonaChatApp(engine, two_personas, persona="poet", overrides=GREEDY)
+    app = local_app(engine, two_personas, persona="poet", overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello")
         await send(pilot, f"/export {tmp_path}/chat.md")
@@ -284,18 +284,18 @@ def test_an_unknown_persona_is_refused_before_the_app_starts(engine: Any, librar
     from persona.errors import NotFoundError
 
     with pytest.raises(NotFoundError, match="no persona named 'ghost'"):
-        PersonaChatApp(engine, library, persona="ghost")
+        local_app(engine, library, persona="ghost")
 
 
 def test_the_default_persona_setting_is_used(engine: Any, two_personas: Any) -> None:
     two_personas.set_setting("default_persona", "poet")
-    assert PersonaChatApp(engine, two_personas).personas.name == "poet"
+    assert local_app(engine, two_personas).personas.name == "poet"
     two_personas.set_setting("default_persona", "deleted-long-ago")
-    assert PersonaChatApp(engine, two_personas).personas.name is None
+    assert local_app(engine, two_personas).personas.name is None
 
 
 async def test_command_palette_switches_persona_by_name(engine: Any, two_personas: Any) -> None:
-    app = PersonaChatApp(engine, two_personas, overrides=GREEDY)
+    app = local_app(engine, two_personas, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await pilot.press("ctrl+p")
@@ -310,7 +310,7 @@ async def test_command_palette_switches_persona_by_name(engine: Any, two_persona
 async def test_help_lists_the_keys_and_commands(engine: Any, library: Any) -> None:
     from textual.widgets import Markdown
 
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "/help")
         shown = app.screen.query_one(Markdown).source
@@ -323,7 +323,7 @@ async def test_help_lists_the_keys_and_commands(engine: Any, library: Any) -> No
 async def test_a_too_small_terminal_says_so(engine: Any, library: Any) -> None:
     from textual.widgets import Static
 
-    app = PersonaChatApp(engine, library, overrides=GREEDY)
+    app = local_app(engine, library, overrides=GREEDY)
     async with app.run_test(size=(30, 8)) as pilot:
         await pilot.pause()
         notice = app.chat.query_one("#too-small", Static)
@@ -352,7 +352,7 @@ async def test_a_slow_screen_gets_the_reply_in_fewer_larger_pieces_not_a_slower_
         await original(self, piece)
 
     monkeypatch.setattr(MessageBubble, "write", slow_write)
-    app = PersonaChatApp(scripted, library, overrides=GREEDY)
+    app = local_app(scripted, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "talk to me")
         assert bubbles(app)[-1][2] == " ".join(words)  # nothing lost, nothing out of order
@@ -367,7 +367,7 @@ async def test_keys_run_the_same_commands_as_slash_commands(library: Any) -> Non
 
     scripted = ScriptedEngine(fingerprint=None, replies={None: ["first answer", "second answer"]})
     pausing = PausingEngine(scripted)
-    app = PersonaChatApp(pausing, library, overrides=GREEDY)
+    app = local_app(pausing, library, overrides=GREEDY)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "hello", wait=False)
         await wait_for(pilot, pausing.first_piece)

@@ -107,11 +107,11 @@ async def test_each_command_runs_its_own_handler(text: str, expected: tuple[str,
     assert chat.calls == [expected]
 
 
-def test_every_handler_is_an_action_the_chat_screen_has() -> None:
-    from persona.tui.screens.chat import ChatScreen
+def test_every_handler_is_an_action_the_chat_controller_has() -> None:
+    from persona.tui.controller import ChatController
 
     actions = {name for name in vars(ChatActions) if not name.startswith("_")}
-    assert actions <= set(dir(ChatScreen))
+    assert actions <= set(dir(ChatController))
     chat = RecordingChat()
     for spec in COMMANDS.values():
         asyncio.run(spec.run(chat, ("x",) * spec.max_args))

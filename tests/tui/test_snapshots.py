@@ -1,20 +1,22 @@
 """SVG snapshots of the chat screen, the persona picker and the conversations screen.
 
-Deterministic by construction: a scripted engine instead of sampling, dates pinned, a fixed
-terminal size, no cursor blink. Update after a deliberate change with `--snapshot-update`.
+Deterministic by construction: a scripted engine instead of sampling, dates pinned, a clock that
+ticks once per piece (the speed shown is always the scripted one), a fixed terminal size, no
+cursor blink. Update after a deliberate change with `--snapshot-update`.
 """
 
 from __future__ import annotations
 
+import itertools
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from textual.pilot import Pilot
 
-from persona.tui.app import PersonaChatApp
 from persona.tui.widgets.chat_input import ChatInput
 from tests.tui.fakes import FixedTimeLibrary, ScriptedEngine
-from tests.tui.helpers import ready, send
+from tests.tui.helpers import local_app, ready, send
 
 SIZE = (100, 32)
 
@@ -30,6 +32,15 @@ def scripted(tiny: Any) -> ScriptedEngine:
     return ScriptedEngine(
         fingerprint=tiny.fingerprint, replies={"pirate": [PIRATE_REPLY], "poet": [POET_REPLY]}
     )
+
+
+@pytest.fixture(autouse=True)
+def steady_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply's clock advances one scripted token's time each time it is read."""
+    ticks = itertools.count()
+    seconds_per_token = 1 / ScriptedEngine.tokens_per_second
+    clock = SimpleNamespace(monotonic=lambda: next(ticks) * seconds_per_token)
+    monkeypatch.setattr("persona.tui.reply.time", clock)
 
 
 async def _still(pilot: Pilot[Any]) -> None:
@@ -50,7 +61,7 @@ async def _switched_conversation(pilot: Pilot[Any]) -> None:
 def test_chat_screen_after_switching_persona(
     snap_compare: Any, scripted: ScriptedEngine, two_personas: Any
 ) -> None:
-    app = PersonaChatApp(scripted, FixedTimeLibrary(two_personas), persona="pirate")
+    app = local_app(scripted, FixedTimeLibrary(two_personas), persona="pirate")
     assert snap_compare(app, terminal_size=SIZE, run_before=_switched_conversation)
 
 
@@ -61,7 +72,7 @@ def test_persona_picker(snap_compare: Any, scripted: ScriptedEngine, two_persona
         await pilot.press("f2")
         await pilot.pause()
 
-    app = PersonaChatApp(scripted, FixedTimeLibrary(two_personas), persona="poet")
+    app = local_app(scripted, FixedTimeLibrary(two_personas), persona="poet")
     assert snap_compare(app, terminal_size=SIZE, run_before=open_picker)
 
 
@@ -78,5 +89,5 @@ def test_conversations_screen(
         await pilot.press("f3")
         await pilot.pause()
 
-    app = PersonaChatApp(scripted, FixedTimeLibrary(two_personas), persona="pirate")
+    app = local_app(scripted, FixedTimeLibrary(two_personas), persona="pirate")
     assert snap_compare(app, terminal_size=SIZE, run_before=two_conversations)

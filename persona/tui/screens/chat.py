@@ -1,20 +1,21 @@
 """The chat screen: messages, input, status line; replies are written by a worker thread.
 
-The screen lays out widgets and reacts to messages. What it may do and what it keeps live in
-plain classes: the conversation in `ChatSession`, the speaker in `PersonaSelector`, the slash
-commands in `commands`, a reply's generation in `reply.write_reply`. A reply's pieces reach the
-screen through a `PieceBuffer`, so a slow redraw coalesces pieces instead of slowing generation.
-The finished reply is handed back with `call_from_thread`, which waits, so a reply is saved
-before its worker ends (quitting waits for that).
+The screen lays out widgets, shows what it is told and writes replies. What the chat does lives in
+plain classes: the decisions in `ChatController` (this screen is its `ChatView`), the conversation
+in `ChatSession`, the speaker in `PersonaSource`, the slash commands in `commands`, a reply's
+generation in `reply.write_reply`. A reply's pieces reach the screen through a `PieceBuffer`, so a
+slow redraw coalesces pieces instead of slowing generation. The finished reply is handed back with
+`call_from_thread`, which waits, so a reply is saved before its worker ends (quitting waits for
+that).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
@@ -24,31 +25,25 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker
 
-from persona.errors import PersonaError
+from persona.engine.contract import Request
 from persona.tui.commands import (
-    CommandError,
     SlashCommand,
-    is_command,
-    parse_command,
-    parse_setting,
-    run_command,
 )
-from persona.tui.export import export_conversation
-from persona.tui.messages import CommandRequested, PersonaChoice, PersonaRequested
+from persona.tui.controller import ChatController, Chosen
+from persona.tui.messages import CommandRequested, PersonaRequested
+from persona.tui.personas import Speaker
 from persona.tui.pieces import PieceBuffer
 from persona.tui.reply import ReplyOutcome, write_reply
 from persona.tui.screens.conversations import ConversationsScreen
 from persona.tui.screens.help import HelpScreen
 from persona.tui.screens.persona_picker import PersonaPicker
-from persona.tui.session import Refused, Turn
+from persona.tui.session import Turn
+from persona.tui.state import ChatState
 from persona.tui.terminal import MIN_HEIGHT, MIN_WIDTH
 from persona.tui.widgets.chat_input import ChatInput
 from persona.tui.widgets.chat_log import ChatLog
 from persona.tui.widgets.message_bubble import MessageBubble, speaker_label
 from persona.tui.widgets.status_bar import StatusBar
-
-if TYPE_CHECKING:
-    from persona.tui.app import PersonaChatApp
 
 FLUSH_INTERVAL = 0.05  # seconds: the reply on screen is redrawn at most this often while it streams
 
@@ -78,8 +73,6 @@ class ChatScreen(Screen[None]):
     ChatScreen.too-small #messages, ChatScreen.too-small ChatInput, ChatScreen.too-small StatusBar { display: none; }
     """
 
-    app: PersonaChatApp
-
     class PiecesReady(Message):
         """The worker buffered text for `reply` (posted once until the screen takes it)."""
 
@@ -87,14 +80,16 @@ class ChatScreen(Screen[None]):
             super().__init__()
             self.reply = reply
 
-    def __init__(self) -> None:
+    def __init__(self, state: ChatState) -> None:
         super().__init__()
+        self.state = state
+        self.controller = ChatController(state, self)
         self._reply: LiveReply | None = None
 
     # ---- layout ---------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield ChatLog(self.app.session.turns, id="messages")
+        yield ChatLog(self.state.session.turns, id="messages")
         yield ChatInput(id="input")
         yield StatusBar(id="status")
         yield Static(
@@ -103,152 +98,74 @@ class ChatScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one(StatusBar).model = self.app.model_label
-        self._refresh()
+        self.query_one(StatusBar).model = self.state.model_label
+        self.refresh_status()
         self.query_one(ChatInput).focus()
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < MIN_WIDTH or self.size.height < MIN_HEIGHT, "too-small")
 
-    def _refresh(self) -> None:
+    @property
+    def generating(self) -> bool:
+        return self.state.session.replying
+
+    # ---- messages in ----------------------------------------------------------------------------
+
+    async def on_chat_input_submitted(self, event: ChatInput.Submitted) -> None:
+        await self.controller.submit(event.text)
+
+    async def on_command_requested(self, message: CommandRequested) -> None:
+        await self.controller.run(message.command)
+
+    async def on_persona_requested(self, message: PersonaRequested) -> None:
+        await self.controller.shown(self.controller.switch_persona(message.name))
+
+    async def action_command(self, name: str) -> None:
+        await self.controller.run(SlashCommand(name))
+
+    def action_cancel_reply(self) -> None:
+        if self._reply is not None:
+            self._reply.cancel.set()
+
+    # ---- the view (ChatView) --------------------------------------------------------------------
+
+    def refresh_status(self) -> None:
         """The status line and the empty-chat hint, after the persona, settings or turns changed."""
         status = self.query_one(StatusBar)
-        status.persona = self.app.personas.name
-        config = self.app.config
+        status.persona = self.state.personas.name
+        config = self.state.config
         status.settings = (
             f"temp {config.temperature:g} · top_p {config.top_p:g} · max {config.max_new_tokens}"
         )
-        speaker = speaker_label("assistant", self.app.personas.name)
-        empty = not self.app.session.turns and not self.generating
+        speaker = speaker_label("assistant", self.state.personas.name)
+        empty = not self.state.session.turns and not self.generating
         self.query_one(ChatLog).hint(
             f"Say something to {speaker}. F2 picks a persona, /help lists the commands."
             if empty
             else None
         )
 
-    @property
-    def generating(self) -> bool:
-        return self.app.session.replying
+    def clear_input(self) -> None:
+        self.query_one(ChatInput).clear()
 
-    # ---- messages in ----------------------------------------------------------------------------
+    async def show(self, turns: Sequence[Turn]) -> None:
+        await self.query_one(ChatLog).show(turns)
 
-    async def on_chat_input_submitted(self, event: ChatInput.Submitted) -> None:
-        if is_command(event.text):
-            try:
-                command = parse_command(event.text)
-            except CommandError as exc:
-                self.notify(str(exc), severity="error")
-                return
-            event.chat_input.clear()
-            await self.run_command(command)
-            return
-        try:
-            turn = self.app.session.user_turn(event.text)
-        except Refused as exc:
-            self.notify(str(exc), severity="warning")
-            return
-        event.chat_input.clear()
+    async def add(self, turn: Turn) -> None:
         await self.query_one(ChatLog).add(turn)
-        self._keep(turn)
-        await self._start_reply()
 
-    async def on_command_requested(self, message: CommandRequested) -> None:
-        await self.run_command(message.command)
+    async def drop_last(self, count: int = 1) -> None:
+        await self.query_one(ChatLog).drop_last(count)
 
-    async def on_persona_requested(self, message: PersonaRequested) -> None:
-        await self._shown(self.switch_persona(message.name))
+    def open_picker(self, speakers: list[Speaker], current: str | None, then: Chosen) -> None:
+        self.app.push_screen(PersonaPicker(speakers, current), then)
 
-    async def action_command(self, name: str) -> None:
-        await self.run_command(SlashCommand(name))
+    def open_conversations(
+        self, conversations: list[Any], current: int | None, then: Chosen
+    ) -> None:
+        self.app.push_screen(ConversationsScreen(conversations, current), then)
 
-    async def run_command(self, command: SlashCommand) -> None:
-        """Run a parsed slash command; what it refuses or fails at becomes a notification."""
-        await self._shown(run_command(self, command))
-
-    async def _shown(self, action: Awaitable[None]) -> None:
-        """The screen's edge: a refusal is a warning, any other PersonaError an error."""
-        try:
-            await action
-        except Refused as exc:
-            self.notify(str(exc), severity="warning")
-        except PersonaError as exc:
-            self.notify(str(exc), severity="error")
-
-    # ---- the commands (ChatActions) -------------------------------------------------------------
-
-    async def switch_persona(self, name: str | None) -> None:
-        """The next reply comes from `name`, with its defaults; the history stays (a conversation
-        not started yet opens with `name`'s greeting instead)."""
-        personas = self.app.personas
-        notice = personas.switch(name, replying=self.generating)
-        if self.app.session.greet(personas.greeting, personas.name):
-            await self.query_one(ChatLog).show(self.app.session.turns)
-        self._refresh()
-        self.notify(notice)
-
-    async def pick_persona(self) -> None:
-        async def picked(choice: PersonaChoice | None) -> None:
-            if choice is not None:
-                await self._shown(self.switch_persona(choice.name))
-
-        personas = self.app.library.list_personas()
-        self.app.push_screen(PersonaPicker(personas, self.app.personas.name), picked)
-
-    async def show_conversations(self) -> None:
-        async def chosen(conversation_id: int | None) -> None:
-            if conversation_id is not None:
-                await self._shown(self.open_conversation(conversation_id))
-
-        conversations = self.app.library.list_conversations()
-        current = self.app.session.conversation_id
-        self.app.push_screen(ConversationsScreen(conversations, current), chosen)
-
-    async def open_conversation(self, conversation_id: int) -> None:
-        await self.stop_reply()
-        session = self.app.session
-        session.open(conversation_id)
-        last = session.last_persona()
-        if last is not None and last != self.app.personas.name:
-            await self._shown(self.switch_persona(last))
-        await self.query_one(ChatLog).show(session.turns)
-        self._refresh()
-        self.notify(f"conversation {conversation_id}: {len(session.turns)} messages")
-
-    async def new_conversation(self) -> None:
-        await self.stop_reply()
-        try:
-            self.app.session.save()
-        except PersonaError as exc:
-            self.notify(f"{exc} (the last conversation is not fully saved)", severity="error")
-        self.app.session.start_new()
-        self.app.session.greet(self.app.personas.greeting, self.app.personas.name)
-        await self.query_one(ChatLog).show(self.app.session.turns)
-        self._refresh()
-        self.notify("new conversation")
-
-    async def retry(self) -> None:
-        if self.app.session.drop_for_retry() is not None:
-            await self.query_one(ChatLog).drop_last()
-        await self._start_reply()
-
-    async def undo(self) -> None:
-        removed = self.app.session.undo_exchange()
-        await self.query_one(ChatLog).drop_last(len(removed))
-        self._refresh()
-        self.notify(f"removed the last {'exchange' if len(removed) == 2 else 'message'}")
-
-    async def change_setting(self, key: str, value: str) -> None:
-        field_name, parsed = parse_setting(key, value)
-        self.app.set_override(field_name, parsed)  # ConfigError: out of range
-        self._refresh()
-        self.notify(f"{key} = {parsed}")
-
-    async def export(self, path: str) -> None:
-        session = self.app.session
-        saved_to = export_conversation(path, session.turns, session.conversation_id)
-        self.notify(f"saved the conversation to {saved_to}")
-
-    async def show_help(self) -> None:
+    def open_help(self) -> None:
         self.app.push_screen(HelpScreen())
 
     async def quit(self) -> None:
@@ -256,48 +173,23 @@ class ChatScreen(Screen[None]):
 
     # ---- replies --------------------------------------------------------------------------------
 
-    def _keep(self, turn: Turn) -> None:
-        """Add a finished message to the session; if the library refuses, it is kept in memory."""
-        try:
-            self.app.session.add(turn)
-        except PersonaError as exc:
-            self.notify(f"{exc} (kept here; saving again with the next message)", severity="error")
-
-    async def _start_reply(self) -> None:
-        personas = self.app.personas
-        history = self.app.session.begin_reply()
-        reply = LiveReply(await self.query_one(ChatLog).begin_reply(personas.name))
+    async def start_reply(self) -> None:
+        request = self.state.begin_reply()
+        persona = self.state.personas.name
+        reply = LiveReply(await self.query_one(ChatLog).begin_reply(persona))
         self._reply = reply
         self.query_one(StatusBar).state = "writing…"
-        reply.worker = self._write(
-            reply, history, personas.prompt, personas.name, self.app.config, self.app.stops
-        )
-        self._refresh()
+        reply.worker = self._write(reply, request, persona)
+        self.refresh_status()
 
     @work(thread=True, exclusive=True, group="reply", exit_on_error=False)
-    def _write(
-        self,
-        reply: LiveReply,
-        history: list[Any],
-        prompt: Any,
-        persona: str | None,
-        config: Any,
-        stops: list[str],
-    ) -> None:
+    def _write(self, reply: LiveReply, request: Request, persona: str | None) -> None:
         def hand_over(piece: str, tokens_per_second: float) -> None:
             if reply.pieces.push(piece, tokens_per_second):
                 self.post_message(self.PiecesReady(reply))  # thread-safe, and does not wait
 
-        outcome = write_reply(
-            self.app.engine,
-            history,
-            prompt,
-            persona,
-            config,
-            reply.cancel,
-            hand_over,
-            stops=stops,
-        )
+        runner = self.state.backend.runner
+        outcome = write_reply(runner, request, persona, reply.cancel, hand_over)
         try:
             self.app.call_from_thread(self._reply_done, reply, outcome)
         except RuntimeError:  # the app is already gone
@@ -322,7 +214,7 @@ class ChatScreen(Screen[None]):
         if rest.text:
             await reply.bubble.write(rest.text)
         self._reply = None
-        turn = self.app.session.end_reply(outcome)
+        turn = self.state.session.end_reply(outcome)
         status = self.query_one(StatusBar)
         status.state = outcome.end_state
         if outcome.tokens_per_second:
@@ -333,14 +225,10 @@ class ChatScreen(Screen[None]):
             await reply.bubble.remove()
             if outcome.finish_reason == "cancelled":
                 self.notify("stopped before the first word; nothing was kept", severity="warning")
-            self._refresh()
+            self.refresh_status()
             return
         await reply.bubble.finish(cut_short=outcome.cut_short, note=outcome.note)
-        self._keep(turn)
-
-    def action_cancel_reply(self) -> None:
-        if self._reply is not None:
-            self._reply.cancel.set()
+        self.controller.keep(turn)
 
     async def stop_reply(self) -> None:
         """Cancel a reply being written and wait until it is saved (marked cut short)."""
