@@ -3,7 +3,9 @@
 A request names its persona in `kv_transfer_params`: {"persona_kv": SHA256, "persona_rows": N}.
 Its prompt is N placeholder ids (the gateway uses the conversation's first id, which the
 repetition penalty counts anyway) followed by the rendered conversation, so the conversation runs
-at positions N.., as it does after a prompt in persona's own engine and in PEFT. vLLM must be
+at positions N.., as it does after a prompt in persona's own engine and in PEFT. A request may
+also carry "persona_width": W, the width of the gateway's personas; a server whose model takes
+another fails it (how a gateway finds a server on another model at its start). vLLM must be
 asked with a `cache_salt` of the persona's hash: the placeholders are the same ids for every
 persona, and the salt keeps one persona's cached blocks from answering another's request.
 
@@ -39,7 +41,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.logger import init_logger
 
-from persona.kvconnector.store import KVSource, KVStore, KVUnavailable, check_sha256
+from .store import KVSource, KVStore, KVUnavailable, check_sha256
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -53,6 +55,7 @@ logger = init_logger("vllm.kv_connector.persona")  # under vLLM's own logging se
 
 SHA_PARAM = "persona_kv"
 ROWS_PARAM = "persona_rows"
+WIDTH_PARAM = "persona_width"
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -136,8 +139,10 @@ class PersonaConnector(KVConnectorBase_V1):
     ) -> tuple[int | None, bool]:
         wanted = self._wanted.get(request.request_id)
         if wanted is None:
+            params = request.kv_transfer_params
             try:
-                named = persona_of(request.kv_transfer_params)
+                self._check_width(params)
+                named = persona_of(params)
             except KVUnavailable as exc:
                 named, error = ("0" * 64, 1), str(exc)
             else:
@@ -160,6 +165,16 @@ class PersonaConnector(KVConnectorBase_V1):
             if ready is None:
                 return None, False  # still fetching: vLLM asks again on a later step
         return wanted.rows - num_computed_tokens, False
+
+    def _check_width(self, params: Any) -> None:
+        """A gateway names the width its personas have (`persona_width`): a server on a model
+        with another KV layout fails the request, which tells the gateway at its start."""
+        width = params.get(WIDTH_PARAM) if isinstance(params, dict) else None
+        if width is not None and width != self._width:
+            raise KVUnavailable(
+                f"the gateway's personas are {width} wide; this model's cache "
+                f"({self._layers}x{self._kv_heads}x{self._head_dim}) takes {self._width}"
+            )
 
     def _fetch(self, wanted: _Wanted) -> bool | None:
         """True once the persona is at hand and fits; None while it is being fetched; on failure

@@ -55,10 +55,11 @@ class EmbeddingBackend:
     name = "vllm"
     max_rows = 0
     device = torch.device("cpu")
-    layout: KVLayout | None = None  # vLLM takes soft personas only, as input embeddings
 
-    def __init__(self, embedding: torch.Tensor) -> None:
+    def __init__(self, embedding: torch.Tensor, layout: KVLayout | None = None) -> None:
         self.embedding = embedding  # (V, D) float32
+        # the model's KV layout: every persona reaches vLLM as keys and values of this shape
+        self.layout = layout
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         return self.embedding[torch.tensor(list(ids), dtype=torch.long)]  # (T, D)
@@ -107,7 +108,7 @@ def load_gateway_engine(path: str | os.PathLike[str] | None, label: str) -> Chat
         model_id=model_id,
         precision=label,
     )
-    return ChatEngine(loaded, backend=EmbeddingBackend(embedding))
+    return ChatEngine(loaded, backend=EmbeddingBackend(embedding, KVLayout.of_config(config)))
 
 
 def read_model_config(directory: Path, model_id: str) -> Any:

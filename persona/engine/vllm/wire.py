@@ -76,6 +76,39 @@ def completion_body(
     }
 
 
+def ids_body(
+    served_name: str,
+    ids: Sequence[int],
+    config: GenerationConfig,
+    stop_ids: Sequence[int],
+    persona: tuple[str, int, int] | None = None,
+) -> dict[str, Any]:
+    """A streamed completion of token ids. With a persona, (its keys and values' sha256, N, W):
+    N placeholder ids go first, persona's KV connector fills their positions with the persona's
+    keys and values, and the conversation runs after them at positions N.., as in persona's own
+    engine. The placeholder is the conversation's first id, which the repetition penalty counts
+    already (persona's engine counts the conversation's ids, not the persona's positions), so the
+    penalty is the same; the cache salt keeps one persona's cached blocks from another's."""
+    body: dict[str, Any] = {
+        "model": served_name,
+        "prompt": list(ids),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_token_ids": True,
+        **sampling(config, stop_ids),
+    }
+    if persona is not None:
+        name, rows, width = persona
+        body["prompt"] = [ids[0]] * rows + list(ids)
+        body["kv_transfer_params"] = {
+            "persona_kv": name,
+            "persona_rows": rows,
+            "persona_width": width,
+        }
+        body["cache_salt"] = name
+    return body
+
+
 def parse_event(line: str) -> dict[str, Any] | None:
     """One server-sent event line as JSON; None for blank lines, comments and `[DONE]`."""
     if not line.startswith("data:"):
