@@ -120,6 +120,16 @@ def check_upstream(url: str, engine: ChatEngine, dtype: str, *, timeout: float =
         if theirs is not None and theirs != ids:
             why = f"its tokenizer reads a probe as {theirs[:8]}..., ours as {ids[:8]}..."
             raise ConfigError(another.format(root=root, why=why))
+        embeds = encode_embeds(engine.backend.embed(ids), dtype)  # (T, D)
+        try:
+            by_embeds = _probe(
+                client, url, {"model": served_name, "prompt_embeds": embeds}, "prompt_embeds"
+            )
+        except _NoEmbeds:
+            by_embeds = None
+        mismatch = by_embeds and _disagreement(by_ids, by_embeds, PROBE_TOLERANCE[dtype])
+        if mismatch:
+            raise ConfigError(another.format(root=root, why=mismatch))
         if _answers(client, url, {"model": served_name, "prompt": ids}, {PROBE_SHA_PARAM: "probe"}):
             raise ConfigError(
                 f"the vLLM server at {url} runs without persona's KV connector; start it with "
@@ -131,16 +141,6 @@ def check_upstream(url: str, engine: ChatEngine, dtype: str, *, timeout: float =
         ):
             why = f"its KV cache is not {layout} (a persona is {layout.width} wide)"
             raise ConfigError(another.format(root=root, why=why))
-        embeds = encode_embeds(engine.backend.embed(ids), dtype)  # (T, D)
-        try:
-            by_embeds = _probe(
-                client, url, {"model": served_name, "prompt_embeds": embeds}, "prompt_embeds"
-            )
-        except _NoEmbeds:
-            by_embeds = None
-    mismatch = by_embeds and _disagreement(by_ids, by_embeds, PROBE_TOLERANCE[dtype])
-    if mismatch:
-        raise ConfigError(another.format(root=root, why=mismatch))
     return Upstream(url, served_name, root, max_model_len)
 
 
