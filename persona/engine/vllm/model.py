@@ -1,10 +1,13 @@
-"""What a gateway in front of vLLM holds of the model: the tokenizer and the input embedding matrix.
+"""What a gateway in front of vLLM holds of the model: the tokenizer, the config and the input
+embedding matrix.
 
-The gateway renders a conversation and builds `[soft prompt ; E[ids]]`; the vLLM servers run the
-network. So it reads one tensor, `model.embed_tokens.weight`, from the checkpoint (safetensors'
-`safe_open`, the rest of the file is never read) and builds a `LoadedModel` whose `model` carries
-only the config facts the engine's helpers ask for, so that `ChatEngine` (rendering, the window,
-end-of-turn ids, `prompt_text`) works unchanged on top of `EmbeddingBackend`.
+The gateway renders a conversation into token ids; the vLLM servers run the network. It reads
+one tensor, `model.embed_tokens.weight`, from the checkpoint (safetensors' `safe_open`, the rest
+of the file is never read): the fingerprint that decides which personas fit, and the start-up
+probe by `prompt_embeds` where a server takes them. The config gives the KV layout every persona
+reaches vLLM in. The result is a `LoadedModel` whose `model` carries only the config facts the
+engine's helpers ask for, so that `ChatEngine` (rendering, the window, end-of-turn ids,
+`prompt_text`) works unchanged on top of `EmbeddingBackend`.
 """
 
 from __future__ import annotations
