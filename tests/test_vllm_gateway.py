@@ -435,7 +435,7 @@ class Ended:
         self.ended.set()
 
 
-def test_a_request_submitted_while_the_gateway_closes_still_ends(tiny_model_dir, stubs):
+def test_a_request_submitted_while_the_gateway_closes_still_ends(tiny_model_dir, stubs, tmp_path):
     """close() racing submit() must not stop the gateway's loop between submit's check and its
     scheduling of the request: that request would never end, and its client would wait forever."""
     import asyncio
@@ -443,12 +443,14 @@ def test_a_request_submitted_while_the_gateway_closes_still_ends(tiny_model_dir,
     from persona.engine.config import GenerationConfig
     from persona.engine.contract import Request
     from persona.engine.vllm import gateway as module
+    from persona.engine.vllm.kv import PersonaKV
     from persona.engine.vllm.model import load_gateway_engine
     from persona.engine.vllm.upstream import connect
 
     engine = load_gateway_engine(str(tiny_model_dir), "float32")
     stub = stubs(delay_s=0.05)
-    runner = module.VllmRunner(engine, connect([stub.url], engine, "float32", warn=print))
+    kv = PersonaKV(tmp_path / "kv", None)
+    runner = module.VllmRunner(engine, connect([stub.url], engine, "float32", warn=print), kv)
     schedule, closing = asyncio.run_coroutine_threadsafe, []
 
     def racing(coroutine, loop):

@@ -179,7 +179,7 @@ class KVStore:
         return kv
 
     def _download(self, sha256: str) -> bytes:
-        url = self.source.url + ROUTE.format(sha256=sha256)
+        url = f"{self.source.url}{ROUTE.format(sha256=sha256)}"
         request = urllib.request.Request(url)
         if self.source.key:
             request.add_header("Authorization", f"Bearer {self.source.key}")

@@ -208,9 +208,10 @@ class VllmRunner:
                 reply.end()
                 deliver(ticket, "finish", "cancelled", prompt_tokens(request), reply.produced)
         except PersonaError as exc:
-            if persona is not None and type(exc) is PersonaError and reply.produced == 0:
+            named = request.persona
+            if persona and named and type(exc) is PersonaError and reply.produced == 0:
                 exc = PersonaError(  # a 500 before the reply: most often the persona's load
-                    f"{exc}; if persona {request.persona.name!r} (keys and values "
+                    f"{exc}; if persona {named.name!r} (keys and values "
                     f"{persona[0][:12]}) did not load, the vLLM server's log says why"
                 )
             deliver(ticket, "error", exc)

@@ -84,7 +84,7 @@ class PersonaKV:
     def _soft_to_kv(self, persona: SoftPrompt) -> torch.Tensor:
         """One pass of the soft prompt through persona's own float32 engine (loaded for this)."""
         from persona.engine.prompt_kv import persona_kv
-        from persona.engine.torch_backend import TorchBackend
+        from persona.engine.torch_backend import torch_backend
         from persona.model.loader import load_chat_model
 
         try:
@@ -96,4 +96,4 @@ class PersonaKV:
                 f"cannot load the model to turn soft persona {persona.name!r} into keys and "
                 f"values: {first_line(exc)}"
             ) from None
-        return persona_kv(TorchBackend(loaded.model), persona)
+        return persona_kv(torch_backend(loaded.model), persona)
