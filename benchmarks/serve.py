@@ -174,7 +174,7 @@ def stop_group(process: subprocess.Popen) -> int:
 
 
 class VllmProcess:
-    """vLLM's OpenAI server (.venv-vllm) on `model_dir`, with prompt embeds, in its own process
+    """vLLM's OpenAI server (.venv-vllm) on `model_dir`, with persona's KV connector, in its own process
     group on a free loopback port; its output goes to a log file. `url` is its root."""
 
     def __init__(self, model_dir: Path) -> None:
@@ -187,8 +187,19 @@ class VllmProcess:
         command += ["--model", str(model_dir), "--served-model-name", VLLM_NAME]
         command += ["--enable-prompt-embeds", "--dtype", "float32", "--max-model-len", "2048"]
         command += ["--enforce-eager", "--host", "127.0.0.1", "--port", str(self.port)]
+        # persona's KV connector, reading personas from the gateway's folder in this data dir
+        from persona.engine.vllm.local import connector_path
+        from persona.engine.vllm.upstream import connector_config
+        from persona.paths import data_dir
+
+        kv = {"directory": str(data_dir() / "vllm-kv")}
+        command += ["--kv-transfer-config", connector_config(kv)]
         self.command = command
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "PYTHONPATH": str(connector_path(data_dir() / "vllm-connector")),
+        }
         log = tempfile.NamedTemporaryFile(prefix="persona-bench-vllm-", suffix=".log", delete=False)
         self.log = Path(log.name)
         with log:

@@ -262,7 +262,7 @@ def test_a_server_on_persona_s_backend_serves_a_deep_persona_to_an_openai_client
     assert answer.choices[0].message.content == ChatEngine(tiny).reply(HELLO, deep, GREEDY)
 
 
-def test_a_vllm_server_neither_lists_nor_runs_a_deep_persona(tiny, deep_pair) -> None:
+def test_a_server_without_a_layout_neither_lists_nor_runs_a_deep_persona(tiny, deep_pair) -> None:
     from persona.serve.catalog import Catalog
     from persona.serve.errors import APIError
 
@@ -271,14 +271,16 @@ def test_a_vllm_server_neither_lists_nor_runs_a_deep_persona(tiny, deep_pair) ->
     store(soft, "softbard")
     library = open_library()
     try:
-        catalog = Catalog(library, tiny.fingerprint, "/models/tiny", None, "vllm")
+        catalog = Catalog(library, tiny.fingerprint, "/models/tiny", None, "llama")
         listed = [m["id"] for m in catalog.models()]
         assert "softbard" in listed and "deepbard" not in listed
         assert catalog.resolve("softbard") is not None
         with pytest.raises(APIError) as caught:
             catalog.resolve("deepbard")
-        assert caught.value.status == 400 and "the vllm backend cannot run" in str(caught.value)
-        torch_catalog = Catalog(library, tiny.fingerprint, "/models/tiny", deep.layout, "torch")
-        assert "deepbard" in [m["id"] for m in torch_catalog.models()]
+        assert caught.value.status == 400 and "the llama backend cannot run" in str(caught.value)
+        for backend in ("torch", "vllm"):  # vLLM takes every persona as keys and values
+            with_layout = Catalog(library, tiny.fingerprint, "/models/tiny", deep.layout, backend)
+            assert "deepbard" in [m["id"] for m in with_layout.models()]
+            assert with_layout.resolve("deepbard") is not None
     finally:
         library.close()

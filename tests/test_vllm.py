@@ -1,15 +1,20 @@
-"""`persona serve --backend vllm` in front of a real vLLM server (its CPU build, from .venv-vllm,
-which `make vllm` creates) on the default model: greedy replies of soft personas (the starters'
-descriptions, as the system message and as the prompt's starting embeddings) equal persona's own
-float32 engine's; the deep starters are neither listed nor run; and the start-up checks refuse a
-model that is not the server's.
+"""`persona serve --backend vllm` with a real vLLM (its CPU build, from .venv-vllm, which `make
+vllm` creates) on the default model: every persona, deep and soft, reaches vLLM as keys and values
+through persona's KV connector, and greedy replies equal persona's own float32 engine's token for
+token at the default repetition penalty, alone and 8 at once; a persona whose keys and values do
+not match their hash, or cannot be fetched, fails its own request only; the start-up checks refuse
+a server without the connector, or on another model, in one line.
 
-Marked `vllm` (left out of the default run: vLLM takes about a minute to start here); run with
-`pytest -m vllm`. Skipped, saying why, where .venv-vllm is absent or vLLM does not start.
+Two vLLM starts in all: one the gateway starts itself (no --vllm-url), one by hand without the
+connector (with --enable-prompt-embeds, which lets the gateway tell another matrix of the same
+shape apart). Marked `vllm` (left out of the default run: each start takes a minute or more
+here); run with `pytest -m vllm`. Skipped, saying why, where .venv-vllm is absent or vLLM does
+not start.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import shutil
 import socket
@@ -29,8 +34,9 @@ pytestmark = pytest.mark.vllm
 
 VLLM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
 START_TIMEOUT_S = 600  # a CPU server compiles its kernels at the first start
-STARTERS = ("falstaff", "hamlet", "juliet")  # deep: vLLM takes input-layer prompts only
-PERSONAS = tuple(f"{name}-soft" for name in STARTERS)
+VLLM_ARGS = "--enforce-eager --max-model-len 2048"  # eager: a start in a minute, not several
+DEEP = ("falstaff", "hamlet", "juliet", "lear", "rosalind")  # the starters
+SOFT = ("falstaff-soft", "hamlet-soft")
 CONVERSATIONS = [
     [{"role": "user", "content": "What do you think of honour?"}],
     [
@@ -39,7 +45,7 @@ CONVERSATIONS = [
         {"role": "user", "content": "Then tell me, what is love?"},
     ],
 ]
-GREEDY = {"temperature": 0, "max_tokens": 32, "extra_body": {"repetition_penalty": 1.0}}
+GREEDY = {"temperature": 0, "max_tokens": 24}  # the default repetition penalty (1.1)
 
 
 def free_port() -> int:
@@ -48,14 +54,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def vllm_url(default_model_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A vLLM server on the default model's safetensors directory; its base URL."""
+def vllm_or_skip() -> None:
     if not VLLM_PYTHON.exists():
         pytest.skip(".venv-vllm is absent; `make vllm` creates it")
     found = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True, text=True)
     if found.returncode != 0:
         pytest.skip(f"vllm does not import in .venv-vllm: {found.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def vllm_url(default_model_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A vLLM server WITHOUT persona's connector (prompt embeddings on) on the default model's
+    safetensors directory; its base URL."""
+    vllm_or_skip()
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     command = [
@@ -69,9 +80,7 @@ def vllm_url(default_model_store: Path, tmp_path_factory: pytest.TempPathFactory
         "--enable-prompt-embeds",
         "--dtype",
         "float32",
-        "--max-model-len",
-        "2048",
-        "--enforce-eager",
+        *VLLM_ARGS.split(),
         "--host",
         "127.0.0.1",
         "--port",
@@ -105,23 +114,17 @@ def vllm_url(default_model_store: Path, tmp_path_factory: pytest.TempPathFactory
             server.wait(timeout=30)
 
 
-@pytest.fixture
-def with_starters(real_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv("PERSONA_NO_STARTERS")  # a new library gets the starter personas
-    return real_home
-
-
 def soft_personas(engine, library_path: Path | None = None) -> None:
-    """A soft persona per starter in the library: 20 virtual tokens of its description's embeddings
-    (where `persona train --kind soft` starts), speaking after the description."""
+    """A soft persona per name in SOFT: 20 virtual tokens of its starter's description's
+    embeddings (where `persona train --kind soft` starts), speaking after the description."""
     from persona.library import open_library
     from persona.prompt.init import initial_prompt
     from persona.prompt.softprompt import SoftPrompt
 
     library = open_library(library_path)
     try:
-        for starter, name in zip(STARTERS, PERSONAS, strict=True):
-            description = library.get_persona(starter).description
+        for name in SOFT:
+            description = library.get_persona(name.removesuffix("-soft")).description
             start, init = initial_prompt(
                 engine.loaded.model, engine.tokenizer, 20, method="text", description=description
             )  # (20, D)
@@ -138,43 +141,130 @@ def soft_personas(engine, library_path: Path | None = None) -> None:
         library.close()
 
 
-def test_greedy_replies_through_vllm_equal_persona_s_float32_engine(vllm_url, with_starters):
+@pytest.fixture(scope="module")
+def local_engine(default_model_store: Path):
     from persona.engine.chat import ChatEngine
-    from persona.engine.config import GenerationConfig
     from persona.model.loader import load_chat_model
 
-    engine = ChatEngine(load_chat_model(precision="fp32"))
-    soft_personas(engine)
-    served: dict[tuple[str, int], tuple[str, int, int]] = {}
-    with running_server("--backend", "vllm", "--vllm-url", vllm_url) as running:
-        api = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)
-        listed = {model.id for model in api.models.list().data}
-        assert set(PERSONAS) <= listed and not listed & set(STARTERS)  # deep: not listed
-        with pytest.raises(openai.BadRequestError, match="the vllm backend cannot run"):
-            api.chat.completions.create(model="hamlet", messages=CONVERSATIONS[0], **GREEDY)
-        for name in PERSONAS:
-            for index, messages in enumerate(CONVERSATIONS):
-                reply = api.chat.completions.create(model=name, messages=messages, **GREEDY)
-                usage = reply.usage
-                served[name, index] = (
-                    reply.choices[0].message.content,
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                )
-        streamed = api.chat.completions.create(
-            model=PERSONAS[1], messages=CONVERSATIONS[0], stream=True, **GREEDY
-        )
-        pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
-        library = running.library
-        prompts = {name: library.get_prompt(name) for name in PERSONAS}
-    config = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=32)
+    previous = os.environ.get("PERSONA_HOME")
+    os.environ["PERSONA_HOME"] = str(default_model_store.parent)
+    try:
+        return ChatEngine(load_chat_model(precision="fp32"))
+    finally:
+        if previous is None:
+            os.environ.pop("PERSONA_HOME", None)
+        else:
+            os.environ["PERSONA_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def gateway(default_model_store: Path, local_engine, tmp_path_factory: pytest.TempPathFactory):
+    """`persona serve --backend vllm` with no --vllm-url: it starts vLLM from .venv-vllm with
+    persona's connector, in a home with the starters and the soft personas."""
+    vllm_or_skip()
+    home = tmp_path_factory.mktemp("gateway-home")
+    (home / "models").symlink_to(default_model_store, target_is_directory=True)
+    saved = {name: os.environ.get(name) for name in ("PERSONA_HOME", "PERSONA_NO_STARTERS")}
+    os.environ["PERSONA_HOME"] = str(home)
+    os.environ.pop("PERSONA_NO_STARTERS", None)  # a new library gets the starter personas
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    try:
+        soft_personas(local_engine)
+        with running_server("--backend", "vllm", "--vllm-args", VLLM_ARGS) as running:
+            yield running
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def greedy(api, name: str, messages) -> tuple[str, int, int]:
+    reply = api.chat.completions.create(model=name, messages=messages, **GREEDY)
+    return (
+        reply.choices[0].message.content,
+        reply.usage.prompt_tokens,
+        reply.usage.completion_tokens,
+    )
+
+
+def test_every_persona_through_vllm_equals_persona_s_float32_engine(gateway, local_engine):
+    from persona.engine.config import GenerationConfig
+
+    api = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0)
+    listed = {model.id for model in api.models.list().data}
+    assert set(DEEP) | set(SOFT) <= listed  # deep personas are served too
+    bare = gateway.state.catalog.base_id
+    served = {
+        (name, index): greedy(api, name, messages)
+        for name in (*DEEP, *SOFT)
+        for index, messages in enumerate(CONVERSATIONS)
+    }
+    streamed = api.chat.completions.create(
+        model=DEEP[1], messages=CONVERSATIONS[0], stream=True, **GREEDY
+    )
+    pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert pieces == served[DEEP[1], 0][0]
+    config = GenerationConfig(temperature=0, max_new_tokens=GREEDY["max_tokens"])
     for (name, index), (text, prompt_tokens, completion_tokens) in served.items():
-        prompt = prompts[name]
-        local = engine.reply(CONVERSATIONS[index], prompt, config)
-        assert text == local, (name, index)
-        assert prompt_tokens == engine.last.prompt_tokens + prompt.num_virtual_tokens
-        assert completion_tokens == engine.last.new_tokens
-    assert pieces == served[PERSONAS[1], 0][0]
+        prompt = gateway.library.get_prompt(name)
+        local = local_engine.reply(CONVERSATIONS[index], prompt, config)
+        assert (text, completion_tokens) == (local, local_engine.last.new_tokens), (name, index)
+        assert prompt_tokens == local_engine.last.prompt_tokens + prompt.num_virtual_tokens
+    # 8 at once, deep, soft and bare mixed: each reply is its solo one
+    mixed = [(name, 0) for name in (*DEEP[:3], *SOFT)] + [(DEEP[3], 1), (SOFT[0], 1), (bare, 0)]
+    solo_bare = greedy(api, bare, CONVERSATIONS[0])
+    with concurrent.futures.ThreadPoolExecutor(len(mixed)) as pool:
+        together = list(pool.map(lambda job: greedy(api, job[0], CONVERSATIONS[job[1]]), mixed))
+    for job, reply in zip(mixed, together, strict=True):
+        assert reply == (solo_bare if job[0] == bare else served[job]), job
+
+
+def test_a_persona_whose_keys_and_values_fail_fails_alone(gateway, local_engine):
+    """One persona's keys and values do not match their hash, another's cannot be fetched at
+    all: each request fails with an error that names the persona; one beside them is answered."""
+    from persona.prompt.softprompt import SoftPrompt
+
+    library = gateway.library
+    base = gateway.library.get_prompt(DEEP[0])
+    for seed, name in ((1, "tampered"), (2, "vanished")):
+        library.add_version(
+            name,
+            SoftPrompt(
+                base.embeddings * (1 + 0.01 * seed),
+                name=name,
+                kind="deep",
+                layout=base.layout,
+                fingerprint=base.fingerprint,
+            ),
+        )
+    kv = gateway.state.runner.kv
+    tampered, _ = kv.name_of(gateway.library.get_prompt("tampered"))
+    vanished, _ = kv.name_of(gateway.library.get_prompt("vanished"))
+    shutil.copy(kv.directory / f"{vanished}.safetensors", kv.directory / f"{tampered}.safetensors")
+    (kv.directory / f"{vanished}.safetensors").unlink()
+    api = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        jobs = {
+            name: pool.submit(greedy, api, name, CONVERSATIONS[0])
+            for name in ("tampered", "vanished", DEEP[2])
+        }
+    assert jobs[DEEP[2]].result()[0]
+    for name, sha in (("tampered", tampered), ("vanished", vanished)):
+        with pytest.raises(openai.APIError) as failed:
+            jobs[name].result()
+        message = str(failed.value)
+        assert f"persona {name!r}" in message and sha[:12] in message and "log says why" in message
+
+
+def test_the_gateway_refuses_a_server_without_the_connector(vllm_url, real_home):
+    with pytest.raises(ConfigError) as refused:
+        with running_server("--backend", "vllm", "--vllm-url", vllm_url):
+            pass
+    message = str(refused.value)
+    assert f"the vLLM server at {vllm_url} runs without persona's KV connector" in message
+    assert "--kv-transfer-config" in message and "\n" not in message
 
 
 def another_matrix(directory: Path, target: Path) -> Path:
@@ -206,16 +296,18 @@ def test_the_gateway_refuses_a_server_on_another_model(
     message = str(refused.value)
     assert f"the vLLM server at {vllm_url} runs " in message and DEFAULT_MODEL_ID in message
     assert f"not this gateway's model {str(other)!r}" in message and "\n" not in message
-    with pytest.raises(ConfigError, match="runs a model of another width"):
+    with pytest.raises(ConfigError, match="not this gateway's model"):
         with running_server(
             "--model", str(tiny_model_dir), "--backend", "vllm", "--vllm-url", vllm_url
         ):
             pass
 
 
-def test_a_bad_url_beside_the_real_server_is_left_out(vllm_url, real_home, capsys):
+def test_a_bad_url_beside_the_real_server_is_left_out(gateway, real_home, capsys):
+    """A second gateway in front of the vLLM the first one started (which has the connector)."""
+    real = gateway.state.runner.upstreams[0].url
     gone = f"http://127.0.0.1:{free_port()}"
-    with running_server("--backend", "vllm", "--vllm-url", f"{gone},{vllm_url}") as running:
+    with running_server("--backend", "vllm", "--vllm-url", f"{gone},{real}") as running:
         api = openai.OpenAI(base_url=running.url, api_key="unused", max_retries=0)
         model = running.state.catalog.base_id
         reply = api.chat.completions.create(model=model, messages=CONVERSATIONS[0], **GREEDY)

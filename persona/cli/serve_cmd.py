@@ -34,20 +34,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("torch", "llama", "vllm"),
         default="torch",
         help="torch (default); llama: llama.cpp runs the GGUF file (needs persona[llama]); "
-        "vllm: vLLM servers compute, this process renders, embeds and serves (--vllm-url)",
+        "vllm: vLLM computes (--vllm-url, else one started here), this process renders and serves",
     )
     parser.add_argument(
         "--vllm-url",
         action="append",
         metavar="URL[,URL...]",
-        help="with --backend vllm: the vLLM servers (started with --enable-prompt-embeds on the "
-        "same model); each request goes to the one with the fewest in flight",
+        help="with --backend vllm: the vLLM servers (started with persona's KV connector on the "
+        "same model, docs/vllm.md); each request goes to the one with the fewest in flight "
+        "(default: start one here from .venv-vllm, stopped with the server)",
     )
     parser.add_argument(
         "--vllm-dtype",
         choices=VLLM_DTYPES,
-        help="with --backend vllm: the --dtype the vLLM servers run in; embeddings are sent in it "
+        help="with --backend vllm: the --dtype the vLLM servers run in "
         "(default: float32, persona's own engine exactly)",
+    )
+    parser.add_argument(
+        "--vllm-python",
+        metavar="PATH",
+        help="with --backend vllm and no --vllm-url: the Python of vLLM's own environment "
+        "(default: .venv-vllm/bin/python beside the project, `make vllm`)",
+    )
+    parser.add_argument(
+        "--vllm-args",
+        metavar="FLAGS",
+        help="with --backend vllm and no --vllm-url: more flags for that vLLM, one string "
+        "(e.g. '--enforce-eager --max-model-len 2048')",
     )
     parser.add_argument(
         "--library",

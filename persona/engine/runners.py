@@ -35,8 +35,12 @@ class RunnerChoice:
     device: str = "cpu"
     scheduler: str | None = None  # batch | serial; None: batch where the backend batches
     max_queue: int = DEFAULT_MAX_QUEUE
-    vllm_urls: list[str] = field(default_factory=list)
+    vllm_urls: list[str] = field(default_factory=list)  # none: start one here (.venv-vllm)
     vllm_dtype: str | None = None  # what the vLLM servers compute in; None: float32
+    vllm_python: str | None = None  # the interpreter of the vLLM started here
+    vllm_args: str | None = None  # more flags for the vLLM started here
+    gateway_url: str | None = None  # where vLLM's connector fetches personas (set once bound)
+    api_key: str | None = None  # the gateway's key, which that fetch needs
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -49,6 +53,8 @@ class RunnerChoice:
             for flag, given in (
                 ("--vllm-url", bool(self.vllm_urls)),
                 ("--vllm-dtype", self.vllm_dtype is not None),
+                ("--vllm-python", self.vllm_python is not None),
+                ("--vllm-args", self.vllm_args is not None),
             ):
                 if given:
                     raise ConfigError(f"{flag} needs --backend vllm")
@@ -63,6 +69,13 @@ class RunnerChoice:
                     f"{flag} is for a model run here; with --backend vllm the vLLM servers "
                     "compute (tell the gateway their --dtype with --vllm-dtype)"
                 )
+        if self.vllm_urls:
+            for flag, given in (
+                ("--vllm-python", self.vllm_python is not None),
+                ("--vllm-args", self.vllm_args is not None),
+            ):
+                if given:
+                    raise ConfigError(f"{flag} is for the vLLM started here, without --vllm-url")
 
 
 @dataclass
@@ -110,21 +123,50 @@ def serving_precision(precision: str, backend: str, scheduler: str) -> str:
 
 def _open_vllm(choice: RunnerChoice, log: Callable[[str], None]) -> Opened:
     """The gateway in front of vLLM servers: the tokenizer and embedding matrix only, every
-    server checked (docs/vllm.md)."""
+    server checked (docs/vllm.md); without --vllm-url, one vLLM started here, stopped with it."""
     from persona.engine.vllm.gateway import VllmRunner
+    from persona.engine.vllm.kv import PersonaKV
     from persona.engine.vllm.model import load_gateway_engine
     from persona.engine.vllm.upstream import connect
+    from persona.model.location import resolve_model_path
+    from persona.paths import data_dir
 
-    if not choice.vllm_urls:
-        raise ConfigError(
-            "--backend vllm needs --vllm-url URL[,URL...]: vLLM servers started with "
-            "--enable-prompt-embeds on the same model (see docs/vllm.md)"
-        )
     dtype = choice.vllm_dtype or "float32"
     engine = load_gateway_engine(choice.model, dtype)
+    kv = PersonaKV(data_dir() / "vllm-kv", choice.model)
     urls = [url for given in choice.vllm_urls for url in given.split(",") if url.strip()]
-    upstreams = connect(urls, engine, dtype, warn=log)
-    runner = VllmRunner(engine, upstreams, dtype=dtype, max_queue=choice.max_queue, log=log)
+    local = None
+    if not urls:
+        from persona.engine.vllm.local import start_local_vllm, vllm_python
+
+        python = vllm_python(choice.vllm_python)
+        log(f"starting vLLM ({python}); its log: {data_dir() / 'vllm.log'}")
+        local = start_local_vllm(
+            python=python,
+            model_dir=resolve_model_path(choice.model)[0],
+            dtype=dtype,
+            kv_dir=kv.directory,
+            gateway_url=choice.gateway_url,
+            api_key=choice.api_key,
+            extra_args=choice.vllm_args,
+            state_dir=data_dir(),
+        )
+        urls = [local.url]
+    try:
+        upstreams = connect(urls, engine, dtype, warn=log)
+        runner = VllmRunner(
+            engine,
+            upstreams,
+            kv,
+            dtype=dtype,
+            max_queue=choice.max_queue,
+            log=log,
+            on_close=local.stop if local is not None else None,
+        )
+    except BaseException:
+        if local is not None:
+            local.stop()
+        raise
     alive = sum(upstream.alive for upstream in upstreams)
-    servers = f"{alive} vLLM server" + ("s" if alive != 1 else "")
+    servers = "a vLLM started here" if local else f"{alive} vLLM server" + "s" * (alive != 1)
     return Opened(engine, runner, f"{engine.loaded.model_id} ({dtype} on {servers})")

@@ -27,6 +27,10 @@ class KVCache:
             max_length = self._length + max_length
         self._length = max(0, min(self._length, max_length))
 
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s keys and values so far, (B, H_kv, length, d) each."""
+        return self._keys[index][:, :, : self._length], self._values[index][:, :, : self._length]
+
     def update(
         self, layer: int, keys: torch.Tensor, values: torch.Tensor, start: int
     ) -> tuple[torch.Tensor, torch.Tensor]:

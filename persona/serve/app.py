@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from persona.engine.contract import Request, Runner
@@ -85,6 +85,16 @@ def create_app(state: ServeState) -> Any:
                 return entry
         prompt = await run_in_threadpool(state.catalog.resolve, model)  # 404: near misses named
         return state.catalog.entry(model, prompt)
+
+    @app.get("/v1/personas/{sha256}/kv")
+    async def persona_kv(sha256: str) -> Response:
+        """A persona's keys and values, for persona's KV connector inside a vLLM server (the
+        API key guards it as every route): safetensors bytes, named by their values' sha256."""
+        read = getattr(state.runner, "persona_kv", None)
+        data = await run_in_threadpool(read, sha256) if read is not None else None
+        if data is None:
+            raise APIError(404, f"no persona keys and values named {sha256[:64]!r} here")
+        return Response(data, media_type="application/octet-stream")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, http: HTTPRequest) -> Any:

@@ -99,10 +99,14 @@ def start(args: argparse.Namespace) -> Running:
         max_queue=args.max_queue,
         vllm_urls=list(args.vllm_url or []),
         vllm_dtype=args.vllm_dtype,
+        vllm_python=getattr(args, "vllm_python", None),
+        vllm_args=getattr(args, "vllm_args", None),
+        api_key=api_key,
     )
     path = socket_path()
     refuse_second_server(path)
     sockets = [bind_tcp(args.host, args.port)]
+    choice.gateway_url = _own_url(sockets[0])  # where a vLLM's connector fetches personas
     library = None
     try:
         library = open_library(args.library)
@@ -159,6 +163,15 @@ def start(args: argparse.Namespace) -> Running:
         state=state,
         library=library,
     )
+
+
+def _own_url(sock: socket.socket) -> str:
+    """This server's base URL over TCP, as a process on this machine reaches it."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
 
 
 def _warn(line: str) -> None:

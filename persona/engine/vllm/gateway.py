@@ -1,11 +1,14 @@
 """VllmRunner: the generation contract (persona.engine.contract) on vLLM servers over HTTP.
 
-persona stays the gateway: it renders each conversation with its own renderer, embeds the ids
-with the model's own matrix, puts the persona's soft prompt in front (`prepend_prompt`), and
-streams `[P ; E[ids]]` to a vLLM server as `prompt_embeds`. vLLM batches, pages the KV cache and
-scales out. The token ids that come back are decoded here with persona's tokenizer and stream
-decoder, so the text is exactly what persona's own engine makes of the same tokens; stop strings
-are cut as every runner cuts them (`watch_stops`).
+persona stays the gateway: it renders each conversation with its own renderer and sends vLLM
+token ids. A persona goes as N placeholder ids in front plus `kv_transfer_params` naming its keys
+and values, which persona's KV connector inside vLLM (persona.kvconnector) writes into the
+positions vLLM gave the placeholders; deep and soft personas alike (a soft one is turned into
+its keys and values once, persona.engine.vllm.kv), and the gateway serves those tensors at
+`GET /v1/personas/{sha256}/kv`. vLLM batches, pages the KV cache and scales out. The token ids
+that come back are decoded here with persona's tokenizer and stream decoder, so the text is
+exactly what persona's own engine makes of the same tokens; stop strings are cut as every runner
+cuts them (`watch_stops`).
 
 The requests run as tasks on an event loop of this scheduler's own thread (the HTTP loop only
 submits). Each goes to the live server with the fewest requests in flight; a server that cannot
@@ -37,18 +40,11 @@ from persona.engine.contract import (
 )
 from persona.engine.detok import StreamDecoder
 from persona.engine.rate import TokenRate
+from persona.engine.vllm.kv import PersonaKV
 from persona.engine.vllm.upstream import Upstream, UpstreamUnreachable, check_upstream, choose
-from persona.engine.vllm.wire import (
-    COMPLETIONS,
-    completion_body,
-    encode_embeds,
-    parse_event,
-    prompt_embeds,
-    refused,
-)
+from persona.engine.vllm.wire import COMPLETIONS, ids_body, parse_event, refused
 from persona.errors import ConfigError, PersonaError, QueueFull, first_line
 from persona.prompt.layout import KVLayout
-from persona.prompt.softprompt import SoftPrompt
 
 UPSTREAM_ROWS = 256  # requests a vLLM server runs at once by default (its --max-num-seqs)
 CANCEL_POLL_S = 0.1  # how often the loop looks for clients that left
@@ -67,17 +63,19 @@ class _Unreachable(Exception):
 
 class VllmRunner:
     name = "vllm"
-    layout: KVLayout | None = None  # vLLM takes soft personas, as input embeddings
+    layout: KVLayout | None  # the model's: every persona reaches vLLM as keys and values
 
     def __init__(
         self,
         engine: ChatEngine,
         upstreams: list[Upstream],
+        kv: PersonaKV,
         *,
         dtype: str = "float32",
         max_queue: int = DEFAULT_MAX_QUEUE,
         recheck: Callable[[str], Upstream] | None = None,
         log: Callable[[str], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         if not upstreams:
             raise ConfigError("the vLLM scheduler needs at least one server")
@@ -85,6 +83,10 @@ class VllmRunner:
             raise ConfigError(f"max_queue={max_queue!r} must be 0 or more")
         self.engine = engine
         self.upstreams = upstreams
+        self.kv = kv
+        self._on_close = on_close  # stops a vLLM this gateway started
+        # every persona reaches vLLM as keys and values of the model's layout, deep ones included
+        self.layout = engine.backend.layout
         self.dtype = dtype
         self.max_queue = max_queue
         self.rate = TokenRate()
@@ -157,6 +159,8 @@ class VllmRunner:
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=CLOSE_WAIT_S)
+        if self._on_close is not None:
+            self._on_close()
 
     # ---- one request ----------------------------------------------------------------------------
 
@@ -166,12 +170,21 @@ class VllmRunner:
         self._active[task] = ticket
         request = ticket.request
         reply = _Reply(ticket, StreamDecoder(self.engine.tokenizer), self)
+        persona: tuple[str, int, int] | None = None
         try:
-            # megabytes for a long conversation on a wide model: off this loop, which streams
-            encoded = await asyncio.get_running_loop().run_in_executor(
-                None, self._encode, list(request.ids or []), request.persona
-            )
-            body = completion_body("", encoded, request.config, self.engine.stop_ids)
+            ids = list(request.ids or [])
+            if request.persona is not None:
+                if self.layout is None:
+                    raise ConfigError(
+                        "this model names no plain KV cache layout; vLLM's persona KV connector "
+                        "cannot put a persona in front of it"
+                    )
+                # made once per persona (a soft one takes a forward pass): off this loop
+                name, rows = await asyncio.get_running_loop().run_in_executor(
+                    None, self.kv.name_of, request.persona
+                )
+                persona = (name, rows, self.layout.width)
+            body = ids_body("", ids, request.config, self.engine.stop_ids, persona)
             tried: set[str] = set()
             while True:
                 candidates = [u for u in self.upstreams if u.url not in tried]
@@ -195,6 +208,12 @@ class VllmRunner:
                 reply.end()
                 deliver(ticket, "finish", "cancelled", prompt_tokens(request), reply.produced)
         except PersonaError as exc:
+            named = request.persona
+            if persona and named and type(exc) is PersonaError and reply.produced == 0:
+                exc = PersonaError(  # a 500 before the reply: most often the persona's load
+                    f"{exc}; if persona {named.name!r} (keys and values "
+                    f"{persona[0][:12]}) did not load, the vLLM server's log says why"
+                )
             deliver(ticket, "error", exc)
         except Exception as exc:  # noqa: BLE001 - a bug fails its request, not the server
             deliver(ticket, "error", PersonaError(f"generation failed: {first_line(exc)}"))
@@ -203,12 +222,10 @@ class VllmRunner:
             with self._lock:
                 self._in_flight -= 1
 
-    def _encode(self, ids: list[int], persona: SoftPrompt | None) -> str:
-        embeds = prompt_embeds(
-            self.engine.backend.embed(ids),  # (T, D)
-            persona.embeddings if persona is not None else None,  # (N, D)
-        )  # (N+T, D)
-        return encode_embeds(embeds, self.dtype)
+    def persona_kv(self, sha256: str) -> bytes | None:
+        """The safetensors bytes of the persona keys and values named `sha256`, for the
+        connector of a vLLM server that fetches them (None: not one of ours)."""
+        return self.kv.read(sha256)
 
     async def _stream(self, upstream: Upstream, body: dict[str, Any], reply: _Reply) -> None:
         """Stream one completion from `upstream` into `reply`; returns early once the reply

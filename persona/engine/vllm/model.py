@@ -1,10 +1,13 @@
-"""What a gateway in front of vLLM holds of the model: the tokenizer and the input embedding matrix.
+"""What a gateway in front of vLLM holds of the model: the tokenizer, the config and the input
+embedding matrix.
 
-The gateway renders a conversation and builds `[soft prompt ; E[ids]]`; the vLLM servers run the
-network. So it reads one tensor, `model.embed_tokens.weight`, from the checkpoint (safetensors'
-`safe_open`, the rest of the file is never read) and builds a `LoadedModel` whose `model` carries
-only the config facts the engine's helpers ask for, so that `ChatEngine` (rendering, the window,
-end-of-turn ids, `prompt_text`) works unchanged on top of `EmbeddingBackend`.
+The gateway renders a conversation into token ids; the vLLM servers run the network. It reads
+one tensor, `model.embed_tokens.weight`, from the checkpoint (safetensors' `safe_open`, the rest
+of the file is never read): the fingerprint that decides which personas fit, and the start-up
+probe by `prompt_embeds` where a server takes them. The config gives the KV layout every persona
+reaches vLLM in. The result is a `LoadedModel` whose `model` carries only the config facts the
+engine's helpers ask for, so that `ChatEngine` (rendering, the window, end-of-turn ids,
+`prompt_text`) works unchanged on top of `EmbeddingBackend`.
 """
 
 from __future__ import annotations
@@ -55,10 +58,11 @@ class EmbeddingBackend:
     name = "vllm"
     max_rows = 0
     device = torch.device("cpu")
-    layout: KVLayout | None = None  # vLLM takes soft personas only, as input embeddings
 
-    def __init__(self, embedding: torch.Tensor) -> None:
+    def __init__(self, embedding: torch.Tensor, layout: KVLayout | None = None) -> None:
         self.embedding = embedding  # (V, D) float32
+        # the model's KV layout: every persona reaches vLLM as keys and values of this shape
+        self.layout = layout
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         return self.embedding[torch.tensor(list(ids), dtype=torch.long)]  # (T, D)
@@ -107,7 +111,7 @@ def load_gateway_engine(path: str | os.PathLike[str] | None, label: str) -> Chat
         model_id=model_id,
         precision=label,
     )
-    return ChatEngine(loaded, backend=EmbeddingBackend(embedding))
+    return ChatEngine(loaded, backend=EmbeddingBackend(embedding, KVLayout.of_config(config)))
 
 
 def read_model_config(directory: Path, model_id: str) -> Any:

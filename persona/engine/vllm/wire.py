@@ -1,9 +1,9 @@
-"""What goes over the wire to a vLLM server: `[soft prompt ; E[ids]]` as `prompt_embeds`, the
-sampling settings in vLLM's names, and the reading of its answers (server-sent events, errors).
+"""What goes over the wire to a vLLM server: token ids (with a persona's N placeholders and its
+keys and values named for persona's KV connector, `ids_body`), the sampling settings in vLLM's
+names, and the reading of its answers (server-sent events, errors).
 
-vLLM takes `prompt_embeds` as base64 of `torch.save(tensor)` with the tensor `(T, D)`; it casts
-the tensor to the dtype it computes in, so sending that dtype (`--vllm-dtype`) loses nothing
-and halves the bytes against float32 (docs/vllm.md has the sizes).
+`prompt_embeds` (base64 of `torch.save` of a `(T, D)` tensor) remain for the start-up probe only,
+where a server takes them: the same text by ids and by the gateway's own embeddings must agree.
 """
 
 from __future__ import annotations
@@ -11,29 +11,17 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 
 from persona.engine.config import GenerationConfig
 from persona.errors import ConfigError, PersonaError, first_line
-from persona.prompt.inject import prepend_prompt
 
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPLETIONS = "/v1/completions"
 ENABLE_EMBEDS_HINT = "--enable-prompt-embeds"  # in vLLM's refusal of prompt_embeds
-
-
-def prompt_embeds(
-    embedding: torch.Tensor,  # (T, D) E[ids], float32
-    prompt: torch.Tensor | None,  # (N, D) the persona's soft prompt, or None
-) -> torch.Tensor:
-    """`[P ; E[ids]]`, (N+T, D), through the one place a prompt is put in front."""
-    if prompt is None:
-        return embedding
-    embeds, _, _ = prepend_prompt(prompt, embedding.unsqueeze(0))  # (1, N+T, D)
-    return embeds[0]  # (N+T, D)
 
 
 def encode_embeds(embeds: torch.Tensor, dtype: str) -> str:
@@ -61,19 +49,37 @@ def sampling(config: GenerationConfig, stop_ids: Collection[int]) -> dict[str, A
     return fields
 
 
-def completion_body(
-    served_name: str, embeds: str, config: GenerationConfig, stop_ids: Collection[int]
+def ids_body(
+    served_name: str,
+    ids: Sequence[int],
+    config: GenerationConfig,
+    stop_ids: Collection[int],
+    persona: tuple[str, int, int] | None = None,
 ) -> dict[str, Any]:
-    """A streamed completion of the embeddings; token ids come back with each piece, so the
-    gateway decodes the text with its own tokenizer, exactly as persona's engine does."""
-    return {
+    """A streamed completion of token ids. With a persona, (its keys and values' sha256, N, W):
+    N placeholder ids go first, persona's KV connector fills their positions with the persona's
+    keys and values, and the conversation runs after them at positions N.., as in persona's own
+    engine. The placeholder is the conversation's first id, which the repetition penalty counts
+    already (persona's engine counts the conversation's ids, not the persona's positions), so the
+    penalty is the same; the cache salt keeps one persona's cached blocks from another's."""
+    body: dict[str, Any] = {
         "model": served_name,
-        "prompt_embeds": embeds,
+        "prompt": list(ids),
         "stream": True,
         "stream_options": {"include_usage": True},
         "return_token_ids": True,
         **sampling(config, stop_ids),
     }
+    if persona is not None:
+        name, rows, width = persona
+        body["prompt"] = [ids[0]] * rows + list(ids)
+        body["kv_transfer_params"] = {
+            "persona_kv": name,
+            "persona_rows": rows,
+            "persona_width": width,
+        }
+        body["cache_salt"] = name
+    return body
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
