@@ -191,7 +191,8 @@ class ChatScreen(Screen[None]):
         runner = self.state.backend.runner
         outcome = write_reply(runner, request, persona, reply.cancel, hand_over)
         try:
-            self.app.call_from_thread(self._reply_done, reply, outcome)
+            # Textual's annotation infers Never for a coroutine returning None; it runs it as any
+            self.app.call_from_thread(self._reply_done, reply, outcome)  # type: ignore[arg-type]
         except RuntimeError:  # the app is already gone
             pass
 
