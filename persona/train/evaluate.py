@@ -1,7 +1,8 @@
-"""Held-out negative log-likelihood per reply token: no prompt, the written description, the soft prompt.
+"""Held-out negative log-likelihood per reply token: no prompt, the written description, the persona.
 
 All three score exactly the same reply tokens (replies are cut the same way whatever precedes
-them), so the numbers compare directly: lower is better, and a soft prompt earns its place only
+them), so the numbers compare directly: lower is better, and a persona's prompt (deep or soft)
+earns its place only
 if it beats both the bare model and simply writing the description as a system prompt.
 Only replies to something are scored: a line that opens a conversation has no context, and a
 chat template cannot render an empty conversation for the bare model (nor does a chat ever
