@@ -2,8 +2,8 @@
 
 All three score exactly the same reply tokens (replies are cut the same way whatever precedes
 them), so the numbers compare directly: lower is better, and a persona's prompt (deep or soft)
-earns its place only
-if it beats both the bare model and simply writing the description as a system prompt.
+earns its place only if it beats both the bare model and simply writing the description as a
+system prompt.
 Only replies to something are scored: a line that opens a conversation has no context, and a
 chat template cannot render an empty conversation for the bare model (nor does a chat ever
 start with the persona speaking).
