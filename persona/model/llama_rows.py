@@ -27,7 +27,7 @@ def decode_rows(
     cos, sin = model.rotary(
         torch.tensor(starts, device=tokens.device).view(batch, 1), x.dtype
     )  # (B, 1, 1, d)
-    for layer in model.model.layers:
+    for layer in model.decoder_layers:
         attention = layer.self_attn
         heads, kv_heads, d = attention.heads, attention.kv_heads, attention.head_dim
         h = layer.input_layernorm(x)  # (B, 1, D)
