@@ -30,6 +30,7 @@ from persona.kvconnector.store import KEY_ENV
 PROJECT = Path(persona.__file__).resolve().parents[1]
 DEFAULT_PYTHON = PROJECT / ".venv-vllm" / "bin" / "python"
 SERVED_NAME = "persona"
+CPU_KV_SPACE_ENV, CPU_KV_SPACE_GIB = "VLLM_CPU_KVCACHE_SPACE", "1"
 START_TIMEOUT_S = 900.0  # a CPU build compiles its kernels at a first start without --enforce-eager
 STOP_WAIT_S = 30.0
 
@@ -118,6 +119,10 @@ def start_local_vllm(
         *shlex.split(extra_args or ""),
     ]
     environment = {
+        # vLLM's CPU build reserves this many GiB for its KV cache; unset, it claims a share
+        # (--gpu-memory-utilization) of the machine's whole memory and refuses to start where
+        # less is free. A GPU build ignores it; the user's own value wins
+        CPU_KV_SPACE_ENV: CPU_KV_SPACE_GIB,
         **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
         "PYTHONPATH": str(connector_path(state_dir / "vllm-connector")),
     }
