@@ -69,18 +69,18 @@ def test_each_row_gets_its_own_activation_scale():
         exact = torch.nn.functional.linear(
             rows, layer.weight, layer.bias
         )  # the int8 weights, exact activations
-        kernel = layer(rows)  # 3 rows <= ROW_KERNEL_MAX_ROWS: row by row through the int8 kernel
+        kernel = layer(rows)  # every row over its own range, in one kernel call
         alone = layer(rows[2:])
-    assert rows.shape[0] <= quantize.ROW_KERNEL_MAX_ROWS
     assert torch.equal(kernel[2:], alone)  # the outlier row did not change the small row's result
     relative = (kernel[2] - exact[2]).abs().max() / exact[2].abs().max()
     assert float(relative) < 0.05
 
 
-def test_many_rows_use_the_dequantised_weight_exactly():
+def test_many_rows_use_the_dequantised_weight_exactly_under_the_row_by_row_kernel():
     torch.manual_seed(0)
     linear = torch.nn.Linear(16, 8, bias=False)
     layer = quantize.Int8Linear.from_linear(linear)
+    layer.kernel = "row-by-row"
     rows = torch.randn(2, 7, 16)  # 14 rows: above ROW_KERNEL_MAX_ROWS
     with torch.no_grad():
         assert torch.allclose(layer(rows), rows @ layer.weight.T, atol=1e-6)
@@ -93,6 +93,7 @@ def test_the_shared_dequantisation_buffer_serves_layers_of_any_size_in_and_out_o
     torch.manual_seed(0)
     small = quantize.Int8Linear.from_linear(torch.nn.Linear(16, 8, bias=True))
     large = quantize.Int8Linear.from_linear(torch.nn.Linear(16, 40, bias=False))
+    quantize.set_int8_kernel(torch.nn.Sequential(small, large), "row-by-row")
     rows = torch.randn(12, 16)
     with torch.inference_mode():  # the buffer is first made here
         first = small(rows)
@@ -148,13 +149,16 @@ def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_u
 
 def test_the_row_kernel_computes_what_fbgemms_operator_computes():
     """The int8 kernel is called boxed through the dispatcher (no per-call __torch_function__
-    lookup on the packed weight); it must compute exactly what `torch.ops` computes, bias included."""
+    lookup on the packed weight); it must compute exactly what `torch.ops` computes (the layer
+    adds its bias after the kernel)."""
     torch.manual_seed(0)
     layer = quantize.Int8Linear.from_linear(torch.nn.Linear(40, 24))
+    layer.kernel = "row-by-row"
     packed = layer.prepack()
     for rows in (torch.randn(1, 40), torch.randn(1, 40) * 300.0):
         with torch.no_grad():
-            expected = torch.ops.quantized.linear_dynamic(rows, packed, False)
+            guarded = torch.nn.functional.pad(rows, (0, len(quantize.GUARD)))  # zeros: no guard
+            expected = torch.ops.quantized.linear_dynamic(guarded, packed, False) + layer.bias
             assert torch.equal(layer.row(rows), expected)
             assert torch.equal(layer(rows), expected)
 

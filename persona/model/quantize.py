@@ -1,14 +1,22 @@
 """int8 weights for chat on CPU: the frozen decoder's Linear layers; a float16 output projection.
 
 Each decoder weight is stored as int8 (7 bits used, see WEIGHT_LEVELS) with one scale per output
-channel. How a layer multiplies depends on how many rows of activations it gets:
+channel, and every product goes through fbgemm's dynamic int8 kernel (int8 weights times uint8
+activations, int32 sums). Every row of activations (every token) gets its own range: one range
+shared by many positions is what ruins quality, since the soft prompt's virtual tokens and the
+first positions carry activations far larger than the rest. fbgemm's kernel quantizes all the rows
+of one call with one range, so each row is first divided by its own largest magnitude,
 
-* a few rows (a decode step, the last position of a prefill): fbgemm's dynamic int8 kernel, one
-  call per row, so every token gets its own activation scale. One scale shared by many positions
-  is what ruins quality: the soft prompt's virtual tokens and the first positions carry
-  activations far larger than the rest, and a shared scale rounds everything else to nothing;
-* many rows (encoding history): the int8 weight dequantised to float32 for that call, the
-  activations exact.
+    x = m u,   m = max|x|,   u in [-1, 1],   x W^T = m (u W^T),
+
+and all rows go through one kernel call (`Int8Linear.forward`, kernel "per-row"), each with two
+guard columns holding 1 and -1 (their weights are zero): the call's range is [-1, 1] whoever the
+neighbours are, so a row's result does not depend on them. A decode step of many rows (the server's batch) costs one kernel call per
+weight, a prefill too, and a row alone computes exactly what it computes in a batch or a chunk.
+
+The kernel "row-by-row" is the previous scheme, kept for comparison (`benchmarks/int8_rows.py`):
+one kernel call per row up to ROW_KERNEL_MAX_ROWS rows (fbgemm's own range per row, [min(x, 0),
+max(x, 0)]), and above that the int8 weight dequantised to float32 with exact activations.
 
 The output projection (V x D, the largest matrix of a small model, read once per token) is kept
 in float16 with float16 activations: int8 there moved the starters' held-out NLL by about 0.6% on
@@ -37,7 +45,8 @@ import torch.nn.functional as F
 from persona.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "int8")
-ROW_KERNEL_MAX_ROWS = 4  # up to this many rows go through the int8 kernel row by row
+KERNELS = ("per-row", "row-by-row")  # how Int8Linear multiplies; see the module docstring
+ROW_KERNEL_MAX_ROWS = 4  # "row-by-row": up to this many rows go through the int8 kernel one by one
 # fbgemm's AVX2 kernel sums pairs of u8 x s8 products in int16, saturating: 255 * 63 * 2 < 32767.
 # So weights use 7 bits (+-63) and activations all 8. The usual split (8-bit weights, activations
 # cut to 7 bits by reduce_range) measured worse here: the activation error is what NLL feels.
@@ -147,6 +156,25 @@ def _quiet_packing_warning() -> None:
 _SCRATCH = threading.local()
 
 
+GUARD = (1.0, -1.0)  # the two guard columns of a "per-row" call's input (see Int8Linear._per_row)
+
+
+def _guarded_buffer(rows: int, width: int) -> torch.Tensor:
+    """This thread's (rows, width + 2) float32 input buffer for "per-row" calls: the last two
+    columns hold GUARD, the others are written by the caller and valid until its next call."""
+    buffers = getattr(_SCRATCH, "guarded", None)
+    if buffers is None:
+        buffers = _SCRATCH.guarded = {}
+    buffer = buffers.get(width)
+    if buffer is None or buffer.shape[0] < rows:
+        capacity = max(rows, 2 * (0 if buffer is None else buffer.shape[0]))
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            buffer = torch.empty(capacity, width + len(GUARD))
+            buffer[:, width:] = torch.tensor(GUARD)
+        buffers[width] = buffer
+    return buffer[:rows]
+
+
 class Int8Linear(torch.nn.Module):
     """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
 
@@ -160,6 +188,7 @@ class Int8Linear(torch.nn.Module):
         self.register_buffer("weight_int8", weight_int8)  # (out, in) int8
         self.register_buffer("scale", scale)  # (out,) float32
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        self.kernel = KERNELS[0]  # see set_int8_kernel
         # fbgemm's packed weight, made by prepack() (at first use at the latest), under a lock: a
         # decode step and the background packer never pack it twice
         self._packed: Any = None
@@ -179,14 +208,16 @@ class Int8Linear(torch.nn.Module):
         return self._packed
 
     def pack_weight(self) -> Any:
-        """fbgemm's packed form of this weight, made anew (prepack keeps the first one made)."""
+        """fbgemm's packed form of this weight with two zero columns for the guard (no bias:
+        forward adds it), made anew (prepack keeps the first one made)."""
+        guarded = F.pad(self.weight_int8, (0, len(GUARD)))  # (out, in + 2) int8
         qweight = torch._make_per_channel_quantized_tensor(
-            self.weight_int8,
+            guarded,
             self.scale.double(),
             torch.zeros_like(self.scale, dtype=torch.long),
             0,
         )
-        return torch.ops.quantized.linear_prepack(qweight, self.bias)
+        return torch.ops.quantized.linear_prepack(qweight, None)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> Int8Linear:
@@ -244,21 +275,55 @@ class Int8Linear(torch.nn.Module):
         return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
 
     def row(self, x: torch.Tensor) -> torch.Tensor:
-        """forward() of one row x (1, in) -> (1, out): a decode step's call, straight to the kernel."""
-        return _ROW_KERNEL(x, self._packed if self._packed is not None else self.prepack(), False)
+        """forward() of one row x (1, in) -> (1, out): a decode step's call, without reshaping."""
+        if self.kernel == "per-row":
+            return self._per_row(x)
+        return self._row_by_row(x)
+
+    def _per_row(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (R, in) -> (R, out) in one kernel call, each row quantized over its own range.
+
+        Each row is divided by its largest magnitude, so it lies in [-1, 1]; two guard columns
+        holding 1 and -1 (whose weights are zero) go with every row, so the kernel's range is
+        always [-1, 1] (255 levels over each row's own [-max|x|, max|x|]), whatever the other
+        rows of the call. Then x W^T = max|x| (u W^T).
+        """
+        largest = rows.abs().amax(dim=1, keepdim=True)  # (R, 1)
+        largest.clamp_min_(torch.finfo(torch.float32).tiny)  # a row of zeros stays zeros
+        unit = _guarded_buffer(rows.shape[0], self.in_features)  # (R, in + 2)
+        torch.div(rows, largest, out=unit[:, : self.in_features])
+        packed = self._packed if self._packed is not None else self.prepack()
+        products = _ROW_KERNEL(unit, packed, False)  # (R, out) = u W^T
+        if self.bias is None:
+            return products.mul_(largest)  # (R, out)
+        return torch.addcmul(self.bias, products, largest)  # (R, out)
+
+    def _row_by_row(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (R, in) -> (R, out) the previous way: the kernel once per row (its own range,
+        [min(x, 0), max(x, 0)]) up to ROW_KERNEL_MAX_ROWS rows, else the dequantised weight."""
+        if rows.shape[0] > ROW_KERNEL_MAX_ROWS:
+            return F.linear(rows, self._dequantised_into_scratch(), self.bias)  # (R, out)
+        packed = self._packed if self._packed is not None else self.prepack()
+        padded = F.pad(rows, (0, len(GUARD)))  # (R, in + 2): zeros against the guard's weights
+        y = torch.cat([_ROW_KERNEL(padded[i : i + 1], packed, False) for i in range(rows.shape[0])])
+        return y if self.bias is None else y + self.bias  # (R, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (R, in)
-        if rows.shape[0] == 1:
-            y = self.row(rows)
-        elif rows.shape[0] <= ROW_KERNEL_MAX_ROWS:
-            y = torch.cat([self.row(rows[index : index + 1]) for index in range(rows.shape[0])])
-        else:
-            y = F.linear(rows, self._dequantised_into_scratch(), self.bias)  # (R, out)
+        y = self._per_row(rows) if self.kernel == "per-row" else self._row_by_row(rows)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+def set_int8_kernel(model: torch.nn.Module, kernel: str) -> None:
+    """Every Int8Linear of `model` multiplies by `kernel` (one of KERNELS; see the module docstring)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"kernel={kernel!r} is not one of {', '.join(KERNELS)}")
+    for module in model.modules():
+        if type(module) is Int8Linear:
+            module.kernel = kernel
 
 
 class Float16Linear(torch.nn.Module):
