@@ -7,7 +7,8 @@ benchmarks/quantize.py): float32 (transformers' model, the reference), int8 "row
 kernel once per row, the dequantised weight for a prefill) and int8 "per-row" (each row over its own
 range, all rows in one kernel call: what int8 runs now); (2) the batched decode step of persona's
 own decoder (NativeBackend.decode, every row with its own cache and length) at each --batch size,
-float32 and both int8 kernels, in turns, best of --steps steps each. Skip (1) with --examples 0.
+float32 and both int8 kernels, in turns, best of --steps steps each; (3) the prefill of one
+--prompt-tokens prompt the same way. Skip (1) with --examples 0.
 """
 
 from __future__ import annotations
@@ -63,11 +64,22 @@ def step_ms(backend: NativeBackend, rows: int, steps: int) -> float:
     return best * 1e3
 
 
+def prefill_ms(backend: NativeBackend, tokens: int, repeats: int) -> float:
+    ids = [200 + index % 1000 for index in range(tokens)]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.prefill(backend.new_cache(), ids)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=16, help="held-out examples per persona")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--prompt-tokens", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -88,6 +100,14 @@ def main() -> None:
             cells = "  ".join(f"{name} {ms:7.1f}" for name, ms in timings.items())
             ratio = timings["fp32"] / timings[f"int8 {KERNELS[0]}"]
             print(f"  {rows:3d} rows: {cells}   fp32 / int8 {KERNELS[0]}: {ratio:.2f}x")
+        timings = {"fp32": prefill_ms(NativeBackend(native.model), args.prompt_tokens, args.steps)}
+        for kernel in KERNELS:
+            set_int8_kernel(int8.model, kernel)
+            timings[f"int8 {kernel}"] = prefill_ms(
+                NativeBackend(int8.model), args.prompt_tokens, args.steps
+            )
+        cells = "  ".join(f"{name} {ms:7.1f}" for name, ms in timings.items())
+        print(f"prefill of {args.prompt_tokens} tokens, ms: {cells}")
     print(f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M')}")
 
 

@@ -67,7 +67,8 @@ def heldout_sets(renderer: Renderer, limit: int) -> list[tuple[SoftPrompt, list]
 
 def incremental_nll(model, prompt: SoftPrompt, encoded: list) -> tuple[float, int]:
     """NLL per reply token, computed as chat computes it: the persona and the context in one
-    prefill, then token by token (either kind of persona: the backend puts it in front)."""
+    prefill, then token by token through decode steps (either kind of persona: the backend puts it
+    in front)."""
     total, count = 0.0, 0
     backend = torch_backend(model)
     with torch.inference_mode():
@@ -83,7 +84,7 @@ def incremental_nll(model, prompt: SoftPrompt, encoded: list) -> tuple[float, in
                     total -= float(torch.log_softmax(logits.float(), dim=-1)[ids[position]])
                     count += 1
                 if position + 1 < len(ids):
-                    logits = backend.prefill(cache, [ids[position]])  # (V,)
+                    logits = backend.decode([ids[position]], [cache])[0]  # (V,): chat's step
     return total / count, count
 
 

@@ -52,13 +52,9 @@ def client(server):
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     from persona.engine.chat import ChatEngine
-    from persona.engine.runners import serving_precision
     from persona.model.loader import load_chat_model
 
-    precision = serving_precision("auto", "torch", "batch")  # what the server chose
-    return ChatEngine(
-        load_chat_model(tiny_model_dir, precision=precision)
-    )  # as the server loads it
+    return ChatEngine(load_chat_model(tiny_model_dir, precision="auto"))  # as the server loads it
 
 
 def local_reply(engine, library_home, messages, persona, **config):

@@ -69,18 +69,17 @@ def test_each_row_gets_its_own_activation_scale():
         exact = torch.nn.functional.linear(
             rows, layer.weight, layer.bias
         )  # the int8 weights, exact activations
-        kernel = layer(rows)  # every row over its own range, in one kernel call
-        alone = layer(rows[2:])
+        kernel = layer.row(rows)  # a decode step: every row over its own range, one kernel call
+        alone = layer.row(rows[2:])
     assert torch.equal(kernel[2:], alone)  # the outlier row did not change the small row's result
     relative = (kernel[2] - exact[2]).abs().max() / exact[2].abs().max()
     assert float(relative) < 0.05
 
 
-def test_many_rows_use_the_dequantised_weight_exactly_under_the_row_by_row_kernel():
+def test_many_rows_use_the_dequantised_weight_exactly():
     torch.manual_seed(0)
     linear = torch.nn.Linear(16, 8, bias=False)
     layer = quantize.Int8Linear.from_linear(linear)
-    layer.kernel = "row-by-row"
     rows = torch.randn(2, 7, 16)  # 14 rows: above ROW_KERNEL_MAX_ROWS
     with torch.no_grad():
         assert torch.allclose(layer(rows), rows @ layer.weight.T, atol=1e-6)
@@ -143,7 +142,7 @@ def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_u
         assert layer.is_packed
         x = torch.randn(1, layer.in_features)  # one row: the packed kernel's path
         alone = unpacked_copy(layer)
-        assert torch.equal(alone(x), layer(x))  # packed at first use, on this thread
+        assert torch.equal(alone.row(x), layer.row(x))  # packed at first use, on this thread
         assert alone.is_packed
 
 
@@ -179,7 +178,7 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     rows = [torch.randn(1, layer.in_features) for layer in layers]
     with torch.no_grad():
         expected = [
-            unpacked_copy(layer)(x) for layer, x in zip(layers, rows, strict=True)
+            unpacked_copy(layer).row(x) for layer, x in zip(layers, rows, strict=True)
         ]  # packed here, one at a time
     assert not any(layer.is_packed for layer in layers)
 
@@ -199,7 +198,7 @@ def test_packing_in_the_background_races_decode_steps_without_changing_a_number(
     assert thread is not None and packer_started.wait(30)
     with torch.no_grad():
         for layer, x, want in reversed(list(zip(layers, rows, expected, strict=True))):
-            assert torch.equal(layer(x), want)
+            assert torch.equal(layer.row(x), want)
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert sorted(packed_by) == sorted(id(layer) for layer in layers)

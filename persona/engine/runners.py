@@ -92,9 +92,12 @@ def open_runner(choice: RunnerChoice, log: Callable[[str], None]) -> Opened:
     from persona.model.loader import load_chat_model
 
     scheduler = choice.scheduler or "batch"
+    # `auto` means what it means for chat (int8 where torch has its x86 int8 kernel), batched or
+    # not: int8 multiplies all the rows of a step in one kernel call, each row over its own range
+    # (persona.model.quantize), so a batched step is no slower than float32 and replies equal chat's
     loaded = load_chat_model(
         choice.model,
-        precision=serving_precision(choice.precision, choice.backend, scheduler),
+        precision=choice.precision,
         backend=choice.backend,
         gguf=choice.gguf,
         device=choice.device,
@@ -110,15 +113,6 @@ def runner_for(engine: ChatEngine, scheduler: str, max_queue: int = DEFAULT_MAX_
     if scheduler == "batch":
         return Scheduler(engine, max_queue=max_queue)
     return SerialRunner(engine, max_queue=max_queue)
-
-
-def serving_precision(precision: str, backend: str, scheduler: str) -> str:
-    """What `--precision auto` means for a server: float32 where rows are batched (a batched step
-    reads each float weight once for all rows, where int8 runs its kernel once per row, to give
-    every token its own activation scale), else what it means for chat."""
-    if precision == "auto" and backend == "torch" and scheduler == "batch":
-        return "fp32"
-    return precision
 
 
 def _open_vllm(choice: RunnerChoice, log: Callable[[str], None]) -> Opened:

@@ -52,15 +52,19 @@ class _TorchBackend:
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # (1, T)
         with torch.inference_mode():
             if prompt is None:
-                return self._last_logits(cache, input_ids=input_ids)[0]  # (V,)
+                return self._last_logits(cache, **self._prompt_inputs(input_ids))[0]  # (V,)
             if cache.get_seq_length() != 0:
                 raise ValueError("a soft prompt goes in front of a conversation: prefill it first")
             if kind == "deep":
                 self._put_prefix(cache, prompt)
-                return self._last_logits(cache, input_ids=input_ids)[0]  # (V,)
+                return self._last_logits(cache, **self._prompt_inputs(input_ids))[0]  # (V,)
             embeds = self.model.get_input_embeddings()(input_ids)  # (1, T, D)
             embeds, _, _ = prepend_prompt(prompt, embeds)  # (1, N+T, D)
             return self._last_logits(cache, inputs_embeds=embeds)[0]  # (V,)
+
+    def _prompt_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's inputs for encoding prompt ids (1, T)."""
+        return {"input_ids": input_ids}
 
     def _put_prefix(self, cache: Any, prompt: torch.Tensor) -> None:
         """A deep prompt (N, W) into an empty cache: its keys and values at every layer."""
@@ -104,6 +108,14 @@ class NativeBackend(_TorchBackend):
 
     def new_cache(self) -> KVCache:
         return KVCache()
+
+    def _prompt_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A prompt of one token goes in as its embedding: the decoder's single-token step (what
+        decode calls) computes int8 products over quantized activations, while a prompt is encoded
+        with exact ones, so a prompt's numbers do not depend on how it was cut into chunks."""
+        if input_ids.shape[1] == 1:
+            return {"inputs_embeds": self.model.get_input_embeddings()(input_ids)}  # (1, 1, D)
+        return {"input_ids": input_ids}
 
     def _put_layer(
         self, cache: KVCache, layer: int, keys: torch.Tensor, values: torch.Tensor

@@ -275,7 +275,8 @@ class Int8Linear(torch.nn.Module):
         return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
 
     def row(self, x: torch.Tensor) -> torch.Tensor:
-        """forward() of one row x (1, in) -> (1, out): a decode step's call, without reshaping."""
+        """A decode step's call: x (R, in) -> (R, out), one token per row (chat's one row, or a
+        server's batch), each row over its own range."""
         if self.kernel == "per-row":
             return self._per_row(x)
         return self._row_by_row(x)
@@ -309,8 +310,12 @@ class Int8Linear(torch.nn.Module):
         return y if self.bias is None else y + self.bias  # (R, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoding a prompt (kernel "per-row"): the dequantised weight, exact activations."""
         rows = x.reshape(-1, self.in_features)  # (R, in)
-        y = self._per_row(rows) if self.kernel == "per-row" else self._row_by_row(rows)
+        if self.kernel == "per-row":
+            y = F.linear(rows, self._dequantised_into_scratch(), self.bias)  # (R, out)
+        else:
+            y = self._row_by_row(rows)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -377,9 +382,9 @@ class Float16Embedding(torch.nn.Module):
 def prepack_all(model: Any) -> threading.Thread:
     """Pack every Int8Linear of `model` for fbgemm on a thread of its own, in order; returns the thread.
 
-    Encoding a prompt uses the unpacked weights, so the first token does not wait for packing
-    (about a second of one core for the default model's 120 layers here); a decode step that
-    reaches a layer first packs it itself, so the numbers never depend on timing.
+    Loading does not wait for packing (about a second of one core for the default model's 120
+    layers here); a call that reaches a layer first (a prompt encoded right after loading, a
+    decode step) packs it itself, so the numbers never depend on timing.
     """
     layers = [m for m in model.modules() if type(m) is Int8Linear and not m.is_packed]
     thread = threading.Thread(
