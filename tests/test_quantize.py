@@ -76,12 +76,12 @@ def test_each_row_gets_its_own_activation_scale():
     assert float(relative) < 0.05
 
 
-def test_many_rows_use_the_dequantised_weight_exactly():
+def test_a_prompt_uses_the_dequantised_weight_exactly():
     torch.manual_seed(0)
     linear = torch.nn.Linear(16, 8, bias=False)
     layer = quantize.Int8Linear.from_linear(linear)
     rows = torch.randn(2, 7, 16)  # 14 rows: above ROW_KERNEL_MAX_ROWS
-    with torch.no_grad():
+    with torch.no_grad(), quantize.exact_activations():  # encoding a prompt
         assert torch.allclose(layer(rows), rows @ layer.weight.T, atol=1e-6)
         assert (
             layer.weight - linear.weight
@@ -92,11 +92,10 @@ def test_the_shared_dequantisation_buffer_serves_layers_of_any_size_in_and_out_o
     torch.manual_seed(0)
     small = quantize.Int8Linear.from_linear(torch.nn.Linear(16, 8, bias=True))
     large = quantize.Int8Linear.from_linear(torch.nn.Linear(16, 40, bias=False))
-    quantize.set_int8_kernel(torch.nn.Sequential(small, large), "row-by-row")
     rows = torch.randn(12, 16)
-    with torch.inference_mode():  # the buffer is first made here
+    with torch.inference_mode(), quantize.exact_activations():  # the buffer is first made here
         first = small(rows)
-    with torch.no_grad():
+    with torch.no_grad(), quantize.exact_activations():
         for layer in (large, small, large):
             expected = rows @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
             assert torch.allclose(layer(rows), expected, atol=1e-6)

@@ -19,6 +19,7 @@ from persona.model.calling import cache_argument_name
 from persona.model.device import model_device
 from persona.model.llama import KVCache, LlamaDecoder
 from persona.model.llama_rows import decode_rows
+from persona.model.quantize import exact_activations
 from persona.prompt.deep import KVLayout, split_prefix
 from persona.prompt.inject import prepend_prompt
 
@@ -50,7 +51,7 @@ class _TorchBackend:
         kind: str = "soft",
     ) -> torch.Tensor:
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)  # (1, T)
-        with torch.inference_mode():
+        with torch.inference_mode(), exact_activations():  # int8: a prompt's activations exact
             if prompt is None:
                 return self._last_logits(cache, **self._prompt_inputs(input_ids))[0]  # (V,)
             if cache.get_seq_length() != 0:

@@ -1,22 +1,28 @@
 """int8 weights for chat on CPU: the frozen decoder's Linear layers; a float16 output projection.
 
 Each decoder weight is stored as int8 (7 bits used, see WEIGHT_LEVELS) with one scale per output
-channel, and every product goes through fbgemm's dynamic int8 kernel (int8 weights times uint8
-activations, int32 sums). Every row of activations (every token) gets its own range: one range
-shared by many positions is what ruins quality, since the soft prompt's virtual tokens and the
-first positions carry activations far larger than the rest. fbgemm's kernel quantizes all the rows
-of one call with one range, so each row is first divided by its own largest magnitude,
+channel. How a layer multiplies depends on the call:
 
-    x = m u,   m = max|x|,   u in [-1, 1],   x W^T = m (u W^T),
+* a decode step (`Int8Linear.row`: chat's single row, or a server's batch of rows, one token
+  each): fbgemm's dynamic int8 kernel (int8 weights times uint8 activations, int32 sums), one call
+  for all rows, and every row over its own range. One range shared by many rows is what ruins
+  quality: the soft prompt's virtual tokens and the first positions carry activations far larger
+  than the rest. fbgemm quantizes all the rows of a call with one range, so each row is first
+  divided by its own largest magnitude,
 
-and all rows go through one kernel call (`Int8Linear.forward`, kernel "per-row"), each with two
-guard columns holding 1 and -1 (their weights are zero): the call's range is [-1, 1] whoever the
-neighbours are, so a row's result does not depend on them. A decode step of many rows (the server's batch) costs one kernel call per
-weight, a prefill too, and a row alone computes exactly what it computes in a batch or a chunk.
+      x = m u,   m = max|x|,   u in [-1, 1],   x W^T = m (u W^T),
 
-The kernel "row-by-row" is the previous scheme, kept for comparison (`benchmarks/int8_rows.py`):
-one kernel call per row up to ROW_KERNEL_MAX_ROWS rows (fbgemm's own range per row, [min(x, 0),
-max(x, 0)]), and above that the int8 weight dequantised to float32 with exact activations.
+  and every row carries two guard columns holding 1 and -1 (their weights are zero): the call's
+  range is [-1, 1] whoever the neighbours are, so a row computes exactly the same alone (chat) or
+  beside any others (a server's batch);
+* encoding a prompt (any call inside `exact_activations()`, which the backends' prefill enters):
+  the int8 weight dequantised to float32 for the call, the activations exact (quantizing the
+  prompt's positions too cost about 1.5% held-out NLL). Outside it, `forward` is a decode step
+  of its rows.
+
+The kernel "row-by-row" is the previous decode scheme, kept for comparison
+(`benchmarks/int8_rows.py`, `set_int8_kernel`): one kernel call per row up to ROW_KERNEL_MAX_ROWS
+rows (fbgemm's own range per row, [min(x, 0), max(x, 0)]), the dequantised weight above that.
 
 The output projection (V x D, the largest matrix of a small model, read once per token) is kept
 in float16 with float16 activations: int8 there moved the starters' held-out NLL by about 0.6% on
@@ -36,7 +42,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -154,6 +160,21 @@ def _quiet_packing_warning() -> None:
 # so a fresh mapping faulted in page by page; that is a large part of such a call on this model
 # (benchmarks/int8_calls.py measures both ways).
 _SCRATCH = threading.local()
+
+# Per thread: whether calls are inside exact_activations() (encoding a prompt).
+_EXACT = threading.local()
+
+
+@contextlib.contextmanager
+def exact_activations() -> Iterator[None]:
+    """On this thread, until the block ends, int8 layers multiply with exact activations (the
+    dequantised weight): what encoding a prompt uses; decode steps run outside it."""
+    previous = getattr(_EXACT, "on", False)
+    _EXACT.on = True
+    try:
+        yield
+    finally:
+        _EXACT.on = previous
 
 
 GUARD = (1.0, -1.0)  # the two guard columns of a "per-row" call's input (see Int8Linear._per_row)
@@ -275,11 +296,13 @@ class Int8Linear(torch.nn.Module):
         return weight.copy_(self.weight_int8).mul_(self.scale[:, None])
 
     def row(self, x: torch.Tensor) -> torch.Tensor:
-        """A decode step's call: x (R, in) -> (R, out), one token per row (chat's one row, or a
-        server's batch), each row over its own range."""
-        if self.kernel == "per-row":
-            return self._per_row(x)
-        return self._row_by_row(x)
+        """forward() of rows x (R, in) -> (R, out) without reshaping: a decode step's call (chat's
+        one row, or a server's batch), each row over its own range; exact inside exact_activations()."""
+        if self.kernel != "per-row":
+            return self._row_by_row(x)
+        if getattr(_EXACT, "on", False):
+            return F.linear(x, self._dequantised_into_scratch(), self.bias)  # (R, out)
+        return self._per_row(x)
 
     def _per_row(self, rows: torch.Tensor) -> torch.Tensor:
         """rows (R, in) -> (R, out) in one kernel call, each row quantized over its own range.
@@ -310,13 +333,7 @@ class Int8Linear(torch.nn.Module):
         return y if self.bias is None else y + self.bias  # (R, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoding a prompt (kernel "per-row"): the dequantised weight, exact activations."""
-        rows = x.reshape(-1, self.in_features)  # (R, in)
-        if self.kernel == "per-row":
-            y = F.linear(rows, self._dequantised_into_scratch(), self.bias)  # (R, out)
-        else:
-            y = self._row_by_row(rows)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return self.row(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
