@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from persona.model.llama import KVCache, LlamaDecoder, rope
+from persona.model.llama import DecoderLayer, KVCache, LlamaDecoder, rope
 from persona.model.quantize import Int8Linear
 
 
@@ -26,7 +26,7 @@ def project(linear: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return linear(x)
 
 
-def mlp(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def mlp(layer: DecoderLayer, x: torch.Tensor) -> torch.Tensor:
     """The layer's MLP on x (B, 1, D) as a decode step calls its projections."""
     block = layer.mlp
     if block.gate_up_proj is not None:

@@ -199,6 +199,9 @@ def _guarded_buffer(rows: int, width: int) -> torch.Tensor:
 class Int8Linear(torch.nn.Module):
     """y = x W^T + b with W held as int8 (per output channel); see the module docstring."""
 
+    weight_int8: torch.Tensor  # buffers, declared for type checkers
+    scale: torch.Tensor
+
     def __init__(
         self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
     ) -> None:
