@@ -23,6 +23,7 @@ chat: setup
 test: setup
 	$(BIN)/ruff check persona tests benchmarks migrations docs
 	$(BIN)/ruff format --check persona tests benchmarks migrations docs
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: setup

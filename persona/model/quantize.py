@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from persona.errors import ConfigError
+from persona.errors import ConfigError, ModelError
 
 PRECISIONS = ("auto", "fp32", "int8")
 KERNELS = ("per-row", "row-by-row")  # how Int8Linear multiplies; see the module docstring
@@ -145,6 +145,14 @@ def _row_kernel() -> Callable[..., torch.Tensor] | None:
 # Looked up once per process. What it pays: the boxed call skips a check that, on this model's small
 # layers, costs about as much as the kernel itself; about a tenth of an int8 decode step.
 _ROW_KERNEL = _row_kernel()
+
+
+def _row_call(rows: torch.Tensor, packed: Any) -> torch.Tensor:
+    """The int8 kernel on `rows` (R, in) against prepacked weights: (R, out)."""
+    if _ROW_KERNEL is None:  # require_int8() refuses before any Int8Linear exists
+        raise ModelError("this torch build has no int8 kernel (quantized::linear_dynamic)")
+    result: torch.Tensor = _ROW_KERNEL(rows, packed, False)
+    return result
 
 
 @functools.cache
@@ -269,8 +277,11 @@ class Int8Linear(torch.nn.Module):
             raise ValueError(
                 "only layers with the same input and all with (or all without) a bias concatenate"
             )
+        biases = [layer.bias for layer in layers]
         bias = (
-            None if layers[0].bias is None else torch.cat([layer.bias.detach() for layer in layers])
+            None
+            if biases[0] is None
+            else torch.cat([b.detach() for b in biases if b is not None])  # all have one
         )
         return cls(
             torch.cat([layer.weight_int8 for layer in layers]),
@@ -320,7 +331,7 @@ class Int8Linear(torch.nn.Module):
         unit = _guarded_buffer(rows.shape[0], self.in_features)  # (R, in + 2)
         torch.div(rows, largest, out=unit[:, : self.in_features])
         packed = self._packed if self._packed is not None else self.prepack()
-        products = _ROW_KERNEL(unit, packed, False)  # (R, out) = u W^T
+        products = _row_call(unit, packed)  # (R, out) = u W^T
         if self.bias is None:
             return products.mul_(largest)  # (R, out)
         return torch.addcmul(self.bias, products, largest)  # (R, out)
@@ -332,7 +343,7 @@ class Int8Linear(torch.nn.Module):
             return F.linear(rows, self._dequantised_into_scratch(), self.bias)  # (R, out)
         packed = self._packed if self._packed is not None else self.prepack()
         padded = F.pad(rows, (0, len(GUARD)))  # (R, in + 2): zeros against the guard's weights
-        y = torch.cat([_ROW_KERNEL(padded[i : i + 1], packed, False) for i in range(rows.shape[0])])
+        y = torch.cat([_row_call(padded[i : i + 1], packed) for i in range(rows.shape[0])])
         return y if self.bias is None else y + self.bias  # (R, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,6 +364,8 @@ def set_int8_kernel(model: torch.nn.Module, kernel: str) -> None:
 
 class Float16Linear(torch.nn.Module):
     """y = x W^T + b computed in float16 (float32 in and out); for the output projection."""
+
+    weight_fp16: torch.Tensor  # (out, in), a buffer
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -381,6 +394,8 @@ class Float16Linear(torch.nn.Module):
 
 class Float16Embedding(torch.nn.Module):
     """An embedding table held in float16 (possibly the output projection's own), looked up as float32."""
+
+    weight_fp16: torch.Tensor  # (V, D), a buffer
 
     def __init__(self, weight: torch.Tensor, shared: torch.Tensor | None = None) -> None:
         super().__init__()
