@@ -49,6 +49,8 @@ class Request:
     stop: list[str] = field(default_factory=list)  # stop strings, cut before the sink sees them
     text: str | None = None  # a raw text to continue (/v1/completions) instead of `messages`
     ids: list[int] | None = None  # the token ids after the prompt; the runner fills it on submit
+    # the same conversation without the persona, for a strength other than 1 (filled with `ids`)
+    bare_ids: list[int] | None = None
 
     @property
     def num_virtual_tokens(self) -> int:
