@@ -178,3 +178,46 @@ def test_a_persona_default_strength_applies_unless_overridden():
     assert generation_config(defaults).strength == 2.0
     assert generation_config(defaults, strength=1.0).strength == 1.0
     assert generation_config(None).strength == 1.0
+
+
+def test_the_api_takes_strength_over_the_persona_s_over_the_server_s():
+    from persona.serve.schemas import ChatRequest, Limits, generation_config
+
+    def body(**extra):
+        return ChatRequest(model="m", messages=[{"role": "user", "content": "hi"}], **extra)
+
+    server = Limits(strength=1.5)
+    mine = PersonaDefaults(strength=2.0)
+    assert generation_config(body(), Limits(), None).strength == 1.0
+    assert generation_config(body(), server, None).strength == 1.5
+    assert generation_config(body(), server, mine).strength == 2.0
+    assert generation_config(body(strength=3), server, mine).strength == 3.0
+    with pytest.raises(ConfigError, match="strength=12.0 must be from 0 to 10"):
+        Limits(strength=12.0)
+
+
+def test_the_command_line_refuses_a_bad_strength_in_one_line(capsys):
+    from tests.test_cli_library import assert_one_line_error, run
+
+    code, _, err = run(capsys, "reply", "--local", "--strength", "-1", "hello")
+    assert_one_line_error(code, err, "strength=-1.0 must be from 0 to 10")
+
+
+def test_persona_set_stores_a_strength(capsys, tmp_path):
+    from persona.library import open_library
+    from tests.library_helpers import make_prompt
+    from tests.test_cli_library import run
+
+    path = tmp_path / "library.db"
+    library = open_library(path)
+    library.add_version("falstaff", make_prompt(seed=1), description="fat knight")
+    library.close()
+    code, _, _ = run(capsys, "set", "falstaff", "strength=2.5", "--library", str(path))
+    assert code == 0
+    library = open_library(path)
+    try:
+        assert library.get_defaults("falstaff").strength == 2.5
+    finally:
+        library.close()
+    code, _, err = run(capsys, "set", "falstaff", "strength=20", "--library", str(path))
+    assert code == 1 and "strength=20.0 must be from 0 to 10" in err
