@@ -10,6 +10,11 @@ serve` differs only in its 1024-token limit). Prints per starter and surface: th
 that end by themselves (an end-of-turn token, 95% Wilson interval), their mean and median length
 in tokens beside the median of the character's real lines, and distinct-2 / distinct-3 within each
 reply (averaged: a reply that loops scores low), plus the first reply of each as a sample.
+
+With --end-probability N: first, at the end of N of the character's held-out lines (context and
+real line teacher-forced), the probability that sampling at the chat's defaults draws the
+end-of-turn token, with the repetition penalty covering the conversation's end-of-turn tokens (as
+it did) and leaving them out (as it does).
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from persona.dialogue.sources import read_source
 from persona.engine.batch import BatchRequest, generate_batch
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
+from persona.engine.sampling import Sampler
 from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
 from persona.serve.schemas import Limits
@@ -51,8 +59,8 @@ SURFACES = {
 BATCH = 8
 
 
-def real_line_tokens(engine: ChatEngine, spec_path: Path) -> list[int]:
-    """Token lengths of the character's own lines (training split and held-out play)."""
+def character_lines(spec_path: Path) -> tuple[list, list]:
+    """(training examples, held-out examples) of the starter, as training splits them."""
     spec = load_spec(spec_path)
     config = spec.train_config()
     heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
@@ -64,7 +72,24 @@ def real_line_tokens(engine: ChatEngine, spec_path: Path) -> list[int]:
         seed=config.seed,
         heldout=heldout,
     )
-    return [len(engine.renderer.encode(example.reply)) for example in [*train, *held]]
+    return train, held
+
+
+def end_probability(engine: ChatEngine, persona: SoftPrompt, examples: list) -> dict[str, float]:
+    """Mean P(end-of-turn) at the end of real lines: penalty over the end-of-turn tokens or not."""
+    backend, sums = engine.backend, {"penalised": 0.0, "left out": 0.0}
+    for example in examples:
+        ids, _ = engine.renderer.render_example(example.context, example.reply, persona)
+        end = ids[-1]  # the line's own end-of-turn token, the one to predict
+        logits = backend.prefill(
+            backend.new_cache(), ids[:-1], persona.embeddings, kind=persona.kind
+        )
+        seen = torch.tensor([ids[:-1]])  # (1, S)
+        words = seen[:, ~torch.isin(seen[0], torch.tensor(sorted(engine.stop_ids)))]  # (1, S')
+        for key, covered in (("penalised", seen), ("left out", words)):
+            scores = Sampler(GenerationConfig()).process(logits.view(1, -1), covered)  # (1, V)
+            sums[key] += float(torch.softmax(scores, dim=-1)[0, end])
+    return {key: total / len(examples) for key, total in sums.items()}
 
 
 def measure(
@@ -110,6 +135,7 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto")
+    parser.add_argument("--end-probability", type=int, default=0, metavar="N")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     names = args.personas or sorted(p.stem for p in PERSONAS.glob("*.toml"))
@@ -128,16 +154,26 @@ def main() -> None:
     for name in names:
         spec_path = PERSONAS / f"{name}.toml"
         persona = SoftPrompt.load(load_spec(spec_path).prompt_path())
-        real = real_line_tokens(engine, spec_path)
+        train, held = character_lines(spec_path)
+        real = [len(engine.renderer.encode(example.reply)) for example in [*train, *held]]
         real_median = statistics.median(real)
         print(
             f"\n{name}: real lines median {real_median:g} tokens (mean {statistics.mean(real):.0f})"
         )
-        print(
-            f"  {'surface':<7} {'limit':>5} {'ended [95% CI]':<22} {'mean':>6} {'median':>6} "
-            f"{'dist-2':>6} {'dist-3':>6} {'tok/s':>6}"
-        )
         entry: dict[str, object] = {"real_median_tokens": real_median}
+        if args.end_probability:
+            lines = [example for example in held if example.context][: args.end_probability]
+            probability = end_probability(engine, persona, lines)
+            entry["end_probability"] = probability
+            print(
+                f"  P(end-of-turn) at the end of {len(lines)} real lines: "
+                + ", ".join(f"{key} {value:.3f}" for key, value in probability.items())
+            )
+        if args.surfaces:
+            print(
+                f"  {'surface':<7} {'limit':>5} {'ended [95% CI]':<22} {'mean':>6} {'median':>6} "
+                f"{'dist-2':>6} {'dist-3':>6} {'tok/s':>6}"
+            )
         for surface in args.surfaces:
             config = GenerationConfig(max_new_tokens=SURFACES[surface], **overrides)  # type: ignore[arg-type]
             start = time.perf_counter()
@@ -151,8 +187,9 @@ def main() -> None:
                 f"  ({time.perf_counter() - start:.0f} s)"
             )
             entry[surface] = result
-        sample = entry[args.surfaces[0]]["samples"][0]  # type: ignore[index]
-        print(f"  sample: {sample['question']} -> {sample['reply'][:300]!r}")
+        if args.surfaces:
+            sample = entry[args.surfaces[0]]["samples"][0]  # type: ignore[index]
+            print(f"  sample: {sample['question']} -> {sample['reply'][:300]!r}")
         report["personas"][name] = entry  # type: ignore[index]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
