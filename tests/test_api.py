@@ -309,3 +309,29 @@ def test_a_persona_s_own_defaults_apply_where_the_request_names_none(client):
     assert again.choices[0].message.content == short.choices[0].message.content  # greedy
     longer = client.chat.completions.create(model="lear", messages=hello, max_tokens=8)
     assert longer.usage.completion_tokens > 3 or longer.choices[0].finish_reason == "stop"
+
+
+def test_strength_is_an_extension_field_and_gives_the_engine_s_guided_reply(
+    client, engine, library_home
+):
+    from persona.engine.config import GenerationConfig
+    from persona.library import open_library
+
+    messages = [{"role": "user", "content": "What is the question?"}]
+    library = open_library(library_home / "library.db")
+    try:
+        prompt = library.get_prompt("hamlet")
+    finally:
+        library.close()
+    guided = engine.reply(
+        messages, prompt, GenerationConfig(temperature=0, max_new_tokens=12, strength=3.0)
+    )
+    answer = client.chat.completions.create(
+        model="hamlet", messages=messages, extra_body={"strength": 3.0}, **GREEDY
+    )
+    assert answer.choices[0].message.content == guided
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="hamlet", messages=messages, extra_body={"strength": 11}, **GREEDY
+        )
+    assert "strength" in raised.value.message

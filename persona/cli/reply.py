@@ -119,6 +119,18 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"longest reply in tokens (default: the persona's, else {built_in.max_new_tokens})",
     )
     parser.add_argument("--seed", type=int, help="seed for sampling, for a reproducible reply")
+    add_strength_argument(parser, f"the persona's, else {built_in.strength:g}")
+
+
+def add_strength_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="persona strength: 1 is the persona as trained, above 1 pushes each token further "
+        "from the bare model's (classifier-free guidance; costs a second row), 0 is the bare "
+        f"model (default: {default})",
+    )
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,6 +142,7 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         "repetition_penalty": args.repetition_penalty,
         "max_new_tokens": args.max_tokens,
         "seed": args.seed,
+        "strength": args.strength,
     }
 
 

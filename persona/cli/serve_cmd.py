@@ -12,7 +12,7 @@ VLLM_DTYPES = ("float32", "bfloat16", "float16")  # persona.engine.vllm.wire.WIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from persona.cli.reply import add_precision_argument
+    from persona.cli.reply import add_precision_argument, add_strength_argument
 
     parser = subparsers.add_parser(
         "serve",
@@ -101,6 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="the longest reply a request may ask for, and the length of one that names none "
         "(default: 1024)",
+    )
+    add_strength_argument(
+        parser, "1; a request's `strength` and the persona's own (`persona set`) come first"
     )
     parser.add_argument(
         "--max-messages",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.engine.rows import Row, advance
+from persona.engine.rows import BareRow, Row, advance, prefill_bare
 from persona.errors import ConfigError
 from persona.prompt.render import Message
 from persona.prompt.softprompt import SoftPrompt
@@ -61,6 +61,10 @@ def generate_batch(
         prompt = persona.embeddings if persona is not None else None
         kind = persona.kind if persona is not None else "soft"
         row.logits = backend.prefill(row.cache, ids, prompt, kind=kind)
+        if persona is not None and row_config.guided:
+            bare = engine.renderer.render(request.messages, None, system=request.system)
+            row.bare = BareRow(backend.new_cache(), [], bare)
+            prefill_bare(backend, row)
         rows.append(row)
     running = rows
     while running:

@@ -17,7 +17,7 @@ from persona.engine.backend import AnyBackend, Cache, backend_for, check_runs
 from persona.engine.config import GenerationConfig
 from persona.engine.contract import Request
 from persona.engine.detok import StreamDecoder
-from persona.engine.rows import Row, advance, common_prefix
+from persona.engine.rows import BareRow, Row, advance, common_prefix, prefill_bare
 from persona.errors import ConfigError
 from persona.model.loader import LoadedModel
 from persona.prompt.render import Message, Renderer
@@ -143,6 +143,17 @@ class ChatEngine:
         Turns are dropped a user turn and its reply at a time, oldest first. Fewer turns never
         render longer, so the fewest drops that fit are found by bisection: a handful of renders
         for a conversation of thousands of turns, where one render per dropped turn took seconds."""
+        ids, dropped, _ = self._fit(messages, persona, system, max_new_tokens)
+        return ids, dropped
+
+    def _fit(
+        self,
+        messages: Sequence[Message],
+        persona: SoftPrompt | None,
+        system: str | None,
+        max_new_tokens: int,
+    ) -> tuple[list[int], int, list[Message]]:
+        """fit_window's (ids, turns dropped) and the messages kept, system message included."""
         budget = self.window_budget(persona, max_new_tokens)
         system_messages = [m for m in messages if m["role"] == "system"][:1]
         turns = [m for m in messages if m["role"] != "system"]
@@ -162,7 +173,7 @@ class ChatEngine:
             return rendered[dropped]
 
         if len(render(0)) <= budget:
-            return render(0), 0
+            return render(0), 0, [*system_messages, *turns]
         most = len(starts) - 1
         if len(render(most)) > budget:
             raise ConfigError(
@@ -177,7 +188,7 @@ class ChatEngine:
                 high = middle
             else:
                 low = middle + 1
-        return render(high), high
+        return render(high), high, [*system_messages, *turns[starts[high] :]]
 
     def prepare(self, request: Request) -> tuple[list[int], int]:
         """Check a request and fill in `request.ids`, the token ids that follow its persona's
@@ -186,15 +197,27 @@ class ChatEngine:
         Returns (the ids, how many of the oldest turns were left out to fit)."""
         if request.persona is not None:
             self.check_persona(request.persona)
+        guided = request.persona is not None and request.config.guided
+        if guided and self.backend.max_rows < 2:
+            raise ConfigError(
+                f"strength={request.config.strength:g} needs a backend that decodes a bare row "
+                f"beside the persona's (--backend torch); the {self.backend.name} backend does "
+                "not: leave strength at 1"
+            )
+        request.bare_ids = None
         max_new = request.config.max_new_tokens
         if request.text is None and request.ids is not None:  # token ids given as they are
             ids = list(request.ids)
         elif request.text is None:
             if not request.messages:
                 raise ConfigError("the conversation is empty; send at least one message")
-            request.ids, dropped = self.fit_window(
+            request.ids, dropped, kept = self._fit(
                 request.messages, request.persona, request.system, max_new
             )
+            if guided:
+                request.bare_ids = self._bare_ids(
+                    self.renderer.render(kept, None, system=request.system), max_new
+                )
             return request.ids, dropped
         else:
             ids = list(self.tokenizer.encode(request.text, add_special_tokens=False))
@@ -208,7 +231,19 @@ class ChatEngine:
                 "or lower max_tokens"
             )
         request.ids = ids
+        if guided:
+            request.bare_ids = list(ids)  # a raw text has no system message to leave out
         return ids, 0
+
+    def _bare_ids(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        """The bare rendering, refused in one line where it does not fit the window."""
+        budget = self.window_budget(None, max_new_tokens)
+        if len(ids) > budget:
+            raise ConfigError(
+                f"the conversation without its persona is {len(ids)} tokens, more than the "
+                f"{budget} that fit the model's window; shorten it or use strength 1"
+            )
+        return ids
 
     def clear_cache(self) -> None:
         self._caches.clear()
@@ -240,6 +275,8 @@ class ChatEngine:
             self.backend.crop(entry.cache, num_virtual + common)
             entry.ids = ids[:common]
         row = Row(entry.cache, entry.ids, ids, config, self.stop_ids, device=self.backend.device)
+        if request.bare_ids is not None and persona is not None:
+            row.bare = self._bare_row(request.bare_ids)
         decoder = StreamDecoder(self.tokenizer)
         while len(row.ids) < len(ids):  # in chunks, so that Esc is honoured during a long prefill
             if cancel is not None and cancel.is_set() and row.logits is not None:
@@ -252,6 +289,7 @@ class ChatEngine:
                 row.cache, chunk, prompt if first else None, kind=kind
             )
             row.ids.extend(chunk)
+        prefill_bare(self.backend, row)
         while not row.finished:
             if cancel is not None and cancel.is_set():
                 row.finish_reason = "cancelled"
@@ -274,6 +312,18 @@ class ChatEngine:
         tail = decoder.finish()  # characters held back while they could still change
         if tail:
             yield tail
+
+    def _bare_row(self, bare_ids: list[int]) -> BareRow:
+        """The bare companion of a guided reply, on the no-persona cache (what it holds of the
+        conversation is reused, and the next turn reuses what this one adds)."""
+        entry = self._cache_for(None)
+        common = min(common_prefix(entry.ids, bare_ids), len(bare_ids) - 1)
+        if common == 0 or entry.cache.get_seq_length() < common:
+            entry.cache, entry.ids = self.backend.new_cache(), []
+        else:
+            self.backend.crop(entry.cache, common)
+            entry.ids = bare_ids[:common]
+        return BareRow(entry.cache, entry.ids, bare_ids)
 
     def _cache_for(self, persona: SoftPrompt | None) -> _PrefixCache:
         key = persona.sha256 if persona is not None else ""

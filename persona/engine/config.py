@@ -22,6 +22,7 @@ RULES: dict[str, str] = {
     "top_k": "must be 0 (off) or more",
     "repetition_penalty": "must be at least 0.001",
     "max_new_tokens": "must be at least 1",
+    "strength": "must be from 0 to 10 (1 is the persona as trained, 0 the bare model)",
     "stop": f"takes up to {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters",
     "greeting": f"must be non-empty text of at most {MAX_GREETING_CHARS} characters",
 }
@@ -31,6 +32,7 @@ RULES: dict[str, str] = {
 GREEDY_BELOW = 1e-5
 # a smaller penalty divides a seen token's logit into infinity, and sampling into NaN
 MIN_REPETITION_PENALTY = 1e-3
+MAX_STRENGTH = 10.0  # guidance beyond this only amplifies noise between the two rows
 
 
 @dataclass
@@ -41,6 +43,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.1  # 1.0 disables
     max_new_tokens: int = 256
     seed: int | None = None
+    # persona strength (classifier-free guidance, persona.engine.guidance): 1 is the persona as
+    # trained; above 1 each token's log-probabilities move further from the bare model's
+    strength: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.temperature >= 0, "temperature", self.temperature)
@@ -52,11 +57,21 @@ class GenerationConfig:
             self.repetition_penalty,
         )
         _check(self.max_new_tokens >= 1, "max_new_tokens", self.max_new_tokens)
+        _check(
+            _finite(self.strength) and 0 <= self.strength <= MAX_STRENGTH,
+            "strength",
+            self.strength,
+        )
 
     @property
     def greedy(self) -> bool:
         """0, or a temperature so small that dividing by it overflows: the likeliest token."""
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def guided(self) -> bool:
+        """Whether a reply with a persona needs the bare row (any strength but 1)."""
+        return self.strength != 1.0
 
 
 # PersonaDefaults field -> the type its value has (bool is refused where a number is wanted)
@@ -66,6 +81,7 @@ DEFAULT_TYPES: dict[str, type] = {
     "top_k": int,
     "repetition_penalty": float,
     "max_new_tokens": int,
+    "strength": float,
 }
 SAMPLING_FIELDS = tuple(DEFAULT_TYPES)
 
@@ -80,6 +96,7 @@ class PersonaDefaults:
     top_k: int | None = None
     repetition_penalty: float | None = None
     max_new_tokens: int | None = None
+    strength: float | None = None
     stop: tuple[str, ...] = ()
     greeting: str | None = None
 

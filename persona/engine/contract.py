@@ -54,6 +54,8 @@ class Request:
     text: str | None = None  # a raw text to continue (/v1/completions) instead of `messages`
     ids: list[int] | None = None  # the token ids after the prompt; the runner fills it on submit
     model: str | None = None  # the server's model id for the persona (or bare model): remote only
+    # the same conversation without the persona, for a strength other than 1 (filled with `ids`)
+    bare_ids: list[int] | None = None
 
     @property
     def num_virtual_tokens(self) -> int:

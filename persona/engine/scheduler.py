@@ -38,7 +38,7 @@ from persona.engine.contract import (
 )
 from persona.engine.detok import StreamDecoder
 from persona.engine.rate import TokenRate
-from persona.engine.rows import Row, advance, common_prefix
+from persona.engine.rows import BareRow, Row, advance, common_prefix, prefill_bare
 from persona.errors import ConfigError, PersonaError, QueueFull, first_line
 
 DEFAULT_PREFILL_CHUNK = 256  # tokens a turn encodes: how long joining prompts hold up the rest
@@ -245,12 +245,25 @@ class Scheduler:
             row = Row(
                 cache, held, ids, request.config, self.engine.stop_ids, device=self.backend.device
             )
+            if request.bare_ids is not None and request.persona is not None:
+                row.bare = self._bare_row(request.bare_ids)
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
             deliver(ticket, "error", _failure(exc))
             return
         active = _Active(ticket, row, key, StreamDecoder(self.engine.tokenizer))
         with self._wake:
             self._encoding.append(active)
+
+    def _bare_row(self, ids: list[int]) -> BareRow:
+        """A guided row's bare companion, from the no-persona entries of the prefix cache."""
+        found = self.prefix_cache.take("", ids)
+        if found is not None:
+            reused, common = found
+            common = min(common, len(ids) - 1)
+            if reused.get_seq_length() >= common:
+                self.backend.crop(reused, common)
+                return BareRow(reused, ids[:common], ids)
+        return BareRow(self.backend.new_cache(), [], ids)
 
     def _prefill_some(self) -> None:
         """Encode waiting prompts, oldest first, up to `prefill_chunk` tokens in all this turn."""
@@ -275,6 +288,13 @@ class Scheduler:
             row.ids.extend(chunk)
             budget -= len(chunk)
             if len(row.ids) == len(prompt):
+                try:
+                    prefill_bare(self.backend, row)
+                except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+                    with self._wake:
+                        self._encoding.remove(active)
+                    deliver(active.ticket, "error", _failure(exc))
+                    continue
                 with self._wake:
                     self._encoding.remove(active)
                     self._decoding.append(active)
@@ -311,12 +331,16 @@ class Scheduler:
     def _finish(self, active: _Active) -> None:
         """Pass on the reply's end; keep its cache for the conversation's next turn."""
         row = active.row
-        if len(row.ids) >= len(active.row.prompt):  # the cache holds the whole prompt: keep it
+        # (persona key, row) whose caches may serve a later request
+        kept: list[tuple[str, Row | BareRow]] = [(active.key, row)]
+        if row.bare is not None:
+            kept.append(("", row.bare))  # the bare row is the conversation with no persona
+        for key, held in kept:
+            if len(held.ids) < len(held.prompt):  # only a cache that holds the whole prompt
+                continue
             try:
-                nbytes = self.backend.cache_bytes(row.cache)
-                self.prefix_cache.put(
-                    active.key, list(row.ids), len(active.row.prompt), row.cache, nbytes
-                )
+                nbytes = self.backend.cache_bytes(held.cache)
+                self.prefix_cache.put(key, list(held.ids), len(held.prompt), held.cache, nbytes)
             except Exception:  # noqa: BLE001, S110 - a cache not kept only costs a later prefill
                 pass
         tail = active.decoder.finish()  # characters held back while they could still change

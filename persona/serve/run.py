@@ -89,6 +89,9 @@ def start(args: argparse.Namespace) -> Running:
             f"--host {args.host} is reachable from other machines; give an API key with "
             f"--api-key or ${API_KEY_ENV} (or keep the default --host 127.0.0.1)"
         )
+    limits = Limits(  # a bad --strength is refused here, in one line
+        max_tokens=args.max_tokens, max_messages=args.max_messages, strength=args.strength
+    )
     choice = RunnerChoice(  # refuses flags that mean nothing together, before anything loads
         model=args.model,
         backend=args.backend,
@@ -117,7 +120,7 @@ def start(args: argparse.Namespace) -> Running:
             catalog=Catalog(
                 library, loaded.fingerprint, loaded.model_id, runner.layout, runner.name
             ),
-            limits=Limits(max_tokens=args.max_tokens, max_messages=args.max_messages),
+            limits=limits,
             api_key=api_key,
             max_body_bytes=args.max_body_bytes,
             identity=identity(args),

@@ -3,7 +3,8 @@
 Parameters persona cannot honour are refused with a 400 that names them when they ask for
 something other than OpenAI's default; parameters that change nothing here (`user`, `metadata`,
 `store`, ...) and unknown ones are accepted and ignored, as clients send many of them.
-`top_k` and `repetition_penalty` are taken as extensions (vLLM's names for them).
+`top_k` and `repetition_penalty` are taken as extensions (vLLM's names for them), and `strength`
+(persona strength, persona.engine.guidance) as persona's own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from persona.engine.config import MAX_STOP_STRINGS, GenerationConfig, PersonaDefaults
+from persona.engine.config import (
+    MAX_STOP_STRINGS,
+    MAX_STRENGTH,
+    GenerationConfig,
+    PersonaDefaults,
+)
 from persona.engine.config import stop_strings as merged_stops
 from persona.errors import ConfigError
 from persona.prompt.render import Message
@@ -81,6 +87,7 @@ class _Sampling(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
+    strength: float | None = Field(None, ge=0, le=MAX_STRENGTH)
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
@@ -101,6 +108,12 @@ class Limits:
 
     max_tokens: int = 1024  # per reply; also the default when a request names none
     max_messages: int = 256
+    strength: float | None = None  # the server's default persona strength (--strength), under
+    # a request's and the persona's own
+
+    def __post_init__(self) -> None:
+        if self.strength is not None:
+            GenerationConfig(strength=self.strength)  # the one rule, in one line
 
 
 def refuse_unsupported(body: _Body) -> None:
@@ -140,8 +153,11 @@ def generation_config(
         "top_k": body.top_k,
         "repetition_penalty": body.repetition_penalty,
         "seed": body.seed,
+        "strength": body.strength,
     }
     settings = defaults.apply(given)
+    if "strength" not in settings and limits.strength is not None:
+        settings["strength"] = limits.strength
     if asked is None:
         asked = min(settings.get("max_new_tokens", limits.max_tokens), limits.max_tokens)
     settings["max_new_tokens"] = asked

@@ -90,11 +90,19 @@ COMMANDS: dict[str, CommandSpec] = {
         ),
         CommandSpec(
             "set",
-            "/set temperature|top_p|top_k|max_tokens|seed VALUE",
+            "/set temperature|top_p|top_k|max_tokens|seed|strength VALUE",
             "change a generation setting",
             lambda chat, args: chat.change_setting(*args),
             2,
             2,
+        ),
+        CommandSpec(
+            "strength",
+            "/strength S",
+            "persona strength: 1 as trained, above 1 stronger (as /set strength S)",
+            lambda chat, args: chat.change_setting("strength", *args),
+            1,
+            1,
         ),
         CommandSpec(
             "export",
@@ -131,6 +139,7 @@ SETTINGS: dict[str, tuple[str, type]] = {
     "max_new_tokens": ("max_new_tokens", int),
     "repetition_penalty": ("repetition_penalty", float),
     "seed": ("seed", int),
+    "strength": ("strength", float),
 }
 
 
