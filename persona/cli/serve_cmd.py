@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: 1024)",
     )
     add_strength_argument(
-        parser, "1; a request's `strength` and the persona's own (`persona set`) come first"
+        parser, "a request's `strength`, else the persona's own (`persona set`), else 1"
     )
     parser.add_argument(
         "--max-messages",
