@@ -83,8 +83,8 @@ def test_the_persona_s_stop_strings_end_the_reply(capsys, tiny_model_dir, lear):
 
 
 def test_a_running_server_applies_them_too(capsys, tiny_model_dir, lear, monkeypatch):
-    # the server batches, so it takes auto precision as float32 (persona.serve.run)
-    local = reply(capsys, tiny_model_dir, "--local", "--precision", "fp32")
+    # the server takes auto precision as chat does (int8), and its rows compute what chat's do
+    local = reply(capsys, tiny_model_dir, "--local")
     with running_server("--model", str(tiny_model_dir)):
         import persona.model.loader as loader
 

@@ -42,8 +42,8 @@ def test_ready_freezes_what_start_up_made_and_turns_it_on(unfrozen):
     startup.ready()
     assert gc.isenabled() and gc.get_freeze_count() > 0
     frozen = gc.get_freeze_count()
-    startup.ready()  # already on: nothing more is frozen
-    assert gc.get_freeze_count() == frozen
+    startup.ready()  # already on: nothing more is frozen (a frozen object may die meanwhile)
+    assert gc.get_freeze_count() <= frozen
 
 
 def test_reply_turns_the_collector_on_once_its_model_is_loaded(
