@@ -361,3 +361,24 @@ def test_train_card_with_two_logs_reads_them_as_one(tmp_path, tiny_model_dir, ca
         library.close()
     assert training["source"] == f"{first} + {second}"
     assert training["train_examples"] + training["validation_examples"] == 2 * (12 + 6)
+
+
+def test_a_v2_png_from_another_program_imports_and_shows_its_fields(tiny_model_dir, capsys) -> None:
+    """card-forge's V2 model wrote the JSON, Pillow the `chara` chunk (make_fixtures.py): a V2
+    card as SillyTavern writes one, by code that is not persona's."""
+    card = FIXTURES / "cardforge_v2.png"
+    code, out, err = run(capsys, "import", str(card), "--model", str(tiny_model_dir))
+    assert code == 0, err
+    assert "imported 'Old Tom'" in out and "1 example exchange(s)" in out
+
+    code, out, _ = run(capsys, "show", "Old Tom")
+    assert code == 0
+    assert "description: Old Tom keeps the lighthouse on Gull Rock" in out
+    assert "greeting:" in out and "Ahoy! Mind the steps, they're slick with spray." in out
+    assert "User: Lonely out here?" in out and "Old Tom: The gulls talk plenty, friend." in out
+    library = open_library()
+    try:
+        assert library.get_persona("Old Tom").tags == ["lighthouse", "sea"]
+        assert library.get_prompt("Old Tom").kind == "soft"  # untrained, from the description
+    finally:
+        library.close()
