@@ -1,4 +1,4 @@
-"""Mixed-persona batches: several conversations, each with its own soft prompt, decoded together.
+"""Mixed-persona batches: several conversations, each with its own persona, decoded together.
 
 Each conversation is a row (persona.engine.rows) with its own cache, prefilled with
 `[P_row ; rendered conversation]` through the backend; then every step runs one decode call for all
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
+from persona.engine.contract import Request
 from persona.engine.rows import BareRow, Row, advance, prefill_bare
 from persona.errors import ConfigError
 from persona.prompt.render import Message
@@ -48,12 +49,12 @@ def generate_batch(
     backend = engine.backend
     rows: list[Row] = []
     for offset, request in enumerate(requests):
-        if request.persona is not None:
-            engine.check_persona(request.persona)
-        ids = engine.renderer.render(request.messages, request.persona, system=request.system)
         row_config = config
         if config.seed is not None:
             row_config = dataclasses.replace(config, seed=config.seed + offset)
+        # the engine's own checks, rendering and window fit, as for a chat turn or a server request
+        prepared = Request(request.messages, request.persona, row_config, request.system)
+        ids, _ = engine.prepare(prepared)
         row = Row(
             backend.new_cache(), list(ids), ids, row_config, engine.stop_ids, device=backend.device
         )
@@ -61,9 +62,8 @@ def generate_batch(
         prompt = persona.embeddings if persona is not None else None
         kind = persona.kind if persona is not None else "soft"
         row.logits = backend.prefill(row.cache, ids, prompt, kind=kind)
-        if persona is not None and row_config.guided:
-            bare = engine.renderer.render(request.messages, None, system=request.system)
-            row.bare = BareRow(backend.new_cache(), [], bare)
+        if prepared.bare_ids is not None:  # a strength other than 1: the bare row beside it
+            row.bare = BareRow(backend.new_cache(), [], prepared.bare_ids)
             prefill_bare(backend, row)
         rows.append(row)
     running = rows
