@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from persona.cli.main import main
 from persona.formats.card_files import read_card
 from persona.library import open_library
+from tests.helpers import run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cards"
 
@@ -35,12 +35,6 @@ V2_CARD = {
         "character_book": {"entries": [{"keys": ["river"], "content": "The Lethe."}]},
     },
 }
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_json(path: Path, value: dict) -> Path:

@@ -44,7 +44,7 @@ def test_pieces_add_up_on_the_default_model_tokenizer(default_model_store):
 
 
 @pytest.fixture(scope="module")
-def sentencepiece_tokenizer(sentencepiece_model_dir):  # noqa: F811 (the imported fixture)
+def sentencepiece_tokenizer(sentencepiece_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(sentencepiece_model_dir)

@@ -197,7 +197,7 @@ def test_the_api_takes_strength_over_the_persona_s_over_the_server_s():
 
 
 def test_the_command_line_refuses_a_bad_strength_in_one_line(capsys):
-    from tests.test_cli_library import assert_one_line_error, run
+    from tests.helpers import assert_one_line_error, run
 
     code, _, err = run(capsys, "reply", "--local", "--strength", "-1", "hello")
     assert_one_line_error(code, err, "strength=-1.0 must be from 0 to 10")
@@ -205,8 +205,8 @@ def test_the_command_line_refuses_a_bad_strength_in_one_line(capsys):
 
 def test_persona_set_stores_a_strength(capsys, tmp_path):
     from persona.library import open_library
+    from tests.helpers import run
     from tests.library_helpers import make_prompt
-    from tests.test_cli_library import run
 
     path = tmp_path / "library.db"
     library = open_library(path)

@@ -18,7 +18,7 @@ def run_card_import(args: argparse.Namespace) -> int:
     example exchanges), with an untrained prompt made from the description as version 1."""
     from persona.engine.config import PersonaDefaults
     from persona.formats.card_files import read_card
-    from persona.formats.card_persona import RECORD_KEY, card_record, persona_from_card
+    from persona.formats.card_persona import RECORD_KEY, persona_from_card
     from persona.library import open_library
     from persona.model.loader import load_model
     from persona.train.card import check_card_name, starting_prompt, usable_tags
@@ -50,7 +50,7 @@ def run_card_import(args: argparse.Namespace) -> int:
                 "imported_from": str(args.path.resolve()),
                 "format": "card",
                 "trained": False,
-                RECORD_KEY: card_record(card),
+                RECORD_KEY: card.to_v3(),
             },
             tags=usable_tags(mapped.tags),
             defaults=PersonaDefaults(greeting=mapped.greeting) if mapped.greeting else None,
@@ -74,12 +74,14 @@ def run_card_export(args: argparse.Namespace, library: Any) -> int:
     from persona.formats.card_files import write_card
     from persona.formats.card_persona import card_from_persona, card_record_of, record_examples
     from persona.formats.card_picture import card_picture
+    from persona.formats.files import refuse_existing
 
     suffix = args.path.suffix.lower()
     if suffix not in CARD_FILE_SUFFIXES:
         raise ConfigError(
             f"a card is written as .png (with a picture) or .json; got {str(args.path)!r}"
         )
+    refuse_existing(args.path, args.force)  # before the picture is drawn
     info = library.get_persona(args.name)
     greeting = library.get_defaults(args.name).greeting
     version = args.prompt_version or info.active_version

@@ -88,18 +88,16 @@ class ChatEngine:
         if not messages or not messages[-1]["content"].strip():
             raise ConfigError("the message is empty; type something to send")
         request = Request(messages, persona, config or GenerationConfig(), system)
-        _, dropped = self.prepare(request)
-        yield from self.run(request, cancel=cancel, dropped=dropped)
+        self.prepare(request)
+        yield from self.run(request, cancel=cancel)
 
-    def run(
-        self, request: Request, *, cancel: threading.Event | None = None, dropped: int = 0
-    ) -> Iterator[str]:
+    def run(self, request: Request, *, cancel: threading.Event | None = None) -> Iterator[str]:
         """Yield the reply to a prepared request (`prepare` filled in its ids) piece by piece,
         one at a time; stats of the call end up in `self.last`."""
         if request.ids is None:
             raise ValueError("prepare the request first: its ids are not known")
         with self._lock:
-            yield from self._generate(request, cancel, dropped)
+            yield from self._generate(request, cancel)
 
     def reply(
         self,
@@ -204,7 +202,7 @@ class ChatEngine:
                 f"beside the persona's (--backend torch); the {self.backend.name} backend does "
                 "not: leave strength at 1"
             )
-        request.bare_ids = None
+        request.bare_ids, request.dropped = None, 0
         max_new = request.config.max_new_tokens
         if request.text is None and request.ids is not None:  # token ids given as they are
             ids = list(request.ids)
@@ -214,6 +212,7 @@ class ChatEngine:
             request.ids, dropped, kept = self._fit(
                 request.messages, request.persona, request.system, max_new
             )
+            request.dropped = dropped
             if guided:
                 request.bare_ids = self._bare_ids(
                     self.renderer.render(kept, None, system=request.system), max_new
@@ -250,11 +249,9 @@ class ChatEngine:
 
     # ---- internals ------------------------------------------------------------------------------
 
-    def _generate(
-        self, request: Request, cancel: threading.Event | None, dropped: int
-    ) -> Iterator[str]:
+    def _generate(self, request: Request, cancel: threading.Event | None) -> Iterator[str]:
         start = time.perf_counter()
-        stats = GenerationStats(dropped_messages=dropped)
+        stats = GenerationStats(dropped_messages=request.dropped)
         self.last = stats
         persona, config = request.persona, request.config
         ids = list(request.ids or [])

@@ -56,6 +56,7 @@ class Request:
     model: str | None = None  # the server's model id for the persona (or bare model): remote only
     # the same conversation without the persona, for a strength other than 1 (filled with `ids`)
     bare_ids: list[int] | None = None
+    dropped: int = 0  # the oldest turns left out to fit the window (filled with `ids`)
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -104,6 +105,11 @@ class Runner(Protocol):
         self, request: Request, sink: Sink, cancelled: threading.Event | None = None
     ) -> Ticket:
         """Queue `request` (see the module docstring); raises QueueFull or a PersonaError."""
+        ...
+
+    def persona_kv(self, sha256: str) -> bytes | None:
+        """A persona's keys and values, as safetensors bytes named by their sha256, for engines
+        that fetch them from this runner (vLLM's KV connector); None where it hands out none."""
         ...
 
     def metrics(self) -> dict[str, float]:

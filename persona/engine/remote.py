@@ -141,6 +141,9 @@ class RemoteRunner:
             "tokens_per_second": self.rate.per_second(),
         }
 
+    def persona_kv(self, sha256: str) -> bytes | None:
+        return None  # the model runs here (or on the server asked): nothing fetches keys from it
+
     def close(self) -> None:
         """Cancel what is streaming (each ends with finish("cancelled")) and wait for it."""
         with self._lock:

@@ -176,6 +176,9 @@ class Scheduler:
                 "prefix_cache_hits": float(self.prefix_cache.hits),
             }
 
+    def persona_kv(self, sha256: str) -> bytes | None:
+        return None  # the model runs here (or on the server asked): nothing fetches keys from it
+
     def close(self) -> None:
         """Stop the loop; requests still waiting or running fail as refused (retry elsewhere)."""
         with self._wake:

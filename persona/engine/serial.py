@@ -86,6 +86,9 @@ class SerialRunner:
             "tokens_per_second": self.rate.per_second(),
         }
 
+    def persona_kv(self, sha256: str) -> bytes | None:
+        return None  # the model runs here (or on the server asked): nothing fetches keys from it
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

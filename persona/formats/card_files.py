@@ -30,7 +30,6 @@ MAX_CHARX_UNPACKED = 1024 * 1024 * 1024  # what all members of a CharX together 
 MAX_PNG_CHUNKS = 100_000  # a picture has a handful; millions of empty ones are an attack
 CARD_KEYS = ("ccv3", "chara")  # the V3 chunk wins over the V2 one, as both specs say
 TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
-CARD_SUFFIXES = (".png", ".json", ".charx")
 
 
 def card_kind(path: Path) -> str | None:

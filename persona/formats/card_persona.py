@@ -83,10 +83,6 @@ def speaking_name(card: Card) -> str:
     return nickname.strip() if isinstance(nickname, str) and nickname.strip() else card.name.strip()
 
 
-def card_record(card: Card) -> dict[str, Any]:
-    return card.to_v3()
-
-
 def card_record_of(versions: list[Any], version: int) -> dict[str, Any] | None:
     """The card a persona's `version` came from: that version's training record's, else the one
     of the newest version before it that has one (a retrain keeps the card), else None.

@@ -90,8 +90,7 @@ def create_app(state: ServeState) -> Any:
     async def persona_kv(sha256: str) -> Response:
         """A persona's keys and values, for persona's KV connector inside a vLLM server (the
         API key guards it as every route): safetensors bytes, named by their values' sha256."""
-        read = getattr(state.runner, "persona_kv", None)
-        data = await run_in_threadpool(read, sha256) if read is not None else None
+        data = await run_in_threadpool(state.runner.persona_kv, sha256)
         if data is None:
             raise APIError(404, f"no persona keys and values named {sha256[:64]!r} here")
         return Response(data, media_type="application/octet-stream")

@@ -18,7 +18,7 @@ from persona.dialogue.types import Conversation, Dialogue, Turn
 from persona.errors import ConfigError, DialogueError, LibraryError
 from persona.formats.card import Card
 from persona.formats.card_files import MAX_CARD_FILE_BYTES, read_card
-from persona.formats.card_persona import RECORD_KEY, CardPersona, card_record, persona_from_card
+from persona.formats.card_persona import RECORD_KEY, CardPersona, persona_from_card
 from persona.formats.card_text import USER_NAME
 from persona.formats.files import read_bounded
 from persona.library.records import check_name, check_tags
@@ -41,7 +41,7 @@ class CardSpec(PersonaSpec):
     dialogue: Dialogue | None = field(default=None, repr=False)  # without a LOG: the card's own
 
     def training_extra(self) -> dict[str, Any]:
-        return {RECORD_KEY: card_record(self.card)} if self.card is not None else {}
+        return {RECORD_KEY: self.card.to_v3()} if self.card is not None else {}
 
     def defaults_changes(self) -> dict[str, Any]:
         greeting = self.mapped.greeting if self.mapped is not None else None
