@@ -65,7 +65,7 @@ def main() -> None:
     boxed, plain, scratch, fresh = [], [], [], []
     with torch.inference_mode():
         for layer in layers:
-            packed = layer.prepack()
+            (packed,) = layer.prepack()  # one block: fewer than PACK_BLOCK_ROWS outputs
             row = torch.randn(1, layer.in_features)  # (1, in)
             rows = torch.randn(args.rows, layer.in_features)  # (R, in)
             guarded = F.pad(row, (0, len(GUARD)))  # (1, in + 2): the packed weight's width

@@ -16,7 +16,9 @@ With --vllm (clients 1,8,32 unless --clients says otherwise), the same measureme
 second time against `persona serve --backend vllm` in front of a real vLLM server (its CPU build,
 from .venv-vllm, on the default model's safetensors directory, float32, --enforce-eager), one
 server after the other, and a last table puts both backends side by side: aggregate tokens/s and
-p50/p95 time to first token, and persona/vLLM at each level. vLLM is stopped at the end too.
+p50/p95 time to first token, and persona/vLLM at each level. Then vLLM alone: its own server
+asked directly (no gateway, no persona: the bare model), the same questions and levels, and a
+line per level of persona's own backend against it. vLLM is stopped at the end too.
 """
 
 from __future__ import annotations
@@ -499,9 +501,10 @@ def run_with(scheduler: str, args: argparse.Namespace) -> tuple[list[Level], str
     return run_server(["--scheduler", scheduler, "--precision", args.precision], args)
 
 
-def run_vllm(args: argparse.Namespace) -> tuple[list[Level], str]:
-    """vLLM on the default model, then the gateway in front of it, measured as persona's own
-    backend was; both stopped before returning. (levels, a line on vLLM)"""
+def run_vllm(args: argparse.Namespace) -> tuple[list[Level], str, list[Level]]:
+    """vLLM on the default model, the gateway in front of it measured as persona's own backend
+    was, then vLLM alone; both stopped before returning. (gateway levels, a line on vLLM, vLLM
+    alone levels)"""
     from persona.model.location import default_model_dir
 
     vllm = VllmProcess(default_model_dir())
@@ -510,11 +513,35 @@ def run_vllm(args: argparse.Namespace) -> tuple[list[Level], str]:
         with vllm:
             print(f"  ready in {vllm.ready_s:.0f} s at {vllm.url}\n", flush=True)
             levels, description = run_server(["--backend", "vllm", "--vllm-url", vllm.url], args)
+            alone = asyncio.run(measure_alone(vllm, args))
     finally:
         code = vllm.stop()
     if code not in (0, -signal.SIGTERM):
         print(f"  (vLLM exited with {code}; its log: {vllm.log})")
-    return levels, f"{description}; vLLM on {vllm.model_dir}, ready in {vllm.ready_s:.0f} s"
+    about = f"{description}; vLLM on {vllm.model_dir}, ready in {vllm.ready_s:.0f} s"
+    return levels, about, alone
+
+
+async def measure_alone(vllm: VllmProcess, args: argparse.Namespace) -> list[Level]:
+    """vLLM's own server asked directly, no gateway and no persona (the bare model): the same
+    questions, clients and max_tokens as the other runs; vLLM's speed with nothing in front."""
+    client = openai.AsyncOpenAI(
+        base_url=f"{vllm.url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
+    plans = {
+        clients: plan([VLLM_NAME], clients, args.requests_per_client) for clients in args.clients
+    }
+    for question in QUESTIONS:  # warm-up, as for the other runs
+        await ask(client, (VLLM_NAME, question), WARM_UP_TOKENS)
+    levels = [await run_level(client, plans[clients], args.max_tokens) for clients in args.clients]
+    print("vLLM alone (its own server, the bare model, no gateway)")
+    for level in levels:
+        print(
+            f"  {level.clients:3d} clients: {level.rate:7.1f} tokens/s, TTFT p50 "
+            f"{ttft(level, 0.5):.3f} s, p95 {ttft(level, 0.95):.3f} s"
+        )
+    await client.close()
+    return levels
 
 
 def run_server(flags: list[str], args: argparse.Namespace) -> tuple[list[Level], str]:
@@ -590,10 +617,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print()
     if args.vllm:
-        gateway, about = run_vllm(args)
+        gateway, about, alone = run_vllm(args)
         print()
         first = schedulers[0]
         report_backends(args, (described[first], runs[first]), (about, gateway))
+        print("\npersona's own backend against vLLM alone (no gateway, the bare model), tokens/s")
+        for mine, theirs in zip(runs[first], alone, strict=True):
+            print(
+                f"  {mine.clients:7d} clients: persona {mine.rate:7.1f}, vLLM alone "
+                f"{theirs.rate:7.1f}, {mine.rate / theirs.rate:5.2f}x; TTFT p95 persona "
+                f"{ttft(mine, 0.95):.3f} s, vLLM alone {ttft(theirs, 0.95):.3f} s"
+            )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The int8 chat path: decoder Linear layers int8, output head and embedding one float16 matrix, fingerprint untouched."""
+"""The int8 chat path: decoder Linear layers and the output head int8 (the head with its outlier channels beside), the embedding float16, fingerprint untouched."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from persona.model.loader import load_model
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_int8_keeps_the_fingerprint_shares_one_float16_table_and_still_chats(
+def test_int8_keeps_the_fingerprint_quantizes_the_head_and_still_chats(
     tiny_model_dir, tiny, tiny_prompt, native
 ):
     quantized = load_model(tiny_model_dir, precision="int8", native=native)
@@ -26,12 +26,13 @@ def test_int8_keeps_the_fingerprint_shares_one_float16_table_and_still_chats(
     ]
     assert decoder_linears and all(isinstance(m, quantize.Int8Linear) for m in decoder_linears)
     head, embedding = quantized.model.lm_head, quantized.model.get_input_embeddings()
-    assert isinstance(head, quantize.Float16Linear) and isinstance(
+    assert isinstance(head, quantize.Int8Linear) and isinstance(
         embedding, quantize.Float16Embedding
     )
-    assert (
-        embedding.weight_fp16.data_ptr() == head.weight_fp16.data_ptr()
-    )  # tied: one float16 matrix, no float32 copy
+    assert head.outliers is not None and head.outliers.numel() == min(
+        quantize.HEAD_OUTLIERS, head.in_features
+    )
+    assert not head.exact_prompts  # a prompt's logits come from the same head as a reply's
     ids = torch.tensor([[3, 4, 5, 9]])
     fp32_table = tiny.model.get_input_embeddings().weight
     looked_up = embedding(ids)
@@ -122,7 +123,14 @@ def test_auto_is_int8_where_the_kernel_exists(tiny_model_dir):
 
 def unpacked_copy(layer: quantize.Int8Linear) -> quantize.Int8Linear:
     """The same weights in a layer of their own, not packed yet."""
-    return quantize.Int8Linear(layer.weight_int8, layer.scale, layer.bias)
+    return quantize.Int8Linear(
+        layer.int8_weight(),
+        layer.scale,
+        layer.bias,
+        outliers=layer.outliers,
+        outlier_weight=layer.outlier_weight,
+        exact_prompts=layer.exact_prompts,
+    )
 
 
 def test_packing_on_the_packing_thread_gives_every_layer_what_packing_at_first_use_gives(
@@ -152,7 +160,7 @@ def test_the_row_kernel_computes_what_fbgemms_operator_computes():
     torch.manual_seed(0)
     layer = quantize.Int8Linear.from_linear(torch.nn.Linear(40, 24))
     layer.kernel = "row-by-row"
-    packed = layer.prepack()
+    (packed,) = layer.prepack()  # one block: fewer than PACK_BLOCK_ROWS outputs
     for rows in (torch.randn(1, 40), torch.randn(1, 40) * 300.0):
         with torch.no_grad():
             guarded = torch.nn.functional.pad(rows, (0, len(quantize.GUARD)))  # zeros: no guard
@@ -235,3 +243,84 @@ def test_a_process_that_ends_while_packing_in_the_background_exits_cleanly(tmp_p
     )
     assert done.returncode == 0, done.stderr[-500:]
     assert "leaving" in done.stdout and "terminate" not in done.stderr
+
+
+def test_outlier_channels_are_multiplied_beside_the_int8_product():
+    """One channel far larger than the rest (a massive activation): kept out of the int8 product,
+    it no longer coarsens the other channels, and a row still computes the same in any batch."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 300, bias=False)
+    rows = torch.randn(5, 64)
+    rows[:, 7] = 40.0 + torch.rand(5)  # every position lights up channel 7
+    plain = quantize.Int8Linear.from_linear(linear)
+    split = quantize.Int8Linear.from_linear(linear, outliers=torch.tensor([7]))
+    with torch.no_grad():
+        exact = linear(rows)
+        plain_error = (plain.row(rows) - exact).abs().max()
+        split_error = (split.row(rows) - exact).abs().max()
+        together = split.row(rows)
+        assert all(torch.equal(together[i : i + 1], split.row(rows[i : i + 1])) for i in range(5))
+        assert torch.allclose(split.weight, linear.weight, atol=float(split.scale.max()))
+        assert torch.equal(split.weight[:, 7], linear.weight[:, 7])  # the outlier column exact
+    assert float(split_error) < float(plain_error) / 4
+
+
+def test_the_head_outliers_are_the_channels_the_model_lights_up(tiny_model_dir):
+    model = load_model(tiny_model_dir, precision="fp32", native=True)
+    head = model.model.lm_head
+    seen = []
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    ids = model.tokenizer.encode(quantize.CALIBRATION_TEXT)
+    found = quantize.head_outlier_channels(model.model, ids, count=3)
+    largest = seen[-1].reshape(-1, head.in_features).abs().amax(dim=0)
+    assert found.tolist() == sorted(largest.topk(3).indices.tolist())
+    assert len(head._forward_pre_hooks) == 1  # the hook it used is gone, this test's stays
+
+
+def test_a_kept_prompt_weight_computes_what_the_scratch_weight_does(tiny_model_dir):
+    """A server keeps the float32 weights it encodes prompts with; the numbers do not change."""
+    loaded = load_model(tiny_model_dir, precision="int8", native=True)
+    ids = torch.tensor([[3, 4, 5, 9, 11, 2]])
+    with torch.inference_mode(), quantize.exact_activations():
+        before = loaded.model(input_ids=ids, logits_to_keep=0).logits
+    kept = quantize.keep_prompt_weights(loaded.model)
+    layers = [m for m in loaded.model.modules() if type(m) is quantize.Int8Linear]
+    assert kept == sum(4 * m.weight_int8.numel() for m in layers if m.exact_prompts) > 0
+    with torch.inference_mode(), quantize.exact_activations():
+        after = loaded.model(input_ids=ids, logits_to_keep=0).logits
+    assert torch.equal(before, after)
+    assert quantize.keep_prompt_weights(torch.nn.Linear(2, 2)) == 0
+
+
+def test_the_head_lets_its_unpacked_weight_go_once_packed_and_still_reads_the_same():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(40, 300, bias=False)
+    head = quantize.Int8Linear.from_linear(linear, outliers=torch.tensor([3]), exact_prompts=False)
+    layer = quantize.Int8Linear.from_linear(linear)
+    int8, weight = head.int8_weight().clone(), head.weight
+    head.prepack()
+    layer.prepack()
+    assert head.weight_int8 is None and layer.weight_int8 is not None  # a decoder layer keeps it
+    assert torch.equal(head.int8_weight(), int8)
+    assert torch.equal(head.weight, weight)
+    rows = torch.randn(3, 40)
+    with torch.no_grad():
+        exact = linear(rows)
+        assert float((head.row(rows) - exact).abs().max() / exact.abs().max()) < 0.05
+
+
+def test_a_layer_wider_than_a_pack_block_computes_what_one_block_would(monkeypatch):
+    """The output projection is packed in blocks of output channels (a lower peak while packing);
+    the kernel runs once per block, and the numbers are those of one block."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(40, 300)
+    rows = torch.randn(5, 40)
+    whole = quantize.Int8Linear.from_linear(linear, outliers=torch.tensor([2]), exact_prompts=False)
+    expected = whole.row(rows)
+    monkeypatch.setattr(quantize, "PACK_BLOCK_ROWS", 128)
+    blocked = quantize.Int8Linear.from_linear(
+        linear, outliers=torch.tensor([2]), exact_prompts=False
+    )
+    assert len(blocked.prepack()) == 3
+    assert torch.equal(blocked.row(rows), expected)
+    assert torch.equal(blocked.int8_weight(), whole.int8_weight())

@@ -325,3 +325,47 @@ def test_closing_refuses_what_is_still_waiting_or_running(each_tiny):
     scheduler.close()
     for sink in (running, waiting):
         assert sink.done.wait(60) and "shutting down" in sink.reason
+
+
+def test_a_prompt_once_encoded_sends_its_first_token_before_the_next_prompt_is_encoded(each_tiny):
+    """Prompts that join in the same turn do not wait for one another: each gives its first token
+    as soon as it is encoded, and the replies are still the solo ones."""
+    engine = ChatEngine(each_tiny)
+    jobs = [[{"role": "user", "content": question}] for question in QUESTIONS[:3]]
+    alone = [engine.reply(messages, None, GREEDY) for messages in jobs]
+    events: list[str] = []
+    release = threading.Event()
+
+    class Gated(RecordingBackend):
+        def prefill(self, cache, ids, *args, **kwargs):
+            if not events:
+                assert release.wait(30)  # the first prompt holds the loop until the rest queue
+            events.append("prefill")
+            return self.inner.prefill(cache, ids, *args, **kwargs)
+
+    class Noting(Collect):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def piece(self, text: str) -> None:
+            if not self.pieces:
+                events.append(f"first {self.name}")
+            super().piece(text)
+
+    scheduler = Scheduler(
+        ChatEngine(each_tiny, backend=Gated(engine.backend)), max_rows=4, prefill_chunk=1000
+    )
+    try:
+        sinks = [Noting(name) for name in "abc"]
+        for messages, sink in zip(jobs, sinks, strict=True):
+            scheduler.submit(Request(messages, None, GREEDY), sink)
+        release.set()
+        assert [sink.text for sink in sinks] == alone
+        prefills = [index for index, event in enumerate(events) if event == "prefill"]
+        assert len(prefills) == 3
+        # b and c joined together after a: b's first token came before c's prompt was encoded
+        assert events.index("first b") < prefills[2]
+        assert events.index("first a") < prefills[1]
+    finally:
+        scheduler.close()

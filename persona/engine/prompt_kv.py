@@ -29,8 +29,7 @@ def persona_kv(backend: NativeBackend | TransformersBackend, persona: SoftPrompt
             f"persona {persona.name!r}: this model names no plain KV cache layout, so its soft "
             "prompt cannot be turned into keys and values"
         )
-    weight = backend.model.get_input_embeddings().weight
-    rows = persona.embeddings.to(dtype=weight.dtype, device=backend.device)  # (N, D)
+    rows = persona.embeddings.to(dtype=backend.activation_dtype(), device=backend.device)  # (N, D)
     if isinstance(backend, NativeBackend):
         native = backend.new_cache()
         _run(backend, rows, native)

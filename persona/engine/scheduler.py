@@ -7,7 +7,9 @@ One thread owns the model. Each turn of its loop:
    cached prefix of the same persona (the prefix cache below), so a follow-up turn of a conversation
    only encodes what is new;
 2. encodes waiting prompts, oldest first, `prefill_chunk` tokens in all: a long prompt joins over
-   several turns, and the rows already decoding wait at most one chunk for their next token;
+   several turns, and the rows already decoding wait at most one chunk for their next token; a
+   prompt fully encoded gives its first token at once (its client does not wait for the other
+   prompts of the turn), and the row joins the decoding rows;
 3. chooses every decoding row's next token (each with its own sampling settings), hands the text to
    the row's sink, and runs one decode step for all rows that go on (one batched forward).
 
@@ -51,6 +53,7 @@ class _Active:
     row: Row
     key: str  # persona sha256, "" for none
     decoder: StreamDecoder
+    pending: int | None = None  # a token chosen and sent, not yet run through the model
 
 
 @dataclass
@@ -300,26 +303,53 @@ class Scheduler:
                     continue
                 with self._wake:
                     self._encoding.remove(active)
-                    self._decoding.append(active)
+                self._first_token(active)
+
+    def _first_token(self, active: _Active) -> None:
+        """A row whose prompt is encoded: its first token chosen and sent now; the row then
+        decodes with the others (that token is run through the model at the next step)."""
+        try:
+            token = active.row.choose()
+        except Exception as exc:  # noqa: BLE001 - sampling failed: this request fails
+            deliver(active.ticket, "error", _failure(exc))
+            return
+        with self._wake:  # counted before the client hears of it
+            self.rate.add(int(token is not None))
+            if not active.row.finished:
+                active.pending = token
+                self._decoding.append(active)
+        self._send(active, token)
+        if active.row.finished:
+            self._finish(active)
+
+    def _send(self, active: _Active, token: int | None) -> None:
+        if token is not None:
+            piece = active.decoder.push(token)
+            if piece:
+                deliver(active.ticket, "piece", piece)
 
     def _decode_step(self) -> None:
         if not self._decoding:
             return
+        chosen: list[tuple[_Active, int | None, bool]] = []  # (row, token, chosen now)
         try:
-            chosen = [(active, active.row.choose()) for active in self._decoding]
+            for active in self._decoding:
+                if active.pending is None:
+                    chosen.append((active, active.row.choose(), True))
+                else:  # a row that has just joined: its first token is chosen and sent already
+                    chosen.append((active, active.pending, False))
         except Exception as exc:  # noqa: BLE001 - sampling failed: these rows cannot go on
             self._fail_decoding(exc)
             return
-        produced = sum(token is not None for _, token in chosen)
+        produced = sum(token is not None and fresh for _, token, fresh in chosen)
         with self._wake:  # counted before any client hears of its tokens
             self.rate.add(produced)
-            self._decoding = [active for active, _ in chosen if not active.row.finished]
+            self._decoding = [active for active, _, _ in chosen if not active.row.finished]
         going: list[tuple[_Active, int]] = []
-        for active, token in chosen:
-            if token is not None:
-                piece = active.decoder.push(token)
-                if piece:
-                    deliver(active.ticket, "piece", piece)
+        for active, token, fresh in chosen:
+            active.pending = None
+            if fresh:
+                self._send(active, token)
             if active.row.finished:
                 self._finish(active)
             else:

@@ -73,13 +73,19 @@ class _TorchBackend:
             raise ValueError(
                 "this model names no plain KV cache layout; it cannot run a deep prompt"
             )
-        weight = self.model.get_input_embeddings().weight
-        prompt = prompt.to(dtype=weight.dtype, device=self.device)  # (N, W)
+        prompt = prompt.to(dtype=self.activation_dtype(), device=self.device)  # (N, W)
         for layer, (keys, values) in enumerate(split_prefix(prompt, self.layout)):
             self._put_layer(cache, layer, keys, values)  # (1, H_kv, N, d) each
 
     def _put_layer(self, cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype the model computes in: what its input embedding gives for one token (int8's
+        float16 table gives float32; reading its `.weight` would widen the whole table)."""
+        with torch.inference_mode():
+            token = torch.zeros(1, dtype=torch.long, device=self.device)
+            return self.model.get_input_embeddings()(token).dtype
 
     def decode(self, tokens: Sequence[int], caches: Sequence[Any]) -> torch.Tensor:
         """One step for every row, one forward each (what a model without batched rows does)."""

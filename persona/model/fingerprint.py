@@ -106,26 +106,40 @@ def remembered_fingerprint(model: Any, key: str | None) -> Fingerprint:
     the int8 cache is keyed): a changed file is hashed again. Anything unreadable or unwritable
     there only means hashing.
     """
-    if key is None:
-        return compute_fingerprint(model)
-    try:
-        store = models_dir() / DIGEST_CACHE
-    except OSError:
-        return compute_fingerprint(model)
-    digests = _read_digests(store)
     weight = model.get_input_embeddings().weight  # (V, D)
-    digest = digests.get(key)
-    if (
-        isinstance(digest, str)
-        and len(digest) == EMBEDDING_HASH_CHARS
-        and all(c in "0123456789abcdef" for c in digest)
-    ):
-        return Fingerprint(_architecture(model), int(weight.shape[1]), int(weight.shape[0]), digest)
-    fingerprint = compute_fingerprint(model)
-    digests.pop(key, None)
-    digests[key] = fingerprint.embedding_sha256
-    _write_digests(store, dict(list(digests.items())[-DIGEST_CACHE_ENTRIES:]))
-    return fingerprint
+
+    def valid(digest: Any) -> bool:
+        return (
+            isinstance(digest, str)
+            and len(digest) == EMBEDDING_HASH_CHARS
+            and all(c in "0123456789abcdef" for c in digest)
+        )
+
+    digest = remembered(
+        DIGEST_CACHE, key, lambda: compute_fingerprint(model).embedding_sha256, valid
+    )
+    return Fingerprint(_architecture(model), int(weight.shape[1]), int(weight.shape[0]), digest)
+
+
+def remembered(store_name: str, key: str | None, compute: Any, valid: Any) -> Any:
+    """compute()'s value for the weights file `key` names (weights_key), remembered in the models
+    dir's JSON file `store_name` (the last DIGEST_CACHE_ENTRIES files); a remembered value that is
+    not valid(value) is computed again. Anything unreadable or unwritable only means computing."""
+    if key is None:
+        return compute()
+    try:
+        store = models_dir() / store_name
+    except OSError:
+        return compute()
+    values = _read_digests(store)
+    value = values.get(key)
+    if valid(value):
+        return value
+    value = compute()
+    values.pop(key, None)
+    values[key] = value
+    _write_digests(store, dict(list(values.items())[-DIGEST_CACHE_ENTRIES:]))
+    return value
 
 
 def _read_digests(store: Path) -> dict[str, Any]:
@@ -136,7 +150,7 @@ def _read_digests(store: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_digests(store: Path, digests: dict[str, str]) -> None:
+def _write_digests(store: Path, digests: dict[str, Any]) -> None:
     with contextlib.suppress(
         OSError
     ):  # whole or not at all, whoever writes last; unwritable: hash next time

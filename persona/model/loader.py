@@ -16,7 +16,12 @@ from persona.errors import ModelError, first_line
 from persona.model import warmup
 from persona.model.fastload import load_streaming
 from persona.model.files import WEIGHTS_FILE, int8_cache_path
-from persona.model.fingerprint import Fingerprint, remembered_fingerprint, weights_key
+from persona.model.fingerprint import (
+    Fingerprint,
+    remembered,
+    remembered_fingerprint,
+    weights_key,
+)
 from persona.model.interfaces import CausalLM, Tokenizer
 from persona.model.location import (  # noqa: F401 - callers find where the model is here too
     COMPLETE_MARKER,
@@ -97,10 +102,11 @@ def load_model(
     fingerprint = remembered_fingerprint(
         model, key
     )  # the float32 input embedding, whatever the precision
+    tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     if precision == "int8":
-        quantize_int8(
-            model
-        )  # what streaming did not already quantize (all of it after from_pretrained)
+        # what streaming did not already quantize (all of it after from_pretrained), the head
+        # with the channels the int8 decoder's activations carry outliers in
+        quantize_int8(model, _head_outliers(model, tokenizer, key))
         if hasattr(
             model, "fuse_int8_projections"
         ):  # persona's own decoder: fewer, larger int8 calls
@@ -114,7 +120,6 @@ def load_model(
         precision = "bf16" if dtype == torch.bfloat16 else precision
     if model_is_native:
         model.prepare_for_decode()  # plans the single-token step over the weights as loaded
-    tokenizer = _load_tokenizer(directory, model_id, for_chat=model_is_native)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -122,6 +127,33 @@ def load_model(
         model_id=model_id,
         precision=precision,
     )
+
+
+HEAD_OUTLIERS_STORE = "head-outliers.json"  # in the models dir: weights file -> channel indices
+
+
+def _head_outliers(model: Any, tokenizer: Any, key: str | None) -> Any:
+    """The output projection's outlier channels (quantize.head_outlier_channels) for the weights
+    file `key` names: found once (a forward pass over a short text, about 0.2 s) and remembered."""
+    import torch
+
+    from persona.model.quantize import CALIBRATION_TEXT, HEAD_OUTLIERS, head_outlier_channels
+
+    width = int(model.get_input_embeddings().weight.shape[1])
+
+    def find() -> list[int]:
+        ids = list(tokenizer.encode(CALIBRATION_TEXT))
+        return [int(i) for i in head_outlier_channels(model, ids)]
+
+    def valid(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) == min(HEAD_OUTLIERS, width)
+            and all(type(i) is int and 0 <= i < width for i in value)
+            and len(set(value)) == len(value)
+        )
+
+    return torch.tensor(remembered(HEAD_OUTLIERS_STORE, key, find, valid), dtype=torch.long)
 
 
 def _weights_dtype(device: Any) -> Any:
