@@ -5,9 +5,9 @@
 Loads the default model as `persona serve` does (int8, persona's own decoder), encodes a
 conversation of each length into a fresh KV cache (the cache every row of the batching server
 keeps) and decodes one token of the reply, and prints what the cache then holds
-(`KVCache.nbytes`, capacity included: the buffers doubled at that token) against the model's own figure (layers x 2 x KV heads x head size x 4 bytes per
-position), then how many rows of that length fit in the budget. The weights are counted apart:
-they are shared by every row.
+(`KVCache.nbytes`, capacity included: the buffers grew at that token) against what it uses (the
+model's layers x 2 x KV heads x head size x 4 bytes per position), then how many rows of that
+length fit in the budget. The weights are counted apart: every row shares them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
         cache = model.new_cache()
         with torch.inference_mode(), exact_activations():
             model(input_ids=ids, cache=cache, logits_to_keep=1)
-        with torch.inference_mode():  # the reply's first token: the buffers double
+        with torch.inference_mode():  # the reply's first token: the buffers grow
             model(input_ids=ids[:, :1], cache=cache, logits_to_keep=1)
         held = cache.nbytes
         print(

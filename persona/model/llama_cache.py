@@ -6,7 +6,14 @@ import torch
 
 
 class KVCache:
-    """Keys and values of every layer, grown in place (capacity doubles), cropped by length."""
+    """Keys and values of every layer, grown in place, cropped by length.
+
+    A full buffer grows by a quarter (64 positions at least), not by doubling: a prompt of L
+    positions is encoded into buffers of exactly L, and the reply that follows would otherwise
+    double them at its first token, so a server's row held twice what it used
+    (`benchmarks/rows_memory.py`); growing by a quarter still copies each position a bounded
+    number of times as a conversation grows.
+    """
 
     def __init__(self) -> None:
         self._keys: list[torch.Tensor] = []  # per layer (B, H_kv, capacity, d)
@@ -40,7 +47,8 @@ class KVCache:
             self._keys.append(keys.new_empty(*keys.shape[:2], max(end, 64), keys.shape[3]))
             self._values.append(values.new_empty(*values.shape[:2], max(end, 64), values.shape[3]))
         elif end > self._keys[layer].shape[2]:
-            capacity = max(end, 2 * self._keys[layer].shape[2])
+            held = self._keys[layer].shape[2]
+            capacity = max(end, held + max(64, held // 4))  # see the class docstring
             self._keys[layer] = _grow(self._keys[layer], start, capacity)
             self._values[layer] = _grow(self._values[layer], start, capacity)
         # narrow() rather than [:, :, a:b]: one call instead of Python indexing, per call of every layer
