@@ -143,3 +143,38 @@ def test_a_reply_that_opens_the_conversation_renders_without_a_persona(tiny):
     assert tiny.tokenizer.decode(ids).startswith("<|im_start|>system\nYou are a tiny test model")
     with_system = renderer.render_example([], "Now is the winter", None, system="Be Richard.")
     assert "Be Richard." in tiny.tokenizer.decode(with_system[0])
+
+
+def test_the_chat_model_is_loaded_on_a_thread_that_has_ended(tiny_model_dir, monkeypatch):
+    """torch keeps a pool of OpenMP workers per thread that ran parallel work; the thread that
+    generates must hold the only one (benchmarks/threads.py), so loading is done on a thread of
+    its own that ends before load_chat_model returns."""
+    import threading
+
+    from persona.model import loader
+
+    seen = []
+    real = loader._load_chat_model
+
+    def recording(*args, **kwargs):
+        seen.append(threading.current_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "_load_chat_model", recording)
+    loaded = loader.load_chat_model(tiny_model_dir, precision="fp32")
+    assert loaded.model is not None
+    (thread,) = seen
+    assert thread is not threading.current_thread() and not thread.is_alive()
+
+
+def test_work_on_a_passing_thread_gives_its_result_or_raises_its_error_here():
+    from persona.errors import ModelError
+    from persona.model.loader import on_passing_thread
+
+    assert on_passing_thread(lambda a, b=0: a + b, 2, b=3) == 5
+
+    def fails():
+        raise ModelError("no such model")
+
+    with pytest.raises(ModelError, match="no such model"):
+        on_passing_thread(fails)

@@ -111,11 +111,13 @@ def runner_for(engine: ChatEngine, scheduler: str, max_queue: int = DEFAULT_MAX_
     """`batch` (continuous batching, the default) or `serial` (one reply at a time) over
     `engine`'s backend. A backend that runs one sequence at a time batches rows of one."""
     if scheduler == "batch":
+        from persona.model.loader import on_passing_thread
         from persona.model.quantize import keep_prompt_weights
 
         # requests join between decode steps: each encodes its prompt with float32 weights,
-        # kept rather than dequantised at every join (int8 only; about 0.4 GB for the default model)
-        keep_prompt_weights(getattr(engine.backend, "model", None))
+        # kept rather than dequantised at every join (int8 only; about 0.4 GB for the default
+        # model); made off this thread, which must not hold torch's thread pool (on_passing_thread)
+        on_passing_thread(keep_prompt_weights, getattr(engine.backend, "model", None))
         return Scheduler(engine, max_queue=max_queue)
     return SerialRunner(engine, max_queue=max_queue)
 

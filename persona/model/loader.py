@@ -7,10 +7,12 @@ this module builds the model and its tokenizer from that directory.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from persona.errors import ModelError, first_line
 from persona.model import warmup
@@ -129,6 +131,7 @@ def load_model(
     )
 
 
+T = TypeVar("T")
 HEAD_OUTLIERS_STORE = "head-outliers.json"  # in the models dir: weights file -> channel indices
 
 
@@ -184,7 +187,48 @@ def load_chat_model(
 ) -> LoadedModel:
     """The model as chat runs it: persona's PyTorch path (int8 by default), or llama.cpp on a GGUF
     file. device: cpu, cuda, mps or auto (a GPU where torch sees one); off the CPU, transformers'
-    model in bfloat16 (persona's own decoder and int8 are CPU paths)."""
+    model in bfloat16 (persona's own decoder and int8 are CPU paths). Loaded on a thread that has
+    ended when this returns (see on_passing_thread)."""
+    return on_passing_thread(
+        _load_chat_model, path, precision=precision, backend=backend, gguf=gguf, device=device
+    )
+
+
+def on_passing_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """function(*args, **kwargs) on a new thread, waited for: its result, or its exception raised here.
+
+    Why: torch's OpenMP keeps a pool of worker threads for each thread that has run parallel work,
+    for as long as that thread lives. With two such pools (the thread that loaded the model and
+    the one that generates: a server's scheduler, chat's worker), every parallel region of a
+    decode step waits longer for its workers, and a step ran 1.7-2x slower on a 2-core machine
+    (`benchmarks/threads.py`). Heavy work done before generation starts (loading, quantizing)
+    goes on a thread that then ends, so the generating thread holds the only pool.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="persona-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result: T = outcome["value"]
+    return result
+
+
+def _load_chat_model(
+    path: str | os.PathLike[str] | None,
+    *,
+    precision: str,
+    backend: str,
+    gguf: str | os.PathLike[str] | None,
+    device: str,
+) -> LoadedModel:
     try:
         if device != "cpu":
             from persona.model.device import resolve_device
