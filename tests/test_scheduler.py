@@ -369,3 +369,32 @@ def test_a_prompt_once_encoded_sends_its_first_token_before_the_next_prompt_is_e
         assert events.index("first a") < prefills[1]
     finally:
         scheduler.close()
+
+
+@pytest.mark.parametrize("kind", ["batch", "serial"])
+def test_a_runners_worker_uses_the_threads_its_constructor_saw(each_tiny, kind):
+    """The thread that starts a runner keeps one torch thread afterwards (persona.engine.cores:
+    a server's HTTP side, the chat's screen); the runner's own thread, which generates, keeps
+    the count there was."""
+    from persona.engine import cores
+    from persona.engine.runners import runner_for
+
+    before = torch.get_num_threads()
+    counts: list[int] = []
+
+    class Counting(Collect):
+        def piece(self, text: str) -> None:
+            counts.append(torch.get_num_threads())  # called on the runner's thread
+            super().piece(text)
+
+    runner = runner_for(ChatEngine(each_tiny), kind)
+    try:
+        cores.leave_to_workers()
+        assert torch.get_num_threads() == 1
+        sink = Counting()
+        runner.submit(Request([{"role": "user", "content": QUESTIONS[0]}], None, GREEDY), sink)
+        assert sink.text
+        assert counts and set(counts) == {before}
+    finally:
+        torch.set_num_threads(before)
+        runner.close()

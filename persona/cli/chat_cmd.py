@@ -152,10 +152,13 @@ def run(args: argparse.Namespace) -> int:
         engine = ChatEngine(loaded)
         startup.ready()
 
+        from persona.engine import cores
         from persona.tui.local import local_backend
 
+        backend = local_backend(engine, library)
+        cores.leave_to_workers()  # the screen's thread: the runner's own thread generates
         # only the flags given: the rest come from each persona's defaults, then the built-in ones
-        return _chat(local_backend(engine, library), library, args, given_settings(args))
+        return _chat(backend, library, args, given_settings(args))
     finally:
         library.close()
 

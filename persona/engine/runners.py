@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from persona.engine import cores
 from persona.engine.chat import ChatEngine
 from persona.engine.contract import DEFAULT_MAX_QUEUE, Runner
 from persona.engine.scheduler import Scheduler
@@ -104,6 +105,8 @@ def open_runner(choice: RunnerChoice, log: Callable[[str], None]) -> Opened:
     )
     engine = ChatEngine(loaded)
     runner = runner_for(engine, scheduler, choice.max_queue)
+    # this thread serves HTTP from here on: the runner's own thread does the model's work
+    cores.leave_to_workers()
     return Opened(engine, runner, f"{loaded.model_id} ({loaded.precision}, {scheduler})")
 
 

@@ -24,6 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from persona.engine import cores
 from persona.engine.backend import AnyBackend, Cache
 from persona.engine.chat import ChatEngine
 from persona.engine.contract import (
@@ -143,6 +144,7 @@ class Scheduler:
         self._decoding: list[_Active] = []
         self._wake = threading.Condition()
         self._closed = False
+        self._threads = cores.threads_now()  # what the loop's thread takes (persona.engine.cores)
         self._thread = threading.Thread(target=self._run, name="persona-scheduler", daemon=True)
         self._thread.start()
 
@@ -192,6 +194,7 @@ class Scheduler:
     # ---- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        cores.take(self._threads)
         while True:
             with self._wake:
                 while not self._closed and not (self._waiting or self._encoding or self._decoding):

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 
+from persona.engine import cores
 from persona.engine.chat import ChatEngine
 from persona.engine.contract import (
     DEFAULT_MAX_QUEUE,
@@ -47,6 +48,7 @@ class SerialRunner:
         self._current: Ticket | None = None
         self._seconds_per_request = 1.0  # a running average, for Retry-After
         self._closed = False
+        self._threads = cores.threads_now()  # what the worker takes (persona.engine.cores)
         self._worker = threading.Thread(target=self._work, name="persona-serial", daemon=True)
         self._worker.start()
 
@@ -109,6 +111,7 @@ class SerialRunner:
     # ---- the worker -----------------------------------------------------------------------------
 
     def _work(self) -> None:
+        cores.take(self._threads)
         while True:
             ticket = self._tickets.get()
             if ticket is None:
