@@ -54,6 +54,22 @@ def int8_peak() -> float:
         return 2048**3 / best_seconds(lambda: layer.row(rows), 5)
 
 
+def rows_of(
+    model, count: int, context: int, generator: torch.Generator
+) -> tuple[list, torch.Tensor]:
+    """`count` caches of `context` random tokens each (encoded as a prompt is), and a next token
+    per row: what one_step decodes."""
+    vocab = int(model.config.vocab_size)
+    caches = []
+    for _ in range(count):
+        cache = model.new_cache()
+        ids = torch.randint(0, vocab, (1, context), generator=generator)
+        with torch.inference_mode(), exact_activations():
+            model(input_ids=ids, cache=cache, logits_to_keep=1)
+        caches.append(cache)
+    return caches, torch.randint(0, vocab, (count,), generator=generator)
+
+
 def one_step(model, tokens: torch.Tensor, caches: list) -> None:
     """One decode step of every row (chat's single-row step for one row), then undone."""
     with torch.inference_mode():
@@ -98,14 +114,7 @@ def main() -> None:
     )
     generator = torch.Generator().manual_seed(0)
     for count in (int(part) for part in args.rows.split(",")):
-        caches = []
-        for _ in range(count):
-            cache = model.new_cache()
-            ids = torch.randint(0, int(config.vocab_size), (1, args.context), generator=generator)
-            with torch.inference_mode(), exact_activations():
-                model(input_ids=ids, cache=cache, logits_to_keep=1)
-            caches.append(cache)
-        tokens = torch.randint(0, int(config.vocab_size), (count,), generator=generator)
+        caches, tokens = rows_of(model, count, args.context, generator)
 
         measured = best_seconds(functools.partial(one_step, model, tokens, caches), args.steps)
         nbytes = weight_bytes + count * (args.context + 1) * kv_per_position

@@ -23,9 +23,9 @@ CHILD = r"""
 import functools, json, sys, threading, time
 sys.path.insert(0, "benchmarks")
 import torch
-from limits import best_seconds, one_step
+from limits import best_seconds, one_step, rows_of
 from persona.model.loader import load_chat_model, load_model
-from persona.model.quantize import exact_activations, packing_done
+from persona.model.quantize import packing_done
 
 mode, rows, context, steps = sys.argv[1], [int(r) for r in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
 if mode == "passing":
@@ -39,14 +39,7 @@ timings = {}
 def measure():
     generator = torch.Generator().manual_seed(0)
     for count in rows:
-        caches = []
-        for _ in range(count):
-            cache = model.new_cache()
-            ids = torch.randint(0, 40000, (1, context), generator=generator)
-            with torch.inference_mode(), exact_activations():
-                model(input_ids=ids, cache=cache, logits_to_keep=1)
-            caches.append(cache)
-        tokens = torch.randint(0, 40000, (count,), generator=generator)
+        caches, tokens = rows_of(model, count, context, generator)
         timings[count] = best_seconds(functools.partial(one_step, model, tokens, caches), steps)
 
 if mode == "main":
