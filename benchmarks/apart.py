@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persona.dialogue.examples import Example
-from persona.dialogue.sources import read_source
-from persona.dialogue.split import seeded_sample, split_speaker
+from persona.dialogue.split import seeded_sample
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
 from persona.model.loader import load_chat_model
@@ -57,16 +56,7 @@ def load_starter(spec_path: Path) -> Starter | None:
     prompt_path = spec.prompt_path()
     if prompt_path is None or not prompt_path.exists():
         return None
-    config = spec.train_config()
-    heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    split = split_speaker(
-        read_source(spec.train, base=spec.base),
-        spec.speaker,
-        context_turns=config.context_turns,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        heldout=heldout,
-    )
+    split = spec.speaker_split()
     return Starter(
         spec.name,
         spec.speaker,

@@ -25,8 +25,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from persona.dialogue.sources import read_source
-from persona.dialogue.split import split_speaker
 from persona.engine.chat import ChatEngine
 from persona.model.loader import load_chat_model
 from persona.prompt.blend import blend_prompts
@@ -47,16 +45,7 @@ def sample_size(text: str) -> int | None:
 
 def judge_for(engine: ChatEngine, spec: PersonaSpec, config: StyleConfig, bar: tqdm) -> StyleJudge:
     """The speaker's style measure: its classifier and held-out sample, as benchmarks/style.py splits."""
-    train_config = spec.train_config()
-    heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    split = split_speaker(
-        read_source(spec.train, base=spec.base),
-        spec.speaker,
-        context_turns=train_config.context_turns,
-        validation_fraction=train_config.validation_fraction,
-        seed=train_config.seed,
-        heldout=heldout,
-    )
+    split = spec.speaker_split()
     train, held = split.train, split.heldout
     return StyleJudge(
         engine, speaker=spec.speaker, train=train, heldout=held, config=config, bar=bar

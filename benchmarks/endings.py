@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from persona.dialogue.sources import read_source
 from persona.engine.batch import BatchRequest, generate_batch
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
@@ -36,7 +35,6 @@ from persona.engine.sampling import Sampler
 from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
 from persona.serve.schemas import Limits
-from persona.style.data import speaker_examples
 from persona.style.stats import distinct_n, wilson_interval
 from persona.train.spec import load_spec
 
@@ -61,18 +59,8 @@ BATCH = 8
 
 def character_lines(spec_path: Path) -> tuple[list, list]:
     """(training examples, held-out examples) of the starter, as training splits them."""
-    spec = load_spec(spec_path)
-    config = spec.train_config()
-    heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    train, held = speaker_examples(
-        read_source(spec.train, base=spec.base),
-        spec.speaker,
-        context_turns=config.context_turns,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        heldout=heldout,
-    )
-    return train, held
+    split = load_spec(spec_path).speaker_split()
+    return split.train, split.heldout
 
 
 def end_probability(engine: ChatEngine, persona: SoftPrompt, examples: list) -> dict[str, float]:

@@ -6,10 +6,10 @@
 Starts `persona serve` (the default model, the starter personas of the user's library) on a free
 loopback port and sends greedy streamed chat completions, each client a different persona (the five
 starters and the bare model, in turn), from 1, 4, 8, ... concurrent clients, several requests each.
-Prints per level: aggregate completion tokens/s, p50/p95 time to first token, and the ratio against
-the baseline, the same requests sent one at a time (measured in this run, each distinct request
-once); and the ratio against vLLM's CPU build on the same model (VLLM_CPU below). Then a prefix
-cache line: TTFT at turn N of 8 concurrent growing conversations against turn 1 (target <= 1.3x).
+Prints per level: aggregate completion tokens/s, p50/p95 time to first token, the ratio against the
+baseline, the same requests sent one at a time (measured in this run, each distinct request once),
+and how many replies equal their solo run. Then a prefix cache line: TTFT at turn N of 8
+concurrent growing conversations against turn 1 (target <= 1.3x).
 The server is stopped at the end whatever happens (SIGTERM to its process group, then SIGKILL).
 
 With --vllm (clients 1,8,32 unless --clients says otherwise), the same measurement then runs a
@@ -46,9 +46,6 @@ import openai
 
 from persona.starters import find_starters
 
-# vLLM 0.32 CPU build (vllm-cpu), same model, fp32, --enforce-eager, prompt_embeds of the starter
-# personas, greedy 64 tokens with ignore_eos, quiet 2-core machine: clients -> aggregate tokens/s
-VLLM_CPU = {1: 18.6, 8: 109.5, 32: 169.8}
 QUESTIONS = [
     "Tell me a long story about a sailor who finds a map to a hidden island.",
     "Describe, at length, the finest feast you ever attended.",
@@ -458,7 +455,7 @@ def report_levels(
     )
     header = (
         f"  {'clients':>7s} {'requests':>8s} {'tokens':>6s} {'tokens/s':>8s} {'vs 1-at-a-time':>14s}"
-        f" {'ttft p50':>8s} {'ttft p95':>8s} {'vLLM CPU':>8s} {'vs vLLM':>7s} {'same as solo':>12s}"
+        f" {'ttft p50':>8s} {'ttft p95':>8s} {'same as solo':>12s}"
     )
     print(header)
     for level in levels:
@@ -469,18 +466,13 @@ def report_levels(
         )
         firsts = [timed.first_token_s for _, timed in level.results]
         same = sum(timed.text == solo[key].text for key, timed in level.results)
-        anchor = VLLM_CPU.get(level.clients)
-        anchor_cols = (
-            f"{anchor:8.1f} {level.rate / anchor:6.2f}x" if anchor else f"{'-':>8s} {'-':>7s}"
-        )
         print(
             f"  {level.clients:7d} {len(level.results):8d} {level.tokens:6d} {level.rate:8.1f}"
             f" {level.rate / baseline:13.2f}x {percentile(firsts, 0.5):7.3f}s"
-            f" {percentile(firsts, 0.95):7.3f}s {anchor_cols} {same:5d} of {len(keys):<4d}"
+            f" {percentile(firsts, 0.95):7.3f}s {same:5d} of {len(keys):<4d}"
         )
-    print(
-        "  (vLLM: 64 tokens per reply with ignore_eos, quiet machine; here a reply may end sooner)"
-    )
+    if not args.vllm:
+        print("  (--vllm measures vLLM on the same requests, and vLLM alone, in this run)")
 
 
 def report_conversations(args: argparse.Namespace, talks: list[list[Timed]]) -> None:

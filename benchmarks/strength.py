@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from persona.dialogue.examples import Example
-from persona.dialogue.sources import read_source
 from persona.dialogue.split import seeded_sample
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
@@ -34,7 +33,7 @@ from persona.prompt.deep import prefilled_cache
 from persona.prompt.inject import prepend_prompt
 from persona.prompt.render import Renderer
 from persona.prompt.softprompt import SoftPrompt
-from persona.style.data import speaker_examples, with_context
+from persona.style.data import with_context
 from persona.style.generate import PERSONA, Condition
 from persona.style.report import StyleConfig, StyleJudge, share_text
 from persona.train.loss import decoder_and_head
@@ -113,17 +112,9 @@ def measure(
     engine: ChatEngine, model: Any, name: str, strengths: list[float], args: argparse.Namespace
 ) -> dict[str, Any]:
     spec = load_spec(PERSONAS / f"{name}.toml")
-    config = spec.train_config()
     persona = SoftPrompt.load(spec.prompt_path())
-    heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    train, held = speaker_examples(
-        read_source(spec.train, base=spec.base),
-        spec.speaker,
-        context_turns=config.context_turns,
-        validation_fraction=config.validation_fraction,
-        seed=config.seed,
-        heldout=heldout,
-    )
+    split = spec.speaker_split()
+    train, held = split.train, split.heldout
     start = time.perf_counter()
     nll_examples = seeded_sample(with_context(held, "held-out"), args.nll_sample, 1)
     nll = guided_nll(model, engine.renderer, persona, nll_examples, strengths)

@@ -21,8 +21,6 @@ import json
 import time
 from pathlib import Path
 
-from persona.dialogue.sources import read_source
-from persona.dialogue.split import split_speaker
 from persona.engine.chat import ChatEngine
 from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
@@ -40,16 +38,7 @@ def sample_size(text: str) -> int | None:
 
 def measure(engine: ChatEngine, spec_path: Path, config: StyleConfig) -> StyleReport:
     spec = load_spec(spec_path)
-    train_config = spec.train_config()
-    heldout = read_source(spec.heldout, base=spec.base) if spec.heldout else None
-    split = split_speaker(
-        read_source(spec.train, base=spec.base),
-        spec.speaker,
-        context_turns=train_config.context_turns,
-        validation_fraction=train_config.validation_fraction,
-        seed=train_config.seed,
-        heldout=heldout,
-    )
+    split = spec.speaker_split()
     train, held = split.train, split.heldout
     return measure_style(
         engine,

@@ -23,6 +23,15 @@ def prompt(each_tiny, seed: int, length: int) -> SoftPrompt:
     )
 
 
+def solo_token_ids(engine: ChatEngine, requests, config: GenerationConfig) -> list[list[int]]:
+    """Each batch request's reply token ids, answered alone by `engine`."""
+    alone = []
+    for request in requests:
+        engine.reply(request.messages, request.persona, config)
+        alone.append(engine.last.token_ids)
+    return alone
+
+
 def test_each_row_equals_running_it_alone(each_tiny):
     engine = ChatEngine(each_tiny)
     requests = [
@@ -35,10 +44,7 @@ def test_each_row_equals_running_it_alone(each_tiny):
         BatchRequest([{"role": "user", "content": "Hello there!"}], prompt(each_tiny, 3, 5)),
     ]
     results, _ = generate_batch(engine, requests, GREEDY)
-    alone = []
-    for request in requests:
-        engine.reply(request.messages, request.persona, GREEDY)
-        alone.append(engine.last.token_ids)
+    alone = solo_token_ids(engine, requests, GREEDY)
     assert [r.token_ids for r in results] == alone
     assert len({tuple(ids) for ids in alone}) == len(alone)  # different personas, different replies
 

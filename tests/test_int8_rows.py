@@ -9,13 +9,13 @@ import torch
 from persona.engine.batch import BatchRequest, generate_batch
 from persona.engine.chat import ChatEngine
 from persona.engine.config import GenerationConfig
-from persona.engine.scheduler import Request, Scheduler
 from persona.errors import ConfigError
 from persona.model import quantize
 from persona.model.loader import load_model
 from persona.prompt.deep import KVLayout
 from persona.prompt.softprompt import SoftPrompt
-from tests.test_scheduler import QUESTIONS, Collect, RecordingBackend
+from tests.test_batch import solo_token_ids
+from tests.test_scheduler import QUESTIONS, solo_and_scheduled
 
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 TINY_LAYOUT = KVLayout(layers=2, kv_heads=2, head_dim=8)  # the tiny Llama's KV cache
@@ -109,23 +109,16 @@ def mixed_personas(tiny, count: int) -> list[SoftPrompt | None]:
 
 
 def test_int8_batched_server_replies_equal_chats_solo_replies(tiny_int8):
-    engine = ChatEngine(tiny_int8)
     jobs = [
         (persona, [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
         for index, persona in enumerate(mixed_personas(tiny_int8, 12))
     ]
-    alone = [engine.reply(messages, persona, GREEDY) for persona, messages in jobs]
+    alone, sinks, widths, _ = solo_and_scheduled(
+        tiny_int8, jobs, GREEDY, max_rows=12, prefill_chunk=5
+    )
     assert len(set(alone)) > 6, "replies this alike would make the comparison meaningless"
-    recording = RecordingBackend(engine.backend)
-    scheduler = Scheduler(ChatEngine(tiny_int8, backend=recording), max_rows=12, prefill_chunk=5)
-    try:
-        sinks = [Collect() for _ in jobs]
-        for (persona, messages), sink in zip(jobs, sinks, strict=True):
-            scheduler.submit(Request(messages, persona, GREEDY), sink)
-        assert [sink.text for sink in sinks] == alone
-        assert max(recording.widths) >= 3  # rows joined while others decoded, and decoded together
-    finally:
-        scheduler.close()
+    assert [sink.text for sink in sinks] == alone
+    assert max(widths) >= 3  # rows joined while others decoded, and decoded together
 
 
 def test_int8_batch_rows_equal_their_solo_runs(tiny_int8):
@@ -135,8 +128,4 @@ def test_int8_batch_rows_equal_their_solo_runs(tiny_int8):
         for question, persona in zip(QUESTIONS * 2, mixed_personas(tiny_int8, 8), strict=True)
     ]
     results, _ = generate_batch(engine, requests, GREEDY)
-    alone = []
-    for request in requests:
-        engine.reply(request.messages, request.persona, GREEDY)
-        alone.append(engine.last.token_ids)
-    assert [result.token_ids for result in results] == alone
+    assert [result.token_ids for result in results] == solo_token_ids(engine, requests, GREEDY)

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from persona.errors import ModelError
 from persona.model.loader import load_model
@@ -82,6 +83,27 @@ def test_an_unreadable_hash_store_only_means_hashing_again(tiny_model_dir, tiny)
     store.unlink()
     store.mkdir()  # a directory where the file should be: nothing can be read or written
     assert load_model(tiny_model_dir, native=True).fingerprint == tiny.fingerprint
+
+
+def test_a_bad_head_outlier_entry_only_means_finding_them_again(tiny_model_dir):
+    """The int8 head's outlier channels are remembered per weights file; an entry that does not
+    read as channels of this model is found again (and the store rewritten), never used."""
+    from persona.model.fingerprint import weights_key
+    from persona.model.loader import HEAD_OUTLIERS_STORE
+    from persona.model.quantize import int8_supported
+    from persona.paths import models_dir
+
+    if not int8_supported():
+        pytest.skip("this torch build has no fbgemm/x86 int8 kernel")
+    store = models_dir() / HEAD_OUTLIERS_STORE
+    key = weights_key(tiny_model_dir / "model.safetensors")
+    found = load_model(tiny_model_dir, precision="int8", native=True).model.lm_head.outliers
+    assert json.loads(store.read_text(encoding="utf-8"))[key] == found.tolist()
+    for bad in ([999999] * len(found), [0] * len(found), found.tolist()[:-1], "x", None):
+        store.write_text(json.dumps({key: bad}), encoding="utf-8")
+        head = load_model(tiny_model_dir, precision="int8", native=True).model.lm_head
+        assert torch.equal(head.outliers, found)
+        assert json.loads(store.read_text(encoding="utf-8"))[key] == found.tolist()
 
 
 def test_model_env_var_is_used(tiny_model_dir, monkeypatch):

@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from persona.errors import PromptFormatError
 from persona.model.files import file_identity
 from persona.paths import models_dir, write_private_atomic
 
+T = TypeVar("T")
 EMBEDDING_HASH_CHARS = 16
 DIGEST_CACHE = "embedding-digests.json"  # in the models dir: weights file -> its embedding's hash
 DIGEST_CACHE_ENTRIES = 64
@@ -121,7 +123,9 @@ def remembered_fingerprint(model: Any, key: str | None) -> Fingerprint:
     return Fingerprint(_architecture(model), int(weight.shape[1]), int(weight.shape[0]), digest)
 
 
-def remembered(store_name: str, key: str | None, compute: Any, valid: Any) -> Any:
+def remembered(
+    store_name: str, key: str | None, compute: Callable[[], T], valid: Callable[[Any], bool]
+) -> T:
     """compute()'s value for the weights file `key` names (weights_key), remembered in the models
     dir's JSON file `store_name` (the last DIGEST_CACHE_ENTRIES files); a remembered value that is
     not valid(value) is computed again. Anything unreadable or unwritable only means computing."""
@@ -132,9 +136,10 @@ def remembered(store_name: str, key: str | None, compute: Any, valid: Any) -> An
     except OSError:
         return compute()
     values = _read_digests(store)
-    value = values.get(key)
-    if valid(value):
-        return value
+    known: Any = values.get(key)
+    if valid(known):
+        found: T = known
+        return found
     value = compute()
     values.pop(key, None)
     values[key] = value

@@ -197,12 +197,9 @@ def load_chat_model(
 def on_passing_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """function(*args, **kwargs) on a new thread, waited for: its result, or its exception raised here.
 
-    Why: torch's OpenMP keeps a pool of worker threads for each thread that has run parallel work,
-    for as long as that thread lives. With two such pools (the thread that loaded the model and
-    the one that generates: a server's scheduler, chat's worker), every parallel region of a
-    decode step waits longer for its workers, and a step ran 1.7-2x slower on a 2-core machine
-    (`benchmarks/threads.py`). Heavy work done before generation starts (loading, quantizing)
-    goes on a thread that then ends, so the generating thread holds the only pool.
+    Why: heavy torch work done before generation starts (loading, quantizing) must not leave a
+    live thread holding torch's OpenMP pool beside the generating thread's (persona.engine.cores
+    says why and measures it); a thread that ends takes its pool with it.
     """
     outcome: dict[str, Any] = {}
 

@@ -30,6 +30,7 @@ from persona.errors import ConfigError
 from persona.train.config import TrainConfig
 
 if TYPE_CHECKING:
+    from persona.dialogue.split import SpeakerSplit
     from persona.dialogue.types import Dialogue
 
 TOP_LEVEL_KEYS = {
@@ -84,6 +85,24 @@ class PersonaSpec:
     def own_dialogue(self) -> Dialogue | None:
         """The dialogue the recipe carries itself (a card without a LOG), else None: read `train`."""
         return None
+
+    def speaker_split(self) -> SpeakerSplit:
+        """The speaker's examples split as `persona train --spec` splits them (its [config]'s
+        context, validation fraction and seed; judged on `heldout` where the spec names one):
+        what the benchmarks and measures of a starter read."""
+        from persona.dialogue.sources import read_source
+        from persona.dialogue.split import split_speaker
+
+        config = self.train_config()
+        heldout = read_source(self.heldout, self.format, base=self.base) if self.heldout else None
+        return split_speaker(
+            self.own_dialogue() or read_source(self.train, self.format, base=self.base),
+            self.speaker,
+            context_turns=config.context_turns,
+            validation_fraction=config.validation_fraction,
+            seed=config.seed,
+            heldout=heldout,
+        )
 
 
 def load_spec(path: str | Path) -> PersonaSpec:
