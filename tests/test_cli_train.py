@@ -275,3 +275,19 @@ def test_chat_export_jsonl_learns_the_assistant_when_no_speaker_is_given(
     library = open_library()
     assert library.get_persona("helper").versions[0].training["speaker"] == "assistant"
     library.close()
+
+
+def test_the_style_measure_lets_a_cpu_training_model_go_and_keeps_one_elsewhere() -> None:
+    """On the CPU the style measure loads persona's own decoder: the training model is dropped
+    first, so the run never holds both (its peak memory); elsewhere it is the style engine."""
+    import torch
+
+    from persona.cli.train_cmds import _style_source
+
+    class Loaded:
+        def __init__(self, device: str) -> None:
+            self.model = torch.nn.Linear(2, 2, device=device)
+
+    assert _style_source(Loaded("cpu")) is None
+    elsewhere = Loaded("meta")
+    assert _style_source(elsewhere) is elsewhere

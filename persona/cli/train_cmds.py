@@ -371,12 +371,16 @@ def _train_and_store(
         version = _store(args, loaded, trained, spec, name, description, output)
     ranks.wait()  # the other ranks end when the persona is stored
     if ranks.is_main and args.style_sample != NO_STYLE:
-        return _style_after_training(args, loaded, trained, name, version)
+        # on the CPU the style measure loads persona's own decoder: the training model goes
+        # first, so the two are never held at once (the run's peak memory)
+        kept = _style_source(loaded)
+        del loaded  # on the CPU the last reference to the training model
+        return _style_after_training(args, kept, trained, name, version)
     return 0
 
 
 def _style_after_training(
-    args: argparse.Namespace, loaded: Any, trained: Any, name: str, version: int
+    args: argparse.Namespace, loaded: Any | None, trained: Any, name: str, version: int
 ) -> int:
     """The style report of the stored version, added to its metrics. The persona is already in the
     library: a Ctrl-C here loses only the report."""
@@ -414,15 +418,28 @@ def _style_after_training(
     return 0
 
 
-def _style_engine(args: argparse.Namespace, loaded: Any) -> Any:
-    """The engine replies are generated with: persona's own batched decoder on the CPU (much faster
-    than transformers' model there, same float32 weights), the training model elsewhere."""
+def _style_source(loaded: Any) -> Any | None:
+    """What `_style_engine` needs of the training model: the model itself off the CPU, else
+    nothing (the caller then drops its own reference, and a CPU model goes)."""
+    from persona.model.device import model_device
+
+    return loaded if model_device(loaded.model).type != "cpu" else None
+
+
+def _style_engine(args: argparse.Namespace, loaded: Any | None) -> Any:
+    """The engine replies are generated with: persona's own batched decoder on the CPU at chat's
+    own precision (int8 where the CPU has the kernel: the replies judged are the ones chat gives,
+    three to four times sooner than float32), the training model elsewhere (None: the model was on
+    the CPU and is gone, see `_style_source`)."""
     from persona.engine.chat import ChatEngine
     from persona.model.device import model_device
     from persona.model.loader import load_model
 
-    if model_device(loaded.model).type == "cpu":
-        return ChatEngine(load_model(args.model, native=True))
+    if loaded is None or model_device(loaded.model).type == "cpu":
+        import gc
+
+        gc.collect()  # a dropped model's modules hold cycles: its weights go now, not later
+        return ChatEngine(load_model(args.model, native=True, precision="auto"))
     return ChatEngine(loaded)
 
 
@@ -540,7 +557,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
         train, heldout = split_in_halves(examples)  # the classifier learns half the log
         speaker = resolve_speaker(dialogue, args.speaker)
-        engine = _style_engine(args, loaded)
+        kept = _style_source(loaded)  # the evaluation's model goes before the style engine loads
+        del loaded
+        engine = _style_engine(args, kept)
         style = _style_report(args, engine, prompt, speaker, train, heldout)
         metrics["style"] = style.to_dict()
     if args.json:
