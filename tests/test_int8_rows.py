@@ -15,7 +15,7 @@ from persona.model.loader import load_model
 from persona.prompt.deep import KVLayout
 from persona.prompt.softprompt import SoftPrompt
 from tests.test_batch import solo_token_ids
-from tests.test_scheduler import QUESTIONS, solo_and_scheduled
+from tests.test_scheduler import QUESTIONS, one_question_each, solo_and_scheduled
 
 GREEDY = GenerationConfig(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 TINY_LAYOUT = KVLayout(layers=2, kv_heads=2, head_dim=8)  # the tiny Llama's KV cache
@@ -109,10 +109,7 @@ def mixed_personas(tiny, count: int) -> list[SoftPrompt | None]:
 
 
 def test_int8_batched_server_replies_equal_chats_solo_replies(tiny_int8):
-    jobs = [
-        (persona, [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
-        for index, persona in enumerate(mixed_personas(tiny_int8, 12))
-    ]
+    jobs = one_question_each(mixed_personas(tiny_int8, 12))
     alone, sinks, widths, _ = solo_and_scheduled(
         tiny_int8, jobs, GREEDY, max_rows=12, prefill_chunk=5
     )

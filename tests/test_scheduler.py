@@ -66,6 +66,14 @@ def personas(each_tiny, count: int) -> list[SoftPrompt | None]:
     return found
 
 
+def one_question_each(each_persona) -> list:
+    """(persona, one-message conversation) jobs: each persona asked QUESTIONS in turn."""
+    return [
+        (persona, [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
+        for index, persona in enumerate(each_persona)
+    ]
+
+
 def solo_and_scheduled(loaded, jobs, config: GenerationConfig, **options):
     """Each (persona, messages) job answered alone by a ChatEngine, then all of them submitted at
     once to a Scheduler over `loaded` (`options`: its settings). (solo replies, the scheduler's
@@ -86,10 +94,7 @@ def solo_and_scheduled(loaded, jobs, config: GenerationConfig, **options):
 
 
 def test_sixteen_concurrent_mixed_personas_equal_their_solo_replies(each_tiny):
-    jobs = [
-        (persona, [{"role": "user", "content": QUESTIONS[index % len(QUESTIONS)]}])
-        for index, persona in enumerate(personas(each_tiny, 16))
-    ]
+    jobs = one_question_each(personas(each_tiny, 16))
     alone, sinks, widths, metrics = solo_and_scheduled(
         each_tiny, jobs, GREEDY, max_rows=16, prefill_chunk=1000
     )
