@@ -337,3 +337,63 @@ def test_a_vllm_flag_without_the_vllm_backend_is_refused_not_ignored(flag, capsy
     assert main(["serve", "--port", "0", *flag]) == 1
     err = capsys.readouterr().err
     assert err == f"persona: error: {flag[0]} needs --backend vllm\n"
+
+
+def test_warm_starts_a_server_that_answers_this_reply_and_the_next_then_stops(
+    tiny_model_dir, capsys, monkeypatch
+):
+    import persona.serve.warm as warm
+
+    started = []
+
+    def recorded(*arguments):
+        child = start(*arguments)
+        started.append(child)
+        return child
+
+    start = warm.start_warm_server
+    monkeypatch.setattr(warm, "start_warm_server", recorded)
+    no_local_model(monkeypatch)  # every reply below comes from the background server
+    model = ["--model", str(tiny_model_dir), "--no-persona", "--json"]
+    try:
+        code, first, _ = reply(capsys, *model, "--warm", "0.05", "hello")
+        assert code == 0 and json.loads(first)["reply"] is not None
+        assert len(started) == 1 and socket_path().exists()
+        code, second, _ = reply(capsys, *model, "--warm", "0.05", "hello")
+        assert code == 0 and json.loads(second)["reply"] == json.loads(first)["reply"]
+        assert len(started) == 1  # the running server answered: none started
+        assert started[0].wait(timeout=60) == 0  # 3 s without a request: it stops by itself
+        assert not socket_path().exists()
+        log = (warm.data_dir() / warm.LOG_NAME).read_text()
+        assert "no request for 0.05 minutes; server stopped" in log
+    finally:
+        for child in started:
+            child.kill()
+
+
+def test_warm_comes_from_the_environment_and_a_bad_value_is_one_line(
+    tiny_model_dir, capsys, monkeypatch
+):
+    monkeypatch.setenv("PERSONA_WARM", "soon")
+    code, _, err = reply(capsys, "--model", str(tiny_model_dir), "--no-persona", "hello")
+    assert code != 0
+    assert err.strip().splitlines() == [
+        "persona: error: $PERSONA_WARM must be a positive number of minutes, got 'soon'; "
+        "unset it to reply without a background server"
+    ]
+
+
+def test_a_background_server_that_fails_to_start_leaves_the_reply_to_this_process(
+    tiny_model_dir, capsys, monkeypatch
+):
+    import persona.serve.warm as warm
+
+    monkeypatch.setattr(
+        warm, "serve_command", lambda args, minutes: [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    code, out, err = reply(
+        capsys, "--model", str(tiny_model_dir), "--no-persona", "--warm", "1", "hello"
+    )
+    assert code == 0 and out.strip()  # answered here
+    assert "the background server stopped before it was ready" in err
+    assert "replying without it" in err and str(warm.LOG_NAME) in err

@@ -12,7 +12,7 @@ from persona.dialogue import Conversation, Dialogue, Turn
 from persona.errors import ConfigError, DialogueError
 from persona.train import TrainConfig
 from persona.train.checkpoint import checkpoint_path, load_checkpoint
-from persona.train.loop import TrainingInterrupted
+from persona.train.loop import TrainingInterrupted, micro_batches
 from persona.train.run import MIN_EXAMPLES, train_persona
 from tests.helpers import REPLIES, bard_dialogue
 
@@ -107,6 +107,69 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(tiny) -> None:
     torch.testing.assert_close(
         resumed.prompt.embeddings, uninterrupted.prompt.embeddings, atol=1e-6, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("kind", ["deep", "soft"])
+def test_micro_batches_train_the_prompt_the_whole_batch_trains(tiny, kind) -> None:
+    whole = train_persona(
+        tiny,
+        bard_dialogue(),
+        speaker="BOB",
+        name="whole",
+        config=quick(kind=kind, micro_batch_size=0),
+        progress=False,
+    )
+    parts = train_persona(
+        tiny,
+        bard_dialogue(),
+        speaker="BOB",
+        name="parts",
+        config=quick(kind=kind),  # on a CPU: one row at a time
+        progress=False,
+    )
+    # the same gradient summed in another order: equal up to float rounding, step after step
+    torch.testing.assert_close(
+        parts.prompt.embeddings, whole.prompt.embeddings, atol=1e-5, rtol=1e-4
+    )
+    assert parts.training["final_loss"] == pytest.approx(whole.training["final_loss"], rel=1e-4)
+    assert parts.training["config"]["micro_batch_size"] is None
+    assert TrainConfig().rows_at_once("cpu") == 1 and TrainConfig().rows_at_once("cuda") == 0
+
+
+def test_micro_batches_put_the_longest_rows_together() -> None:
+    from persona.dialogue.encode import EncodedExample
+
+    examples = [EncodedExample([0] * n, [0] * n) for n in (3, 9, 5, 7, 1)]
+    parts = micro_batches(examples, 2)
+    assert [[len(e.input_ids) for e in part] for part in parts] == [[9, 7], [5, 3], [1]]
+    assert micro_batches(examples, 0) == [examples] and micro_batches(examples, 8) == [examples]
+
+
+def test_a_run_resumes_under_another_micro_batch(tiny) -> None:
+    def stop(step: int, loss: float) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_persona(
+            tiny,
+            bard_dialogue(),
+            speaker="BOB",
+            name="smaller",
+            config=quick(micro_batch_size=0),
+            progress=False,
+            on_step=stop,
+        )
+    resumed = train_persona(  # out of memory at the whole batch: go on two rows at a time
+        tiny,
+        bard_dialogue(),
+        speaker="BOB",
+        name="smaller",
+        config=quick(micro_batch_size=2),
+        progress=False,
+        resume=True,
+    )
+    assert resumed.training["steps"] == 12
 
 
 def test_checkpoint_is_safetensors_with_json_state_not_pickle(tiny) -> None:

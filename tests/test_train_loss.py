@@ -143,3 +143,24 @@ def test_a_model_that_cannot_share_the_prompt_trains_on_the_plain_pass(tiny, mon
         hook.remove()
     assert shapes == [(2, ids.shape[1] + 5)]  # one plain pass, no batch-of-one prompt pass
     assert count == int((labels != IGNORE_INDEX).sum())
+
+
+def test_the_vocabulary_projection_in_blocks_gives_the_same_losses_and_gradient(
+    tiny, monkeypatch
+) -> None:
+    import persona.train.loss as loss
+
+    ids, mask, labels = batch_for(tiny.tokenizer)
+    count = int((labels != IGNORE_INDEX).sum())
+    results = []
+    for rows in (loss.HEAD_ROWS, 3):  # one block for this batch, then blocks of 3 positions
+        monkeypatch.setattr(loss, "HEAD_ROWS", rows)
+        prompt = torch.nn.Parameter(
+            torch.randn(5, tiny.fingerprint.hidden_size, generator=torch.Generator().manual_seed(2))
+        )
+        losses, wanted = loss.labelled_losses(tiny.model, prompt, ids, mask, labels)
+        (losses.sum() / count).backward()
+        results.append((losses.detach(), prompt.grad))
+        assert losses.shape == (count,) and int(wanted.sum()) == count > 3
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-5)

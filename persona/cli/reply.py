@@ -59,7 +59,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="load the model here even if `persona serve` is running",
     )
+    parser.add_argument(
+        "--warm",
+        type=positive_minutes,
+        metavar="MINUTES",
+        help="with no server running, start one in the background that stops after MINUTES "
+        "without a request, and reply through it: the replies after this one skip the model's "
+        "start (default: $PERSONA_WARM, else off)",
+    )
     parser.set_defaults(func=run)
+
+
+def positive_minutes(text: str) -> float:
+    """An argparse type: a positive, finite number of minutes."""
+    from persona.serve.warm import parse_minutes
+
+    value = parse_minutes(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +204,13 @@ def run(args: argparse.Namespace) -> int:
         code = reply_via_server(args, message, given_settings(args))
         if code is not None:
             return code
+        from persona.serve.warm import start_warm_server, warm_minutes
+
+        minutes = warm_minutes(args.warm)
+        if minutes is not None and start_warm_server(args, minutes) is not None:
+            code = reply_via_server(args, message, given_settings(args))
+            if code is not None:
+                return code
 
     from persona.model import warmup
 

@@ -12,7 +12,7 @@ VLLM_DTYPES = ("float32", "bfloat16", "float16")  # persona.engine.vllm.wire.WIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from persona.cli.reply import add_precision_argument, add_strength_argument
+    from persona.cli.reply import add_precision_argument, add_strength_argument, positive_minutes
 
     parser = subparsers.add_parser(
         "serve",
@@ -127,21 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--idle-exit",
-        type=_minutes,
+        type=positive_minutes,
         metavar="MINUTES",
         help="stop after this many minutes without a request (for a script: start it in the background and forget it)",
     )
     parser.set_defaults(func=run)
-
-
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
-    return value
 
 
 def _count(low: int, high: int | None = None):  # noqa: ANN202 - an argparse type

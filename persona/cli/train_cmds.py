@@ -117,6 +117,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--batch-size", type=int, metavar="B", help="examples per step (default 8)")
     train.add_argument(
+        "--micro-batch",
+        dest="micro_batch_size",
+        type=int,
+        metavar="M",
+        help="examples through the model at once within a step: fewer hold less memory, the same "
+        "gradient up to rounding (default: 1 on a CPU, the whole batch on a GPU; 0: the whole batch)",
+    )
+    train.add_argument(
         "--seed",
         type=int,
         metavar="S",
@@ -262,6 +270,7 @@ def run_train(args: argparse.Namespace) -> int:
             "lr",
             "schedule",
             "batch_size",
+            "micro_batch_size",
             "seed",
             "init",
             "context_turns",

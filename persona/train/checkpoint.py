@@ -31,7 +31,8 @@ RESUMABLE_DIFFERENCES = {
     "steps",
     "epochs",
     "eval_every",
-}  # a resumed run may change how long it runs
+    "micro_batch_size",
+}  # a resumed run may change how long it runs, and how many rows go through the model at once
 
 
 @dataclass

@@ -34,6 +34,10 @@ class TrainConfig:
     kind: str = "deep"
     lr: float | None = None  # None: the kind's DEFAULT_LR
     batch_size: int = 8
+    # rows through the model at once within a step (0: the whole batch; None: one at a time on a
+    # CPU, where a row's activations are about 0.2 GB at the default lengths, the whole batch on an
+    # accelerator); the gradient is the batch's either way, up to float rounding
+    micro_batch_size: int | None = None
     seed: int = 0
     init: str = "auto"  # text (from --description) | vocab | random; auto = text when described
     context_turns: int = DEFAULT_CONTEXT_TURNS
@@ -73,6 +77,8 @@ class TrainConfig:
                 f"--lr must be a positive learning rate such as 0.01, got {self.lr!r}"
             )
         _int_at_least("batch_size", "--batch-size", self.batch_size, 1, 4096)
+        if self.micro_batch_size is not None:
+            _int_at_least("micro_batch_size", "--micro-batch", self.micro_batch_size, 0, 4096)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.init not in INIT_CHOICES:
@@ -115,6 +121,12 @@ class TrainConfig:
         progress = (step - warmup) / max(1, total_steps - 1 - warmup)  # 0 .. 1
         floor = FINAL_LR_FRACTION * self.lr
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def rows_at_once(self, device_type: str) -> int:
+        """Rows through the model at once on a device of this type (0: the whole batch)."""
+        if self.micro_batch_size is not None:
+            return self.micro_batch_size
+        return 1 if device_type == "cpu" else 0
 
     def validation_interval(self, total_steps: int) -> int:
         return self.eval_every or max(1, math.ceil(total_steps / 4))

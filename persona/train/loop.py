@@ -138,7 +138,15 @@ def train_loop(
                     group["lr"] = config.step_lr(state.step, total_steps)
                 examples = [train[i] for i in batches[state.step]]  # the global batch
                 loss, stop = _step(
-                    model, prompt, optimizer, examples, pad_id, ranks, interrupt.is_set(), layout
+                    model,
+                    prompt,
+                    optimizer,
+                    examples,
+                    pad_id,
+                    ranks,
+                    interrupt.is_set(),
+                    layout,
+                    config.rows_at_once(device.type),
                 )
                 if not ranks.distributed:  # alone, a Ctrl-C during the step counts at once
                     stop = interrupt.is_set()
@@ -209,22 +217,28 @@ def _step(
     ranks: Ranks,
     stop_requested: bool,
     layout: KVLayout | None = None,
+    micro_batch_size: int = 0,
 ) -> tuple[float, bool]:
     """One optimiser step on the global batch: (its mean NLL per reply token, whether any rank was
     asked to stop). The loss and the stop flag travel with the gradient: one collective, one
-    read-back to the host per step."""
+    read-back to the host per step. A rank's rows go through the model `micro_batch_size` at a
+    time (0: all at once), each part's activations let go after its backward pass: the same
+    gradient up to float rounding, in a fraction of the memory."""
     optimizer.zero_grad(set_to_none=True)
     count = max(reply_tokens(examples), 1)  # the global batch's, known to every rank
     mine = ranks.share(examples)
     if mine:
-        ids, mask, labels = (
-            tensor.to(prompt.device, non_blocking=True) for tensor in collate(mine, pad_id)
-        )  # (b, T) each: this rank's rows, moved once
-        total, _ = labelled_nll(
-            model, prompt, ids, mask, labels, layout=layout
-        )  # () summed NLL of the rows
-        loss = total / count  # () this rank's part of the global mean
-        loss.backward()
+        loss = prompt.new_zeros(())
+        for part in micro_batches(mine, micro_batch_size):
+            ids, mask, labels = (
+                tensor.to(prompt.device, non_blocking=True) for tensor in collate(part, pad_id)
+            )  # (b, T) each: these rows, moved once
+            total, _ = labelled_nll(
+                model, prompt, ids, mask, labels, layout=layout
+            )  # () summed NLL of the rows
+            part_loss = total / count  # () this part's share of the global mean
+            part_loss.backward()  # the gradient adds up in prompt.grad; the activations go
+            loss = loss + part_loss.detach()
     else:  # a global batch smaller than the world: this rank adds nothing
         loss = prompt.new_zeros(())
         prompt.grad = torch.zeros_like(prompt)
@@ -245,6 +259,15 @@ def _step(
         loss_value = float(loss.detach())
     optimizer.step()
     return loss_value, stop_requested
+
+
+def micro_batches(examples: Sequence[EncodedExample], size: int) -> list[Sequence[EncodedExample]]:
+    """`examples` in parts of at most `size` (0: one part), the longest together so that the
+    short ones are not padded to them."""
+    if size <= 0 or size >= len(examples):
+        return [examples]
+    ordered = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def _show(bar: Any, state: LoopState) -> None:
