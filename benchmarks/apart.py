@@ -26,7 +26,7 @@ from pathlib import Path
 from persona.dialogue.examples import Example
 from persona.dialogue.split import seeded_sample
 from persona.engine.chat import ChatEngine
-from persona.engine.config import GenerationConfig
+from persona.engine.config import PersonaDefaults, generation_config
 from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
 from persona.style.apart import SpeakerClassifier, self_shares
@@ -50,6 +50,7 @@ class Starter:
     heldout: list[Example]
     replies: dict[str, list[str]] = field(default_factory=dict)  # condition -> replies
     named: dict[str, list[int]] = field(default_factory=dict)  # condition -> per seed, of 3
+    defaults: PersonaDefaults = field(default_factory=PersonaDefaults)  # the spec's [defaults]
 
 
 def load_starter(spec_path: Path) -> Starter | None:
@@ -65,6 +66,7 @@ def load_starter(spec_path: Path) -> Starter | None:
         spec.description,
         list(split.train),
         list(split.heldout),
+        defaults=PersonaDefaults.from_dict(spec.defaults),
     )
 
 
@@ -74,7 +76,10 @@ def answer(engine: ChatEngine, starter: Starter, args: argparse.Namespace) -> No
     conditions = [Condition(PERSONA, persona=starter.persona)]
     if starter.description:
         conditions.insert(0, Condition(WRITTEN_PROMPT, system=starter.description))
-    sampling = GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    # the chat's sampling for this character: its own defaults over the built-in ones, for the
+    # written prompt too (the same sampling on both sides)
+    defaults = starter.defaults
+    sampling = generation_config(defaults, max_new_tokens=args.max_new_tokens, seed=args.seed)
     name = character_name(starter.speaker)
     questions = [[{"role": "user", "content": q}] for q in IDENTITY_QUESTIONS]
     for condition in conditions:
@@ -82,7 +87,7 @@ def answer(engine: ChatEngine, starter: Starter, args: argparse.Namespace) -> No
         starter.replies[condition.name] = [reply.text for reply in replies]
         starter.named[condition.name] = []
         for seed in range(args.seeds):
-            config = GenerationConfig(max_new_tokens=48, seed=1000 + seed)
+            config = generation_config(defaults, max_new_tokens=48, seed=1000 + seed)
             answers = generate_replies(engine, questions, condition, config, batch_size=3)
             starter.named[condition.name].append(
                 sum(names_character(a.text, name) for a in answers)

@@ -30,7 +30,7 @@ import torch
 
 from persona.engine.batch import BatchRequest, generate_batch
 from persona.engine.chat import ChatEngine
-from persona.engine.config import GenerationConfig
+from persona.engine.config import GenerationConfig, PersonaDefaults, generation_config
 from persona.engine.sampling import Sampler
 from persona.model.loader import load_chat_model
 from persona.prompt.softprompt import SoftPrompt
@@ -141,7 +141,11 @@ def main() -> None:
     }
     for name in names:
         spec_path = PERSONAS / f"{name}.toml"
-        persona = SoftPrompt.load(load_spec(spec_path).prompt_path())
+        spec = load_spec(spec_path)
+        persona = SoftPrompt.load(spec.prompt_path())
+        defaults = PersonaDefaults.from_dict(spec.defaults)  # the persona's own, as chat applies
+        if spec.defaults:
+            print(f"\n{name}'s own defaults: {spec.defaults}")
         train, held = character_lines(spec_path)
         real = [len(engine.renderer.encode(example.reply)) for example in [*train, *held]]
         real_median = statistics.median(real)
@@ -163,7 +167,8 @@ def main() -> None:
                 f"{'dist-2':>6} {'dist-3':>6} {'tok/s':>6}"
             )
         for surface in args.surfaces:
-            config = GenerationConfig(max_new_tokens=SURFACES[surface], **overrides)  # type: ignore[arg-type]
+            limit = defaults.max_new_tokens or SURFACES[surface]
+            config = generation_config(defaults, max_new_tokens=limit, **overrides)
             start = time.perf_counter()
             result = measure(engine, persona, config, args.k)
             low, high = result["ended_interval"]  # type: ignore[misc]

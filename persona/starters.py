@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import persona
+from persona.engine.config import PersonaDefaults
 from persona.errors import ConfigError, PromptFormatError
 from persona.model.files import header_metadata, parse_header
 from persona.model.fingerprint import Fingerprint
@@ -58,6 +59,7 @@ class Starter:
     tags: list[str] = field(default_factory=list)
     metrics: dict[str, Any] | None = None  # {"nll": {...}, "tokens": n, "examples": m}
     training: dict[str, Any] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)  # the spec's [defaults], stored form
 
 
 @dataclass
@@ -91,6 +93,9 @@ def find_starters(folder: Path = STARTERS_DIR) -> list[Starter]:
                 tags=list(spec.get("tags", [])),
                 metrics=record.get("metrics"),
                 training=record.get("training"),
+                defaults=PersonaDefaults.from_table(
+                    spec.get("defaults", {}), f"starter spec {spec_path}"
+                ).to_dict(),
             )
         )
     return sorted(starters, key=lambda s: s.name)

@@ -140,6 +140,15 @@ def test_a_new_library_gets_the_starters_and_a_default(tmp_path: Path, with_star
         library.close()
 
 
+def test_a_starters_own_defaults_come_with_it(tmp_path: Path, with_starters: None) -> None:
+    library = open_library(tmp_path / "library.db")
+    try:
+        assert library.get_defaults("falstaff").repetition_penalty == 1.05  # his spec's [defaults]
+        assert library.get_defaults("hamlet").to_dict() == {}  # none: the built-in values
+    finally:
+        library.close()
+
+
 def test_reopening_does_not_duplicate_them(tmp_path: Path, with_starters: None) -> None:
     path = tmp_path / "library.db"
     open_library(path).close()

@@ -54,6 +54,8 @@ def test_falstaff_spec_in_the_repository_is_valid() -> None:
     )
     assert spec.train_config().num_virtual_tokens == 20
     assert spec.prompt_path() == Path(__file__).parent.parent / "personas" / "falstaff.safetensors"
+    # his own repetition penalty, which a stored persona gets (see the spec's comment)
+    assert spec.defaults_changes() == {"repetition_penalty": 1.05}
 
 
 @pytest.mark.parametrize(
@@ -70,6 +72,15 @@ def test_falstaff_spec_in_the_repository_is_valid() -> None:
             r"--virtual-tokens .* got 0",
         ),
         ('name = "x\n', r"is not valid TOML"),
+        (
+            'name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[defaults]\nloudness = 3\n',
+            r"\[defaults\] unknown persona setting 'loudness'",
+        ),
+        (
+            'name = "x"\nspeaker = "A"\ntrain = "a.txt"\n[defaults]\nrepetition_penalty = "high"\n',
+            r"\[defaults\] repetition_penalty='high' is not a number",
+        ),
+        ('name = "x"\nspeaker = "A"\ntrain = "a.txt"\ndefaults = 3\n', r"must be a table"),
     ],
 )
 def test_bad_spec_files_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:

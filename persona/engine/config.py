@@ -165,6 +165,16 @@ class PersonaDefaults:
             )
         return cls(**record)
 
+    @classmethod
+    def from_table(cls, table: Any, where: str) -> PersonaDefaults:
+        """A recipe's [defaults] table (a spec's, a starter's); errors start with `where`."""
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [defaults] must be a table, got {table!r}")
+        try:
+            return cls.from_dict(table)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: [defaults] {exc}") from None
+
     def updated(self, changes: dict[str, Any]) -> PersonaDefaults:
         """A copy with `changes` made (a None value unsets that setting), validated."""
         record = {**self.to_dict(), **changes}

@@ -295,6 +295,7 @@ def _add_starters(session: Session, starters: Sequence[StarterPrompt]) -> list[s
             )
         )
         row.tags = [PersonaTag(tag=tag) for tag in check_tags(starter.tags)]
+        row.defaults_json = dump_defaults(PersonaDefaults.from_dict(starter.defaults))
         session.add(row)
         added.append(starter.name)
     default = default_starter([item.starter.name for item in starters])

@@ -26,6 +26,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package
     import tomli as tomllib  # type: ignore[no-redef]
 
+from persona.engine.config import PersonaDefaults
 from persona.errors import ConfigError
 from persona.train.config import TrainConfig
 
@@ -44,6 +45,7 @@ TOP_LEVEL_KEYS = {
     "config",
     "tags",
     "examples",
+    "defaults",
 }
 
 
@@ -61,6 +63,8 @@ class PersonaSpec:
     tags: list[str] = field(default_factory=list)
     # written example exchanges (question, reply) in the persona's voice, trained on beside the log
     examples: list[tuple[str, str]] = field(default_factory=list)
+    # persona defaults (`persona set` keys: sampling values, stop, greeting) the stored persona gets
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base(self) -> Path:
@@ -79,8 +83,9 @@ class PersonaSpec:
         return {}
 
     def defaults_changes(self) -> dict[str, Any]:
-        """Persona defaults the recipe sets when the version is stored (a card: its greeting)."""
-        return {}
+        """Persona defaults the recipe sets when the version is stored: its [defaults] (a card:
+        its greeting)."""
+        return dict(self.defaults)
 
     def own_dialogue(self) -> Dialogue | None:
         """The dialogue the recipe carries itself (a card without a LOG), else None: read `train`."""
@@ -142,6 +147,7 @@ def load_spec(path: str | Path) -> PersonaSpec:
         raise ConfigError(
             f"{path}: 'examples' must be a list of [question, reply] pairs of non-empty strings"
         )
+    defaults = PersonaDefaults.from_table(data.get("defaults", {}), str(path)).to_dict()
     spec = PersonaSpec(
         name=data["name"],
         speaker=data["speaker"],
@@ -154,6 +160,7 @@ def load_spec(path: str | Path) -> PersonaSpec:
         config=dict(config),
         tags=list(data.get("tags", [])),
         examples=[(question.strip(), reply.strip()) for question, reply in examples],
+        defaults=defaults,
     )
     spec.train_config()  # validate now, before any model is loaded
     return spec
