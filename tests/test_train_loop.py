@@ -12,6 +12,7 @@ from persona.dialogue import Conversation, Dialogue, Turn
 from persona.errors import ConfigError, DialogueError
 from persona.train import TrainConfig
 from persona.train.checkpoint import checkpoint_path, load_checkpoint
+from persona.train.config import CPU_PART_TOKENS
 from persona.train.loop import TrainingInterrupted, micro_batches
 from persona.train.run import MIN_EXAMPLES, train_persona
 from tests.helpers import REPLIES, bard_dialogue
@@ -124,7 +125,7 @@ def test_micro_batches_train_the_prompt_the_whole_batch_trains(tiny, kind) -> No
         bard_dialogue(),
         speaker="BOB",
         name="parts",
-        config=quick(kind=kind),  # on a CPU: one row at a time
+        config=quick(kind=kind, micro_batch_size=1),
         progress=False,
     )
     # the same gradient summed in another order: equal up to float rounding, step after step
@@ -132,17 +133,28 @@ def test_micro_batches_train_the_prompt_the_whole_batch_trains(tiny, kind) -> No
         parts.prompt.embeddings, whole.prompt.embeddings, atol=1e-5, rtol=1e-4
     )
     assert parts.training["final_loss"] == pytest.approx(whole.training["final_loss"], rel=1e-4)
-    assert parts.training["config"]["micro_batch_size"] is None
-    assert TrainConfig().rows_at_once("cpu") == 1 and TrainConfig().rows_at_once("cuda") == 0
+    assert parts.training["config"]["micro_batch_size"] == 1
+    assert TrainConfig().parts("cpu") == (0, CPU_PART_TOKENS) and TrainConfig().parts("cuda") == (
+        0,
+        0,
+    )
+    assert TrainConfig(micro_batch_size=2).parts("cpu") == (2, 0)
 
 
 def test_micro_batches_put_the_longest_rows_together() -> None:
     from persona.dialogue.encode import EncodedExample
 
     examples = [EncodedExample([0] * n, [0] * n) for n in (3, 9, 5, 7, 1)]
-    parts = micro_batches(examples, 2)
-    assert [[len(e.input_ids) for e in part] for part in parts] == [[9, 7], [5, 3], [1]]
+
+    def lengths(parts):
+        return [[len(e.input_ids) for e in part] for part in parts]
+
+    assert lengths(micro_batches(examples, 2)) == [[9, 7], [5, 3], [1]]
     assert micro_batches(examples, 0) == [examples] and micro_batches(examples, 8) == [examples]
+    # by tokens: rows x the part's longest within 14; a row longer than that goes alone
+    assert lengths(micro_batches(examples, 0, 14)) == [[9], [7, 5], [3, 1]]
+    assert lengths(micro_batches(examples, 0, 8)) == [[9], [7], [5], [3, 1]]
+    assert lengths(micro_batches(examples, 1, 100)) == [[9], [7], [5], [3], [1]]
 
 
 def test_a_run_resumes_under_another_micro_batch(tiny) -> None:

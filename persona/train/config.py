@@ -17,6 +17,9 @@ DEFAULT_STEPS = (
     60  # batch 8: ~500 replies seen; enough to beat both baselines on a few hundred lines
 )
 MAX_VIRTUAL_TOKENS = 512
+# a part of a step on a CPU holds at most this many (padded) tokens: activations kept for the
+# backward pass cost about 1 MB a token on the default model, so one 212-token row is 0.2 GB
+CPU_PART_TOKENS = 256
 # each kind's learning rate where --lr is not given, picked by validation NLL (docs/methods.md)
 DEFAULT_LR = {"soft": 0.03, "deep": 0.02}
 SCHEDULES = ("constant", "cosine")
@@ -34,9 +37,9 @@ class TrainConfig:
     kind: str = "deep"
     lr: float | None = None  # None: the kind's DEFAULT_LR
     batch_size: int = 8
-    # rows through the model at once within a step (0: the whole batch; None: one at a time on a
-    # CPU, where a row's activations are about 0.2 GB at the default lengths, the whole batch on an
-    # accelerator); the gradient is the batch's either way, up to float rounding
+    # rows through the model at once within a step (0: the whole batch; None: on a CPU as many as
+    # keep rows x length within CPU_PART_TOKENS, at least one, on an accelerator the whole batch);
+    # the gradient is the batch's either way, up to float rounding
     micro_batch_size: int | None = None
     seed: int = 0
     init: str = "auto"  # text (from --description) | vocab | random; auto = text when described
@@ -122,11 +125,12 @@ class TrainConfig:
         floor = FINAL_LR_FRACTION * self.lr
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def rows_at_once(self, device_type: str) -> int:
-        """Rows through the model at once on a device of this type (0: the whole batch)."""
+    def parts(self, device_type: str) -> tuple[int, int]:
+        """How a step's rows go through the model on a device of this type: (rows at most per
+        part, 0 for any; tokens at most per part, rows x the longest, 0 for any)."""
         if self.micro_batch_size is not None:
-            return self.micro_batch_size
-        return 1 if device_type == "cpu" else 0
+            return self.micro_batch_size, 0
+        return (0, CPU_PART_TOKENS) if device_type == "cpu" else (0, 0)
 
     def validation_interval(self, total_steps: int) -> int:
         return self.eval_every or max(1, math.ceil(total_steps / 4))

@@ -146,7 +146,7 @@ def train_loop(
                     ranks,
                     interrupt.is_set(),
                     layout,
-                    config.rows_at_once(device.type),
+                    config.parts(device.type),
                 )
                 if not ranks.distributed:  # alone, a Ctrl-C during the step counts at once
                     stop = interrupt.is_set()
@@ -217,19 +217,19 @@ def _step(
     ranks: Ranks,
     stop_requested: bool,
     layout: KVLayout | None = None,
-    micro_batch_size: int = 0,
+    parts: tuple[int, int] = (0, 0),
 ) -> tuple[float, bool]:
     """One optimiser step on the global batch: (its mean NLL per reply token, whether any rank was
     asked to stop). The loss and the stop flag travel with the gradient: one collective, one
-    read-back to the host per step. A rank's rows go through the model `micro_batch_size` at a
-    time (0: all at once), each part's activations let go after its backward pass: the same
+    read-back to the host per step. A rank's rows go through the model in `parts` (rows, tokens
+    at most: micro_batches), each part's activations let go after its backward pass: the same
     gradient up to float rounding, in a fraction of the memory."""
     optimizer.zero_grad(set_to_none=True)
     count = max(reply_tokens(examples), 1)  # the global batch's, known to every rank
     mine = ranks.share(examples)
     if mine:
         loss = prompt.new_zeros(())
-        for part in micro_batches(mine, micro_batch_size):
+        for part in micro_batches(mine, *parts):
             ids, mask, labels = (
                 tensor.to(prompt.device, non_blocking=True) for tensor in collate(part, pad_id)
             )  # (b, T) each: these rows, moved once
@@ -261,13 +261,26 @@ def _step(
     return loss_value, stop_requested
 
 
-def micro_batches(examples: Sequence[EncodedExample], size: int) -> list[Sequence[EncodedExample]]:
-    """`examples` in parts of at most `size` (0: one part), the longest together so that the
-    short ones are not padded to them."""
-    if size <= 0 or size >= len(examples):
-        return [examples]
+def micro_batches(
+    examples: Sequence[EncodedExample], rows: int = 0, tokens: int = 0
+) -> list[Sequence[EncodedExample]]:
+    """`examples` in parts, the longest first and together, so that the short ones are not padded
+    to them: at most `rows` a part (0: any number), and at most `tokens` in a part counted as its
+    rows times its longest (0: any number; a row longer than that is a part of its own)."""
+    if tokens <= 0 and (rows <= 0 or rows >= len(examples)):
+        return [examples]  # one part, in the batch's own order
     ordered = sorted(examples, key=lambda e: len(e.input_ids), reverse=True)
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    parts: list[list[EncodedExample]] = [[]]
+    for example in ordered:
+        current = parts[-1]
+        longest = len(current[0].input_ids) if current else 0
+        full = (rows > 0 and len(current) >= rows) or (
+            tokens > 0 and current and (len(current) + 1) * longest > tokens
+        )
+        if full:
+            parts.append([])
+        parts[-1].append(example)
+    return list(parts)
 
 
 def _show(bar: Any, state: LoopState) -> None:
