@@ -381,6 +381,17 @@ class Level:
     def rate(self) -> float:
         return self.tokens / self.wall_s
 
+    @property
+    def stream_rate(self) -> float:
+        """Median over the replies of tokens per second once streaming: (tokens - 1) over first
+        piece -> end. At one client it is the decode rate a user sees, beside chat's own."""
+        rates = [
+            (timed.completion_tokens - 1) / (timed.seconds - timed.first_token_s)
+            for _, timed in self.results
+            if timed.completion_tokens > 1 and timed.seconds > timed.first_token_s
+        ]
+        return statistics.median(rates) if rates else 0.0
+
 
 async def run_level(client: openai.AsyncOpenAI, keys: list[list[Key]], max_tokens: int) -> Level:
     async def one_client(mine: list[Key]) -> list[tuple[Key, Timed]]:
@@ -455,7 +466,7 @@ def report_levels(
     )
     header = (
         f"  {'clients':>7s} {'requests':>8s} {'tokens':>6s} {'tokens/s':>8s} {'vs 1-at-a-time':>14s}"
-        f" {'ttft p50':>8s} {'ttft p95':>8s} {'same as solo':>12s}"
+        f" {'ttft p50':>8s} {'ttft p95':>8s} {'same as solo':>12s} {'stream tok/s':>12s}"
     )
     print(header)
     for level in levels:
@@ -470,6 +481,7 @@ def report_levels(
             f"  {level.clients:7d} {len(level.results):8d} {level.tokens:6d} {level.rate:8.1f}"
             f" {level.rate / baseline:13.2f}x {percentile(firsts, 0.5):7.3f}s"
             f" {percentile(firsts, 0.95):7.3f}s {same:5d} of {len(keys):<4d}"
+            f" {level.stream_rate:12.1f}"
         )
     if not args.vllm:
         print("  (--vllm measures vLLM on the same requests, and vLLM alone, in this run)")
