@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import persona
-from persona.engine.config import PersonaDefaults
 from persona.errors import ConfigError, PromptFormatError
 from persona.model.files import header_metadata, parse_header
 from persona.model.fingerprint import Fingerprint
@@ -59,7 +58,8 @@ class Starter:
     tags: list[str] = field(default_factory=list)
     metrics: dict[str, Any] | None = None  # {"nll": {...}, "tokens": n, "examples": m}
     training: dict[str, Any] | None = None
-    defaults: dict[str, Any] = field(default_factory=dict)  # the spec's [defaults], stored form
+    # the spec's [defaults] as written (`persona set` keys); the library checks them as it stores them
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,12 +93,16 @@ def find_starters(folder: Path = STARTERS_DIR) -> list[Starter]:
                 tags=list(spec.get("tags", [])),
                 metrics=record.get("metrics"),
                 training=record.get("training"),
-                defaults=PersonaDefaults.from_table(
-                    spec.get("defaults", {}), f"starter spec {spec_path}"
-                ).to_dict(),
+                defaults=_table(spec.get("defaults", {}), spec_path),
             )
         )
     return sorted(starters, key=lambda s: s.name)
+
+
+def _table(value: Any, spec_path: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"starter spec {spec_path}: [defaults] must be a table, got {value!r}")
+    return dict(value)
 
 
 def read_prompt_file(path: Path) -> PromptFile:

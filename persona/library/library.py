@@ -295,7 +295,9 @@ def _add_starters(session: Session, starters: Sequence[StarterPrompt]) -> list[s
             )
         )
         row.tags = [PersonaTag(tag=tag) for tag in check_tags(starter.tags)]
-        row.defaults_json = dump_defaults(PersonaDefaults.from_dict(starter.defaults))
+        row.defaults_json = dump_defaults(
+            PersonaDefaults.from_table(starter.defaults, f"starter {starter.name!r}")
+        )
         session.add(row)
         added.append(starter.name)
     default = default_starter([item.starter.name for item in starters])
