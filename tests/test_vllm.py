@@ -190,7 +190,7 @@ def greedy(api, name: str, messages) -> tuple[str, int, int]:
 
 
 def test_every_persona_through_vllm_equals_persona_s_float32_engine(gateway, local_engine):
-    from persona.engine.config import GenerationConfig
+    from persona.engine.config import generation_config
 
     api = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0)
     listed = {model.id for model in api.models.list().data}
@@ -206,9 +206,13 @@ def test_every_persona_through_vllm_equals_persona_s_float32_engine(gateway, loc
     )
     pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert pieces == served[DEEP[1], 0][0]
-    config = GenerationConfig(temperature=0, max_new_tokens=GREEDY["max_tokens"])
     for (name, index), (text, prompt_tokens, completion_tokens) in served.items():
         prompt = gateway.library.get_prompt(name)
+        # the server fills what a request leaves out from the persona's own defaults (falstaff's
+        # repetition penalty), as the local engine does here
+        config = generation_config(
+            gateway.library.get_defaults(name), temperature=0, max_new_tokens=GREEDY["max_tokens"]
+        )
         local = local_engine.reply(CONVERSATIONS[index], prompt, config)
         assert (text, completion_tokens) == (local, local_engine.last.new_tokens), (name, index)
         assert prompt_tokens == local_engine.last.prompt_tokens + prompt.num_virtual_tokens
