@@ -291,3 +291,31 @@ def test_the_style_measure_lets_a_cpu_training_model_go_and_keeps_one_elsewhere(
     assert _style_source(Loaded("cpu")) is None
     elsewhere = Loaded("meta")
     assert _style_source(elsewhere) is elsewhere
+
+
+def test_the_training_model_is_gone_before_the_style_engine_loads(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+) -> None:
+    """The start freezes every object out of the collector's reach once the model is loaded
+    (persona.cli.startup); the training model's cycles must still be collected before the style
+    measure loads its own engine, or the run holds both (its peak memory)."""
+    import weakref
+
+    import persona.model.loader as loader
+
+    real = loader.load_model
+    models: list[weakref.ref] = []
+
+    def recording(*args, **kwargs):
+        if models:  # the style engine's load
+            assert models[0]() is None, "the training model is still alive"
+        loaded = real(*args, **kwargs)
+        models.append(weakref.ref(loaded.model))
+        cycle: list = [loaded.model]  # held by a reference cycle alone once the run drops it,
+        cycle.append(cycle)  # as the default model's modules are: only the collector frees it
+        return loaded
+
+    monkeypatch.setattr(loader, "load_model", recording)
+    log = write_log(tmp_path)
+    assert main(train_args(log, tiny_model_dir, "--style-sample", "4")) == 0
+    assert len(models) == 2  # training, then the style measure

@@ -447,7 +447,11 @@ def _style_engine(args: argparse.Namespace, loaded: Any | None) -> Any:
     if loaded is None or model_device(loaded.model).type == "cpu":
         import gc
 
-        gc.collect()  # a dropped model's modules hold cycles: its weights go now, not later
+        # a dropped model's modules hold cycles: its weights go now, not later. The model was
+        # loaded before the start froze every object out of the collector's reach
+        # (persona.cli.startup.ready): unfrozen, its cycles can be collected at all
+        gc.unfreeze()
+        gc.collect()
         release_freed_memory()
         return ChatEngine(load_model(args.model, native=True, precision="auto"))
     return ChatEngine(loaded)
