@@ -59,7 +59,7 @@ class Starter:
     metrics: dict[str, Any] | None = None  # {"nll": {...}, "tokens": n, "examples": m}
     training: dict[str, Any] | None = None
     # the spec's [defaults] as written (`persona set` keys); the library checks them as it stores them
-    defaults: dict[str, Any] = field(default_factory=dict)
+    defaults: Any = field(default_factory=dict)
 
 
 @dataclass
@@ -93,16 +93,10 @@ def find_starters(folder: Path = STARTERS_DIR) -> list[Starter]:
                 tags=list(spec.get("tags", [])),
                 metrics=record.get("metrics"),
                 training=record.get("training"),
-                defaults=_table(spec.get("defaults", {}), spec_path),
+                defaults=spec.get("defaults", {}),
             )
         )
     return sorted(starters, key=lambda s: s.name)
-
-
-def _table(value: Any, spec_path: Path) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"starter spec {spec_path}: [defaults] must be a table, got {value!r}")
-    return dict(value)
 
 
 def read_prompt_file(path: Path) -> PromptFile:

@@ -30,6 +30,13 @@ def quick(**overrides) -> TrainConfig:
     return TrainConfig(**{**settings, **overrides})
 
 
+def bob(tiny, name: str, config: TrainConfig, **options):
+    """`train_persona` of BOB on the bard dialogue, stored as `name`, without a progress bar."""
+    return train_persona(
+        tiny, bard_dialogue(), speaker="BOB", name=name, config=config, progress=False, **options
+    )
+
+
 def test_training_lowers_held_out_nll_below_no_prompt(tiny) -> None:
     trained = train_persona(
         tiny, bard_dialogue(), speaker="bob", name="bob", config=quick(steps=30), progress=False
@@ -60,50 +67,26 @@ def test_description_starts_from_its_text_and_adds_the_written_baseline(tiny) ->
 
 
 def test_same_seed_gives_the_identical_prompt_and_another_seed_does_not(tiny) -> None:
-    first = train_persona(
-        tiny, bard_dialogue(), speaker="BOB", name="a", config=quick(), progress=False
-    )
-    second = train_persona(
-        tiny, bard_dialogue(), speaker="BOB", name="b", config=quick(), progress=False
-    )
-    other = train_persona(
-        tiny, bard_dialogue(), speaker="BOB", name="c", config=quick(seed=8), progress=False
-    )
+    first = bob(tiny, "a", quick())
+    second = bob(tiny, "b", quick())
+    other = bob(tiny, "c", quick(seed=8))
     assert torch.equal(first.prompt.embeddings, second.prompt.embeddings)
     assert not torch.equal(first.prompt.embeddings, other.prompt.embeddings)
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(tiny) -> None:
-    uninterrupted = train_persona(
-        tiny, bard_dialogue(), speaker="BOB", name="whole", config=quick(), progress=False
-    )
+    uninterrupted = bob(tiny, "whole", quick())
 
     def press_ctrl_c(step: int, loss: float) -> None:
         if step == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted) as caught:
-        train_persona(
-            tiny,
-            bard_dialogue(),
-            speaker="BOB",
-            name="split",
-            config=quick(),
-            progress=False,
-            on_step=press_ctrl_c,
-        )
+        bob(tiny, "split", quick(), on_step=press_ctrl_c)
     assert caught.value.step == 5 and caught.value.checkpoint == checkpoint_path("split")
     assert load_checkpoint(caught.value.checkpoint).step == 5
 
-    resumed = train_persona(
-        tiny,
-        bard_dialogue(),
-        speaker="BOB",
-        name="split",
-        config=quick(),
-        progress=False,
-        resume=True,
-    )
+    resumed = bob(tiny, "split", quick(), resume=True)
     assert resumed.training["steps"] == 12
     torch.testing.assert_close(
         resumed.prompt.embeddings, uninterrupted.prompt.embeddings, atol=1e-6, rtol=1e-5
@@ -112,22 +95,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues_exactly(tiny) -> None:
 
 @pytest.mark.parametrize("kind", ["deep", "soft"])
 def test_micro_batches_train_the_prompt_the_whole_batch_trains(tiny, kind) -> None:
-    whole = train_persona(
-        tiny,
-        bard_dialogue(),
-        speaker="BOB",
-        name="whole",
-        config=quick(kind=kind, micro_batch_size=0),
-        progress=False,
-    )
-    parts = train_persona(
-        tiny,
-        bard_dialogue(),
-        speaker="BOB",
-        name="parts",
-        config=quick(kind=kind, micro_batch_size=1),
-        progress=False,
-    )
+    whole = bob(tiny, "whole", quick(kind=kind, micro_batch_size=0))
+    parts = bob(tiny, "parts", quick(kind=kind, micro_batch_size=1))
     # the same gradient summed in another order: equal up to float rounding, step after step
     torch.testing.assert_close(
         parts.prompt.embeddings, whole.prompt.embeddings, atol=1e-5, rtol=1e-4
@@ -163,24 +132,9 @@ def test_a_run_resumes_under_another_micro_batch(tiny) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted):
-        train_persona(
-            tiny,
-            bard_dialogue(),
-            speaker="BOB",
-            name="smaller",
-            config=quick(micro_batch_size=0),
-            progress=False,
-            on_step=stop,
-        )
-    resumed = train_persona(  # out of memory at the whole batch: go on two rows at a time
-        tiny,
-        bard_dialogue(),
-        speaker="BOB",
-        name="smaller",
-        config=quick(micro_batch_size=2),
-        progress=False,
-        resume=True,
-    )
+        bob(tiny, "smaller", quick(micro_batch_size=0), on_step=stop)
+    # out of memory at the whole batch: go on two rows at a time
+    resumed = bob(tiny, "smaller", quick(micro_batch_size=2), resume=True)
     assert resumed.training["steps"] == 12
 
 
@@ -190,15 +144,7 @@ def test_checkpoint_is_safetensors_with_json_state_not_pickle(tiny) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted) as caught:
-        train_persona(
-            tiny,
-            bard_dialogue(),
-            speaker="BOB",
-            name="ck",
-            config=quick(),
-            progress=False,
-            on_step=stop,
-        )
+        bob(tiny, "ck", quick(), on_step=stop)
     data = caught.value.checkpoint.read_bytes()
     (header_len,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + header_len])
@@ -211,38 +157,14 @@ def test_resume_refuses_a_checkpoint_made_with_other_settings(tiny) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(TrainingInterrupted):
-        train_persona(
-            tiny,
-            bard_dialogue(),
-            speaker="BOB",
-            name="mixed",
-            config=quick(),
-            progress=False,
-            on_step=stop,
-        )
+        bob(tiny, "mixed", quick(), on_step=stop)
     with pytest.raises(ConfigError, match=r"trained with lr=0.05, this run asks for 0.01"):
-        train_persona(
-            tiny,
-            bard_dialogue(),
-            speaker="BOB",
-            name="mixed",
-            config=quick(lr=0.01),
-            progress=False,
-            resume=True,
-        )
+        bob(tiny, "mixed", quick(lr=0.01), resume=True)
 
 
 def test_resume_without_a_checkpoint_says_so(tiny) -> None:
     with pytest.raises(ConfigError, match="there is no checkpoint to resume"):
-        train_persona(
-            tiny,
-            bard_dialogue(),
-            speaker="BOB",
-            name="never",
-            config=quick(),
-            progress=False,
-            resume=True,
-        )
+        bob(tiny, "never", quick(), resume=True)
 
 
 def test_too_few_examples_says_how_many_there_are_and_are_needed(tiny) -> None:

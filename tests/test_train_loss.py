@@ -164,3 +164,13 @@ def test_the_vocabulary_projection_in_blocks_gives_the_same_losses_and_gradient(
         assert losses.shape == (count,) and int(wanted.sum()) == count > 3
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], atol=1e-6, rtol=1e-5)
+
+
+def test_a_batch_without_targets_has_no_losses(tiny) -> None:
+    from persona.train.loss import labelled_losses
+
+    ids, mask, labels = batch_for(tiny.tokenizer)
+    losses, wanted = labelled_losses(
+        tiny.model, None, ids, mask, torch.full_like(labels, IGNORE_INDEX)
+    )
+    assert losses.shape == (0,) and not wanted.any()

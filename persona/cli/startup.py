@@ -26,6 +26,13 @@ def ready() -> None:
         gc.enable()
 
 
+def collect_dropped() -> None:
+    """Collect what was let go of among the objects `ready` froze (a model dropped for another):
+    frozen objects are never collected, and a model's modules hold reference cycles."""
+    gc.unfreeze()
+    gc.collect()
+
+
 def resume() -> None:
     """Back to normal without freezing (a command that ends, or never loads a model)."""
     gc.enable()

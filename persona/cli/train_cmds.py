@@ -122,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="M",
         help="examples through the model at once within a step: fewer hold less memory, the same "
-        "gradient up to rounding (default: 1 on a CPU, the whole batch on a GPU; 0: the whole batch)",
+        "gradient up to rounding (default: on a CPU as many as fit 256 tokens, at least one; on a "
+        "GPU the whole batch; 0: the whole batch)",
     )
     train.add_argument(
         "--seed",
@@ -445,13 +446,7 @@ def _style_engine(args: argparse.Namespace, loaded: Any | None) -> Any:
     from persona.model.loader import load_model
 
     if loaded is None or model_device(loaded.model).type == "cpu":
-        import gc
-
-        # a dropped model's modules hold cycles: its weights go now, not later. The model was
-        # loaded before the start froze every object out of the collector's reach
-        # (persona.cli.startup.ready): unfrozen, its cycles can be collected at all
-        gc.unfreeze()
-        gc.collect()
+        startup.collect_dropped()  # the dropped model's weights go now, before the next loads
         release_freed_memory()
         return ChatEngine(load_model(args.model, native=True, precision="auto"))
     return ChatEngine(loaded)

@@ -59,12 +59,12 @@ def serve_command(args: argparse.Namespace, minutes: float) -> list[str]:
     serving the same model, precision, backend, device, GGUF file and library."""
     command = [sys.executable, "-m", "persona", "serve", "--port", "0"]
     command += ["--idle-exit", f"{minutes:g}", "--precision", args.precision]
-    command += ["--backend", args.backend, "--device", getattr(args, "device", "auto")]
+    command += ["--backend", args.backend, "--device", args.device]
     if args.model:
         command += ["--model", str(args.model)]
     if args.gguf:
         command += ["--gguf", str(args.gguf)]
-    if getattr(args, "library", None) is not None:
+    if args.library is not None:
         command += ["--library", str(Path(args.library).expanduser().resolve())]
     return command
 

@@ -129,9 +129,9 @@ def labelled_losses(
         _token_losses(
             head, selected[start : start + HEAD_ROWS], chosen[start : start + HEAD_ROWS], softcap
         )
-        for start in range(0, selected.shape[0], HEAD_ROWS)
+        for start in range(0, selected.shape[0] or 1, HEAD_ROWS)  # one empty block for no targets
     ]
-    return (torch.cat(losses) if len(losses) != 1 else losses[0]), wanted  # (K,), (B, L-1)
+    return torch.cat(losses), wanted  # (K,), (B, L-1)
 
 
 def _token_losses(
